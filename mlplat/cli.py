@@ -154,9 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlplat", description="mlplat: features, training, serving, pipelines, governance — from Jupyter.")
     p.add_argument("--home", help="workspace state folder (default: from mlplat.toml, MLPLAT_HOME or ./.mlplat)")
     p.add_argument("--user", help="acting principal for the local identity provider (default: MLPLAT_USER or the OS user)")
+    # the global options also work after the command (`mlplat demo --home X`); SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=argparse.SUPPRESS, help="workspace state folder")
+    common.add_argument("--user", default=argparse.SUPPRESS, help="acting principal (local identity)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     def cmd(name, fn, help, json_flag=True):
-        s = sub.add_parser(name, help=help, description=help); s.set_defaults(fn=fn)
+        s = sub.add_parser(name, help=help, description=help, parents=[common] if json_flag else []); s.set_defaults(fn=fn)
         if json_flag: s.add_argument("--json", action="store_true", help="machine-readable output")
         return s
     s = cmd("init", cmd_init, "create the workspace (idempotent)")
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sql", help="SQL query (instead of PATH)"); r.add_argument("--url", help="SQLAlchemy database URL for --sql")
     ds.add_parser("list", help="latest version of each dataset")
     v = ds.add_parser("versions", help="every version of a dataset"); v.add_argument("name")
-    for x in ds.choices.values(): x.add_argument("--json", action="store_true", help="machine-readable output")
+    for x in ds.choices.values(): _leaf(x, common)
 
     s = cmd("features", cmd_features, "feature views, training sets, online features", json_flag=False)
     fs = s.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -198,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--service"); x.add_argument("--feature", action="append")
     x = fs.add_parser("push", help="push events (parquet/CSV) to a push-enabled view's online store")
     x.add_argument("view"); x.add_argument("file")
-    for x in fs.choices.values(): x.add_argument("--json", action="store_true", help="machine-readable output")
+    for x in fs.choices.values(): _leaf(x, common)
 
     s = cmd("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
     s = cmd("audit", cmd_audit, "verify, export or list the audit trail", json_flag=False)
@@ -208,11 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = au.add_parser("export", help="all records with their hashes")
     x.add_argument("--format", default="jsonl", choices=["jsonl", "csv"]); x.add_argument("--output", "-o")
     x = au.add_parser("list", help="newest records"); x.add_argument("--limit", type=int, default=20)
-    for x in au.choices.values(): x.add_argument("--json", action="store_true", help="machine-readable output")
+    for x in au.choices.values(): _leaf(x, common)
 
     s = cmd("demo", cmd_demo, "run the end-to-end demo on an embedded workspace (default ./mlplat-demo)")
     s.add_argument("--customers", type=int, default=1000); s.add_argument("--days", type=int, default=90)
     return p
+
+def _leaf(parser, common):
+    "Give a nested command `--json` and the global options."
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    for a in common._actions: parser._add_action(a)
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)

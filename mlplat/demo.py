@@ -38,8 +38,14 @@ def definitions_yaml(specs) -> str:
     out = {"entities": [], "feature_views": [], "feature_services": []}
     for s in specs:
         key = {"Entity": "entities", "FeatureView": "feature_views", "FeatureService": "feature_services"}[type(s).__name__]
-        out[key].append(asdict(s))
+        out[key].append(_compact(asdict(s)))
     return yaml.safe_dump(out, sort_keys=False)
+
+def _compact(d):
+    "Drop empty optional values so the YAML reads like hand-written definitions."
+    if isinstance(d, dict): return {k: _compact(v) for k, v in d.items() if v not in ("", {}, None)}
+    if isinstance(d, list): return [_compact(v) for v in d]
+    return d
 
 # %% ../notebooks/31_demo.ipynb #3c3ce79b
 def _say(msg: str, as_json: bool):
@@ -88,7 +94,7 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     rep["materialize"] = {**mat, "seconds": t_mat}
     _say(f"5. materialize       {', '.join(mat['views'])} -> {mat['online_store']} online store in {mat['region']}  [{t_mat:.2f} s]", as_json)
 
-    cid = int(data.transactions["customer_id"].iloc[-1])
+    cid = int(data.transactions.sort_values("event_timestamp", kind="stable")["customer_id"].iloc[-1])  # active today
     ws.features.online([{"customer_id": cid}], service="churn_v1")  # first call warms Feast's caches
     lat = []
     for _ in range(200):

@@ -100,24 +100,26 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
                                  classification, {"features": len(refs), "rows": len(df)}) as audit:
         ehash = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()
                                + dumps(list(map(str, df.columns))).encode()).hexdigest()
-        q = df.rename(columns={timestamp_column: "event_timestamp"}) if timestamp_column != "event_timestamp" else df.copy()
         if timestamp_column != "event_timestamp" and "event_timestamp" in df.columns:
             raise ValidationError("entity_df has both 'event_timestamp' and the chosen timestamp column",
                                   hint="drop one, or pass timestamp_column='event_timestamp'")
-        q[ROW_ID] = range(len(q))
-        result, feat_cols, answered = df.copy(), [], 0
-        # Feast drops an entity row that has no value inside the TTL of *any* requested view, taking the
-        # other views' valid values with it. So: one query per view, each left-joined back on the row id,
-        # which also restores the caller's row order.
+        q = df.rename(columns={timestamp_column: "event_timestamp"})
+        result, feat_cols = df.copy(), []
+        # Feast drops an entity row that has no value inside the TTL of *any* requested view (taking the
+        # other views' valid values with it) and collapses duplicate (entity, time) rows. So: one query per
+        # view over the distinct (keys, time) pairs, each tagged with an id and mapped back onto every
+        # input row with a left join, which also keeps the caller's row order.
         for view, (_, spec) in views.items():
             keys = [entities[e][1]["join_key"] for e in spec["entities"]]
             vrefs = [r for r in refs if r.split(":")[0] == view]
-            got = features_api.store.get_historical_features(entity_df=q[[ROW_ID, "event_timestamp", *keys]], features=vrefs,
+            uq = q[["event_timestamp", *keys]].drop_duplicates().reset_index(drop=True)
+            uq[ROW_ID] = range(len(uq))
+            got = features_api.store.get_historical_features(entity_df=uq, features=vrefs,
                                                              full_feature_names=full_feature_names).to_df()
             cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
-            got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID)
-            answered += len(got)
-            for c in cols: result[c] = got[c].reindex(range(len(df))).to_numpy()
+            got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
+            row_of = q[["event_timestamp", *keys]].merge(uq, on=["event_timestamp", *keys], how="left")[ROW_ID]
+            for c in cols: result[c] = got[c].to_numpy()[row_of.to_numpy()]
             feat_cols += cols
         result = result[[*df.columns, *feat_cols]]
         t = pa.Table.from_pandas(result, preserve_index=False)

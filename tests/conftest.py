@@ -1,0 +1,128 @@
+"""Shared fixtures: real workspaces in temp folders, real Redis and PostgreSQL servers on 127.0.0.1."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    "An empty folder as MLPLAT_HOME, and as the working directory (so nothing leaks into the repo)."
+    monkeypatch.chdir(tmp_path)
+    for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
+        monkeypatch.delenv(var)
+    h = tmp_path / "ws"
+    monkeypatch.setenv("MLPLAT_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def ws(home):
+    import mlplat
+    return mlplat.connect(home)
+
+
+@pytest.fixture(scope="session")
+def churn():
+    "Synthetic churn data ending today (so the 7-day activity window has online values)."
+    from mlplat.synthetic import generate_churn_data
+    start = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=59)).strftime("%Y-%m-%d")
+    return generate_churn_data(300, 60, seed=11, start=start)
+
+
+@pytest.fixture
+def churn_ws(ws, churn):
+    "A workspace with the demo's sources and feature definitions applied."
+    from mlplat.demo import churn_definitions
+    ws.features.register_source("customers", churn.customers, classification="personal", timestamp_field="event_timestamp")
+    ws.features.register_source("transactions", churn.transactions, classification="personal", timestamp_field="event_timestamp")
+    ws.features.apply(churn_definitions())
+    return ws
+
+
+def run_cli(*args, env_extra=None, check=None, cwd=None):
+    "Run the installed `mlplat` console script; returns the CompletedProcess."
+    env = {**os.environ, **(env_extra or {})}
+    p = subprocess.run([str(BIN / "mlplat"), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    if check is not None:
+        assert p.returncode == check, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    if not exe:
+        pytest.skip("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
+    port, d = free_port(), tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait_port(port, proc)
+    yield f"127.0.0.1:{port}"
+    proc.terminate(); proc.wait(10)
+
+
+def _pg_bin():
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / "initdb").exists():
+            return d
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    "A throwaway PostgreSQL cluster (run as the postgres user when we are root: postgres refuses root)."
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs them: apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install 'mlplat[postgres]'")
+    d = tmp_path_factory.mktemp("pg")
+    data, port = d / "data", free_port()
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(d, "postgres"); os.chmod(d, 0o700)
+        for parent in list(d.parents)[:-1]:
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)  # let postgres traverse to its folder
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlplat"], check=True, capture_output=True)
+    proc = subprocess.Popen([*as_user, str(pg / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    _wait_port(port, proc)
+    for _ in range(50):
+        r = subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlplat", "platform"], capture_output=True)
+        if r.returncode == 0:
+            break
+        time.sleep(0.2)
+    yield f"postgresql+psycopg://mlplat@127.0.0.1:{port}/platform"
+    os.killpg(proc.pid, signal.SIGTERM); proc.wait(20)
+
+
+def _wait_port(port, proc, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port}")
