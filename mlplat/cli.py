@@ -126,7 +126,13 @@ def _kv(s: str):
     if not sep: raise ValidationError(f"--entity {s!r} must be KEY=VALUE, e.g. customer_id=42")
     return k, int(v) if v.lstrip("-").isdigit() else v
 
-def cmd_lineage(args): _out(args, _ws(args).lineage.of(args.node))
+def cmd_lineage(args):
+    g = _ws(args).lineage.of(args.node)
+    if args.json: return _print_json(g)
+    print(g["node"])
+    for label, edges in (("upstream (made from)", g["upstream"]), ("downstream (used by)", g["downstream"])):
+        print(f"  {label}:" + ("" if edges else " none"))
+        for e in edges: print(f"    {e['from']} -> {e['to']}")
 
 def cmd_audit(args):
     ws = _ws(args)

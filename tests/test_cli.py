@@ -68,6 +68,7 @@ def test_feature_store_workflow(home, churn, tmp_path):
         "                      features=[Feature('age', 'int64'), Feature('plan', 'string'), Feature('monthly_fee', 'float64')])\n")
     out = run_cli("features", "apply", tmp_path / "defs.py", check=0).stdout
     assert "created    feature_view:customer_profile@2" in out and "unchanged  entity:customer@1" in out
+    assert "created    feature_service:churn_v1@2" in out  # the service serving that view is re-pinned
     versions = j(run_cli("features", "versions", "customer_profile", "--json", check=0))
     assert [v["definition"]["owner"] for v in versions] == ["crm-team", "data-team"]
     show = j(run_cli("features", "show", "customer_activity", "--json", check=0))
@@ -102,7 +103,7 @@ def test_errors_are_clear_and_exit_nonzero(home, tmp_path):
     run_cli("init", check=0)
     (tmp_path / "bad.yaml").write_text("feature_views:\n  - {name: v, entities: [nobody], source: nothing, features: [x]}\n")
     p = run_cli("features", "apply", tmp_path / "bad.yaml", check=1)
-    assert p.stderr.startswith("error: 2 problem(s) in the feature definitions; nothing was applied")
+    assert "error: 2 problem(s) in the feature definitions; nothing was applied" in p.stderr
     assert "unknown entity 'nobody'" in p.stderr and "no dataset 'nothing'" in p.stderr and "Traceback" not in p.stderr
     p = run_cli("datasets", "register", "x", tmp_path / "missing.csv", "--classification", "internal", check=1)
     assert "no such data file" in p.stderr and "Traceback" not in p.stderr

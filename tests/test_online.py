@@ -47,3 +47,15 @@ def test_online_and_push_errors(churn_ws):
         churn_ws.features.online([{"customer_id": 1}], features=["customer_profile:height"])
     with pytest.raises(ValidationError, match="no entity rows"):
         churn_ws.features.online([], service="churn_v1")
+
+
+def test_apply_from_another_process_is_seen_without_restart(churn_ws, home):
+    import mlplat
+    churn_ws.features.materialize(["customer_profile"])
+    churn_ws.features.online([{"customer_id": 1}], features=["customer_profile:age"])  # caches Feast's registry
+    other = mlplat.connect(home)  # another client (the CLI, a pipeline) with its own Feast registry cache
+    other.features.apply({"feature_views": [{"name": "profile_copy", "entities": ["customer"], "source": "customers",
+                                             "ttl": "3650d", "features": [{"name": "age", "dtype": "int64"}]}]})
+    other.features.materialize(["profile_copy"])
+    got = churn_ws.features.online([{"customer_id": 1}], features=["profile_copy:age"])
+    assert got["age"] == churn_ws.features.online([{"customer_id": 1}], features=["customer_profile:age"])["age"]

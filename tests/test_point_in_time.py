@@ -95,3 +95,18 @@ def test_entity_frame_errors(churn_ws, churn):
     assert "customer_profile__age" in got.columns and (got["age"] == 1).all()
     with pytest.raises(ValidationError, match="no rows"):
         churn_ws.features.training_set(churn.labels.head(0), service="churn_v1")
+
+
+def test_new_source_version_flows_into_a_new_view_version(churn_ws, churn):
+    from mlplat.demo import churn_definitions
+    old = churn_ws.features.training_set(churn.labels.head(20), features=["customer_profile:age"], name="ages")
+    v2 = churn_ws.features.register_source("customers", churn.customers.assign(age=churn.customers.age + 1),
+                                           classification="personal", timestamp_field="event_timestamp")
+    assert v2.id == "customers@2"
+    res = churn_ws.features.apply(churn_definitions())
+    assert res.created == ["feature_view:customer_profile@2", "feature_service:churn_v1@2"]
+    assert churn_ws.features.show("customer_profile")["definition"]["source"] == "customers@2"
+    new = churn_ws.features.training_set(churn.labels.head(20), features=["customer_profile:age"], name="ages")
+    assert new.id == "ages@2" and new.lineage["datasets"] == ["customers@2"]
+    assert (new.to_df()["age"] == old.to_df()["age"] + 1).all()
+    assert old.to_df()["age"].notna().all()  # the old version is untouched and still readable

@@ -68,7 +68,15 @@ class Features:
             try:
                 with self.ws.engine.begin() as c:
                     for kind, items in resolved.items():
+                        if kind == "feature_service":  # services serving a re-versioned view are re-pinned too
+                            bumped = {n for k, n in versions if k == "feature_view" and f"{k}:{n}@{versions[(k, n)]}" in result.created}
+                            for sname, (_, sspec) in latest["feature_service"].items():
+                                if sname not in items and any(r.partition(":")[0] in bumped for r in sspec["features"]):
+                                    items[sname] = {k: v for k, v in sspec.items() if k != "view_versions"}
                         for name, spec in items.items():
+                            if kind == "feature_service":  # a service version pins the view versions it serves
+                                spec["view_versions"] = {v: versions.get(("feature_view", v)) or latest["feature_view"][v][0]
+                                                         for v in dict.fromkeys(r.partition(":")[0] for r in spec["features"])}
                             h = hashlib.sha256(dumps(spec).encode()).hexdigest()
                             cur = latest[kind].get(name)
                             if cur and hashlib.sha256(dumps(cur[1]).encode()).hexdigest() == h:
@@ -93,10 +101,7 @@ class Features:
                 spec = resolved[kind][name]
                 if kind == "feature_view": self.ws.lineage.add(f"dataset:{spec['source']}", node)
                 if kind == "feature_service":
-                    cur = self.latest("feature_view")
-                    for ref in spec["features"]:
-                        view = ref.partition(":")[0]
-                        self.ws.lineage.add(f"feature_view:{view}@{cur[view][0]}", node)
+                    for view, ver in spec["view_versions"].items(): self.ws.lineage.add(f"feature_view:{view}@{ver}", node)
             audit.update(result.to_dict())
             return result
 

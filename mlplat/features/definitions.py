@@ -172,6 +172,8 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
         if d is None: continue
         if not fv.entities: errors.append(f"{where}: needs at least one entity")
         if not fv.features: errors.append(f"{where}: needs at least one feature")
+        for en in fv.entities:
+            if en not in entities: errors.append(f"{where}: unknown entity {en!r} (known: {', '.join(entities) or 'none'})")
         try: ds = datasets.get(fv.source)
         except (NotFoundError, ValidationError) as e: errors.append(f"{where}: source {e.message}"); continue
         d["source"], d["dataset"] = ds.id, {"name": ds.name, "version": ds.version, "path": ds.path,
@@ -184,8 +186,7 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
         d["timestamp_field"] = ts
         if fv.created_timestamp_field and fv.created_timestamp_field not in cols:
             errors.append(f"{where}: created timestamp field {fv.created_timestamp_field!r} is not a column of {ds.id}")
-        for en in fv.entities:
-            if en not in entities: errors.append(f"{where}: unknown entity {en!r} (known: {', '.join(entities) or 'none'})"); continue
+        for en in (e for e in fv.entities if e in entities):
             jk, vt = entities[en]["join_key"], entities[en]["value_type"]
             if jk not in cols: errors.append(f"{where}: join key {jk!r} of entity {en!r} is not a column of {ds.id}")
             elif cols[jk] not in DTYPES[vt]: errors.append(f"{where}: join key {jk!r} is {cols[jk]} in {ds.id} but entity {en!r} is {vt}")

@@ -13,7 +13,7 @@ from ..errors import NotFoundError, ValidationError
 from .feast_repo import push_source_name
 
 # %% auto #0
-__all__ = ['materialize', 'online_features', 'push']
+__all__ = ['materialize', 'with_fresh_registry', 'online_features', 'push']
 
 # %% ../../notebooks/16_online.ipynb #446f2c12
 def materialize(features_api, views=None, end=None) -> dict:
@@ -36,6 +36,15 @@ def materialize(features_api, views=None, end=None) -> dict:
     return {"views": names, "end": end.isoformat(), "online_store": ws.config.feast.online_store, "region": region}
 
 # %% ../../notebooks/16_online.ipynb #c3ca5d32
+def with_fresh_registry(features_api, call):
+    """Run a Feast call; if Feast's cached registry predates an apply made by another process
+    (the CLI, a pipeline), refresh it once and retry instead of failing."""
+    from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
+    try: return call()
+    except (FeatureViewNotFoundException, FeatureServiceNotFoundException):
+        features_api.store.refresh_registry()
+        return call()
+
 def online_features(features_api, entity_rows, features=None, service=None, as_frame: bool = False):
     "Latest online values for `entity_rows` (list of dicts, or dict of lists); dict of lists or a DataFrame."
     ws = features_api.ws
@@ -46,7 +55,7 @@ def online_features(features_api, entity_rows, features=None, service=None, as_f
     if isinstance(entity_rows, dict): entity_rows = [dict(zip(entity_rows, vals)) for vals in zip(*entity_rows.values())]
     if not entity_rows: raise ValidationError("no entity rows given", hint="pass e.g. [{'customer_id': 1}]")
     try:
-        resp = features_api.store.get_online_features(features=cache[key], entity_rows=entity_rows)
+        resp = with_fresh_registry(features_api, lambda: features_api.store.get_online_features(features=cache[key], entity_rows=entity_rows))
     except (KeyError, ValueError, TypeError) as e:
         cache.pop(key, None)
         raise ValidationError(f"online lookup failed: {e}", hint="entity rows must carry every join key of the requested views") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..db import dumps, table, utcnow
 from ..errors import ConflictError, NotFoundError, ValidationError
 from .datasets import _table_hash, check_name, parse_ref
+from .online import with_fresh_registry
 
 ROW_ID = "__mlplat_row_id"
 
@@ -114,8 +115,8 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
             vrefs = [r for r in refs if r.split(":")[0] == view]
             uq = q[["event_timestamp", *keys]].drop_duplicates().reset_index(drop=True)
             uq[ROW_ID] = range(len(uq))
-            got = features_api.store.get_historical_features(entity_df=uq, features=vrefs,
-                                                             full_feature_names=full_feature_names).to_df()
+            got = with_fresh_registry(features_api, lambda: features_api.store.get_historical_features(
+                entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
             cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
             got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
             row_of = q[["event_timestamp", *keys]].merge(uq, on=["event_timestamp", *keys], how="left")[ROW_ID]
