@@ -72,11 +72,9 @@ def cmd_datasets(args):
                                          timestamp_field=args.timestamp_field, sql=args.sql, url=args.url)
         _out(args, dv.to_dict())
     elif args.action == "list":
-        ws.governance.authorize("datasets:read")
         dvs = ws.features.datasets.list()
         _out(args, [d.to_dict() for d in dvs], _ds_rows(dvs), DATASET_COLS)
     elif args.action == "versions":
-        ws.governance.authorize("datasets:read")
         dvs = ws.features.datasets.versions(args.name)
         _out(args, [d.to_dict() for d in dvs], _ds_rows(dvs), DATASET_COLS)
 

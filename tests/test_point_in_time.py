@@ -84,6 +84,13 @@ def test_training_set_versions_and_lineage(churn_ws, churn):
     down = churn_ws.lineage.of("dataset:transactions@1")["downstream_nodes"]
     assert "training_set:small@1" in down and "feature_service:churn_v1@1" in down
     assert churn_ws.features.get_training_set("small").id == "small@2"
+    reread = churn_ws.features.get_training_set("small@1")
+    pd.testing.assert_frame_equal(reread.to_df(), a.to_df())  # from disk, hash-verified, equal to the built frame
+    import pyarrow.parquet as pq
+    from mlplat.errors import AuditIntegrityError
+    pq.write_table(pq.read_table(reread.path).slice(1), reread.path)  # tamper with the stored file
+    with pytest.raises(AuditIntegrityError, match="does not match its content hash"):
+        churn_ws.features.get_training_set("small@1").to_df()
 
 
 def test_entity_frame_errors(churn_ws, churn):

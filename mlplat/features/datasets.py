@@ -63,11 +63,12 @@ class DatasetVersion:
         "The snapshot's rows, verified against its content hash."
         import pyarrow.parquet as pq
         t = pq.read_table(self.path)
-        if _table_hash(t) != self.content_hash:
+        df = t.to_pandas()
+        if _table_hash(t, df) != self.content_hash:
             from mlplat.errors import AuditIntegrityError
             raise AuditIntegrityError(f"snapshot {self.path} of {self.id} does not match its content hash",
                                       hint="the file was modified outside mlplat; re-register the source")
-        return t.to_pandas()
+        return df
 
     @classmethod
     def from_row(cls, r) -> "DatasetVersion":
@@ -76,12 +77,17 @@ class DatasetVersion:
         return cls(**d)
 
 # %% ../../notebooks/11_datasets.ipynb #08a9e3f8
-def _table_hash(t) -> str:
-    import pyarrow as pa
-    t = t.replace_schema_metadata(None)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema) as w: w.write_table(t)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+def _table_hash(t, frame=None) -> str:
+    """sha256 of a table's logical content: column names and Arrow types, then each column's values.
+    Values are hashed from the pandas view of the Arrow data (`frame`, if the caller has it already), so
+    physical layout — chunking, validity bitmaps, bytes under nulls, which differ between a table built in
+    memory and the same table read back from parquet — never changes the hash."""
+    import pandas as pd
+    h = hashlib.sha256(dumps([(f.name, str(f.type)) for f in t.schema]).encode())
+    frame = t.to_pandas() if frame is None else frame
+    for c in frame.columns:
+        h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
+    return h.hexdigest()
 
 def _read_source(source, sql: str | None, url: str | None):
     "Load the source into a DataFrame; return (df, kind, description)."
@@ -208,6 +214,7 @@ class Datasets:
 
     def get(self, ref: str) -> DatasetVersion:
         "A version by `name` (latest) or `name@version`."
+        self.ws.governance.authorize("datasets:read")
         name, version = parse_ref(ref, "dataset")
         dv = self._find(name, version)
         if dv is None:
@@ -218,6 +225,7 @@ class Datasets:
 
     def versions(self, name: str) -> list[DatasetVersion]:
         import sqlalchemy as sa
+        self.ws.governance.authorize("datasets:read")
         t = table("datasets")
         with self.ws.engine.connect() as c:
             rows = c.execute(sa.select(t).where(t.c.name == check_name(name, "dataset")).order_by(t.c.version)).all()
@@ -227,6 +235,7 @@ class Datasets:
     def list(self) -> list[DatasetVersion]:
         "The latest version of every dataset."
         import sqlalchemy as sa
+        self.ws.governance.authorize("datasets:read")
         t = table("datasets")
         latest = sa.select(t.c.name, sa.func.max(t.c.version).label("v")).group_by(t.c.name).subquery()
         q = sa.select(t).join(latest, (t.c.name == latest.c.name) & (t.c.version == latest.c.v)).order_by(t.c.name)
