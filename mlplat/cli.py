@@ -100,6 +100,9 @@ def cmd_features(args):
             for x in r.created: print(f"created    {x}")
             for x in r.unchanged: print(f"unchanged  {x}")
     elif a == "materialize": _out(args, f.materialize(args.view or None))
+    elif a == "sync":
+        r = f.sync()
+        _print_json(r.to_dict()) if args.json else print(f"Feast re-synced: {len(r.unchanged) + len(r.created)} definition(s)")
     elif a == "training-set":
         import pandas as pd
         path = args.entities
@@ -193,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = fs.add_parser("versions", help="every version of a definition"); x.add_argument("name")
     x.add_argument("--kind", default="feature_view", choices=["feature_view", "entity", "feature_service"])
     x = fs.add_parser("apply", help="validate and apply definitions from a .yaml or .py file"); x.add_argument("file")
+    fs.add_parser("sync", help="re-apply the latest definitions to Feast (after moving the workspace)")
     x = fs.add_parser("materialize", help="incrementally load online views into the online store")
     x.add_argument("--view", action="append", help="only this view (repeatable)")
     x = fs.add_parser("training-set", help="build a point-in-time training set from an entity file")

@@ -123,7 +123,7 @@ class Config:
         cfg = cls._from_dict(data, path)
         _apply_env(cfg, env)
         base = path.parent if path else Path.cwd()
-        if "MLPLAT_HOME" in env: base = Path.cwd()
+        if env.get("MLPLAT_HOME"): base = Path.cwd()
         cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
         cfg.source = path
         cfg.validate()
@@ -260,7 +260,6 @@ def render_toml(cfg: Config) -> str:
         out.append(f"[{name}]")
         for f in fields(kind):
             v = getattr(sec, f.name)
-            if name == "workspace" and f.name == "home": v = ".mlplat" if not os.path.isabs(v) else v
             out += [f"# {f.metadata['doc']}", f"{f.name} = {val(v)}"]
         out.append("")
     return "\n".join(out)

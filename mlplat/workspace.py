@@ -107,8 +107,8 @@ def init(home: str | os.PathLike | None = None, region: str | None = None, admin
         cfg.rbac.bindings = {who: ["admin"]}
         target = (Path(env["MLPLAT_HOME"]) if env.get("MLPLAT_HOME") else Path.cwd())/"mlplat.toml"
         target.parent.mkdir(parents=True, exist_ok=True)
-        text = render_toml(cfg)
-        if env.get("MLPLAT_HOME"): text = text.replace(f'home = "{cfg.home}"', 'home = "."')
+        # the state folder is written relative to the file, so the project folder can move
+        text = render_toml(cfg).replace(f'home = "{cfg.home}"', f'home = "{os.path.relpath(cfg.home, target.parent)}"')
         target.write_text(text)
         if not quiet: print(f"mlplat: wrote {target} ({who} is admin)", file=sys.stderr)
     cfg = Config.load(home, env)

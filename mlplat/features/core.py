@@ -14,6 +14,7 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 from . import definitions as defs_mod
 from .datasets import Datasets, check_name
 from .feast_repo import open_store, to_feast, to_feast_services
+from .online import with_fresh_registry
 
 # %% auto #0
 __all__ = ['ApplyResult', 'Features']
@@ -86,7 +87,8 @@ class Features:
                                                         created_by=self.ws.principal.name, created_at=utcnow()))
                             versions[(kind, name)] = v; result.created.append(f"{kind}:{name}@{v}")
                     entities = {**applied["entity"], **resolved["entity"]}
-                    objs, views = to_feast(resolved, entities, versions)
+                    paths = {spec["source"]: self.datasets.get(spec["source"]).path for spec in resolved["feature_view"].values()}
+                    objs, views = to_feast(resolved, entities, versions, paths)
                     for svc in resolved["feature_service"].values():
                         for ref in svc["features"]:
                             view = ref.partition(":")[0]
@@ -104,6 +106,30 @@ class Features:
                     for view, ver in spec["view_versions"].items(): self.ws.lineage.add(f"feature_view:{view}@{ver}", node)
             audit.update(result.to_dict())
             return result
+
+    def sync(self) -> ApplyResult:
+        """Re-apply the latest version of every definition to Feast (no new versions): after the workspace
+        folder moved, or Feast's registry was lost or switched. Needs `features:apply`."""
+        specs = {k: [self._spec(k, spec) for _, spec in self.latest(k).values()] for k in defs_mod.KINDS}
+        if not any(specs.values()): raise ValidationError("there are no definitions to sync", hint="apply definitions first")
+        return self.apply(defs_mod.Definitions(specs["entity"], specs["feature_view"], specs["feature_service"]))
+
+    @staticmethod
+    def _spec(kind, d):
+        "A spec object back from its stored dict (pinned dataset version kept as the source)."
+        d = {k: v for k, v in d.items() if k not in ("dataset", "view_versions")}
+        return defs_mod.KINDS[kind](**d)
+
+    def check_sources(self, views: dict):
+        "Fail clearly if Feast reads a snapshot from another place than the workspace's (e.g. it was moved)."
+        for name, (_, spec) in views.items():
+            ours = self.datasets.get(spec["source"]).path
+            src = with_fresh_registry(self, lambda: self.store.get_feature_view(name)).batch_source
+            theirs = getattr(getattr(src, "batch_source", None) or src, "path", ours)
+            if theirs != ours:
+                raise ValidationError(f"Feast's registry reads feature view {name!r} from {theirs}, but the workspace keeps "
+                                      f"{spec['source']} at {ours} (was the workspace moved?)",
+                                      hint="run `mlplat features sync` (ws.features.sync()) to point Feast at the workspace")
 
     def list(self, kind: str = "feature_view") -> list[dict]:
         "Latest version of each definition of `kind` (feature_view, entity, feature_service)."

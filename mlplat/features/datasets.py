@@ -71,9 +71,10 @@ class DatasetVersion:
         return df
 
     @classmethod
-    def from_row(cls, r) -> "DatasetVersion":
+    def from_row(cls, r, home) -> "DatasetVersion":
+        "Paths are stored relative to the workspace home, so a workspace (or a shared DB) can move."
         d = dict(r._mapping); d["schema"] = json.loads(d.pop("schema_json"))
-        d["created_at"] = str(d["created_at"])
+        d["created_at"], d["path"] = str(d["created_at"]), str(Path(home)/d["path"])
         return cls(**d)
 
 # %% ../../notebooks/11_datasets.ipynb #08a9e3f8
@@ -192,7 +193,7 @@ class Datasets:
             try:
                 with self.ws.engine.begin() as c:
                     v = (c.execute(sa.select(sa.func.max(t.c.version)).where(t.c.name == name)).scalar() or 0) + 1
-                    row = dict(name=name, version=v, content_hash=h, path=str(path), rows=rows, schema_json=dumps(schema),
+                    row = dict(name=name, version=v, content_hash=h, path=str(Path(path).relative_to(self.ws.config.home)), rows=rows, schema_json=dumps(schema),
                                timestamp_field=ts, region=region, classification=classification, source_kind=kind,
                                source_desc=desc, created_by=self.ws.principal.name, created_at=utcnow())
                     c.execute(t.insert().values(**row))
@@ -210,7 +211,7 @@ class Datasets:
         if content_hash is not None: q = q.where(t.c.content_hash == content_hash)
         with self.ws.engine.connect() as c:
             row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
-        return DatasetVersion.from_row(row) if row else None
+        return DatasetVersion.from_row(row, self.ws.config.home) if row else None
 
     def get(self, ref: str) -> DatasetVersion:
         "A version by `name` (latest) or `name@version`."
@@ -230,7 +231,7 @@ class Datasets:
         with self.ws.engine.connect() as c:
             rows = c.execute(sa.select(t).where(t.c.name == check_name(name, "dataset")).order_by(t.c.version)).all()
         if not rows: self.get(name)  # raises NotFoundError with the list of known datasets
-        return [DatasetVersion.from_row(r) for r in rows]
+        return [DatasetVersion.from_row(r, self.ws.config.home) for r in rows]
 
     def list(self) -> list[DatasetVersion]:
         "The latest version of every dataset."
@@ -239,4 +240,4 @@ class Datasets:
         t = table("datasets")
         latest = sa.select(t.c.name, sa.func.max(t.c.version).label("v")).group_by(t.c.name).subquery()
         q = sa.select(t).join(latest, (t.c.name == latest.c.name) & (t.c.version == latest.c.v)).order_by(t.c.name)
-        with self.ws.engine.connect() as c: return [DatasetVersion.from_row(r) for r in c.execute(q)]
+        with self.ws.engine.connect() as c: return [DatasetVersion.from_row(r, self.ws.config.home) for r in c.execute(q)]

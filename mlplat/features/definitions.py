@@ -176,7 +176,8 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
             if en not in entities: errors.append(f"{where}: unknown entity {en!r} (known: {', '.join(entities) or 'none'})")
         try: ds = datasets.get(fv.source)
         except (NotFoundError, ValidationError) as e: errors.append(f"{where}: source {e.message}"); continue
-        d["source"], d["dataset"] = ds.id, {"name": ds.name, "version": ds.version, "path": ds.path,
+        # the snapshot's file path is looked up at apply time, not versioned: moving a workspace is no new definition
+        d["source"], d["dataset"] = ds.id, {"name": ds.name, "version": ds.version,
                                             "classification": ds.classification, "region": ds.region}
         cols = ds.schema
         ts = fv.timestamp_field or ds.timestamp_field or ""

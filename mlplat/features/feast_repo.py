@@ -51,9 +51,10 @@ def _feast_dtype(name):
 
 def push_source_name(view: str) -> str: return f"{view}_push"
 
-def to_feast(resolved: dict, entities: dict, versions: dict) -> list:
+def to_feast(resolved: dict, entities: dict, versions: dict, paths: dict) -> list:
     """Feast objects for resolved definitions. `entities` maps every known entity name to its spec
-    (feature views need them); `versions` maps (kind, name) to the mlplat version, recorded as a tag."""
+    (feature views need them); `versions` maps (kind, name) to the mlplat version, recorded as a tag;
+    `paths` maps a dataset version id (`customers@2`) to its snapshot file."""
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
     objs, ents = [], {}
     for name, e in entities.items():
@@ -62,7 +63,7 @@ def to_feast(resolved: dict, entities: dict, versions: dict) -> list:
     objs += [ents[n] for n in resolved.get("entity", {})]
     views = {}
     for name, v in resolved.get("feature_view", {}).items():
-        src = FileSource(name=f"{name}_source", path=v["dataset"]["path"], timestamp_field=v["timestamp_field"],
+        src = FileSource(name=f"{name}_source", path=paths[v["source"]], timestamp_field=v["timestamp_field"],
                          created_timestamp_column=v.get("created_timestamp_field") or "")
         if v.get("push"): src = PushSource(name=push_source_name(name), batch_source=src)
         tags = {**{str(k): str(t) for k, t in v.get("tags", {}).items()}, "mlplat_version": str(versions[("feature_view", name)]),

@@ -29,6 +29,7 @@ def materialize(features_api, views=None, end=None) -> dict:
     if end.tzinfo is None: end = end.replace(tzinfo=timezone.utc)
     region = ws.config.online_store_region
     classification = ws.governance.residency.most_sensitive([latest[n][1]["dataset"]["classification"] for n in names])
+    features_api.check_sources({n: latest[n] for n in names})
     with ws.governance.operation("features.materialize", "online_store:" + ",".join(names)[:280], "features:materialize",
                                  region, classification, {"views": names, "end": end.isoformat()}):
         with contextlib.redirect_stdout(sys.stderr):  # Feast's progress bars are progress, not results

@@ -56,10 +56,10 @@ class TrainingSet:
         return df
 
     @classmethod
-    def from_row(cls, r) -> "TrainingSet":
+    def from_row(cls, r, home) -> "TrainingSet":
         d = dict(r._mapping)
         meta = json.loads(d.pop("features_json"))
-        return cls(id=d["id"], name=d["name"], version=d["version"], path=d["path"], rows=d["rows"],
+        return cls(id=d["id"], name=d["name"], version=d["version"], path=str(Path(home)/d["path"]), rows=d["rows"],
                    schema=json.loads(d["schema_json"]), features=meta["features"], lineage=meta["lineage"],
                    entity_hash=d["entity_hash"], region=d["region"], classification=d["classification"],
                    created_by=d["created_by"], created_at=str(d["created_at"]))
@@ -112,6 +112,7 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
                                  classification, {"features": len(refs), "rows": len(df)}) as audit:
         ehash = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()
                                + dumps(list(map(str, df.columns))).encode()).hexdigest()
+        features_api.check_sources(views)
         if timestamp_column != "event_timestamp" and "event_timestamp" in df.columns:
             raise ValidationError("entity_df has both 'event_timestamp' and the chosen timestamp column",
                                   hint="drop one, or pass timestamp_column='event_timestamp'")
@@ -165,7 +166,7 @@ def _insert(ws, name, h, path, rows, schema, refs, lineage, ehash, region, class
             with ws.engine.begin() as c:
                 v = (c.execute(sa.select(sa.func.max(t.c.version)).where(t.c.name == name)).scalar() or 0) + 1
                 now = utcnow()
-                c.execute(t.insert().values(id=f"{name}@{v}", name=name, version=v, path=str(path), rows=rows, schema_json=dumps(schema),
+                c.execute(t.insert().values(id=f"{name}@{v}", name=name, version=v, path=str(Path(path).relative_to(ws.config.home)), rows=rows, schema_json=dumps(schema),
                                             features_json=dumps({"features": refs, "lineage": {**lineage, "content_hash": h}}),
                                             entity_hash=ehash, region=region, classification=classification,
                                             created_by=ws.principal.name, created_at=now))
@@ -185,7 +186,7 @@ def _find(ws, name, version=None, content_hash=None) -> TrainingSet | None:
     with ws.engine.connect() as c:
         rows = c.execute(q.order_by(t.c.version.desc())).all()
     for r in rows:
-        ts = TrainingSet.from_row(r)
+        ts = TrainingSet.from_row(r, ws.config.home)
         if content_hash is None or ts.lineage.get("content_hash") == content_hash: return ts
     return None
 
@@ -204,4 +205,4 @@ def list_training_sets(features_api, name: str | None = None) -> list[TrainingSe
     t = table("training_sets")
     q = sa.select(t).order_by(t.c.name, t.c.version)
     if name: q = q.where(t.c.name == name)
-    with features_api.ws.engine.connect() as c: return [TrainingSet.from_row(r) for r in c.execute(q)]
+    with features_api.ws.engine.connect() as c: return [TrainingSet.from_row(r, features_api.ws.config.home) for r in c.execute(q)]
