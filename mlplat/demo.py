@@ -5,8 +5,9 @@
 # %% ../notebooks/31_demo.ipynb #db4641fc
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -90,7 +91,10 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     _say(f"4. training set      {tset.id}: {tset.rows:,} rows x {len(df.columns)} columns, point-in-time correct; "
          f"{no_activity:,} rows with no activity in the 7-day TTL kept with nulls (Feast alone drops them)  [{t_ts:.2f} s]", as_json)
 
-    t = time.perf_counter(); mat = ws.features.materialize(); t_mat = time.perf_counter() - t
+    t = time.perf_counter()
+    with contextlib.redirect_stderr(io.StringIO()):  # Feast's progress lines; step 5 reports the outcome
+        mat = ws.features.materialize()
+    t_mat = time.perf_counter() - t
     rep["materialize"] = {**mat, "seconds": t_mat}
     _say(f"5. materialize       {', '.join(mat['views'])} -> {mat['online_store']} online store in {mat['region']}  [{t_mat:.2f} s]", as_json)
 
@@ -136,5 +140,7 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
             f"definitions: {defs_file}"]
     rep["where_to_look"] = look
     if as_json: print(json.dumps(rep, indent=2, default=str))
-    else: print(f"\nDone in {rep['seconds']:.1f} s. Where to look:\n  " + "\n  ".join(look))
+    else:
+        venv = f" (with the venv active: source {sys.prefix}/bin/activate)" if sys.prefix != sys.base_prefix else ""
+        print(f"\nDone in {rep['seconds']:.1f} s. Where to look{venv}:\n  " + "\n  ".join(look))
     return rep
