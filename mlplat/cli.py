@@ -104,9 +104,8 @@ def cmd_features(args):
         r = f.sync()
         _print_json(r.to_dict()) if args.json else print(f"Feast re-synced: {len(r.unchanged) + len(r.created)} definition(s)")
     elif a == "training-set":
-        import pandas as pd
-        path = args.entities
-        df = pd.read_parquet(path) if str(path).endswith((".parquet", ".pq")) else pd.read_csv(path)
+        from mlplat.features.datasets import read_frame
+        df = read_frame(args.entities)
         ts = f.training_set(df, features=args.feature or None, service=args.service, name=args.name,
                             timestamp_column=args.timestamp_column, full_feature_names=args.full_feature_names)
         _out(args, ts.to_dict())
@@ -118,14 +117,13 @@ def cmd_features(args):
         res = f.online(rows, features=args.feature or None, service=args.service)
         _out(args, res)
     elif a == "push":
-        import pandas as pd
-        df = pd.read_parquet(args.file) if args.file.endswith((".parquet", ".pq")) else pd.read_csv(args.file)
-        _out(args, f.push(args.view, df))
+        from mlplat.features.datasets import read_frame
+        _out(args, f.push(args.view, read_frame(args.file)))
 
 def _kv(s: str):
     k, sep, v = s.partition("=")
     if not sep: raise ValidationError(f"--entity {s!r} must be KEY=VALUE, e.g. customer_id=42")
-    return k, int(v) if v.lstrip("-").isdigit() else v
+    return k, v  # the core converts it to the entity's key type
 
 def cmd_lineage(args):
     g = _ws(args).lineage.of(args.node)
@@ -143,10 +141,8 @@ def cmd_audit(args):
         else: print(f"{'OK' if rep.ok else 'FAILED'}: {rep.message}; {rep.records} valid record(s); head {rep.head}")
         if not rep.ok: raise SystemExit(4)
     elif args.action == "export":
-        text = ws.audit.export(args.format)
-        if args.output:
-            with open(args.output, "w") as fh: fh.write(text)
-            print(f"wrote {args.output}", file=sys.stderr)
+        text = ws.audit.export(args.format, args.output)
+        if args.output: print(f"wrote {args.output}", file=sys.stderr)
         else: sys.stdout.write(text)
     elif args.action == "list":
         recs = ws.audit.records(args.limit)

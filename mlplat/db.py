@@ -32,12 +32,12 @@ def metadata():
              sa.Column("schema_json", sa.Text, nullable=False),
              sa.Column("timestamp_field", sa.String(200)),
              sa.Column("region", sa.String(100), nullable=False),
+             sa.Column("source_region", sa.String(100), nullable=False),
              sa.Column("classification", sa.String(100), nullable=False),
              sa.Column("source_kind", sa.String(20), nullable=False),
              sa.Column("source_desc", sa.Text, nullable=False),
              sa.Column("created_by", sa.String(200), nullable=False),
-             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-             sa.UniqueConstraint("name", "content_hash", name="uq_dataset_content"))
+             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False))
     sa.Table("definitions", md,  # entities, feature views, feature services: one row per version
              sa.Column("kind", sa.String(40), primary_key=True),
              sa.Column("name", sa.String(200), primary_key=True),
@@ -47,7 +47,7 @@ def metadata():
              sa.Column("created_by", sa.String(200), nullable=False),
              sa.Column("created_at", sa.DateTime(timezone=True), nullable=False))
     sa.Table("training_sets", md,
-             sa.Column("id", sa.String(80), primary_key=True),
+             sa.Column("id", sa.String(140), primary_key=True),
              sa.Column("name", sa.String(200), nullable=False),
              sa.Column("version", sa.Integer, nullable=False),
              sa.Column("path", sa.Text, nullable=False),
@@ -96,7 +96,7 @@ def _sqlite_pragmas(dbapi_conn, _record):
 def open_engine(url: str):
     "An engine on the platform DB with its tables created (idempotent)."
     import sqlalchemy as sa
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
     try:
         engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, NoSuchModuleError) as e:
@@ -110,11 +110,15 @@ def open_engine(url: str):
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     try:
         metadata().create_all(engine)
-        with engine.begin() as c:
+        try:
+            with engine.begin() as c:
+                if c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first() is None:
+                    c.execute(table("meta").insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        except IntegrityError:
+            pass  # another process opening the fresh DB wrote it first
+        with engine.connect() as c:
             row = c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first()
-            if row is None:
-                c.execute(table("meta").insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row[0]) > SCHEMA_VERSION:
+            if int(row[0]) > SCHEMA_VERSION:
                 raise ConfigError(f"the platform DB has schema version {row[0]}, newer than this mlplat ({SCHEMA_VERSION})",
                                   hint="upgrade mlplat")
     except OperationalError as e:

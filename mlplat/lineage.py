@@ -15,14 +15,18 @@ class Lineage:
     "The lineage graph of a workspace."
     def __init__(self, ws): self.ws = ws
 
-    def add(self, src: str, dst: str):
-        "Record that `dst` was derived from `src` (idempotent)."
+    def add(self, src: str, dst: str, conn=None):
+        """Record that `dst` was derived from `src` (idempotent). Core operations pass their open
+        transaction (`conn`) so an object and its lineage commit together."""
         import sqlalchemy as sa
         t = table("lineage")
-        with self.ws.engine.begin() as c:
+        def write(c):
             if c.execute(sa.select(t.c.src).where((t.c.src == src) & (t.c.dst == dst))).first() is None:
-                try: c.execute(t.insert().values(src=src, dst=dst, created_at=utcnow()))
-                except sa.exc.IntegrityError: pass  # a concurrent writer added the same edge
+                c.execute(t.insert().values(src=src, dst=dst, created_at=utcnow()))
+        if conn is not None: return write(conn)
+        try:
+            with self.ws.engine.begin() as c: write(c)
+        except sa.exc.IntegrityError: pass  # a concurrent writer added the same edge
 
     def _walk(self, node: str, up: bool) -> list[dict]:
         import sqlalchemy as sa

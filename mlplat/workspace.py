@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, find_config_file, render_toml
-from .errors import PermissionDenied
+from .errors import ConfigError, PermissionDenied
 
 # %% auto #0
 __all__ = ['AuditApi', 'Workspace', 'init', 'connect']
@@ -26,11 +26,17 @@ class AuditApi:
     def verify(self, expect_head: str | None = None):
         self.ws.governance.authorize("audit:read")
         return self.ws.governance.audit.verify(expect_head)
-    def export(self, fmt: str = "jsonl") -> str:
-        self.ws.governance.authorize("audit:export")
-        rep = self.ws.governance.audit
-        out = rep.export(fmt)
-        rep.append(self.ws.principal.name, "audit.export", "audit_log", "success", self.ws.config.workspace.region, {"format": fmt})
+    def export(self, fmt: str = "jsonl", path: str | os.PathLike | None = None) -> str:
+        "All records as JSON lines or CSV; written to `path` when given. The export itself is audited."
+        with self.ws.governance.operation("audit.export", "audit_log", "audit:export", self.ws.config.workspace.region,
+                                          details={"format": fmt, "path": str(path) if path else None}):
+            out = self.ws.governance.audit.export(fmt)
+            if path is not None:
+                try: Path(path).write_text(out)
+                except OSError as e:
+                    from mlplat.errors import ValidationError
+                    raise ValidationError(f"cannot write the audit export to {path}: {e.strerror}",
+                                          hint="choose a writable file path") from None
         return out
 
 class Workspace:
@@ -70,8 +76,13 @@ class Workspace:
     def audit(self) -> AuditApi: return AuditApi(self)
 
     def as_user(self, name: str) -> "Workspace":
-        "The same workspace acting as another principal (local identity: tests, admin tooling)."
+        """The same workspace acting as another principal. Only with the `local` identity provider, which
+        trusts the machine anyway; a verifying provider (OIDC, tokens) cannot be sidestepped this way."""
+        from mlplat.errors import ConfigError
         from mlplat.governance.identity import Principal
+        if self.config.identity.provider != "local":
+            raise ConfigError(f"choosing the acting user is only possible with the local identity provider, "
+                              f"not {self.config.identity.provider!r}", hint="authenticate through the configured provider")
         return Workspace(self.config, Principal(name))
 
     def mlflow_client(self):
@@ -85,13 +96,21 @@ class Workspace:
                 "region": c.workspace.region, "principal": self.principal.name,
                 "roles": list(self.governance.rbac.roles_of(self.principal)),
                 "platform_db": make_url(c.db_url).render_as_string(hide_password=True),
-                "mlflow_tracking_uri": c.tracking_uri, "mlflow_registry_uri": c.registry_uri,
+                "mlflow_tracking_uri": _redact_uri(c.tracking_uri), "mlflow_registry_uri": _redact_uri(c.registry_uri),
                 "mlflow_artifact_root": c.artifact_root, "feast_repo": str(c.feast_repo),
                 "feast_online_store": c.feast.online_store, "online_store_region": c.online_store_region}
 
     def __repr__(self): return f"Workspace(home={str(self.config.home)!r}, principal={self.principal.name!r})"
 
 # %% ../notebooks/20_workspace.ipynb #4df73098
+def _redact_uri(uri: str) -> str:
+    "A URI without the password in its user info (http://user:pw@host -> http://user:***@host)."
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    if parts.password is None: return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
 def init(home: str | os.PathLike | None = None, region: str | None = None, admin: str | None = None,
          mlflow: bool = True, quiet: bool = False) -> Workspace:
     """Create the workspace (config file, state folder, platform DB, Feast repo, MLflow store); idempotent.
@@ -100,16 +119,22 @@ def init(home: str | os.PathLike | None = None, region: str | None = None, admin
     if home is not None: env["MLPLAT_HOME"] = str(home)
     path = find_config_file(env)
     if path is None:
-        cfg = Config.load(home, env)
-        if region: cfg.workspace.region = region
+        effective = Config.load(home, env)
+        if (effective.home/"platform.db").exists():
+            raise ConfigError(f"{effective.home} already holds a workspace's state but no mlplat.toml governs it here",
+                              hint="run from the project folder that has its mlplat.toml, or point MLPLAT_CONFIG at that file")
         from mlplat.governance.identity import identity_provider
-        who = admin or identity_provider(cfg).principal().name
+        who = admin or identity_provider(effective).principal().name
+        # the file holds defaults + explicit choices only: values from MLPLAT_* variables (possibly
+        # secrets such as database passwords) stay in the environment
+        cfg = Config()
+        cfg.workspace.region = region or cfg.workspace.region
         cfg.rbac.bindings = {who: ["admin"]}
         target = (Path(env["MLPLAT_HOME"]) if env.get("MLPLAT_HOME") else Path.cwd())/"mlplat.toml"
         target.parent.mkdir(parents=True, exist_ok=True)
         # the state folder is written relative to the file, so the project folder can move
-        text = render_toml(cfg).replace(f'home = "{cfg.home}"', f'home = "{os.path.relpath(cfg.home, target.parent)}"')
-        target.write_text(text)
+        cfg.workspace.home = os.path.relpath(effective.home, target.parent)
+        target.write_text(render_toml(cfg))
         if not quiet: print(f"mlplat: wrote {target} ({who} is admin)", file=sys.stderr)
     cfg = Config.load(home, env)
     cfg.home.mkdir(parents=True, exist_ok=True)
@@ -140,8 +165,10 @@ def connect(home: str | os.PathLike | None = None, user: str | None = None) -> W
     configuration yet is initialized first, with the current user as admin."""
     env = dict(os.environ)
     if home is not None: env["MLPLAT_HOME"] = str(home)
-    if find_config_file(env) is None or not Config.load(home).home.exists():
+    if find_config_file(env) is None:
         ws = init(home, mlflow=False)  # MLflow's store is created when first used
+    elif not Config.load(home).home.exists():
+        ws = init(home, mlflow=False)  # configured, state folder not created yet
     else:
         ws = Workspace(Config.load(home))
     return ws.as_user(user) if user else ws

@@ -126,3 +126,29 @@ def _append_many(home, i):
     ws = connect(home)
     for k in range(25):
         ws.governance.audit.append(ws.principal.name, "test.append", f"r{i}-{k}", "success", "ae-dubai-1")
+
+
+def test_audit_export_failure_is_audited_as_failed(ws, tmp_path):
+    from mlplat.errors import ValidationError
+    with pytest.raises(ValidationError, match="cannot write the audit export"):
+        ws.audit.export("csv", tmp_path / "missing-dir" / "audit.csv")
+    assert ws.audit.records(limit=1)[0]["outcome"] == "failed"
+    ws.audit.export("jsonl", tmp_path / "audit.jsonl")
+    assert ws.audit.records(limit=1)[0]["outcome"] == "success" and (tmp_path / "audit.jsonl").exists()
+
+
+def test_acting_user_cannot_be_chosen_with_a_verifying_provider(ws):
+    from mlplat.errors import ConfigError
+    ws.config.identity.provider = "mlplat.governance.identity:LocalIdentityProvider"
+    with pytest.raises(ConfigError, match="only possible with the local identity provider"):
+        ws.as_user("admin")
+
+
+def test_sql_source_secrets_never_stored(ws, tmp_path):
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "src.db"); con.execute("CREATE TABLE t (a INTEGER)"); con.execute("INSERT INTO t VALUES (1)"); con.commit(); con.close()
+    v = ws.features.register_source("t", sql="SELECT * FROM t", url=f"sqlite:///{tmp_path}/src.db?password=hunter2", classification="internal")
+    with pytest.raises(Exception):
+        ws.features.register_source("u", sql="SELECT * FROM nope", url=f"sqlite:///{tmp_path}/src.db?token=hunter2", classification="internal")
+    everything = json.dumps([v.to_dict(), ws.audit.records(limit=None), ws.lineage.of(v.node)], default=str)
+    assert "hunter2" not in everything

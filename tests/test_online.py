@@ -59,3 +59,42 @@ def test_apply_from_another_process_is_seen_without_restart(churn_ws, home):
     other.features.materialize(["profile_copy"])
     got = churn_ws.features.online([{"customer_id": 1}], features=["profile_copy:age"])
     assert got["age"] == churn_ws.features.online([{"customer_id": 1}], features=["customer_profile:age"])["age"]
+
+
+def test_new_view_version_is_loaded_in_full_and_lookups_see_new_features(ws):
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    ws.features.register_source("prices", pd.DataFrame({"sku": ["0042", "0007"], "event_timestamp": [now - pd.Timedelta(hours=2)] * 2,
+                                                        "price": [1.0, 2.0]}), classification="internal", timestamp_field="event_timestamp")
+    defs = {"entities": [{"name": "item", "join_key": "sku", "value_type": "string"}],
+            "feature_views": [{"name": "p", "entities": ["item"], "source": "prices", "features": [{"name": "price", "dtype": "float64"}]}]}
+    ws.features.apply(defs)
+    assert ws.features.materialize()["full"] == ["p"]  # first load: the whole snapshot (ttl 0 = no expiry)
+    assert ws.features.online([{"sku": "0042"}], features=["p"])["price"] == [1.0]
+    ws.features.register_source("prices", pd.DataFrame({"sku": ["0042", "0007"], "event_timestamp": [now - pd.Timedelta(hours=1)] * 2,
+                                                        "price": [1.5, 2.5], "qty": [3.0, 4.0]}), classification="internal",
+                                timestamp_field="event_timestamp")
+    defs["feature_views"][0]["features"].append({"name": "qty", "dtype": "float64"})
+    assert ws.features.apply(defs).created == ["feature_view:p@2"]
+    assert ws.features.materialize()["full"] == ["p"]  # a new version is loaded in full, not incrementally
+    got = ws.features.online([{"sku": "0042"}], features=["p"])  # same workspace object: no stale cached refs
+    assert got["price"] == [1.5] and got["qty"] == [3.0]
+    assert ws.features.materialize()["full"] == []  # unchanged version: incremental
+    # string keys stay strings end to end, including digit-only ids
+    assert ws.features.online({"sku": ["0007"]}, features=["p:price"])["price"] == [2.5]
+    ts = ws.features.training_set(pd.DataFrame({"sku": [42, "0007"], "event_timestamp": [now, now]}), features=["p:price"], name="px")
+    assert list(ts.to_df()["price"].isna()) == [True, False]  # 42 -> "42", which is not "0042"
+
+
+def test_entity_key_change_that_would_strand_views_is_refused(churn_ws):
+    with pytest.raises(ValidationError, match="would break feature view"):
+        churn_ws.features.apply({"entities": [{"name": "customer", "join_key": "client_id"}]})
+    assert churn_ws.features.list("entity")[0]["join_key"] == "customer_id"
+
+
+def test_bad_pushed_values_are_refused_clearly(churn_ws):
+    ev = pd.DataFrame({"customer_id": ["x"], "event_timestamp": [pd.Timestamp.now(tz="UTC")], "spend_7d": [1.0],
+                       "transactions_7d": [1], "tickets_7d": [0]})
+    with pytest.raises(ValidationError, match="pushed 'customer_id' should hold int64"):
+        churn_ws.features.push("customer_activity", ev)
+    with pytest.raises(ValidationError, match="pushed 'spend_7d' should hold float64"):
+        churn_ws.features.push("customer_activity", ev.assign(customer_id=1, spend_7d="n/a"))

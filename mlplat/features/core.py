@@ -61,6 +61,7 @@ class Features:
         names = [f"{k}:{s.name}" for k, items in (("entity", d.entities), ("feature_view", d.feature_views),
                                                    ("feature_service", d.feature_services)) for s in items]
         gov = self.ws.governance
+        self.__dict__.pop("_online_refs", None)  # online lookups re-resolve services after any apply
         with gov.operation("features.apply", ",".join(names)[:300], "features:apply", self.ws.config.workspace.region) as audit:
             applied = {k: {n: spec for n, (_, spec) in self.latest(k).items()} for k in defs_mod.KINDS}
             resolved = defs_mod.validate(d, self.datasets, applied)
@@ -95,15 +96,14 @@ class Features:
                             if view not in views: views[view] = self.store.get_feature_view(view)
                     objs += to_feast_services(resolved, views, versions)
                     self.store.apply(objs)  # raising here rolls the version rows back
+                    for (kind, name), ver in versions.items():  # lineage commits with the versions
+                        node, spec = f"{kind}:{name}@{ver}", resolved[kind][name]
+                        if kind == "feature_view": self.ws.lineage.add(f"dataset:{spec['source']}", node, conn=c)
+                        if kind == "feature_service":
+                            for view, vv in spec["view_versions"].items(): self.ws.lineage.add(f"feature_view:{view}@{vv}", node, conn=c)
             except sa.exc.IntegrityError:
                 raise ConflictError("another apply of the same definitions ran at the same time; nothing was applied",
                                     hint="apply again") from None
-            for kind, name in versions:
-                node = f"{kind}:{name}@{versions[(kind, name)]}"
-                spec = resolved[kind][name]
-                if kind == "feature_view": self.ws.lineage.add(f"dataset:{spec['source']}", node)
-                if kind == "feature_service":
-                    for view, ver in spec["view_versions"].items(): self.ws.lineage.add(f"feature_view:{view}@{ver}", node)
             audit.update(result.to_dict())
             return result
 
@@ -150,6 +150,7 @@ class Features:
 
     def show(self, name: str) -> dict:
         "A feature view or service (or entity): latest definition, version count, lineage."
+        self.ws.governance.authorize("features:read")
         for kind in ("feature_view", "feature_service", "entity"):
             cur = self.latest(kind).get(name)
             if cur:
@@ -165,6 +166,7 @@ class Features:
 
     def resolve_features(self, features=None, service: str | None = None) -> tuple[list, dict]:
         "Feature references `view:feature` and the latest view specs they come from, for a list of refs or a service."
+        self.ws.governance.authorize("features:read")
         views = self.latest("feature_view")
         if service is not None:
             svc = self.latest("feature_service").get(service)

@@ -19,7 +19,8 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
-__all__ = ['NAME_RE', 'check_name', 'parse_ref', 'DatasetVersion', 'normalize', 'Datasets']
+__all__ = ['NAME_RE', 'SECRET_KEYS', 'check_name', 'parse_ref', 'DatasetVersion', 'redact_url', 'read_frame', 'normalize',
+           'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
 def check_name(name: str, what: str) -> str:
@@ -47,7 +48,8 @@ class DatasetVersion:
     rows: int
     schema: dict
     timestamp_field: str | None
-    region: str
+    region: str            # where the snapshot is stored (the workspace region)
+    source_region: str     # where the source lives
     classification: str
     source_kind: str
     source_desc: str
@@ -62,9 +64,11 @@ class DatasetVersion:
     def to_df(self):
         "The snapshot's rows, verified against its content hash."
         import pyarrow.parquet as pq
-        t = pq.read_table(self.path)
-        df = t.to_pandas()
-        if _table_hash(t, df) != self.content_hash:
+        try:
+            t = pq.read_table(self.path); df = t.to_pandas(); ok = _table_hash(t, df) == self.content_hash
+        except (OSError, ValueError):  # missing or unreadable file
+            ok = False
+        if not ok:
             from mlplat.errors import AuditIntegrityError
             raise AuditIntegrityError(f"snapshot {self.path} of {self.id} does not match its content hash",
                                       hint="the file was modified outside mlplat; re-register the source")
@@ -86,9 +90,40 @@ def _table_hash(t, frame=None) -> str:
     import pandas as pd
     h = hashlib.sha256(dumps([(f.name, str(f.type)) for f in t.schema]).encode())
     frame = t.to_pandas() if frame is None else frame
-    for c in frame.columns:
-        h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
+    import pyarrow as pa
+    for f, c in zip(t.schema, frame.columns):
+        if pa.types.is_nested(f.type):  # lists/structs (embeddings): hash a canonical JSON of the values
+            h.update(c.encode() + b"\0" + dumps(t.column(f.name).to_pylist()).encode())
+        else:
+            h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
     return h.hexdigest()
+
+def _write_snapshot(t, folder: Path, h: str) -> Path:
+    "Write a parquet snapshot atomically (temp file + rename): no reader ever sees half a file."
+    import pyarrow.parquet as pq
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp"); os.close(fd)
+    try:
+        pq.write_table(t, tmp)
+        final = folder/f"{h}.parquet"
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return final
+
+SECRET_KEYS = re.compile(r"pass(word)?|pwd|secret|token|key|credential", re.I)
+
+def redact_url(url: str) -> str:
+    "A database URL safe to store, log and audit: password and secret-looking query parameters removed."
+    import sqlalchemy as sa
+    try: u = sa.engine.make_url(url)
+    except Exception: return "<unparseable url>"
+    u = u.set(query={k: v for k, v in u.query.items() if not SECRET_KEYS.search(k)})
+    return u.render_as_string(hide_password=True)
+
+def read_frame(path) -> "pd.DataFrame":
+    "A parquet or CSV file as a DataFrame, with clear errors (for entity frames and event files)."
+    return _read_source(path, None, None)[0]
 
 def _read_source(source, sql: str | None, url: str | None):
     "Load the source into a DataFrame; return (df, kind, description)."
@@ -96,13 +131,15 @@ def _read_source(source, sql: str | None, url: str | None):
     if sql is not None:
         if not url: raise ValidationError("a SQL source needs a database URL", hint="pass url='sqlite:///path.db' (any SQLAlchemy URL)")
         import sqlalchemy as sa
+        safe = redact_url(url)
         try:
             eng = sa.create_engine(url)
             with eng.connect() as c: df = pd.read_sql(sa.text(sql), c)
-        except Exception as e:  # the driver's own error text is what the user needs
-            raise ValidationError(f"the SQL query failed on {url.split('@')[-1]}: {getattr(e, 'orig', e)}",
+        except Exception as e:  # the driver's own error text is what the user needs; never the URL's secrets
+            msg = str(getattr(e, "orig", e)).replace(url, safe)
+            raise ValidationError(f"the SQL query failed on {safe}: {msg}",
                                   hint="check the query and the URL; it must be a SELECT returning rows") from None
-        return df, "sql", f"{sa.engine.make_url(url).render_as_string(hide_password=True)} :: {sql}"
+        return df, "sql", f"{safe} :: {sql}"
     if isinstance(source, pd.DataFrame): return source.copy(), "dataframe", f"DataFrame{tuple(source.shape)}"
     if isinstance(source, (str, os.PathLike)):
         p = Path(source).expanduser()
@@ -134,6 +171,9 @@ def normalize(df, timestamp_field: str | None):
         if timestamp_field not in df.columns:
             raise ValidationError(f"timestamp field {timestamp_field!r} is not a column",
                                   hint=f"columns: {', '.join(df.columns)}")
+        if pd.api.types.is_numeric_dtype(df[timestamp_field]):
+            raise ValidationError(f"timestamp field {timestamp_field!r} holds numbers, not timestamps",
+                                  hint="convert it first, e.g. df[col] = pd.to_datetime(df[col], unit='s', utc=True)")
         if not pd.api.types.is_datetime64_any_dtype(df[timestamp_field]):
             try: df[timestamp_field] = pd.to_datetime(df[timestamp_field], utc=True).astype("datetime64[us, UTC]")
             except (ValueError, TypeError) as e:
@@ -151,41 +191,43 @@ class Datasets:
     def register(self, name: str, source=None, *, classification: str, region: str | None = None,
                  timestamp_field: str | None = None, sql: str | None = None, url: str | None = None) -> DatasetVersion:
         """Snapshot `source` (path, DataFrame, or `sql` + `url`) as a version of dataset `name`.
-        `region` is where the source lives (default: the workspace region); the snapshot is stored in the workspace region."""
-        import pyarrow as pa, pyarrow.parquet as pq, sqlalchemy as sa
+        `region` is where the source lives (default: the workspace region); the snapshot is stored in the
+        workspace region. The latest version is reused when data *and* metadata are identical."""
+        import pyarrow as pa
         check_name(name, "dataset")
         ws, gov = self.ws, self.ws.governance
         region = region or ws.config.workspace.region
+        store_region = ws.config.workspace.region
         gov.residency.validate_classification(classification)
-        resource = f"dataset:{name}"
-        with gov.operation("datasets.register", resource, "datasets:register", ws.config.workspace.region,
+        with gov.operation("datasets.register", f"dataset:{name}", "datasets:register", store_region,
                            classification, {"source_region": region}, also_regions=(region,)) as audit:
             df, kind, desc = _read_source(source, sql, url)
             df = normalize(df, timestamp_field)
             try: t = pa.Table.from_pandas(df, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
                 raise ValidationError(f"a column has mixed or unsupported values: {e}", hint="give each column one type") from None
             h = _table_hash(t)
-            existing = self._find(name, content_hash=h)
-            if existing:
-                audit.update(version=existing.version, content_hash=h, reused=True)
-                return existing
-            folder = ws.config.home/"data"/"datasets"/name
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp"); os.close(fd)
-            try:
-                pq.write_table(t, tmp)
-                final = folder/f"{h}.parquet"
-                os.replace(tmp, final)  # content-addressed: an existing file has the same bytes' content
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True); raise
+            latest = self._find(name)
+            if latest and (latest.content_hash, latest.classification, latest.timestamp_field, latest.source_region) == \
+                    (h, classification, timestamp_field, region):
+                self._ensure_file(latest, t)
+                audit.update(version=latest.version, content_hash=h, reused=True)
+                return latest
+            final = _write_snapshot(t, ws.config.home/"data"/"datasets"/name, h)
             schema = {f.name: str(f.type) for f in t.schema}
-            dv = self._insert(name, h, final, len(df), schema, timestamp_field, region, classification, kind, desc)
+            dv = self._insert(name, h, final, len(df), schema, timestamp_field, store_region, region, classification, kind, desc)
             audit.update(version=dv.version, content_hash=h, rows=dv.rows)
-            ws.lineage.add(f"source:{kind}:{desc[:200]}", dv.node)
             return dv
 
-    def _insert(self, name, h, path, rows, schema, ts, region, classification, kind, desc) -> DatasetVersion:
+    def _ensure_file(self, dv: DatasetVersion, t):
+        "A reused version whose file went missing or was altered is rewritten from the identical data in hand."
+        import pyarrow.parquet as pq
+        p = Path(dv.path)
+        try: ok = p.is_file() and _table_hash(pq.read_table(p)) == dv.content_hash
+        except Exception: ok = False  # unreadable parquet counts as damaged
+        if not ok: _write_snapshot(t, p.parent, dv.content_hash)
+
+    def _insert(self, name, h, path, rows, schema, ts, region, source_region, classification, kind, desc) -> DatasetVersion:
         import sqlalchemy as sa
         from sqlalchemy.exc import IntegrityError
         t = table("datasets")
@@ -193,14 +235,17 @@ class Datasets:
             try:
                 with self.ws.engine.begin() as c:
                     v = (c.execute(sa.select(sa.func.max(t.c.version)).where(t.c.name == name)).scalar() or 0) + 1
-                    row = dict(name=name, version=v, content_hash=h, path=str(Path(path).relative_to(self.ws.config.home)), rows=rows, schema_json=dumps(schema),
-                               timestamp_field=ts, region=region, classification=classification, source_kind=kind,
-                               source_desc=desc, created_by=self.ws.principal.name, created_at=utcnow())
-                    c.execute(t.insert().values(**row))
-                return self.get(f"{name}@{v}")
+                    now = utcnow()
+                    c.execute(t.insert().values(
+                        name=name, version=v, content_hash=h, path=str(Path(path).relative_to(self.ws.config.home)), rows=rows,
+                        schema_json=dumps(schema), timestamp_field=ts, region=region, source_region=source_region,
+                        classification=classification, source_kind=kind, source_desc=desc,
+                        created_by=self.ws.principal.name, created_at=now))
+                    # the lineage edge commits with the version: a version never exists without its origin
+                    c.execute(table("lineage").insert().values(src=f"source:{kind}:{desc[:250]}", dst=f"dataset:{name}@{v}", created_at=now))
+                return self._find(name, v)
             except IntegrityError:
-                found = self._find(name, content_hash=h)
-                if found: return found  # a concurrent register of the same data won
+                continue  # a concurrent register took this version number: take the next
         raise ConflictError(f"could not allocate a version for dataset {name!r} (heavy contention)", hint="retry")
 
     def _find(self, name: str, version: int | None = None, content_hash: str | None = None) -> DatasetVersion | None:

@@ -23,8 +23,8 @@ DTYPES = {  # mlplat dtype -> Arrow type names it accepts in a dataset
 VALUE_TYPES = ("int64", "int32", "string")
 
 # %% auto #0
-__all__ = ['DTYPES', 'VALUE_TYPES', 'KINDS', 'parse_ttl', 'Entity', 'Feature', 'FeatureView', 'FeatureService', 'Definitions',
-           'spec_dict', 'load_definitions', 'validate']
+__all__ = ['DTYPES', 'VALUE_TYPES', 'KINDS', 'FIELD_TYPES', 'parse_ttl', 'Entity', 'Feature', 'FeatureView', 'FeatureService',
+           'Definitions', 'coerce_column', 'spec_dict', 'load_definitions', 'validate']
 
 # %% ../../notebooks/12_definitions.ipynb #80b91fda
 def parse_ttl(ttl) -> timedelta:
@@ -89,6 +89,25 @@ class Definitions:
     feature_services: list = field(default_factory=list)
     def __len__(self): return len(self.entities) + len(self.feature_views) + len(self.feature_services)
 
+def coerce_column(col, dtype: str, what: str):
+    "`col` converted to mlplat `dtype` (int64, float64, string, ...) or a ValidationError naming the bad value."
+    import pandas as pd
+    try:
+        if dtype in ("int64", "int32"):
+            if pd.api.types.is_integer_dtype(col): return col.astype(dtype)
+            num = pd.to_numeric(col, errors="raise")
+            if not (num.dropna() % 1 == 0).all(): raise ValueError("non-integer values")
+            return num.astype("Int64" if num.isna().any() else dtype)
+        if dtype in ("float64", "float32"): return pd.to_numeric(col, errors="raise").astype(dtype)
+        if dtype == "string": return col.astype("string").astype(object).where(col.notna(), None)
+        if dtype == "bool":
+            if pd.api.types.is_bool_dtype(col): return col
+            raise ValueError("not booleans")
+        if dtype == "unix_timestamp": return pd.to_datetime(col, utc=True)
+    except (ValueError, TypeError) as e:
+        raise ValidationError(f"{what} should hold {dtype} values: {e}", hint="fix the values or the declared type") from None
+    return col
+
 def spec_dict(spec) -> dict:
     "Canonical dict of a spec (ttl in seconds), the form that is hashed and versioned."
     d = asdict(spec)
@@ -148,10 +167,27 @@ def _from_dict(data: dict, path) -> Definitions:
                        _build("feature_service", data.get("feature_services"), path))
 
 # %% ../../notebooks/12_definitions.ipynb #094ebd09
+FIELD_TYPES = {"description": str, "owner": str, "tags": dict, "online": bool, "push": bool, "join_key": str,
+               "value_type": str, "timestamp_field": str, "created_timestamp_field": str, "source": str,
+               "entities": list, "features": list}
+
+def _field_types(kind, s, errors):
+    for f, typ in FIELD_TYPES.items():
+        v = getattr(s, f, None)
+        if v is not None and hasattr(s, f) and not isinstance(v, typ):
+            errors.append(f"{kind.replace('_', ' ')} {s.name!r}: {f} must be a {typ.__name__}, got {v!r}")
+    if isinstance(getattr(s, "tags", None), dict) and not all(isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in s.tags.items()):
+        errors.append(f"{kind.replace('_', ' ')} {s.name!r}: tags must map names to plain values")
+
 def validate(defs: Definitions, datasets, applied: dict) -> dict:
     """Check `defs` against registered `datasets` and `applied` ({kind: {name: spec_dict}});
     return {kind: {name: resolved spec_dict}}. Raises one ValidationError listing every problem."""
     errors, out = [], {k: {} for k in KINDS}
+    for kind, items in (("entity", defs.entities), ("feature_view", defs.feature_views), ("feature_service", defs.feature_services)):
+        for s in items: _field_types(kind, s, errors)
+    if errors:
+        raise ValidationError(f"{len(errors)} problem(s) in the feature definitions; nothing was applied:\n  - " + "\n  - ".join(errors),
+                              hint="fix them and apply again")
     for kind, items in (("entity", defs.entities), ("feature_view", defs.feature_views), ("feature_service", defs.feature_services)):
         seen = set()
         for s in items:
@@ -165,6 +201,14 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
         try: check_name(e.join_key, "join key")
         except ValidationError as err: errors.append(f"entity {e.name!r}: {err.message}")
         out["entity"][e.name] = spec_dict(e)
+    in_batch = {fv.name for fv in defs.feature_views}
+    for e in defs.entities:  # a changed join key or type must not strand views applied earlier
+        old = applied.get("entity", {}).get(e.name)
+        if old and (old["join_key"], old["value_type"]) != (e.join_key, e.value_type):
+            users = sorted(n for n, v in applied.get("feature_view", {}).items() if e.name in v["entities"] and n not in in_batch)
+            if users:
+                errors.append(f"entity {e.name!r}: changing join_key/value_type from {old['join_key']}/{old['value_type']} "
+                              f"to {e.join_key}/{e.value_type} would break feature view(s) {', '.join(users)}; apply them in the same batch")
     views = dict(applied.get("feature_view", {}))
     for fv in defs.feature_views:
         where = f"feature view {fv.name!r}"

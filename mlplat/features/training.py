@@ -13,8 +13,9 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 from ..db import dumps, table, utcnow
-from ..errors import ConflictError, NotFoundError, ValidationError
-from .datasets import _table_hash, check_name, parse_ref
+from ..errors import AuditIntegrityError, ConflictError, NotFoundError, ValidationError
+from .datasets import _table_hash, _write_snapshot, check_name, parse_ref
+from .definitions import coerce_column
 from .online import with_fresh_registry
 
 ROW_ID = "__mlplat_row_id"
@@ -47,9 +48,11 @@ class TrainingSet:
         "The rows, verified against the content hash they were saved under."
         if getattr(self, "_frame", None) is not None: return self._frame.copy()
         import pyarrow.parquet as pq
-        t = pq.read_table(self.path)
-        df = t.to_pandas()
-        if _table_hash(t, df) != self.lineage.get("content_hash"):
+        try:
+            t = pq.read_table(self.path); df = t.to_pandas(); ok = _table_hash(t, df) == self.lineage.get("content_hash")
+        except (OSError, ValueError):  # missing or unreadable file
+            ok = False
+        if not ok:
             from mlplat.errors import AuditIntegrityError
             raise AuditIntegrityError(f"training set file {self.path} of {self.id} does not match its content hash",
                                       hint="it was modified outside mlplat; rebuild the training set")
@@ -65,7 +68,9 @@ class TrainingSet:
                    created_by=d["created_by"], created_at=str(d["created_at"]))
 
 # %% ../../notebooks/15_training.ipynb #af6adf6a
-def _entity_frame(entity_df, timestamp_column: str, join_keys: list):
+def _entity_frame(entity_df, timestamp_column: str, key_types: dict):
+    "Validate and normalize the caller's entity frame: UTC event times, join keys of the entities' types."
+    join_keys = list(key_types)
     import pandas as pd
     if not isinstance(entity_df, pd.DataFrame):
         raise ValidationError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
@@ -78,6 +83,9 @@ def _entity_frame(entity_df, timestamp_column: str, join_keys: list):
     if ROW_ID in entity_df.columns: raise ValidationError(f"entity_df may not have a column named {ROW_ID}")
     df = entity_df.reset_index(drop=True).copy()
     col = df[timestamp_column]
+    if pd.api.types.is_numeric_dtype(col):
+        raise ValidationError(f"entity_df[{timestamp_column!r}] holds numbers, not timestamps",
+                              hint="convert it first, e.g. pd.to_datetime(col, unit='s', utc=True)")
     if isinstance(col.dtype, pd.DatetimeTZDtype) and str(col.dtype.tz) == "UTC": ts = col  # parsing again costs ~1 µs/row
     else:
         try: ts = pd.to_datetime(col, utc=True)
@@ -85,8 +93,9 @@ def _entity_frame(entity_df, timestamp_column: str, join_keys: list):
             raise ValidationError(f"entity_df[{timestamp_column!r}] is not parseable as timestamps: {e}") from None
     if ts.isna().any(): raise ValidationError(f"entity_df[{timestamp_column!r}] has {int(ts.isna().sum())} empty values")
     df[timestamp_column] = ts.astype("datetime64[us, UTC]")
-    for k in join_keys:
+    for k, vt in key_types.items():
         if df[k].isna().any(): raise ValidationError(f"entity_df[{k!r}] has empty values", hint="every row needs its entity key")
+        df[k] = coerce_column(df[k], vt, f"entity_df[{k!r}]")
     return df
 
 def build_training_set(features_api, entity_df, features=None, service=None, name: str = "training_set",
@@ -97,8 +106,8 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
     check_name(name, "training set")
     refs, views = features_api.resolve_features(features, service)
     entities = features_api.latest("entity")
-    join_keys = list(dict.fromkeys(entities[e][1]["join_key"] for _, spec in views.values() for e in spec["entities"]))
-    df = _entity_frame(entity_df, timestamp_column, join_keys)
+    key_types = {entities[e][1]["join_key"]: entities[e][1]["value_type"] for _, spec in views.values() for e in spec["entities"]}
+    df = _entity_frame(entity_df, timestamp_column, key_types)
     out_names = [r.replace(":", "__") if full_feature_names else r.split(":")[1] for r in refs]
     clash = sorted(set(out_names) & set(df.columns)) or sorted({n for n in out_names if out_names.count(n) > 1})
     if clash:
@@ -142,16 +151,16 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
         t = pa.Table.from_pandas(result, preserve_index=False)
         frame = t.to_pandas()  # exactly what reading the stored file back gives
         h = _table_hash(t, frame)
-        existing = _find(ws, name, content_hash=h)
-        if existing:
-            audit.update(id=existing.id, reused=True); return existing
-        folder = ws.config.home/"data"/"training_sets"/name
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp"); os.close(fd)
-        try:
-            pq.write_table(t, tmp); final = folder/f"{h}.parquet"; os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True); raise
+        latest = _find(ws, name)
+        if latest and latest.lineage.get("content_hash") == h and latest.classification == classification \
+                and latest.lineage.get("feature_views") == lineage["feature_views"]:
+            try: intact = latest.to_df() is not None
+            except AuditIntegrityError: intact = False
+            if not intact: _write_snapshot(t, Path(latest.path).parent, h)  # repair from the identical rows in hand
+            audit.update(id=latest.id, reused=True)
+            latest._frame = frame
+            return latest
+        final = _write_snapshot(t, ws.config.home/"data"/"training_sets"/name, h)
         ts = _insert(ws, name, h, final, len(result), {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
         ts._frame = frame  # to_df() of the set just built needs no re-read
         audit.update(id=ts.id, rows_without_any_value=int(result[feat_cols].isna().all(axis=1).sum()))
@@ -183,6 +192,7 @@ def _find(ws, name, version=None, content_hash=None) -> TrainingSet | None:
     t = table("training_sets")
     q = sa.select(t).where(t.c.name == name)
     if version is not None: q = q.where(t.c.version == version)
+    if content_hash is None: q = q.limit(1)
     with ws.engine.connect() as c:
         rows = c.execute(q.order_by(t.c.version.desc())).all()
     for r in rows:
