@@ -15,13 +15,17 @@ def _reqs(key):
 
 
 def _data_files():
-    """The JupyterLab extension and its server config, once the extension is built."""
+    """Templates (share/mlplat/templates), and the JupyterLab extension and its server config once it is built."""
     files = []
     labext = HERE / "mlplat" / "labextension"
     if labext.is_dir():
         for path in sorted(p for p in labext.rglob("*") if p.is_file()):
             rel = path.relative_to(labext).parent
             files.append((f"share/jupyter/labextensions/mlplat/{rel}".rstrip("/."), [str(path.relative_to(HERE))]))
+    templates = HERE / "templates"
+    for path in sorted(p for p in templates.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        rel = path.relative_to(templates).parent
+        files.append((f"share/mlplat/templates/{rel}".rstrip("/."), [str(path.relative_to(HERE))]))
     server_cfg = HERE / "jupyter-config" / "jupyter_server_config.d" / "mlplat.json"
     if server_cfg.is_file():
         files.append(("etc/jupyter/jupyter_server_config.d", [str(server_cfg.relative_to(HERE))]))

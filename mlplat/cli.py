@@ -13,8 +13,8 @@ import sys
 from .errors import MlplatError, ValidationError
 
 # %% auto #0
-__all__ = ['DATASET_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features', 'cmd_lineage', 'cmd_audit',
-           'cmd_demo', 'build_parser', 'main']
+__all__ = ['DATASET_COLS', 'JOB_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features', 'cmd_lineage',
+           'cmd_audit', 'cmd_jobs', 'cmd_demo', 'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -148,6 +148,27 @@ def cmd_audit(args):
         recs = ws.audit.records(args.limit)
         _out(args, recs, recs, ["seq", "ts", "principal", "action", "resource", "region", "outcome"])
 
+JOB_COLS = ["id", "state", "backend", "attempt", "exit_code", "training_set", "submitted_by", "submitted_at", "message"]
+
+def cmd_jobs(args):
+    ws = _ws(args)
+    j, a = ws.jobs, args.action
+    if a == "submit":
+        rec = j.submit(args.spec)
+        print(f"submitted {rec.id} ({rec.backend}); follow with: mlplat jobs logs {rec.id} --follow", file=sys.stderr)
+        if args.wait:
+            for line in j.logs(rec.id, follow=True): sys.stderr.write(line)
+            rec = j.status(rec.id)
+        _out(args, rec.to_dict())
+        if args.wait and rec.state != "succeeded": raise SystemExit(1)
+    elif a == "list":
+        recs = j.list(args.state, args.limit)
+        _out(args, [r.to_dict() for r in recs], [r.to_dict() for r in recs], JOB_COLS)
+    elif a == "status": _out(args, j.status(args.id).to_dict())
+    elif a == "logs":
+        for line in j.logs(args.id, follow=args.follow, tail=args.tail): sys.stdout.write(line)
+    elif a == "cancel": _out(args, j.cancel(args.id).to_dict())
+
 def cmd_demo(args):
     from mlplat.demo import run_demo
     run_demo(home=args.home or "mlplat-demo", customers=args.customers, days=args.days, as_json=args.json)
@@ -207,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     x = fs.add_parser("push", help="push events (parquet/CSV) to a push-enabled view's online store")
     x.add_argument("view"); x.add_argument("file")
     for x in fs.choices.values(): _leaf(x, common)
+
+    s = cmd("jobs", cmd_jobs, "submit and watch training jobs", json_flag=False)
+    js = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x = js.add_parser("submit", help="validate and launch a job spec (YAML)"); x.add_argument("spec")
+    x.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's outcome")
+    x = js.add_parser("list", help="recent jobs"); x.add_argument("--state"); x.add_argument("--limit", type=int, default=50)
+    x = js.add_parser("status", help="one job's state"); x.add_argument("id")
+    x = js.add_parser("logs", help="a job's log (all ranks)"); x.add_argument("id")
+    x.add_argument("--follow", "-f", action="store_true"); x.add_argument("--tail", type=int)
+    x = js.add_parser("cancel", help="stop a job and all its processes"); x.add_argument("id")
+    for x in js.choices.values(): _leaf(x, common)
 
     s = cmd("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
     s = cmd("audit", cmd_audit, "verify, export or list the audit trail", json_flag=False)

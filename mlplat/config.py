@@ -15,8 +15,8 @@ from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'IdentityConfig', 'RbacConfig',
-           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'Config', 'find_config_file',
-           'options_markdown', 'render_toml']
+           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'Config',
+           'find_config_file', 'options_markdown', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -27,9 +27,9 @@ def _opt(default, doc: str, **kw):
 
 DEFAULT_ROLES = {
     "viewer": ["*:read"],
-    "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create"],
+    "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel"],
     "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
-                    "features:materialize", "features:push"],
+                    "features:materialize", "features:push", "jobs:submit", "jobs:cancel"],
     "auditor": ["*:read", "audit:export"],
     "admin": ["*"],
 }
@@ -79,9 +79,14 @@ class FeastConfig:
     redis_connection_string: str = _opt("localhost:6379", "Redis connection string when `online_store = \"redis\"`.")
     online_store_region: str = _opt("", "Region of the online store; empty: the workspace region.")
 
+@dataclass
+class JobsConfig:
+    max_concurrent: int = _opt(2, "Local backend: jobs running at once; more wait in the queue.")
+    default_backend: str = _opt("local", "Backend for jobs that do not name one: `local`, `ray` or `kubernetes`.")
+
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
             "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
-            "feast": FeastConfig}
+            "feast": FeastConfig, "jobs": JobsConfig}
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
            "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
 
@@ -96,6 +101,7 @@ class Config:
     platform_db: PlatformDbConfig = field(default_factory=PlatformDbConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @property
@@ -158,6 +164,7 @@ class Config:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.workspace.project):
             raise ConfigError(f"workspace.project {self.workspace.project!r} is not a valid project name",
                               hint="use letters, digits and underscores, starting with a letter")
+        if self.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
         if self.feast.online_store not in ("sqlite", "redis"):
             raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {self.feast.online_store!r}")
         for role, perms in self.rbac.roles.items():

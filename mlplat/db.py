@@ -60,6 +60,24 @@ def metadata():
              sa.Column("created_by", sa.String(200), nullable=False),
              sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
              sa.UniqueConstraint("name", "version", name="uq_training_set_version"))
+    sa.Table("jobs", md,
+             sa.Column("id", sa.String(40), primary_key=True),
+             sa.Column("name", sa.String(60), nullable=False),
+             sa.Column("backend", sa.String(20), nullable=False),
+             sa.Column("state", sa.String(20), nullable=False),      # queued, running, succeeded, failed, cancelled
+             sa.Column("attempt", sa.Integer, nullable=False),
+             sa.Column("exit_code", sa.Integer),
+             sa.Column("message", sa.Text),
+             sa.Column("spec_json", sa.Text, nullable=False),
+             sa.Column("training_set", sa.String(150)),
+             sa.Column("mlflow_run_id", sa.String(64)),
+             sa.Column("region", sa.String(100), nullable=False),
+             sa.Column("log_path", sa.Text, nullable=False),
+             sa.Column("backend_ref", sa.Text),                     # backend's handle: pgid, Ray submission id, k8s name
+             sa.Column("submitted_by", sa.String(200), nullable=False),
+             sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("started_at", sa.DateTime(timezone=True)),
+             sa.Column("finished_at", sa.DateTime(timezone=True)))
     sa.Table("lineage", md,  # one edge of the lineage graph: upstream -> downstream
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),

@@ -15,7 +15,7 @@ from pathlib import Path
 from .features.definitions import Entity, Feature, FeatureService, FeatureView
 
 # %% auto #0
-__all__ = ['churn_definitions', 'definitions_yaml', 'run_demo']
+__all__ = ['churn_definitions', 'definitions_yaml', 'templates_dir', 'run_demo']
 
 # %% ../notebooks/31_demo.ipynb #a23ef335
 def churn_definitions() -> list:
@@ -49,6 +49,13 @@ def _compact(d):
     return d
 
 # %% ../notebooks/31_demo.ipynb #3c3ce79b
+def templates_dir() -> Path:
+    "The `templates/` folder: next to the package in a source checkout, under `<prefix>/share/mlplat` when installed."
+    for d in (Path(__file__).resolve().parent.parent/"templates", Path(sys.prefix)/"share"/"mlplat"/"templates"):
+        if (d/"training").is_dir(): return d
+    from mlplat.errors import NotFoundError
+    raise NotFoundError("the mlplat templates folder is missing", hint="reinstall mlplat (the wheel ships them under share/mlplat)")
+
 def _say(msg: str, as_json: bool):
     if not as_json: print(msg, flush=True)
 
@@ -61,7 +68,7 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     t_all = time.perf_counter()
     ws = init(home, quiet=True)
     rep = {"workspace": str(ws.config.home), "principal": ws.principal.name, "region": ws.config.workspace.region}
-    _say(f"mlplat demo — feature store\n  workspace {rep['workspace']}  (region {rep['region']}, acting as {rep['principal']})\n", as_json)
+    _say(f"mlplat demo — features and training\n  workspace {rep['workspace']}  (region {rep['region']}, acting as {rep['principal']})\n", as_json)
 
     # The data ends today, so the 7-day activity window has recent values to serve online.
     start = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=days - 1)).strftime("%Y-%m-%d")
@@ -118,6 +125,22 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     rep["push"] = {"entity": cid, "spend_7d_before": before, "spend_7d_after": after}
     _say(f"7. streaming push    customer {cid} spend_7d {before} -> {after} with no batch materialization", as_json)
 
+    script = templates_dir()/"training"/"train_tabular.py"
+    from mlplat.jobs.spec import TrainingJob
+    job = TrainingJob("churn-mlp", str(script), args=["--epochs", "6"], training_set=tset.id,
+                      deepspeed={"zero_stage": 2, "micro_batch_size": 64}, resources={"processes_per_node": 2}, timeout="20m")
+    _say(f"8. training job      submitting {job.name}: DeepSpeed ZeRO-2, 2 CPU processes (gloo), training set {tset.id} ...", as_json)
+    t = time.perf_counter()
+    rec = ws.jobs.submit(job, wait=True, timeout=1200)
+    t_job = time.perf_counter() - t
+    metrics = ws.mlflow_client().get_run(rec.mlflow_run_id).data.metrics if rec.mlflow_run_id else {}
+    rep["job"] = {**rec.to_dict(), "seconds": t_job, "metrics": metrics}
+    if rec.state != "succeeded":
+        tail = "".join(ws.jobs.logs(rec.id, tail=30))
+        raise RuntimeError(f"the demo training job {rec.id} ended {rec.state}: {rec.message}\n{tail}")
+    _say(f"                    {rec.id} succeeded in {t_job:.0f} s: test AUC {metrics.get('test_auc', float('nan')):.3f}, "
+         f"MLflow run {rec.mlflow_run_id[:12]}… (lineage {tset.id} -> job -> run)", as_json)
+
     try:
         ws.features.register_source("customers_eu", data.customers, classification="personal", region="eu-west-1",
                                     timestamp_field="event_timestamp")
@@ -125,16 +148,17 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     except ResidencyViolation as e:
         refused = e.message
     rep["residency_refusal"] = refused
-    _say(f"8. residency         personal data held in eu-west-1: {'REFUSED, nothing written, audited' if refused else 'accepted?!'}", as_json)
+    _say(f"9. residency         personal data held in eu-west-1: {'REFUSED, nothing written, audited' if refused else 'accepted?!'}", as_json)
 
     audit = ws.audit.verify()
     rep["audit"] = audit.to_dict()
-    _say(f"9. audit trail       {audit.records} records, {'chain intact' if audit.ok else 'BROKEN: ' + audit.message} (head {audit.head[:12]}…)", as_json)
+    _say(f"10. audit trail      {audit.records} records, {'chain intact' if audit.ok else 'BROKEN: ' + audit.message} (head {audit.head[:12]}…)", as_json)
     rep["seconds"] = time.perf_counter() - t_all
 
     h = ws.config.home
     env = f"MLPLAT_HOME={h}"
-    look = [f"{env} mlplat features list", f"{env} mlplat features show customer_activity",
+    look = [f"{env} mlplat jobs logs {rec.id}", f"{env} mlflow ui --backend-store-uri {ws.config.tracking_uri}  (then open the churn run)",
+            f"{env} mlplat features list", f"{env} mlplat features show customer_activity",
             f"{env} mlplat lineage {tset.node}", f"{env} mlplat audit verify",
             f"cd {ws.config.feast_repo} && feast feature-views list", f"training set: {tset.path}",
             f"definitions: {defs_file}"]

@@ -68,6 +68,11 @@ class Workspace:
         return Features(self)
 
     @functools.cached_property
+    def jobs(self):
+        from mlplat.jobs.core import Jobs
+        return Jobs(self)
+
+    @functools.cached_property
     def lineage(self):
         from mlplat.lineage import Lineage
         return Lineage(self)

@@ -1,0 +1,89 @@
+"""The local job backend with real DeepSpeed processes: success, crash, cancel without orphans, re-attach, governance."""
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import run_cli
+from mlplat.errors import PermissionDenied, ResidencyViolation
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "templates" / "training" / "train_tabular.py"
+
+
+@pytest.fixture
+def churn_set(churn_ws, churn):
+    return churn_ws.features.training_set(churn.labels, service="churn_v1", name="churn")
+
+
+def test_churn_job_trains_and_is_tracked(churn_ws, churn_set, home):
+    from mlplat.jobs.spec import TrainingJob
+    job = TrainingJob("churn-mlp", str(TEMPLATE), args=["--epochs", "3"], training_set=churn_set.id,
+                      deepspeed={"zero_stage": 2, "micro_batch_size": 32}, resources={"processes_per_node": 2}, timeout="10m")
+    rec = churn_ws.jobs.submit(job)
+    assert rec.state in ("queued", "running") and rec.mlflow_run_id
+    import mlplat
+    again = mlplat.connect(home)  # a restarted kernel re-attaches by id
+    done = again.jobs.wait(rec.id, timeout=400)
+    assert done.state == "succeeded", "".join(again.jobs.logs(rec.id))
+    assert done.exit_code == 0 and done.attempt == 1
+    run = churn_ws.mlflow_client().get_run(rec.mlflow_run_id).data
+    assert run.metrics["test_auc"] > 0.65 and run.params["world_size"] == "2" and run.params["zero_stage"] == "2"
+    assert run.tags["mlplat.job_id"] == rec.id
+    assert {f"job:{rec.id}", f"mlflow_run:{rec.mlflow_run_id}"} <= set(churn_ws.lineage.of(churn_set)["downstream_nodes"])
+    listed = run_cli("jobs", "list", "--json", check=0)
+    assert rec.id in listed.stdout
+    logs = run_cli("jobs", "logs", rec.id, check=0).stdout
+    assert "test_auc" in logs and "[mlplat] job" in logs
+
+
+def test_crashing_script_fails_with_its_traceback(churn_ws, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('starting', flush=True)\nraise RuntimeError('the data is upside down')\n")
+    rec = churn_ws.jobs.submit({"name": "crash", "entrypoint": str(script), "resources": {"processes_per_node": 1},
+                                "retries": 1}, wait=True, timeout=300)
+    assert rec.state == "failed" and rec.exit_code != 0 and rec.attempt == 2  # retried once, then failed
+    assert "see `mlplat jobs logs" in rec.message
+    out = run_cli("jobs", "logs", rec.id, "--tail", "40", check=0).stdout
+    assert "RuntimeError: the data is upside down" in out and "Traceback" in out
+    st = run_cli("jobs", "status", rec.id, "--json", check=0).stdout
+    assert '"state": "failed"' in st
+
+
+def test_cancel_ends_every_process(churn_ws, tmp_path):
+    script = tmp_path / "forever.py"
+    script.write_text("import os, time\nprint('pid', os.getpid(), flush=True)\nwhile True: time.sleep(0.5)\n")
+    rec = churn_ws.jobs.submit({"name": "forever", "entrypoint": str(script), "resources": {"processes_per_node": 2}})
+    deadline = time.time() + 120
+    while time.time() < deadline and "".join(churn_ws.jobs.logs(rec.id)).count("pid ") < 2:
+        time.sleep(0.5)
+    pids = [int(l.split()[1]) for l in churn_ws.jobs.logs(rec.id) if l.startswith("pid ")]
+    ref = churn_ws.jobs.get(rec.id).backend_ref
+    tree = [ref["supervisor_pid"], ref["launcher_pgid"], *pids]
+    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in tree)
+    out = run_cli("jobs", "cancel", rec.id, "--json", check=0).stdout
+    assert '"state": "cancelled"' in out
+    time.sleep(1)
+    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"orphans: {alive}"
+    assert churn_ws.jobs.status(rec.id).state == "cancelled"
+
+
+def test_job_governance(churn_ws, churn_set, home):
+    import mlplat
+    spec = {"name": "nope", "entrypoint": str(TEMPLATE), "training_set": churn_set.id}
+    with pytest.raises(PermissionDenied, match="may not jobs:submit"):
+        mlplat.connect(home, user="someone").jobs.submit(spec)
+    with pytest.raises(ResidencyViolation, match="eu-west-1"):
+        churn_ws.jobs.submit({**spec, "region": "eu-west-1"})
+    assert churn_ws.jobs.list() == []  # nothing was launched or recorded
+    bad = run_cli("jobs", "submit", REPO / "README.md", check=1)
+    assert "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_job_template_yaml_is_valid():
+    from mlplat.jobs.spec import TrainingJob
+    job = TrainingJob.from_yaml(REPO / "templates" / "training" / "churn_job.yaml")
+    assert job.script_path() == TEMPLATE and job.deepspeed.zero_stage == 2 and job.resources.processes_per_node == 2
