@@ -56,6 +56,7 @@ pytest: install
 bench: install ## import time, training-set build and online lookup vs direct Feast -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
 	python benchmarks/bench_features.py
+	python benchmarks/bench_launch.py
 
 clean-demo:
 	rm -rf mlplat-demo

@@ -13,6 +13,8 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "templates" / "training" / "train_tabular.py"
 
 
 def free_port() -> int:
@@ -54,6 +56,12 @@ def churn_ws(ws, churn):
     ws.features.register_source("transactions", churn.transactions, classification="personal", timestamp_field="event_timestamp")
     ws.features.apply(churn_definitions())
     return ws
+
+
+@pytest.fixture
+def churn_set(churn_ws, churn):
+    "The demo's training set, built in `churn_ws`."
+    return churn_ws.features.training_set(churn.labels, service="churn_v1", name="churn")
 
 
 def run_cli(*args, env_extra=None, check=None, cwd=None):

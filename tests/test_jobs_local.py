@@ -6,16 +6,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, TEMPLATE, run_cli
 from mlplat.errors import PermissionDenied, ResidencyViolation
-
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "templates" / "training" / "train_tabular.py"
-
-
-@pytest.fixture
-def churn_set(churn_ws, churn):
-    return churn_ws.features.training_set(churn.labels, service="churn_v1", name="churn")
 
 
 def test_churn_job_trains_and_is_tracked(churn_ws, churn_set, home):

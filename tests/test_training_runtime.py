@@ -7,15 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
-
-REPO = Path(__file__).resolve().parents[1]
-TEMPLATE = REPO / "templates" / "training" / "train_tabular.py"
-
-
-@pytest.fixture
-def churn_set(churn_ws, churn):
-    return churn_ws.features.training_set(churn.labels, service="churn_v1", name="churn")
+from conftest import BIN, REPO, TEMPLATE
 
 
 def _deepspeed(args, env, cwd):

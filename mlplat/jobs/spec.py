@@ -89,6 +89,7 @@ class DeepSpeedSettings:
                "zero_optimization": zero, "bf16": {"enabled": prec == "bf16"}, "fp16": {"enabled": prec == "fp16"},
                "steps_per_print": 10**9, "wall_clock_breakdown": False}
         if self.offload_optimizer: cfg["zero_force_ds_cpu_optimizer"] = False  # scripts pass a torch optimizer
+        if self.zero_stage: cfg["zero_allow_untested_optimizer"] = True  # any torch.optim optimizer, not only DeepSpeed's list
         if self.gradient_clipping: cfg["gradient_clipping"] = float(self.gradient_clipping)
         return cfg
 
