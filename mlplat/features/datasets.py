@@ -19,8 +19,8 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
-__all__ = ['NAME_RE', 'SECRET_KEYS', 'check_name', 'parse_ref', 'DatasetVersion', 'redact_url', 'read_frame', 'normalize',
-           'Datasets']
+__all__ = ['NAME_RE', 'SECRET_KEYS', 'check_name', 'parse_ref', 'DatasetVersion', 'read_verified', 'redact_url', 'read_frame',
+           'normalize', 'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
 def check_name(name: str, what: str) -> str:
@@ -63,16 +63,8 @@ class DatasetVersion:
     def to_dict(self) -> dict: return {"id": self.id, **asdict(self)}
     def to_df(self):
         "The snapshot's rows, verified against its content hash."
-        import pyarrow.parquet as pq
-        try:
-            t = pq.read_table(self.path); df = t.to_pandas(); ok = _table_hash(t, df) == self.content_hash
-        except (OSError, ValueError):  # missing or unreadable file
-            ok = False
-        if not ok:
-            from mlplat.errors import AuditIntegrityError
-            raise AuditIntegrityError(f"snapshot {self.path} of {self.id} does not match its content hash",
-                                      hint="the file was modified outside mlplat; re-register the source")
-        return df
+        return read_verified(self.path, self.content_hash, f"snapshot {self.path} of {self.id}",
+                             "the file was modified outside mlplat; re-register the source")
 
     @classmethod
     def from_row(cls, r, home) -> "DatasetVersion":
@@ -97,6 +89,18 @@ def _table_hash(t, frame=None) -> str:
         else:
             h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
     return h.hexdigest()
+
+def read_verified(path, content_hash: str, what: str, hint: str):
+    "A stored parquet file as a DataFrame, refused unless it still hashes to `content_hash` (missing or altered files too)."
+    import pyarrow.parquet as pq
+    try:
+        t = pq.read_table(path); df = t.to_pandas(); ok = _table_hash(t, df) == content_hash
+    except (OSError, ValueError):  # missing or unreadable file
+        ok = False
+    if not ok:
+        from mlplat.errors import AuditIntegrityError
+        raise AuditIntegrityError(f"{what} does not match its content hash", hint=hint)
+    return df
 
 def _write_snapshot(t, folder: Path, h: str) -> Path:
     "Write a parquet snapshot atomically (temp file + rename): no reader ever sees half a file."
@@ -221,11 +225,9 @@ class Datasets:
 
     def _ensure_file(self, dv: DatasetVersion, t):
         "A reused version whose file went missing or was altered is rewritten from the identical data in hand."
-        import pyarrow.parquet as pq
-        p = Path(dv.path)
-        try: ok = p.is_file() and _table_hash(pq.read_table(p)) == dv.content_hash
-        except Exception: ok = False  # unreadable parquet counts as damaged
-        if not ok: _write_snapshot(t, p.parent, dv.content_hash)
+        from mlplat.errors import AuditIntegrityError
+        try: dv.to_df()
+        except AuditIntegrityError: _write_snapshot(t, Path(dv.path).parent, dv.content_hash)
 
     def _insert(self, name, h, path, rows, schema, ts, region, source_region, classification, kind, desc) -> DatasetVersion:
         import sqlalchemy as sa
@@ -248,12 +250,11 @@ class Datasets:
                 continue  # a concurrent register took this version number: take the next
         raise ConflictError(f"could not allocate a version for dataset {name!r} (heavy contention)", hint="retry")
 
-    def _find(self, name: str, version: int | None = None, content_hash: str | None = None) -> DatasetVersion | None:
+    def _find(self, name: str, version: int | None = None) -> DatasetVersion | None:
         import sqlalchemy as sa
         t = table("datasets")
         q = sa.select(t).where(t.c.name == name)
         if version is not None: q = q.where(t.c.version == version)
-        if content_hash is not None: q = q.where(t.c.content_hash == content_hash)
         with self.ws.engine.connect() as c:
             row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
         return DatasetVersion.from_row(row, self.ws.config.home) if row else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import AuditIntegrityError, ConflictError, NotFoundError, ValidationError
-from .datasets import _table_hash, _write_snapshot, check_name, parse_ref
+from .datasets import _table_hash, _write_snapshot, check_name, parse_ref, read_verified
 from .definitions import coerce_column
 from .online import with_fresh_registry
 
@@ -47,16 +47,8 @@ class TrainingSet:
     def to_df(self):
         "The rows, verified against the content hash they were saved under."
         if getattr(self, "_frame", None) is not None: return self._frame.copy()
-        import pyarrow.parquet as pq
-        try:
-            t = pq.read_table(self.path); df = t.to_pandas(); ok = _table_hash(t, df) == self.lineage.get("content_hash")
-        except (OSError, ValueError):  # missing or unreadable file
-            ok = False
-        if not ok:
-            from mlplat.errors import AuditIntegrityError
-            raise AuditIntegrityError(f"training set file {self.path} of {self.id} does not match its content hash",
-                                      hint="it was modified outside mlplat; rebuild the training set")
-        return df
+        return read_verified(self.path, self.lineage.get("content_hash"), f"training set file {self.path} of {self.id}",
+                             "it was modified outside mlplat; rebuild the training set")
 
     @classmethod
     def from_row(cls, r, home) -> "TrainingSet":
@@ -187,18 +179,15 @@ def _insert(ws, name, h, path, rows, schema, refs, lineage, ehash, region, class
             continue
     raise ConflictError(f"could not allocate a version for training set {name!r}", hint="retry")
 
-def _find(ws, name, version=None, content_hash=None) -> TrainingSet | None:
+def _find(ws, name, version=None) -> TrainingSet | None:
+    "A version of training set `name` (the latest when `version` is None)."
     import sqlalchemy as sa
     t = table("training_sets")
     q = sa.select(t).where(t.c.name == name)
     if version is not None: q = q.where(t.c.version == version)
-    if content_hash is None: q = q.limit(1)
     with ws.engine.connect() as c:
-        rows = c.execute(q.order_by(t.c.version.desc())).all()
-    for r in rows:
-        ts = TrainingSet.from_row(r, ws.config.home)
-        if content_hash is None or ts.lineage.get("content_hash") == content_hash: return ts
-    return None
+        row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
+    return TrainingSet.from_row(row, ws.config.home) if row else None
 
 def get_training_set(features_api, ref: str) -> TrainingSet:
     "A training set by `name` (latest) or `name@version`."
