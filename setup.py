@@ -52,6 +52,7 @@ setuptools.setup(
     extras_require={
         "dev": _reqs("dev_requirements"),
         "postgres": _reqs("postgres_requirements"),
+        "ray": _reqs("ray_requirements"),
     },
     entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     data_files=_data_files(),

@@ -154,7 +154,12 @@ def cmd_jobs(args):
     ws = _ws(args)
     j, a = ws.jobs, args.action
     if a == "submit":
-        rec = j.submit(args.spec)
+        from mlplat.jobs.spec import TrainingJob
+        job = TrainingJob.from_yaml(args.spec)
+        if args.backend: job.backend = args.backend
+        if args.dry_run:
+            sys.stdout.write(j.submit(job, dry_run=True)); return
+        rec = j.submit(job)
         print(f"submitted {rec.id} ({rec.backend}); follow with: mlplat jobs logs {rec.id} --follow", file=sys.stderr)
         if args.wait:
             for line in j.logs(rec.id, follow=True): sys.stderr.write(line)
@@ -233,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     js = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     x = js.add_parser("submit", help="validate and launch a job spec (YAML)"); x.add_argument("spec")
     x.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's outcome")
+    x.add_argument("--backend", choices=["local", "ray", "kubernetes"], help="override the spec's backend")
+    x.add_argument("--dry-run", action="store_true", help="check everything and print what would run (Kubernetes: the TrainJob YAML)")
     x = js.add_parser("list", help="recent jobs"); x.add_argument("--state"); x.add_argument("--limit", type=int, default=50)
     x = js.add_parser("status", help="one job's state"); x.add_argument("id")
     x = js.add_parser("logs", help="a job's log (all ranks)"); x.add_argument("id")

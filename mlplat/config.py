@@ -15,8 +15,8 @@ from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'IdentityConfig', 'RbacConfig',
-           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'Config',
-           'find_config_file', 'options_markdown', 'render_toml']
+           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'RayConfig',
+           'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -84,9 +84,25 @@ class JobsConfig:
     max_concurrent: int = _opt(2, "Local backend: jobs running at once; more wait in the queue.")
     default_backend: str = _opt("local", "Backend for jobs that do not name one: `local`, `ray` or `kubernetes`.")
 
+@dataclass
+class RayConfig:
+    address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs, e.g. `http://127.0.0.1:8265`; "
+                            "empty: `RAY_ADDRESS`.")
+
+@dataclass
+class KubernetesConfig:
+    namespace: str = _opt("default", "Namespace of `backend: kubernetes` TrainJobs.")
+    kubeconfig: str = _opt("", "Kubeconfig file; empty: in-cluster credentials inside a pod, else `KUBECONFIG` "
+                               "or `~/.kube/config`.")
+    context: str = _opt("", "Kubeconfig context; empty: the file's current context.")
+    runtime: str = _opt("deepspeed-distributed", "The (Cluster)TrainingRuntime TrainJobs reference.")
+    image: str = _opt("", "Container image for jobs that do not name one (mlplat, DeepSpeed and the job's code deps).")
+    home_claim: str = _opt("", "PersistentVolumeClaim (ReadWriteMany) holding the workspace home; mounted at the "
+                               "home's path in every pod so jobs read training sets and log runs. Required to submit.")
+
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
             "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
-            "feast": FeastConfig, "jobs": JobsConfig}
+            "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig}
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
            "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
 
@@ -102,6 +118,8 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @property
@@ -165,6 +183,8 @@ class Config:
             raise ConfigError(f"workspace.project {self.workspace.project!r} is not a valid project name",
                               hint="use letters, digits and underscores, starting with a letter")
         if self.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
+        if self.jobs.default_backend not in ("local", "ray", "kubernetes"):
+            raise ConfigError(f"jobs.default_backend must be local, ray or kubernetes, got {self.jobs.default_backend!r}")
         if self.feast.online_store not in ("sqlite", "redis"):
             raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {self.feast.online_store!r}")
         for role, perms in self.rbac.roles.items():

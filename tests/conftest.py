@@ -134,3 +134,47 @@ def _wait_port(port, proc, timeout=30):
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listening on {port}")
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory):
+    "A real single-node Ray cluster (`ray start --head --block` in its own process group; `ray stop` would end every Ray on the machine)."
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.skip("ray is not installed: pip install 'mlplat[ray]'")
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="mlplat-ray-"))  # short: Ray's unix socket paths must stay under 107 bytes
+    gcs, dash = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(d / "ray.log", "wb")
+    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
+                             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                             "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", str(d / "tmp")],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=d)
+    address = f"http://127.0.0.1:{dash}"
+    from ray.job_submission import JobSubmissionClient
+    end = time.time() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray head exited with {proc.returncode}: {(d / 'ray.log').read_text()[-2000:]}")
+        try:
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:
+            if time.time() > end:
+                raise
+            time.sleep(1)
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: gcs_server, raylet, dashboard, workers
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    log.close()
+    shutil.rmtree(d, ignore_errors=True)

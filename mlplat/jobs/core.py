@@ -14,10 +14,13 @@ from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import NotFoundError, ValidationError
-from .spec import TrainingJob, detect_hardware, parse_duration
+from .spec import TrainingJob, parse_duration
+
+BACKEND_CLASSES = {"local": "mlplat.jobs.local:LocalBackend", "ray": "mlplat.jobs.ray_backend:RayBackend",
+                   "kubernetes": "mlplat.jobs.k8s_backend:KubernetesBackend"}
 
 # %% auto #0
-__all__ = ['JobRecord', 'Jobs']
+__all__ = ['BACKEND_CLASSES', 'JobRecord', 'Jobs']
 
 # %% ../../notebooks/44_jobs_core.ipynb #4844d475
 @dataclass
@@ -68,13 +71,17 @@ class Jobs:
     def __init__(self, ws): self.ws = ws
 
     def backend(self, name: str):
-        if name == "local":
-            from mlplat.jobs.local import LocalBackend
-            return LocalBackend(self.ws)
-        raise ValidationError(f"the {name!r} job backend is not available yet", hint="use backend: local")
+        "The backend object for `name` (`local`, `ray`, `kubernetes`)."
+        import importlib
+        if name not in BACKEND_CLASSES:
+            raise ValidationError(f"unknown job backend {name!r}", hint=f"use one of {', '.join(BACKEND_CLASSES)}")
+        module, cls = BACKEND_CLASSES[name].split(":")
+        return getattr(importlib.import_module(module), cls)(self.ws)
 
-    def submit(self, job, wait: bool = False, timeout: float | None = None) -> JobRecord:
-        "Validate and launch a `TrainingJob` (object, YAML path or dict); `wait=True` blocks until it ends."
+    def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False):
+        """Validate and launch a `TrainingJob` (object, YAML path or dict); `wait=True` blocks until it ends.
+        `dry_run=True` checks everything (spec, RBAC, residency) and returns what would be launched — for
+        Kubernetes the `TrainJob` YAML — without launching or recording anything."""
         if isinstance(job, (str, os.PathLike)): job = TrainingJob.from_yaml(job)
         elif isinstance(job, dict): job = TrainingJob.from_dict(job)
         job.validate()
@@ -82,20 +89,23 @@ class Jobs:
         ws.governance.authorize("jobs:submit", f"job:{job.name}")
         backend_name = job.backend or cfg.jobs.default_backend
         backend = self.backend(backend_name)
-        hw = detect_hardware()
+        hw = backend.hardware(job)
         res = job.resources.resolve(hw)
         world = res.nodes * res.processes_per_node
         ds_config = job.deepspeed.config(hw, world)
         region = job.region or cfg.workspace.region
         ts = ws.features.get_training_set(job.training_set) if job.training_set else None
         job_id = f"{job.name}-{secrets.token_hex(4)}"
-        with ws.governance.operation("jobs.submit", f"job:{job_id}", "jobs:submit", region,
-                                     ts.classification if ts else None,
-                                     {"backend": backend_name, "processes": world, "training_set": ts.id if ts else None}):
+        details = {"backend": backend_name, "processes": world, "training_set": ts.id if ts else None}
+        with ws.governance.operation("jobs.plan" if dry_run else "jobs.submit", f"job:{job_id}", "jobs:submit", region,
+                                     ts.classification if ts else None, details):
             folder = cfg.home/"jobs"/job_id
-            folder.mkdir(parents=True)
-            (folder/"deepspeed.json").write_text(json.dumps(ds_config, indent=2))
-            run_id = self._mlflow_run(job, job_id, ts)
+            run_id = "(created at submission)" if dry_run else None
+            if not dry_run:
+                backend.check(job)
+                folder.mkdir(parents=True)
+                (folder/"deepspeed.json").write_text(json.dumps(ds_config, indent=2))
+                run_id = self._mlflow_run(job, job_id, ts)
             runtime_env = {"MLPLAT_JOB_ID": job_id, "MLPLAT_USER": ws.principal.name, "MLPLAT_HOME": str(cfg.home),
                            "MLPLAT_MLFLOW_RUN_ID": run_id, "MLPLAT_DEEPSPEED_CONFIG": str(folder/"deepspeed.json"),
                            "MLPLAT_CHECKPOINT_DIR": str(folder/"checkpoints"), "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -106,9 +116,13 @@ class Jobs:
             from mlplat.jobs.local import launch_command
             spec = {"job": job.to_dict(), "entrypoint": str(job.script_path() or job.entrypoint), "args": list(job.args),
                     "env": dict(job.env), "retries": job.retries, "timeout_seconds": parse_duration(job.timeout),
-                    "processes": world, "hardware": asdict(hw), "runtime_env": runtime_env, "workdir": str(folder)}
+                    "processes": world, "resources": asdict(res), "hardware": asdict(hw), "runtime_env": runtime_env,
+                    "workdir": str(folder)}
             spec["command"] = launch_command(spec, res.processes_per_node)
             log_path = folder/"job.log"
+            rec = JobRecord(job_id, job.name, backend_name, "queued", 0, None, None, ts.id if ts else None, run_id, region,
+                            str(log_path), ws.principal.name, str(utcnow()), None, None, spec, None)
+            if dry_run: return backend.plan(rec)
             log_path.touch()
             with ws.engine.begin() as c:
                 c.execute(table("jobs").insert().values(
@@ -117,15 +131,7 @@ class Jobs:
                     submitted_by=ws.principal.name, submitted_at=utcnow()))
                 if ts: ws.lineage.add(ts.node, f"job:{job_id}", conn=c)
                 ws.lineage.add(f"job:{job_id}", f"mlflow_run:{run_id}", conn=c)
-            rec = self.get(job_id)
-            try: ref = backend.launch(rec)
-            except Exception as e:
-                self._set(job_id, state="failed", finished_at=utcnow(), message=f"launch failed: {e}")
-                raise
-            import sqlalchemy as sa
-            t = table("jobs")
-            with ws.engine.begin() as c:  # the supervisor may already have recorded a fuller handle
-                c.execute(sa.update(t).where((t.c.id == job_id) & t.c.backend_ref.is_(None)).values(backend_ref=json.dumps(ref)))
+            backend.start(self.get(job_id))
         return self.wait(job_id, timeout) if wait else self.get(job_id)
 
     def _mlflow_run(self, job, job_id, ts) -> str:
@@ -136,11 +142,6 @@ class Jobs:
         tags = {"mlplat.job_id": job_id, "mlplat.submitted_by": self.ws.principal.name}
         if ts: tags["mlplat.training_set"] = ts.id
         return client.create_run(exp_id, run_name=job_id, tags=tags).info.run_id
-
-    def _set(self, job_id, **values):
-        import sqlalchemy as sa
-        t = table("jobs")
-        with self.ws.engine.begin() as c: c.execute(sa.update(t).where(t.c.id == job_id).values(**values))
 
     def get(self, job_id: str) -> JobRecord:
         "The job as recorded (no backend call)."
@@ -173,24 +174,31 @@ class Jobs:
             time.sleep(poll)
 
     def logs(self, job_id: str, follow: bool = False, tail: int | None = None):
-        "The job's log lines (all ranks, launcher and supervisor); `follow` keeps yielding until the job ends."
+        "The job's log lines (all ranks, launcher and mlplat's own lines); `follow` keeps yielding until the job ends."
         self.ws.governance.authorize("jobs:read")
-        rec = self.get(job_id)
-        with open(rec.log_path, errors="replace") as f:
-            if tail is not None and not follow:
-                yield from f.readlines()[-tail:]; return
-            while True:
-                line = f.readline()
-                if line: yield line; continue
-                if not follow or self.status(job_id).done:
-                    yield from f.readlines(); return
-                time.sleep(0.3)
+        rec = self.status(job_id)  # polled backends mirror the remote log on refresh
+        path = Path(rec.log_path)
+        if tail is not None and not follow:
+            with open(path, errors="replace") as f: yield from f.readlines()[-tail:]
+            return
+        # Polled backends replace job.log atomically with a longer text; reading on from the same
+        # byte offset of the newest file keeps following it without repeating lines.
+        offset, pending = 0, ""
+        while True:
+            done = not follow or self.status(job_id).done
+            with open(path, "rb") as f:
+                f.seek(offset); chunk = f.read(); offset += len(chunk)
+            lines = (pending + chunk.decode(errors="replace")).splitlines(keepends=True)
+            pending = lines.pop() if lines and not lines[-1].endswith("\n") else ""
+            yield from lines
+            if done:
+                if pending: yield pending
+                return
+            time.sleep(0.3)
 
     def cancel(self, job_id: str) -> JobRecord:
         "Stop the job and every process it started; a finished job is left as it is."
         rec = self.get(job_id)
         with self.ws.governance.operation("jobs.cancel", f"job:{job_id}", "jobs:cancel", rec.region, details={"state_before": rec.state}):
-            if rec.done: return rec
-            self._set(job_id, state="cancelled", finished_at=utcnow(), message=f"cancelled by {self.ws.principal.name}")
-            self.backend(rec.backend).cancel(self.get(job_id))
+            if not rec.done: self.backend(rec.backend).cancel(rec, self.ws.principal.name)
         return self.get(job_id)

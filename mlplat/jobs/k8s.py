@@ -20,11 +20,19 @@ SPOT_TOLERATIONS = [
 __all__ = ['TRAINJOB_API', 'SPOT_TOLERATIONS', 'render_trainjob', 'to_yaml']
 
 # %% ../../notebooks/45_jobs_k8s.ipynb #87f395b0
+def _pod_patch(job_names, pod_spec: dict) -> dict:
+    return {"trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+        {"name": n, "template": {"spec": {"template": {"spec": pod_spec}}}} for n in job_names]}}}}
+
 def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = "default",
-                    runtime: str = "deepspeed-distributed") -> dict:
-    "The `TrainJob` manifest (a dict) for `job`; `env` adds the job's runtime environment (MLPLAT_* variables)."
+                    runtime: str = "deepspeed-distributed", home_claim: str | None = None, home: str | None = None,
+                    code_dir: str | None = None) -> dict:
+    """The `TrainJob` manifest (a dict) for `job`. `env` adds the job's runtime environment (MLPLAT_* variables);
+    `home_claim` mounts the workspace's PersistentVolumeClaim at `home` in every pod; `code_dir` is where the
+    job's script snapshot lives in the pods (default `/workspace`, i.e. baked into the image)."""
     if not job.image:
-        raise ValidationError(f"job {job.name!r} needs an image to run on Kubernetes", hint="set image: in the job spec")
+        raise ValidationError(f"job {job.name!r} needs an image to run on Kubernetes",
+                              hint="set image: in the job spec, or kubernetes.image in mlplat.toml")
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", job_id):
         raise ValidationError(f"job id {job_id!r} is not a valid Kubernetes name")
     res = job.resources
@@ -34,8 +42,11 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     if isinstance(res.gpus_per_node, int) and res.gpus_per_node: limits["nvidia.com/gpu"] = res.gpus_per_node
     if res.cpu is not None: requests["cpu"] = str(res.cpu)
     if res.memory is not None: requests["memory"] = str(res.memory); limits["memory"] = str(res.memory)
-    entry = job.entrypoint if not job.is_script else f"/workspace/{job.entrypoint.split('/')[-1]}"
-    command = ["python", "-m", "mlplat.jobs.entry", job.entrypoint] if not job.is_script else ["python", entry]
+    # The deepspeed-distributed runtime is MPI: the launcher pod runs our command, mpirun starts
+    # numNodes x numProcPerNode ranks from the hostfile the runtime mounts (DeepSpeed reads OMPI_* ranks).
+    target = ["-m", "mlplat.jobs.entry", job.entrypoint] if not job.is_script else \
+        [f"{(code_dir or '/workspace').rstrip('/')}/{job.entrypoint.split('/')[-1]}"]
+    command = ["mpirun", "--hostfile", "/etc/mpi/hostfile", "python", *target]
     labels = {"app.kubernetes.io/managed-by": "mlplat", "mlplat.dev/job-id": job_id, "mlplat.dev/job-name": job.name}
     if job.priority_class: labels["kueue.x-k8s.io/priority-class"] = job.priority_class
     trainer = {"image": job.image, "command": command, "args": [str(a) for a in job.args],
@@ -46,10 +57,16 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     spec = {"runtimeRef": {"name": runtime}, "trainer": trainer}
     from mlplat.jobs.spec import parse_duration
     spec["activeDeadlineSeconds"] = parse_duration(job.timeout)
+    patches = []
+    if home_claim:
+        if not home: raise ValidationError("home_claim needs the workspace home path to mount it at")
+        patches.append({"manager": "mlplat.dev/home", **_pod_patch(["node", "launcher"], {
+            "volumes": [{"name": "mlplat-home", "persistentVolumeClaim": {"claimName": home_claim}}],
+            "containers": [{"name": "node", "volumeMounts": [{"name": "mlplat-home", "mountPath": str(home)}]}]})})
     if job.spot:
-        spec["runtimePatches"] = [{"manager": "mlplat.dev/spot", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-            {"name": "node", "template": {"spec": {"template": {"spec": {
-                "tolerations": SPOT_TOLERATIONS, "nodeSelector": {"mlplat.dev/capacity": "spot"}}}}}}]}}}}]
+        patches.append({"manager": "mlplat.dev/spot", **_pod_patch(["node", "launcher"], {
+            "tolerations": SPOT_TOLERATIONS, "nodeSelector": {"mlplat.dev/capacity": "spot"}})})
+    if patches: spec["runtimePatches"] = patches
     return {"apiVersion": TRAINJOB_API, "kind": "TrainJob",
             "metadata": {"name": job_id, "namespace": namespace, "labels": labels}, "spec": spec}
 

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 from ..db import table, utcnow
-
-TERMINAL = ("succeeded", "failed", "cancelled")
+from .backend import TERMINAL, JobBackend, transition, update
 
 # %% auto #0
-__all__ = ['TERMINAL', 'launch_command', 'LocalBackend', 'supervise']
+__all__ = ['launch_command', 'LocalBackend', 'supervise']
 
 # %% ../../notebooks/42_jobs_local.ipynb #0b4f6fca
 def _free_port() -> int:
@@ -50,13 +49,13 @@ def _killpg(pgid: int | None, sig=signal.SIGTERM):
     except (ProcessLookupError, PermissionError): pass
 
 # %% ../../notebooks/42_jobs_local.ipynb #c8c85dfe
-class LocalBackend:
+class LocalBackend(JobBackend):
     "Runs jobs as supervised process groups on this machine."
     name = "local"
-    def __init__(self, ws): self.ws = ws
+    polled = False
 
-    def launch(self, rec) -> dict:
-        "Start the supervisor for job `rec` (its row exists, state queued)."
+    def launch(self, rec, attempt: int) -> dict:
+        "Start the supervisor for job `rec` (its row exists, state queued); it runs every attempt itself."
         env = {**os.environ, "MLPLAT_HOME": str(self.ws.config.home)}
         if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
         log = open(rec.log_path, "ab")
@@ -66,19 +65,23 @@ class LocalBackend:
         log.close()
         return {"supervisor_pid": p.pid}
 
+    def plan(self, rec) -> str:
+        import yaml
+        return yaml.safe_dump({"backend": "local", "job_id": rec.id, "command": rec.command, "workdir": rec.workdir,
+                               "env": {**rec.spec["env"], **rec.runtime_env}, "timeout_seconds": rec.spec["timeout_seconds"],
+                               "retries": rec.spec["retries"]}, sort_keys=False)
+
     def refresh(self, rec):
         "Notice a supervisor that vanished without recording an outcome (machine restart, kill -9)."
         ref = rec.backend_ref or {}
         if rec.state not in TERMINAL and not _alive(ref.get("supervisor_pid")):
             time.sleep(0.2)
-            fresh = self.ws.jobs.get(rec.id)
-            if fresh.state not in TERMINAL:
-                _update(self.ws, rec.id, state="failed", finished_at=utcnow(),
-                        message="the job's supervisor process is gone (machine restart or killed); resubmit the job")
+            transition(self.ws, rec.id, "failed",
+                       message="the job's supervisor process is gone (machine restart or killed); resubmit the job")
             return self.ws.jobs.get(rec.id)
         return rec
 
-    def cancel(self, rec):
+    def stop(self, rec):
         "End every process of the job: the launcher's group (workers included) and the supervisor's."
         ref = rec.backend_ref or {}
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -87,11 +90,6 @@ class LocalBackend:
             while time.time() < deadline and (_alive(ref.get("launcher_pgid")) or _alive(ref.get("supervisor_pid"))):
                 time.sleep(0.1)
             if not (_alive(ref.get("launcher_pgid")) or _alive(ref.get("supervisor_pid"))): break
-
-def _update(ws, job_id: str, **values):
-    import sqlalchemy as sa
-    t = table("jobs")
-    with ws.engine.begin() as c: c.execute(sa.update(t).where(t.c.id == job_id).values(**values))
 
 # %% ../../notebooks/42_jobs_local.ipynb #ab040c29
 def supervise(job_id: str) -> int:
@@ -122,12 +120,12 @@ def supervise(job_id: str) -> int:
     env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}, **rec.runtime_env}
     timeout = spec["timeout_seconds"]
     for attempt in range(1, spec["retries"] + 2):
-        _update(ws, job_id, attempt=attempt)
+        update(ws, job_id, attempt=attempt)
         print(f"[mlplat] job {job_id} attempt {attempt}: {' '.join(rec.command)}", flush=True)
         proc = subprocess.Popen(rec.command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr, env=env,
                                 start_new_session=True, cwd=rec.workdir)
         launcher["proc"] = proc
-        _update(ws, job_id, backend_ref=json.dumps({**(rec.backend_ref or {}), "supervisor_pid": os.getpid(), "launcher_pgid": proc.pid}))
+        update(ws, job_id, backend_ref=json.dumps({**(rec.backend_ref or {}), "supervisor_pid": os.getpid(), "launcher_pgid": proc.pid}))
         try: code, msg = proc.wait(timeout=timeout), None
         except subprocess.TimeoutExpired:
             _killpg(proc.pid, signal.SIGTERM)
@@ -136,12 +134,11 @@ def supervise(job_id: str) -> int:
             code, msg = -1, f"timed out after {timeout} s"
         if ws.jobs.get(job_id).state == "cancelled": return 0
         if code == 0:
-            _update(ws, job_id, state="succeeded", exit_code=0, finished_at=utcnow(), message=None); return 0
+            transition(ws, job_id, "succeeded", exit_code=0, message=None); return 0
         msg = msg or f"exit code {code}"
         if attempt <= spec["retries"]:
             print(f"[mlplat] attempt {attempt} failed ({msg}); retrying (checkpoints resume the work)", flush=True)
-            _update(ws, job_id, message=f"attempt {attempt} failed ({msg}); retrying")
+            update(ws, job_id, message=f"attempt {attempt} failed ({msg}); retrying")
             continue
-        _update(ws, job_id, state="failed", exit_code=code, finished_at=utcnow(),
-                message=f"{msg}; see `mlplat jobs logs {job_id}`")
+        transition(ws, job_id, "failed", exit_code=code, message=f"{msg}; see `mlplat jobs logs {job_id}`")
         return 1

@@ -119,7 +119,11 @@ class JobContext:
 def context() -> JobContext:
     "The current process's job context, from the launcher's environment."
     e = os.environ
-    return JobContext(rank=int(e.get("RANK", 0)), world_size=int(e.get("WORLD_SIZE", 1)), local_rank=int(e.get("LOCAL_RANK", 0)),
+    def first(*names, default):  # deepspeed/torchrun set RANK...; mpirun (Kubernetes MPI runtime) sets OMPI_COMM_WORLD_*
+        return int(next((e[n] for n in names if e.get(n) not in (None, "")), default))
+    return JobContext(rank=first("RANK", "OMPI_COMM_WORLD_RANK", default=0),
+                      world_size=first("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", default=1),
+                      local_rank=first("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
                       job_id=e.get("MLPLAT_JOB_ID"), training_set_ref=e.get("MLPLAT_TRAINING_SET"),
                       run_id=e.get("MLPLAT_MLFLOW_RUN_ID"), deepspeed_config_path=e.get("MLPLAT_DEEPSPEED_CONFIG"),
                       checkpoint_dir=e.get("MLPLAT_CHECKPOINT_DIR"))

@@ -144,7 +144,7 @@ class TrainingJob:
     experiment: str | None = None          # MLflow experiment (default: the workspace project)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
     resources: object = "auto"             # Resources or "auto"
-    backend: str = "local"
+    backend: str | None = None             # local | ray | kubernetes; None: jobs.default_backend
     region: str | None = None              # default: the workspace region (residency applies)
     retries: int = 0
     timeout: object = "24h"
@@ -191,7 +191,7 @@ class TrainingJob:
         if not all(isinstance(a, (str, int, float)) for a in self.args): p.append("args must be a list of strings")
         if self.training_set is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,127}(@\d+)?", str(self.training_set)):
             p.append(f"training_set {self.training_set!r} must be NAME or NAME@VERSION")
-        if self.backend not in BACKENDS: p.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend is not None and self.backend not in BACKENDS: p.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.retries, int) or self.retries < 0: p.append(f"retries must be >= 0, got {self.retries!r}")
         try: parse_duration(self.timeout)
         except ValidationError as e: p.append(f"timeout: {e.message}")
