@@ -1,0 +1,182 @@
+"""A local HTTP double of the Kubernetes API — the one sanctioned double (no cluster can run here).
+
+It serves the slice of the API the Kubernetes job backend uses, the way the API server answers it:
+TrainJob custom objects (create / get / list / delete, validated against the real Kubeflow Trainer
+CRD schema: an invalid object gets the 422 an API server gives), pods listed by label selector, and
+pod logs. Bearer-token auth like a real cluster. The test plays the controller: it sets a TrainJob's
+status conditions and adds the pods JobSet would create.
+"""
+import json
+import re
+import threading
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import jsonschema
+import yaml
+
+CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "k8s" / "trainer.kubeflow.org_trainjobs.yaml"
+TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
+PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?$")
+
+
+def _now():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code, reason, message):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+
+
+class KubeApiDouble:
+    def __init__(self, token="test-token"):
+        self.token = token
+        self.trainjobs, self.pods, self.logs, self.requests = {}, {}, {}, []
+        self.lock = threading.Lock()
+        self.schema = None
+        if CRD.exists():
+            self.schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body, text=False):
+                data = body.encode() if text else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(n)) if n else {}
+
+            def _handle(self, method):
+                url = urlparse(self.path)
+                body = self._body() if method in ("POST", "DELETE") else None
+                with double.lock:
+                    double.requests.append((method, url.path, parse_qs(url.query), body))
+                if self.headers.get("Authorization") != f"Bearer {double.token}":
+                    return self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+                code, out, text = double.route(method, url.path, parse_qs(url.query), body)
+                self._send(code, out, text)
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+            def do_DELETE(self):
+                self._handle("DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, path: Path, namespace="default") -> Path:
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "double",
+            "clusters": [{"name": "double", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": self.token}}],
+            "contexts": [{"name": "double", "context": {"cluster": "double", "user": "tester", "namespace": namespace}}]}))
+        return path
+
+    # ---- the API ----------------------------------------------------------------------------
+    def route(self, method, path, query, body):
+        m = TRAINJOBS.match(path)
+        if m:
+            return self._trainjobs(method, m.group(1), m.group(2), query, body)
+        m = PODS.match(path)
+        if m and method == "GET":
+            ns, name, log = m.groups()
+            if name is None:
+                sel = dict(kv.split("=", 1) for kv in query.get("labelSelector", [""])[0].split(",") if kv)
+                items = [p for (pns, _), p in sorted(self.pods.items()) if pns == ns
+                         and all(p["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+                return 200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}, False
+            pod = self.pods.get((ns, name))
+            if pod is None:
+                return 404, _status(404, "NotFound", f'pods "{name}" not found'), False
+            if log:
+                if pod["status"]["phase"] == "Pending":
+                    return 400, _status(400, "BadRequest", f'container "node" in pod "{name}" is waiting to start: ContainerCreating'), False
+                return 200, self.logs.get((ns, name), ""), True
+            return 200, pod, False
+        return 404, _status(404, "NotFound", "the server could not find the requested resource"), False
+
+    def _trainjobs(self, method, ns, name, query, body):
+        if method == "POST" and name is None:
+            if self.schema is not None:
+                try:
+                    jsonschema.validate(body, self.schema)
+                except jsonschema.ValidationError as e:
+                    where = ".".join(map(str, e.absolute_path))
+                    return 422, _status(422, "Invalid", f'TrainJob.trainer.kubeflow.org "{body.get("metadata", {}).get("name")}" '
+                                                        f'is invalid: {where}: {e.message}'), False
+            key = (ns, body["metadata"]["name"])
+            if key in self.trainjobs:
+                return 409, _status(409, "AlreadyExists", f'trainjobs.trainer.kubeflow.org "{key[1]}" already exists'), False
+            obj = json.loads(json.dumps(body))
+            obj["metadata"].update({"uid": str(uuid.uuid4()), "creationTimestamp": _now(), "resourceVersion": "1",
+                                    "namespace": ns})
+            self.trainjobs[key] = obj
+            return 201, obj, False
+        if method == "GET" and name is None:
+            items = [o for (ons, _), o in self.trainjobs.items() if ons == ns]
+            return 200, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJobList", "items": items,
+                         "metadata": {"resourceVersion": "1"}}, False
+        obj = self.trainjobs.get((ns, name))
+        if obj is None:
+            return 404, _status(404, "NotFound", f'trainjobs.trainer.kubeflow.org "{name}" not found'), False
+        if method == "GET":
+            return 200, obj, False
+        if method == "DELETE":
+            del self.trainjobs[(ns, name)]
+            for key in [k for k, p in self.pods.items() if p["metadata"]["labels"].get("jobset.sigs.k8s.io/jobset-name") == name]:
+                del self.pods[key]
+                self.logs.pop(key, None)
+            return 200, _status(200, "", "") | {"status": "Success", "details": {"name": name}}, False
+        return 405, _status(405, "MethodNotAllowed", method), False
+
+    # ---- the controller, played by the test -------------------------------------------------
+    def set_status(self, name, ns="default", conditions=(), active=0, failed=0, succeeded=0):
+        conds = [{"type": t, "status": "True", "reason": reason, "message": message, "lastTransitionTime": _now()}
+                 for t, reason, message in conditions]
+        jobs = [{"name": "launcher", "active": active, "failed": failed, "ready": active, "succeeded": succeeded, "suspended": 0}]
+        status = {"conditions": conds, "jobsStatus": jobs}
+        if self.schema is not None:
+            jsonschema.validate(status, self.schema["properties"]["status"])
+        self.trainjobs[(ns, name)]["status"] = status
+
+    def set_pod(self, trainjob, role, index=0, phase="Running", log="", exit_code=None, ns="default"):
+        name = f"{trainjob}-{role}-0-{index}-x7k2q"
+        state = {"running": {"startedAt": _now()}} if exit_code is None else \
+            {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                            "startedAt": _now(), "finishedAt": _now()}}
+        self.pods[(ns, name)] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {
+                "jobset.sigs.k8s.io/jobset-name": trainjob, "jobset.sigs.k8s.io/replicatedjob-name": role,
+                "batch.kubernetes.io/job-completion-index": str(index)}},
+            "spec": {"containers": [{"name": "node", "image": "img"}]},
+            "status": {"phase": phase, "containerStatuses": [
+                {"name": "node", "image": "img", "imageID": "img@sha256:0", "ready": phase == "Running",
+                 "restartCount": 0, "state": state}] if phase != "Pending" else []}}
+        self.logs[(ns, name)] = log
+        return name
