@@ -102,8 +102,12 @@ class KubernetesBackend(JobBackend):
         k = self.settings
         job = self.job(rec)
         code = str(Path(rec.workdir)/"code") if job.is_script and k.home_claim else None
-        m = render_trainjob(job, self.object_name(rec, attempt), env=rec.runtime_env, namespace=k.namespace,
-                            runtime=k.runtime, home_claim=k.home_claim or None, home=str(self.ws.config.home), code_dir=code)
+        home = self.ws.config.home
+        # paths of the submitting machine mean nothing in a pod unless they are on the mounted workspace
+        env = {n: v for n, v in rec.runtime_env.items()
+               if n not in ("MLPLAT_CONFIG", "TORCH_EXTENSIONS_DIR") or Path(v).is_relative_to(home)}
+        m = render_trainjob(job, self.object_name(rec, attempt), env=env, namespace=k.namespace,
+                            runtime=k.runtime, home_claim=k.home_claim or None, home=str(home), code_dir=code)
         m["metadata"]["labels"].update({"mlplat.dev/job-id": rec.id, "mlplat.dev/attempt": str(attempt)})
         return m
 
