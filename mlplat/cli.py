@@ -13,8 +13,8 @@ import sys
 from .errors import MlplatError, ValidationError
 
 # %% auto #0
-__all__ = ['DATASET_COLS', 'JOB_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features', 'cmd_lineage',
-           'cmd_audit', 'cmd_jobs', 'cmd_demo', 'build_parser', 'main']
+__all__ = ['DATASET_COLS', 'JOB_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features',
+           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_demo', 'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -174,6 +174,37 @@ def cmd_jobs(args):
         for line in j.logs(args.id, follow=args.follow, tail=args.tail): sys.stdout.write(line)
     elif a == "cancel": _out(args, j.cancel(args.id).to_dict())
 
+MODEL_COLS = ["version", "aliases", "framework", "run_id", "created_at"]
+
+def cmd_models(args):
+    ws = _ws(args)
+    m, a = ws.models, args.action
+    if a == "list":
+        rows = m.list()
+        _out(args, rows, [{**r, "aliases": ", ".join(f"{k}={v}" for k, v in r["aliases"].items())} for r in rows],
+             ["name", "latest_version", "aliases"])
+    elif a == "show":
+        vs = m.versions(args.name)
+        if args.json: _print_json([{**v.to_dict(), "gates": m.gates(v.name, v.version)} for v in vs]); return
+        _table([{**v.to_dict(), "aliases": ", ".join(v.aliases)} for v in vs], MODEL_COLS)
+        for v in vs:
+            print(f"\nversion {v.version}: inputs {_sig(v.signature.get('inputs'))} -> outputs {_sig(v.signature.get('outputs'))}")
+            print("  lineage: " + ", ".join(f"{k.split('.', 1)[1]}={t}" for k, t in sorted(v.tags.items())
+                                              if k in ("mlplat.training_set", "mlplat.job_id", "mlplat.run_id", "mlplat.feature_views")))
+            for g in m.gates(v.name, v.version):
+                print(f"  {'PASS' if g['passed'] else 'FAIL'}  {g['gate']:<9} [{g['stage']}] {g['summary']}")
+    elif a == "register":
+        v = m.register(args.run_id, args.name)
+        _out(args, {**v.to_dict(), "gates": m.gates(v.name, v.version)})
+    elif a == "promote": _out(args, m.promote(args.name, args.version, args.alias, args.reason or "", args.region).to_dict())
+    elif a == "rollback": _out(args, m.rollback(args.name, args.alias, args.reason or "").to_dict())
+    elif a == "history":
+        rows = m.history(args.name, args.alias)
+        _out(args, rows, rows, ["at", "alias", "action", "from_version", "to_version", "principal", "reason"])
+
+def _sig(items):
+    return ", ".join(f"{i['name']} {i['datatype']}{i['shape']}" for i in items or [])
+
 def cmd_demo(args):
     from mlplat.demo import run_demo
     run_demo(home=args.home or "mlplat-demo", customers=args.customers, days=args.days, as_json=args.json)
@@ -247,6 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     x = js.add_parser("cancel", help="stop a job and all its processes"); x.add_argument("id")
     for x in js.choices.values(): _leaf(x, common)
 
+    s = cmd("models", cmd_models, "register ONNX versions of trained models, gate and promote them", json_flag=False)
+    ms = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ms.add_parser("list", help="registered models and their aliases")
+    x = ms.add_parser("show", help="versions, signatures, lineage and gate results"); x.add_argument("name")
+    x = ms.add_parser("register", help="export a run's model to ONNX, measure parity and latency, register it")
+    x.add_argument("run_id"); x.add_argument("--name", required=True)
+    x = ms.add_parser("promote", help="point an alias at a version once every gate passes")
+    x.add_argument("name"); x.add_argument("version", type=int); x.add_argument("--alias", required=True)
+    x.add_argument("--reason"); x.add_argument("--region", help="where it will serve (residency gate; default: workspace region)")
+    x = ms.add_parser("rollback", help="point an alias back at its previous holder")
+    x.add_argument("name"); x.add_argument("--alias", required=True); x.add_argument("--reason")
+    x = ms.add_parser("history", help="every alias move: who, when, from which version to which, why")
+    x.add_argument("name"); x.add_argument("--alias")
+    for x in ms.choices.values(): _leaf(x, common)
+
     s = cmd("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
     s = cmd("audit", cmd_audit, "verify, export or list the audit trail", json_flag=False)
     au = s.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -269,6 +315,7 @@ def _leaf(parser, common):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars would bury the CLI's answer
     try:
         args.fn(args)
         return 0

@@ -15,8 +15,8 @@ from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'IdentityConfig', 'RbacConfig',
-           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'RayConfig',
-           'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown', 'render_toml']
+           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'ModelsConfig',
+           'RayConfig', 'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -27,9 +27,10 @@ def _opt(default, doc: str, **kw):
 
 DEFAULT_ROLES = {
     "viewer": ["*:read"],
-    "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel"],
+    "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
+                       "models:register"],
     "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
-                    "features:materialize", "features:push", "jobs:submit", "jobs:cancel"],
+                    "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote"],
     "auditor": ["*:read", "audit:export"],
     "admin": ["*"],
 }
@@ -85,6 +86,17 @@ class JobsConfig:
     default_backend: str = _opt("local", "Backend for jobs that do not name one: `local`, `ray` or `kubernetes`.")
 
 @dataclass
+class ModelsConfig:
+    parity_atol: float = _opt(1e-4, "Parity gate: absolute tolerance, ONNX Runtime vs the framework model.")
+    parity_rtol: float = _opt(1e-3, "Parity gate: relative tolerance (an output passes within atol + rtol * |reference|).")
+    latency_batch: int = _opt(64, "Latency gate: the batch size measured besides batch 1.")
+    latency_p99_ms_batch1: float = _opt(10.0, "Latency gate: p99 budget (ms) of one ONNX Runtime call at batch 1.")
+    latency_p99_ms_batch: float = _opt(50.0, "Latency gate: p99 budget (ms) at `latency_batch` rows.")
+    metric_thresholds: dict = _opt({}, "Metric gate: training-run metric -> bound, e.g. `{test_auc = 0.7}` (>=) or "
+                                       "`{val_loss = \"<= 0.3\"}`.")
+    artifact_region: str = _opt("", "Region of the MLflow artifact store (residency gate); empty: the workspace region.")
+
+@dataclass
 class RayConfig:
     address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs, e.g. `http://127.0.0.1:8265`; "
                             "empty: `RAY_ADDRESS`.")
@@ -102,7 +114,8 @@ class KubernetesConfig:
 
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
             "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
-            "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig}
+            "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig,
+            "models": ModelsConfig}
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
            "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
 
@@ -120,6 +133,7 @@ class Config:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @property
@@ -171,6 +185,7 @@ class Config:
                                   hint=f"valid options: {', '.join(known)} (see `mlplat config docs`)")
             for k, v in sec.items():
                 expected = type(known[k].default) if known[k].default is not dataclasses.MISSING else type(known[k].default_factory())
+                if expected is float and isinstance(v, int) and not isinstance(v, bool): v = sec[k] = float(v)
                 if not isinstance(v, expected):
                     raise ConfigError(f"[{name}] {k} in {path} must be a {expected.__name__}, got {type(v).__name__} {v!r}")
             kw[name] = kind(**sec)
@@ -237,6 +252,9 @@ def _coerce(value: str, default, name: str):
     if isinstance(default, int): 
         try: return int(value)
         except ValueError: raise ConfigError(f"{name}={value!r} is not an integer") from None
+    if isinstance(default, float):
+        try: return float(value)
+        except ValueError: raise ConfigError(f"{name}={value!r} is not a number") from None
     if isinstance(default, list): return [v.strip() for v in value.split(",") if v.strip()]
     return value
 

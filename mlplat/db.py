@@ -78,6 +78,27 @@ def metadata():
              sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=False),
              sa.Column("started_at", sa.DateTime(timezone=True)),
              sa.Column("finished_at", sa.DateTime(timezone=True)))
+    sa.Table("model_gates", md,  # every gate result of every model version (MLflow keeps only the latest tags)
+             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+             sa.Column("model", sa.String(200), nullable=False, index=True),
+             sa.Column("version", sa.Integer, nullable=False),
+             sa.Column("gate", sa.String(40), nullable=False),
+             sa.Column("passed", sa.Boolean, nullable=False),
+             sa.Column("summary", sa.Text, nullable=False),
+             sa.Column("figures_json", sa.Text, nullable=False),
+             sa.Column("stage", sa.String(20), nullable=False),       # register | promote | rollback
+             sa.Column("principal", sa.String(200), nullable=False),
+             sa.Column("at", sa.DateTime(timezone=True), nullable=False))
+    sa.Table("model_alias_events", md,  # the alias history MLflow does not keep
+             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+             sa.Column("model", sa.String(200), nullable=False, index=True),
+             sa.Column("alias", sa.String(64), nullable=False),
+             sa.Column("from_version", sa.Integer),
+             sa.Column("to_version", sa.Integer, nullable=False),
+             sa.Column("action", sa.String(20), nullable=False),      # promote | rollback
+             sa.Column("principal", sa.String(200), nullable=False),
+             sa.Column("reason", sa.Text),
+             sa.Column("at", sa.DateTime(timezone=True), nullable=False))
     sa.Table("lineage", md,  # one edge of the lineage graph: upstream -> downstream
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),

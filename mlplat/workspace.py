@@ -73,6 +73,11 @@ class Workspace:
         return Jobs(self)
 
     @functools.cached_property
+    def models(self):
+        from mlplat.models.registry import Models
+        return Models(self)
+
+    @functools.cached_property
     def lineage(self):
         from mlplat.lineage import Lineage
         return Lineage(self)

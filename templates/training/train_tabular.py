@@ -96,4 +96,5 @@ if args.report:
         json.dump({"rank": ctx.rank, "auc": auc, "checksum": checksum, "final_loss": total / max(n, 1), "features": feature_names}, fh)
 if ctx.is_main:
     print(json.dumps({"test_auc": auc, "param_checksum": checksum}))
-    ctx.log_model(engine.module.float().cpu(), input_example=X[test_idx][:5].astype(np.float32), name="model")
+    ctx.log_model(engine.module.float().cpu(), input_example=X[test_idx][:5].astype(np.float32), name="model",
+                  holdout=X[test_idx].astype(np.float32))  # the registry's parity gate checks the ONNX export on these
