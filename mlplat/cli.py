@@ -14,7 +14,7 @@ from .errors import MlplatError, ValidationError
 
 # %% auto #0
 __all__ = ['DATASET_COLS', 'JOB_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features',
-           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_demo', 'build_parser', 'main']
+           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_demo', 'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -205,6 +205,23 @@ def cmd_models(args):
 def _sig(items):
     return ", ".join(f"{i['name']} {i['datatype']}{i['shape']}" for i in items or [])
 
+def cmd_serve(args):
+    ws = _ws(args)
+    models, batching = {}, {}
+    for spec in args.model:
+        name, sep, uri = spec.partition("=")
+        if not sep or not name or not uri: raise ValidationError(f"--model {spec!r} must be NAME=URI (models:/churn@champion, or a file.onnx)")
+        models[name] = uri
+    for spec in args.batch or []:
+        try:
+            name, rest = spec.split("=", 1); size, _, delay = rest.partition(":")
+            batching[name] = {"max_batch_size": int(size), "max_queue_delay_ms": float(delay or 2)}
+        except ValueError: raise ValidationError(f"--batch {spec!r} must be NAME=MAX_BATCH[:DELAY_MS], e.g. churn=32:2") from None
+    print(f"serving {', '.join(f'{n}={u}' for n, u in models.items())} on http://{args.host}:{args.port} "
+          f"(OIP/KServe v2 REST, /metrics); Ctrl-C stops", file=sys.stderr)
+    ws.serving.serve(models, host=args.host, port=args.port, batching=batching, threads=args.threads,
+                     refresh_seconds=args.refresh)
+
 def cmd_demo(args):
     from mlplat.demo import run_demo
     run_demo(home=args.home or "mlplat-demo", customers=args.customers, days=args.days, as_json=args.json)
@@ -292,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     x = ms.add_parser("history", help="every alias move: who, when, from which version to which, why")
     x.add_argument("name"); x.add_argument("--alias")
     for x in ms.choices.values(): _leaf(x, common)
+
+    s = cmd("serve", cmd_serve, "serve models over the Open Inference Protocol (KServe v2 REST)")
+    s.add_argument("--model", action="append", required=True, help="NAME=URI: models:/NAME@ALIAS, models:/NAME/VERSION or a .onnx file (repeatable)")
+    s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
+    s.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
+    s.add_argument("--refresh", type=float, default=5.0, help="seconds between alias checks (hot swap); 0: never")
 
     s = cmd("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
     s = cmd("audit", cmd_audit, "verify, export or list the audit trail", json_flag=False)

@@ -78,6 +78,11 @@ class Workspace:
         return Models(self)
 
     @functools.cached_property
+    def serving(self):
+        from mlplat.serving.app import Serving
+        return Serving(self)
+
+    @functools.cached_property
     def lineage(self):
         from mlplat.lineage import Lineage
         return Lineage(self)

@@ -1,0 +1,167 @@
+"""`mlplat serve` as a real server on 127.0.0.1: unmodified tritonclient (http) against it, hot swap of an alias under
+load with zero failed requests, a broken version never replacing a working one, and fuzzed bad input never a 5xx."""
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import BIN, free_port
+
+X = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
+Y = (X[:, 0] - X[:, 2] > 0).astype(int)
+
+
+def register_version(ws, c):
+    "A scikit-learn model logged in a run, registered (ONNX + gates) as the next version of 'risk'."
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+    mlflow.set_tracking_uri(ws.config.tracking_uri)
+    with mlflow.start_run() as r:
+        mlflow.sklearn.log_model(LogisticRegression(C=c).fit(X, Y), name="model", input_example=X[:5])
+    return ws.models.register(r.info.run_id, "risk", sample=X[:64])
+
+
+@pytest.fixture
+def server(ws):
+    "Start `mlplat serve` for the given models; yields a function returning the base URL."
+    procs = []
+
+    def start(*models, refresh="0.5"):
+        port = free_port()
+        args = [str(BIN / "mlplat"), "serve", "--port", str(port), "--refresh", refresh]
+        for m in models:
+            args += ["--model", m]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(p)
+        import httpx
+        end = time.time() + 60
+        while time.time() < end:
+            if p.poll() is not None:
+                raise RuntimeError(p.stdout.read())
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    return f"127.0.0.1:{port}"
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise TimeoutError("server did not come up")
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(20)
+
+
+def test_tritonclient_http_matches_in_process_ort(ws, server):
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+    v = register_version(ws, 1.0)
+    ws.models.promote("risk", v.version, "champion")
+    url = server("risk=models:/risk@champion")
+    client = httpclient.InferenceServerClient(url)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("risk")
+    meta = client.get_model_metadata("risk")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}] and meta["versions"] == ["1"]
+    local = ort.InferenceSession(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx")).as_posix())
+    expected = dict(zip(["label", "probabilities"], local.run(None, {"input": X[:17]})))
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", [17, 4], "FP32")
+        inp.set_data_from_numpy(X[:17], binary_data=binary)
+        outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
+        res = client.infer("risk", [inp], outputs=outs, request_id="req-7")
+        assert res.get_response()["id"] == "req-7" and res.get_response()["model_version"] == "1"
+        np.testing.assert_array_equal(res.as_numpy("label"), expected["label"])
+        np.testing.assert_array_equal(res.as_numpy("probabilities"), expected["probabilities"])
+    import httpx
+    metrics = httpx.get(f"http://{url}/metrics").text
+    assert 'mlplat_requests_total{model="risk",protocol="rest",variant="default",version="1"} 2.0' in metrics
+    time.sleep(1)
+    logged = [json.loads(l) for f in (ws.config.home / "predictions" / "risk").glob("*.jsonl") for l in f.read_text().splitlines()]
+    assert len(logged) == 2 and logged[0]["request_id"] == "req-7" and len(logged[0]["inputs"]["input"]) == 17
+
+
+def test_alias_move_swaps_under_load_without_failures(ws, server):
+    import httpx
+    v1, v2 = register_version(ws, 1.0), register_version(ws, 0.001)
+    ws.models.promote("risk", v1.version, "champion")
+    url = f"http://{server('risk=models:/risk@champion')}/v2/models/risk/infer"
+    body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": X[:2].ravel().tolist()}]}
+    seen, failures, stop = [], [], threading.Event()
+
+    def load():
+        with httpx.Client() as c:
+            while not stop.is_set():
+                r = c.post(url, json=body)
+                if r.status_code != 200:
+                    failures.append((r.status_code, r.text))
+                else:
+                    seen.append((threading.get_ident(), r.json()["model_version"]))
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    ws.models.promote("risk", v2.version, "champion", reason="hot swap test")
+    deadline = time.time() + 30
+    while time.time() < deadline and not any(v == str(v2.version) for _, v in seen[-20:]):
+        time.sleep(0.2)
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == [] and len(seen) > 50
+    for tid in {t for t, _ in seen}:  # per client: once a response came from v2, every later one did
+        versions = [v for t, v in seen if t == tid]
+        first_new = versions.index(str(v2.version))
+        assert set(versions[first_new:]) == {str(v2.version)} and set(versions[:first_new]) <= {str(v1.version)}
+
+
+def test_a_broken_version_never_replaces_a_working_one(ws, server):
+    import httpx
+    v1, v2 = register_version(ws, 1.0), register_version(ws, 0.5)
+    ws.models.promote("risk", v1.version, "champion")
+    base = f"http://{server('risk=models:/risk@champion')}/v2/models/risk"
+    broken = ws.config.home / "serving-cache" / "risk" / str(v2.version)
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"this is not an onnx model")  # e.g. a damaged download
+    ws.models.promote("risk", v2.version, "champion")
+    time.sleep(3)
+    meta = httpx.get(base).json()
+    assert meta["versions"] == [str(v1.version)] and "ONNX Runtime cannot load" in meta["parameters"]["last_load_error"]
+    r = httpx.post(base + "/infer", json={"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]})
+    assert r.status_code == 200 and r.json()["model_version"] == str(v1.version)
+
+
+def test_fuzzed_bad_requests_never_get_a_5xx(ws, server, tmp_path):
+    import httpx
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "relu",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 3])])
+    (tmp_path / "relu.onnx").write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    model = tmp_path / "relu.onnx"
+    url = f"http://{server(f'relu={model}', refresh='0')}/v2/models/relu/infer"
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=5))
+    values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=6), st.dictionaries(st.text(max_size=6), c, max_size=4)),
+                          max_leaves=20)
+    tensor = st.fixed_dictionaries({"name": st.sampled_from(["input", "x", ""]), "shape": values | st.lists(st.integers(-2, 5), max_size=3),
+                                    "datatype": st.sampled_from(["FP32", "INT64", "BYTES", "FP64", "nope"]), "data": values},
+                                   optional={"parameters": st.dictionaries(st.sampled_from(["binary_data_size", "x"]), values, max_size=2)})
+    bodies = st.one_of(st.binary(max_size=64), values.map(lambda v: json.dumps(v).encode()),
+                       st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=3)},
+                                             optional={"outputs": values, "parameters": values, "id": values}).map(
+                           lambda d: json.dumps(d).encode()))
+    headers = st.one_of(st.just({}), st.builds(lambda n: {"Inference-Header-Content-Length": str(n)}, st.integers(-5, 200)))
+    client = httpx.Client()
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies, headers)
+    def never_5xx(body, hdrs):
+        r = client.post(url, content=body, headers=hdrs)
+        assert r.status_code < 500, (body, hdrs, r.status_code, r.text)
+        if r.status_code != 200:
+            assert "error" in r.json()
+    never_5xx()
+    ok = client.post(url, json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [-1, 0, 2]}]})
+    assert ok.json()["outputs"][0]["data"] == [0.0, 0.0, 2.0]
