@@ -218,9 +218,10 @@ def cmd_serve(args):
             batching[name] = {"max_batch_size": int(size), "max_queue_delay_ms": float(delay or 2)}
         except ValueError: raise ValidationError(f"--batch {spec!r} must be NAME=MAX_BATCH[:DELAY_MS], e.g. churn=32:2") from None
     print(f"serving {', '.join(f'{n}={u}' for n, u in models.items())} on http://{args.host}:{args.port} "
-          f"(OIP/KServe v2 REST, /metrics); Ctrl-C stops", file=sys.stderr)
+          f"(OIP/KServe v2 REST, /metrics{f'; gRPC on {args.host}:{args.grpc_port}' if args.grpc_port else ''}); Ctrl-C stops",
+          file=sys.stderr)
     ws.serving.serve(models, host=args.host, port=args.port, batching=batching, threads=args.threads,
-                     refresh_seconds=args.refresh)
+                     refresh_seconds=args.refresh, grpc_port=args.grpc_port)
 
 def cmd_demo(args):
     from mlplat.demo import run_demo
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("serve", cmd_serve, "serve models over the Open Inference Protocol (KServe v2 REST)")
     s.add_argument("--model", action="append", required=True, help="NAME=URI: models:/NAME@ALIAS, models:/NAME/VERSION or a .onnx file (repeatable)")
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--grpc-port", type=int, help="also serve inference.GRPCInferenceService on this port")
     s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
     s.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
     s.add_argument("--refresh", type=float, default=5.0, help="seconds between alias checks (hot swap); 0: never")

@@ -23,7 +23,7 @@ SERVER_NAME = "mlplat"
 EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
 
 # %% auto #0
-__all__ = ['SERVER_NAME', 'EXTENSIONS', 'PredictionLog', 'Metrics', 'create_app', 'Server', 'Serving']
+__all__ = ['SERVER_NAME', 'EXTENSIONS', 'PredictionLog', 'prediction_record', 'Metrics', 'create_app', 'Server', 'Serving']
 
 # %% ../../notebooks/55_serving_app.ipynb #61dc98e1
 class PredictionLog:
@@ -56,6 +56,13 @@ class PredictionLog:
     def close(self):
         if self.folder is not None: self.q.put(None); self.thread.join(10)
 
+def prediction_record(m, req, outputs: dict, elapsed: float, variant: str) -> dict:
+    "One prediction-log line (same for REST and gRPC)."
+    return {"ts": datetime.now(timezone.utc).isoformat(), "request_id": req.id or uuid.uuid4().hex, "model": m.name,
+            "version": m.version, "variant": variant, "latency_ms": round(elapsed * 1000, 3),
+            "inputs": {k: v.tolist() for k, v in req.inputs.items()},
+            "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}}
+
 class Metrics:
     "Prometheus series: requests, errors, latency, batch sizes, queue depth — per model, version and variant."
     def __init__(self):
@@ -72,8 +79,9 @@ class Metrics:
         self.loaded = Gauge("mlplat_model_loaded_timestamp", "When the served version was loaded", ["model", "version"], registry=r)
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
-def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64):
-    "The Starlette app serving `host`'s models."
+def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
+               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1"):
+    "The Starlette app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop)."
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
@@ -130,10 +138,7 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
             return err(f"internal error: {type(e).__name__}: {e}", 500)
         elapsed = time.perf_counter() - t0
         metrics.latency.labels(*labels).observe(elapsed)
-        plog.add({"ts": datetime.now(timezone.utc).isoformat(), "request_id": req.id or uuid.uuid4().hex, "model": m.name,
-                  "version": m.version, "variant": variant, "latency_ms": round(elapsed * 1000, 3),
-                  "inputs": {k: v.tolist() for k, v in req.inputs.items()},
-                  "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}})
+        plog.add(prediction_record(m, req, outputs, elapsed, variant))
         return Response(content, 200, headers=headers)
 
     async def prometheus(request):
@@ -156,7 +161,13 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
     @asynccontextmanager
     async def lifespan(app):
         task = asyncio.get_running_loop().create_task(follow_aliases()) if refresh_seconds else None
+        grpc_srv = None
+        if grpc_port is not None:
+            from mlplat.serving.grpc import grpc_server
+            grpc_srv = grpc_server(host, grpc_port, metrics, plog, grpc_bind)
+            await grpc_srv.start()
         yield
+        if grpc_srv is not None: await grpc_srv.stop(2)
         if task: task.cancel()
         plog.close()
 
@@ -203,12 +214,12 @@ class Serving:
 
     def serve(self, models: dict, host: str = "127.0.0.1", port: int = 8080, batching: dict | None = None,
               threads: int | None = None, providers: list | None = None, refresh_seconds: float = 5.0,
-              background: bool = False):
+              background: bool = False, grpc_port: int | None = None):
         """Serve `models` ({name: URI}); blocks unless `background=True` (then returns the running `Server`).
         `batching` maps a model name to {max_batch_size, max_queue_delay_ms, max_queue}."""
         self.ws.governance.authorize("serving:run", ",".join(models))
         mh = ModelHost(self.ws, models, batching, threads, providers)
-        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds)
+        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host)
         srv = Server(app, host, port)
         self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(f"{n}={u}" for n, u in models.items()),
                                         "success", self.ws.config.workspace.region,

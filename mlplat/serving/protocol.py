@@ -29,12 +29,22 @@ class InferRequest:
     rows: int = 0
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'InferError', 'InferRequest', 'decode_request', 'encode_response', 'error_body']
+__all__ = ['DTYPE_NAMES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'encode_response', 'error_body']
 
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
     try: return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e: raise InferError(f"the request body is not valid JSON: {e}") from None
+
+def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dtype, int]:
+    "Check one input's datatype and shape against its signature entry; returns (numpy dtype, element count)."
+    if dt != spec["datatype"]: raise InferError(f"input {name!r} has datatype {dt!r}; the model expects {spec['datatype']}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InferError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) != len(spec["shape"]) or any(e != -1 and d != e for d, e in zip(shape, spec["shape"])):
+        raise InferError(f"input {name!r} has shape {shape}; the model expects {spec['shape']} (-1: any size)")
+    if shape and shape[0] > max_rows: raise InferError(f"input {name!r} has {shape[0]} rows; this server takes at most {max_rows}", 413)
+    return np.dtype(NUMPY_TYPES[dt]), (int(np.prod(shape)) if shape else 1)
 
 def decode_request(body: bytes, header_length: str | None, signature: dict, max_rows: int = 1_000_000) -> InferRequest:
     "Parse and check an OIP infer request against `signature` (see `mlplat.models.onnx.signature`)."
@@ -54,15 +64,8 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
         name = inp.get("name")
         if name not in expected: raise InferError(f"unknown input {name!r}; the model takes {sorted(expected)}")
         if name in inputs: raise InferError(f"input {name!r} is given twice")
-        spec, shape, dt = expected[name], inp.get("shape"), inp.get("datatype")
-        if dt != spec["datatype"]: raise InferError(f"input {name!r} has datatype {dt!r}; the model expects {spec['datatype']}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise InferError(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
-        if len(shape) != len(spec["shape"]) or any(e != -1 and d != e for d, e in zip(shape, spec["shape"])):
-            raise InferError(f"input {name!r} has shape {shape}; the model expects {spec['shape']} (-1: any size)")
-        count = int(np.prod(shape)) if shape else 1
-        if shape and shape[0] > max_rows: raise InferError(f"input {name!r} has {shape[0]} rows; this server takes at most {max_rows}", 413)
-        dtype = np.dtype(NUMPY_TYPES[dt])
+        shape, dt = inp.get("shape"), inp.get("datatype")
+        dtype, count = check_input(expected[name], name, shape, dt, max_rows)
         params = inp.get("parameters") or {}
         if "binary_data_size" in params:
             size = params["binary_data_size"]
