@@ -50,8 +50,8 @@ sync-check: install
 nbtest: install
 	nbdev_test --n_workers 2 --timing
 
-pytest: install
-	pytest tests/
+pytest: install ## two workers, one test file per worker (servers and Ray stay within a file)
+	pytest -n 2 --dist loadfile --durations=12 tests/
 
 bench: install ## import time, training-set build and online lookup vs direct Feast -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
