@@ -14,7 +14,8 @@ from .errors import MlplatError, ValidationError
 
 # %% auto #0
 __all__ = ['DATASET_COLS', 'JOB_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features',
-           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_demo', 'build_parser', 'main']
+           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_deployments', 'cmd_demo',
+           'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -208,7 +209,7 @@ def _sig(items):
 def cmd_serve(args):
     ws = _ws(args)
     models, batching = {}, {}
-    for spec in args.model:
+    for spec in args.model or []:
         name, sep, uri = spec.partition("=")
         if not sep or not name or not uri: raise ValidationError(f"--model {spec!r} must be NAME=URI (models:/churn@champion, or a file.onnx)")
         models[name] = uri
@@ -217,11 +218,22 @@ def cmd_serve(args):
             name, rest = spec.split("=", 1); size, _, delay = rest.partition(":")
             batching[name] = {"max_batch_size": int(size), "max_queue_delay_ms": float(delay or 2)}
         except ValueError: raise ValidationError(f"--batch {spec!r} must be NAME=MAX_BATCH[:DELAY_MS], e.g. churn=32:2") from None
-    print(f"serving {', '.join(f'{n}={u}' for n, u in models.items())} on http://{args.host}:{args.port} "
+    shown = [f"{n}={u}" for n, u in models.items()] + [f"deployment {c}" for c in args.config or []]
+    print(f"serving {', '.join(shown)} on http://{args.host}:{args.port} "
           f"(OIP/KServe v2 REST, /metrics{f'; gRPC on {args.host}:{args.grpc_port}' if args.grpc_port else ''}); Ctrl-C stops",
           file=sys.stderr)
     ws.serving.serve(models, host=args.host, port=args.port, batching=batching, threads=args.threads,
-                     refresh_seconds=args.refresh, grpc_port=args.grpc_port)
+                     refresh_seconds=args.refresh, grpc_port=args.grpc_port, deployments=args.config or [])
+
+def cmd_deployments(args):
+    ws = _ws(args)
+    from mlplat.serving.deployment import Deployment, render_for
+    dep = Deployment.from_yaml(args.file)
+    if args.action == "check": _out(args, dep.to_dict())
+    elif args.action == "render":
+        import yaml
+        ws.governance.authorize("serving:run", dep.name)
+        sys.stdout.write(yaml.safe_dump(render_for(ws, dep), sort_keys=False))
 
 def cmd_demo(args):
     from mlplat.demo import run_demo
@@ -312,12 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     for x in ms.choices.values(): _leaf(x, common)
 
     s = cmd("serve", cmd_serve, "serve models over the Open Inference Protocol (KServe v2 REST)")
-    s.add_argument("--model", action="append", required=True, help="NAME=URI: models:/NAME@ALIAS, models:/NAME/VERSION or a .onnx file (repeatable)")
+    s.add_argument("--model", action="append", help="NAME=URI: models:/NAME@ALIAS, models:/NAME/VERSION or a .onnx file (repeatable)")
+    s.add_argument("--config", action="append", help="a deployment YAML: traffic split (canary), sticky A/B, shadow (repeatable)")
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8080)
     s.add_argument("--grpc-port", type=int, help="also serve inference.GRPCInferenceService on this port")
     s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
     s.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
     s.add_argument("--refresh", type=float, default=5.0, help="seconds between alias checks (hot swap); 0: never")
+
+    s = cmd("deployments", cmd_deployments, "check a deployment spec, or render it as a KServe InferenceService", json_flag=False)
+    ds = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x = ds.add_parser("check", help="validate a deployment YAML"); x.add_argument("file")
+    x = ds.add_parser("render", help="the KServe InferenceService (v1beta1, ONNX, protocol v2) as YAML"); x.add_argument("file")
+    for x in ds.choices.values(): _leaf(x, common)
 
     s = cmd("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
     s = cmd("audit", cmd_audit, "verify, export or list the audit trail", json_flag=False)

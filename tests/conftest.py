@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -178,3 +179,50 @@ def ray_address(tmp_path_factory):
     proc.wait()
     log.close()
     shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- serving -----------------------------------------------------------------------------------
+X = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
+Y = (X[:, 0] - X[:, 2] > 0).astype(int)
+
+
+def register_version(ws, c):
+    "A scikit-learn model logged in a run, registered (ONNX + gates) as the next version of 'risk'."
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+    mlflow.set_tracking_uri(ws.config.tracking_uri)
+    client = ws.mlflow_client()
+    exp = client.get_experiment_by_name("risk")
+    exp_id = exp.experiment_id if exp else client.create_experiment("risk", artifact_location=f"{ws.config.artifact_root}/risk")
+    with mlflow.start_run(experiment_id=exp_id) as r:
+        mlflow.sklearn.log_model(LogisticRegression(C=c).fit(X, Y), name="model", input_example=X[:5])
+    return ws.models.register(r.info.run_id, "risk", sample=X[:64])
+
+
+@pytest.fixture
+def server(ws):
+    "Start `mlplat serve` for NAME=URI models (or raw `--config=FILE` options); yields a function returning host:port."
+    procs = []
+
+    def start(*models, refresh="0.5"):
+        port = free_port()
+        args = [str(BIN / "mlplat"), "serve", "--port", str(port), "--refresh", refresh]
+        for m in models:
+            args += [m] if m.startswith("--") else ["--model", m]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(p)
+        import httpx
+        end = time.time() + 60
+        while time.time() < end:
+            if p.poll() is not None:
+                raise RuntimeError(p.stdout.read())
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    return f"127.0.0.1:{port}"
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise TimeoutError("server did not come up")
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(20)

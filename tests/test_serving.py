@@ -1,56 +1,13 @@
 """`mlplat serve` as a real server on 127.0.0.1: unmodified tritonclient (http) against it, hot swap of an alias under
 load with zero failed requests, a broken version never replacing a working one, and fuzzed bad input never a 5xx."""
 import json
-import subprocess
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from conftest import BIN, free_port
-
-X = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
-Y = (X[:, 0] - X[:, 2] > 0).astype(int)
-
-
-def register_version(ws, c):
-    "A scikit-learn model logged in a run, registered (ONNX + gates) as the next version of 'risk'."
-    import mlflow
-    from sklearn.linear_model import LogisticRegression
-    mlflow.set_tracking_uri(ws.config.tracking_uri)
-    with mlflow.start_run() as r:
-        mlflow.sklearn.log_model(LogisticRegression(C=c).fit(X, Y), name="model", input_example=X[:5])
-    return ws.models.register(r.info.run_id, "risk", sample=X[:64])
-
-
-@pytest.fixture
-def server(ws):
-    "Start `mlplat serve` for the given models; yields a function returning the base URL."
-    procs = []
-
-    def start(*models, refresh="0.5"):
-        port = free_port()
-        args = [str(BIN / "mlplat"), "serve", "--port", str(port), "--refresh", refresh]
-        for m in models:
-            args += ["--model", m]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        procs.append(p)
-        import httpx
-        end = time.time() + 60
-        while time.time() < end:
-            if p.poll() is not None:
-                raise RuntimeError(p.stdout.read())
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    return f"127.0.0.1:{port}"
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise TimeoutError("server did not come up")
-    yield start
-    for p in procs:
-        p.terminate()
-        p.wait(20)
+from conftest import X, register_version
 
 
 def test_tritonclient_http_matches_in_process_ort(ws, server):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ValidationError
 from .models import ModelHost
 from .protocol import InferError, decode_request, encode_response, error_body
 
@@ -23,7 +24,8 @@ SERVER_NAME = "mlplat"
 EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
 
 # %% auto #0
-__all__ = ['SERVER_NAME', 'EXTENSIONS', 'PredictionLog', 'prediction_record', 'Metrics', 'create_app', 'Server', 'Serving']
+__all__ = ['SERVER_NAME', 'EXTENSIONS', 'PredictionLog', 'prediction_record', 'sticky_key', 'mirror', 'Metrics', 'create_app',
+           'Server', 'Serving']
 
 # %% ../../notebooks/55_serving_app.ipynb #61dc98e1
 class PredictionLog:
@@ -56,12 +58,38 @@ class PredictionLog:
     def close(self):
         if self.folder is not None: self.q.put(None); self.thread.join(10)
 
-def prediction_record(m, req, outputs: dict, elapsed: float, variant: str) -> dict:
+def prediction_record(m, req, outputs: dict, elapsed: float, variant: str, name: str | None = None) -> dict:
     "One prediction-log line (same for REST and gRPC)."
-    return {"ts": datetime.now(timezone.utc).isoformat(), "request_id": req.id or uuid.uuid4().hex, "model": m.name,
+    if req.id is None: req.id = uuid.uuid4().hex  # the shadow's line carries the same id
+    return {"ts": datetime.now(timezone.utc).isoformat(), "request_id": req.id, "model": name or m.name,
             "version": m.version, "variant": variant, "latency_ms": round(elapsed * 1000, 3),
             "inputs": {k: v.tolist() for k, v in req.inputs.items()},
             "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}}
+
+def sticky_key(route, parameters: dict, header: str | None) -> str | None:
+    "The A/B assignment key of a request: its `sticky_key` parameter, else the x-mlplat-key header."
+    if route.sticky_key and isinstance(parameters, dict) and parameters.get(route.sticky_key) is not None:
+        return str(parameters[route.sticky_key])
+    return header
+
+_shadow_tasks: set = set()
+
+def mirror(host, route, req, primary_outputs: dict, metrics, plog):
+    "Run the shadow version on the same inputs off the response path; record its latency and its disagreement."
+    async def run():
+        m = host.current[route.shadow]
+        t0 = time.perf_counter()
+        try: outs = await host.infer(m, req.inputs, req.rows)
+        except Exception: metrics.errors.labels(route.name, m.version, "shadow", "500").inc(); return
+        elapsed = time.perf_counter() - t0
+        metrics.requests.labels(route.name, m.version, "shadow", "shadow").inc()
+        metrics.latency.labels(route.name, m.version, "shadow").observe(elapsed)
+        diffs = [float(np.max(np.abs(np.asarray(outs[k], np.float64) - np.asarray(v, np.float64)), initial=0))
+                 for k, v in primary_outputs.items() if k in outs and np.asarray(v).dtype.kind in "fiu"]
+        if diffs: metrics.shadow_diff.labels(route.name, m.version).observe(max(diffs))
+        plog.add(prediction_record(m, req, outs, elapsed, "shadow", route.name))
+    task = asyncio.get_running_loop().create_task(run())
+    _shadow_tasks.add(task); task.add_done_callback(_shadow_tasks.discard)
 
 class Metrics:
     "Prometheus series: requests, errors, latency, batch sizes, queue depth — per model, version and variant."
@@ -76,6 +104,8 @@ class Metrics:
         self.batch = Histogram("mlplat_batch_rows", "Rows per ONNX Runtime call", ["model", "version"], registry=r,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.depth = Gauge("mlplat_queue_depth", "Requests waiting for a batch", ["model", "version"], registry=r)
+        self.shadow_diff = Histogram("mlplat_shadow_max_abs_diff", "Largest output difference, shadow vs served",
+                                     ["model", "version"], registry=r, buckets=(0, 1e-6, 1e-4, 1e-3, .01, .05, .1, .25, .5, 1))
         self.loaded = Gauge("mlplat_model_loaded_timestamp", "When the served version was loaded", ["model", "version"], registry=r)
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
@@ -93,43 +123,48 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
                                               headers={"retry-after": "1"} if status == 503 else None)
 
     async def live(request): return js({"live": True})
-    async def ready(request): return js({"ready": bool(host.current)})
+    async def ready(request): return js({"ready": bool(host.routes)})
     async def server_meta(request):
         from mlplat import __version__
         return js({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
-    def model_of(request):
-        return host.get(request.path_params["name"], request.path_params.get("version"))
-
     async def model_meta(request):
-        try: m = model_of(request)
+        name, version = request.path_params["name"], request.path_params.get("version")
+        try: m = host.get(name, version)[0] if version else host.primary(name)
         except InferError as e: return err(e.message, e.status)
-        meta = {"name": m.name, "versions": [m.version], "platform": "onnxruntime_onnx", **m.signature}
-        if m.name in host.errors: meta["parameters"] = {"last_load_error": host.errors[m.name]}
+        meta = {"name": name, "versions": [version] if version else host.versions(name), "platform": "onnxruntime_onnx", **m.signature}
+        errors = {k: e for k, e in host.errors.items() if k == name or k.startswith(name + ":")}
+        if errors: meta["parameters"] = {"last_load_error": "; ".join(errors.values())}
         return js(meta)
 
     async def model_ready(request):
-        try: m = model_of(request)
+        try: host.get(request.path_params["name"], request.path_params.get("version"))
         except InferError as e: return err(e.message, e.status)
-        return js({"name": m.name, "ready": True})
+        return js({"name": request.path_params["name"], "ready": True})
 
     async def infer(request):
         t0 = time.perf_counter()
-        name, variant = request.path_params["name"], "default"
+        name, version = request.path_params["name"], request.path_params.get("version")
         try:
-            m = model_of(request)
-        except InferError as e:
-            return err(e.message, e.status)
-        labels = (m.name, m.version, variant)
-        metrics.requests.labels(*labels, "rest").inc()
-        try:
+            route, primary = host.route(name), host.primary(name)
+            if version and version not in host.versions(name):
+                raise InferError(f"model {name!r} serves version(s) {host.versions(name)}, not {version!r}", 404)
             size = request.headers.get("content-length")
             if size is not None and int(size) > max_body: raise InferError(f"the body is over {max_body_mb:g} MB", 413)
             body = await request.body()
             if len(body) > max_body: raise InferError(f"the body is over {max_body_mb:g} MB", 413)
-            req = decode_request(body, request.headers.get("inference-header-content-length"), m.signature)
+            req = decode_request(body, request.headers.get("inference-header-content-length"), primary.signature)
+        except InferError as e:
+            if e.status != 404: metrics.errors.labels(name, "", "unrouted", str(e.status)).inc()
+            return err(e.message, e.status)
+        key = sticky_key(route, req.parameters, request.headers.get("x-mlplat-key"))
+        try: m, variant = host.get(name, version, key)
+        except InferError as e: return err(e.message, e.status)
+        labels = (name, m.version, variant)
+        metrics.requests.labels(*labels, "rest").inc()
+        try:
             outputs = await host.infer(m, req.inputs, req.rows)
-            content, headers = encode_response(m.name, m.version, req, outputs)
+            content, headers = encode_response(name, m.version, req, outputs, {"variant": variant} if route.deployment else None)
         except InferError as e:
             metrics.errors.labels(*labels, str(e.status)).inc()
             return err(e.message, e.status)
@@ -138,7 +173,8 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
             return err(f"internal error: {type(e).__name__}: {e}", 500)
         elapsed = time.perf_counter() - t0
         metrics.latency.labels(*labels).observe(elapsed)
-        plog.add(prediction_record(m, req, outputs, elapsed, variant))
+        plog.add(prediction_record(m, req, outputs, elapsed, variant, name))
+        if route.shadow: mirror(host, route, req, outputs, metrics, plog)
         return Response(content, 200, headers=headers)
 
     async def prometheus(request):
@@ -212,17 +248,23 @@ class Serving:
     "Serving from a workspace (`ws.serving`)."
     def __init__(self, ws): self.ws = ws
 
-    def serve(self, models: dict, host: str = "127.0.0.1", port: int = 8080, batching: dict | None = None,
+    def serve(self, models: dict | None = None, host: str = "127.0.0.1", port: int = 8080, batching: dict | None = None,
               threads: int | None = None, providers: list | None = None, refresh_seconds: float = 5.0,
-              background: bool = False, grpc_port: int | None = None):
-        """Serve `models` ({name: URI}); blocks unless `background=True` (then returns the running `Server`).
+              background: bool = False, grpc_port: int | None = None, deployments: list = ()):
+        """Serve `models` ({name: URI}) and `deployments` (`Deployment`s or YAML paths: traffic split, A/B, shadow);
+        blocks unless `background=True` (then returns the running `Server`).
         `batching` maps a model name to {max_batch_size, max_queue_delay_ms, max_queue}."""
-        self.ws.governance.authorize("serving:run", ",".join(models))
-        mh = ModelHost(self.ws, models, batching, threads, providers)
+        from mlplat.serving.deployment import Deployment
+        deps = [d if isinstance(d, Deployment) else Deployment.from_yaml(d) for d in deployments]
+        models = dict(models or {})
+        if not models and not deps: raise ValidationError("nothing to serve", hint="give --model NAME=URI or --config DEPLOYMENT.yaml")
+        names = list(models) + [d.name for d in deps]
+        self.ws.governance.authorize("serving:run", ",".join(names))
+        mh = ModelHost(self.ws, models, batching, threads, providers, deps)
         app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host)
         srv = Server(app, host, port)
-        self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(f"{n}={u}" for n, u in models.items()),
-                                        "success", self.ws.config.workspace.region,
-                                        {"url": srv.url, "versions": {n: m.version for n, m in mh.current.items()}})
+        self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(names), "success",
+                                        self.ws.config.workspace.region,
+                                        {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}})
         if background: return srv.start()
         srv.run()

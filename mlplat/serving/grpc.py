@@ -143,40 +143,53 @@ def grpc_server(host, port: int, metrics, plog, bind: str = "127.0.0.1"):
     "A grpc.aio server for `host`'s models on `bind:port` (start it inside the running event loop)."
     import grpc
     from mlplat import __version__
-    from mlplat.serving.app import prediction_record
+    from mlplat.serving.app import mirror, prediction_record, sticky_key
     M = messages()
     codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
              503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
 
     async def server_live(req, ctx): return M["ServerLiveResponse"](live=True)
-    async def server_ready(req, ctx): return M["ServerReadyResponse"](ready=bool(host.current))
+    async def server_ready(req, ctx): return M["ServerReadyResponse"](ready=bool(host.routes))
     async def server_metadata(req, ctx):
         return M["ServerMetadataResponse"](name="mlplat", version=__version__, extensions=["binary_tensor_data"])
     async def model_ready(req, ctx):
         try: host.get(req.name, req.version); return M["ModelReadyResponse"](ready=True)
         except InferError: return M["ModelReadyResponse"](ready=False)
     async def model_metadata(req, ctx):
-        try: m = host.get(req.name, req.version)
+        try: m = host.get(req.name, req.version)[0] if req.version else host.primary(req.name)
         except InferError as e: await ctx.abort(codes[e.status], e.message)
         T = M["ModelMetadataResponse"].TensorMetadata
-        return M["ModelMetadataResponse"](name=m.name, versions=[m.version], platform="onnxruntime_onnx",
-                                          inputs=[T(**i) for i in m.signature["inputs"]], outputs=[T(**o) for o in m.signature["outputs"]])
+        return M["ModelMetadataResponse"](name=req.name, versions=[req.version] if req.version else host.versions(req.name),
+                                          platform="onnxruntime_onnx", inputs=[T(**i) for i in m.signature["inputs"]],
+                                          outputs=[T(**o) for o in m.signature["outputs"]])
     async def model_infer(req, ctx):
         t0 = time.perf_counter()
-        try: m = host.get(req.model_name, req.model_version)
-        except InferError as e: await ctx.abort(codes[e.status], e.message)
-        labels = (m.name, m.version, "default")
+        name, version = req.model_name, req.model_version
+        try:
+            route, primary = host.route(name), host.primary(name)
+            if version and version not in host.versions(name):
+                raise InferError(f"model {name!r} serves version(s) {host.versions(name)}, not {version!r}", 404)
+            r = decode_infer(req, primary.signature)
+        except InferError as e:
+            if e.status != 404: metrics.errors.labels(name, "", "unrouted", str(e.status)).inc()
+            await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
+        params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in req.parameters.items() if v.WhichOneof("parameter_choice")}
+        header = dict(ctx.invocation_metadata() or ()).get("x-mlplat-key")
+        m, variant = host.get(name, version, sticky_key(route, params, header))
+        labels = (name, m.version, variant)
         metrics.requests.labels(*labels, "grpc").inc()
         try:
-            r = decode_infer(req, m.signature)
             outputs = await host.infer(m, r.inputs, r.rows)
             resp = encode_infer(m, r, outputs)
+            resp.model_name = name
+            if route.deployment: resp.parameters["variant"].string_param = variant
         except InferError as e:
             metrics.errors.labels(*labels, str(e.status)).inc()
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
         elapsed = time.perf_counter() - t0
         metrics.latency.labels(*labels).observe(elapsed)
-        plog.add(prediction_record(m, r, outputs, elapsed, "default"))
+        plog.add(prediction_record(m, r, outputs, elapsed, variant, name))
+        if route.shadow: mirror(host, route, r, outputs, metrics, plog)
         return resp
 
     def unary(fn, req): return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=M[req].FromString,

@@ -30,7 +30,7 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'Loaded', 'Batcher', 'ModelHost']
+__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'Loaded', 'Batcher', 'Route', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
@@ -121,37 +121,90 @@ class Batcher:
                     if not fut.done(): fut.set_exception(InferError(f"inference failed: {e}", 500))
 
 # %% ../../notebooks/54_serving_models.ipynb #2464a54b
+@dataclass
+class Route:
+    "What a name clients call resolves to: weighted variants (model keys), an optional sticky key and shadow."
+    name: str
+    variants: list                 # [(variant name, weight, model key)]
+    sticky_key: str | None = None
+    shadow: str | None = None      # model key mirrored off the response path
+    deployment: bool = False
+
+    def pick(self, key: str | None) -> tuple[str, str]:
+        "(variant, model key): by the hash of `key` when sticky (same key, same variant), else at random by weight."
+        import random
+        if len(self.variants) == 1: return self.variants[0][0], self.variants[0][2]
+        if key is not None: point = int(hashlib.sha256(f"{self.name}:{key}".encode()).hexdigest()[:8], 16) % 10000 / 100
+        else: point = random.random() * 100
+        total = 0
+        for name, weight, mkey in self.variants:
+            total += weight
+            if point < total: return name, mkey
+        return self.variants[-1][0], self.variants[-1][2]
+
 class ModelHost:
-    "The served models by name; loads, batches, follows aliases."
-    def __init__(self, ws, models: dict, batching: dict | None = None, threads: int | None = None,
-                 providers: list | None = None):
+    "The served models and routes by name; loads, batches, routes traffic, follows aliases."
+    def __init__(self, ws, models: dict | None = None, batching: dict | None = None, threads: int | None = None,
+                 providers: list | None = None, deployments: list = ()):
         from concurrent.futures import ThreadPoolExecutor
-        self.ws, self.uris = ws, dict(models)
-        self.batching = {n: (b if isinstance(b, Batching) else Batching(**b)) for n, b in (batching or {}).items()}
-        self.threads, self.providers = threads, providers
-        self.executor = ThreadPoolExecutor(max_workers=max(2, len(models)), thread_name_prefix="ort")
+        self.ws, self.threads, self.providers = ws, threads, providers
+        self.uris, self.routes, self.batching = {}, {}, {}
+        for name, uri in (models or {}).items():
+            if not name or "/" in name or ":" in name: raise ValidationError(f"model name {name!r} is not valid in a URL")
+            self.uris[name] = uri
+            self.routes[name] = Route(name, [("default", 100, name)])
+        for name, b in (batching or {}).items(): self.batching[name] = b if isinstance(b, Batching) else Batching(**b)
+        for dep in deployments:
+            if dep.name in self.routes: raise ValidationError(f"{dep.name!r} is served twice")
+            keys = []
+            for v in dep.variants:
+                key = f"{dep.name}:{v.name}"; self.uris[key] = v.uri; keys.append((v.name, v.weight, key))
+            shadow = None
+            if dep.shadow: shadow = f"{dep.name}:shadow"; self.uris[shadow] = dep.shadow
+            for k in [k for *_, k in keys] + ([shadow] if shadow else []):
+                if dep.batching: self.batching[k] = Batching(**dep.batching)
+            self.routes[dep.name] = Route(dep.name, keys, dep.sticky_key, shadow, deployment=True)
+        self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.uris)), thread_name_prefix="ort")
         self.current: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}
         self.lock = threading.Lock()
-        for name, uri in self.uris.items():
-            if not name or "/" in name: raise ValidationError(f"model name {name!r} is not valid in a URL")
-            self.current[name] = self._load(name, uri)
+        for key, uri in self.uris.items(): self.current[key] = self._load(key, uri)
+        for r in self.routes.values():  # every variant must take the same inputs, or clients could not call the name
+            sigs = {k: self.current[k].signature["inputs"] for *_, k in r.variants + ([(0, 0, r.shadow)] if r.shadow else [])}
+            if len({repr(v) for v in sigs.values()}) > 1:
+                raise ValidationError(f"the variants of {r.name!r} take different inputs: {sigs}")
 
-    def _load(self, name: str, uri: str) -> Loaded:
+    def _load(self, key: str, uri: str) -> Loaded:
         from mlplat.models.onnx import session, signature
         version, path = resolve(self.ws, uri)
         sess = session(str(path), threads=self.threads, providers=self.providers)
-        m = Loaded(name, version, uri, path, sess, signature(sess))
-        b = self.batching.get(name)
+        m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
+        b = self.batching.get(key)
         if b and b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
         return m
 
-    def get(self, name: str, version: str | None = None) -> Loaded:
-        m = self.current.get(name)
-        if m is None: raise InferError(f"no model named {name!r}; this server serves {sorted(self.current)}", 404)
-        if version not in (None, "", m.version):
-            raise InferError(f"model {name!r} serves version {m.version}, not {version!r}", 404)
-        return m
+    def route(self, name: str) -> Route:
+        r = self.routes.get(name)
+        if r is None: raise InferError(f"no model named {name!r}; this server serves {sorted(self.routes)}", 404)
+        return r
+
+    def primary(self, name: str) -> Loaded:
+        "The variant with the most traffic (its signature and metadata stand for the name)."
+        r = self.route(name)
+        return self.current[max(r.variants, key=lambda v: v[1])[2]]
+
+    def versions(self, name: str) -> list[str]:
+        return list(dict.fromkeys(self.current[k].version for *_, k in self.route(name).variants))
+
+    def get(self, name: str, version: str | None = None, key: str | None = None) -> tuple[Loaded, str]:
+        "(model version, variant) serving one request: the asked version if given, else the route's pick."
+        r = self.route(name)
+        if version not in (None, ""):
+            for vname, _, mkey in r.variants:
+                if self.current[mkey].version == version: return self.current[mkey], vname
+            raise InferError(f"model {name!r} serves version(s) {self.versions(name)}, not {version!r}", 404)
+        vname, mkey = r.pick(key)
+        return self.current[mkey], vname
 
     async def infer(self, m: Loaded, inputs: dict, rows: int) -> dict:
         if m.batcher is not None: return await m.batcher.submit(inputs, rows)
@@ -161,17 +214,19 @@ class ModelHost:
     def refresh(self) -> list[str]:
         "Follow moved aliases: load the new version, swap it in; returns what changed. Never raises."
         changed = []
-        for name, uri in self.uris.items():
+        for key, uri in self.uris.items():
             if "@" not in uri: continue
             try:
                 version, _ = resolve(self.ws, uri)
-                if version == self.current[name].version: continue
-                fresh = self._load(name, uri)
-                with self.lock: old, self.current[name] = self.current[name], fresh
-                self.errors.pop(name, None)
-                changed.append(f"{name}: {old.version} -> {fresh.version}")
-                log.warning("swapped %s from version %s to %s", name, old.version, fresh.version)
+                if version == self.current[key].version: continue
+                fresh = self._load(key, uri)
+                if fresh.signature["inputs"] != self.current[key].signature["inputs"]:
+                    raise ValidationError(f"version {version} takes different inputs than the served {self.current[key].version}")
+                with self.lock: old, self.current[key] = self.current[key], fresh
+                self.errors.pop(key, None)
+                changed.append(f"{key}: {old.version} -> {fresh.version}")
+                log.warning("swapped %s from version %s to %s", key, old.version, fresh.version)
             except Exception as e:  # keep serving the working version
-                self.errors[name] = f"{type(e).__name__}: {e}"
-                log.error("could not load the new version of %s (%s); still serving %s", name, e, self.current[name].version)
+                self.errors[key] = f"{type(e).__name__}: {e}"
+                log.error("could not load the new version of %s (%s); still serving %s", key, e, self.current[key].version)
         return changed
