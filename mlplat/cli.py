@@ -14,7 +14,7 @@ from .errors import MlplatError, ValidationError
 
 # %% auto #0
 __all__ = ['DATASET_COLS', 'JOB_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features',
-           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_deployments', 'cmd_demo',
+           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_deployments', 'cmd_ab', 'cmd_demo',
            'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
@@ -235,6 +235,24 @@ def cmd_deployments(args):
         ws.governance.authorize("serving:run", dep.name)
         sys.stdout.write(yaml.safe_dump(render_for(ws, dep), sort_keys=False))
 
+def cmd_ab(args):
+    ws = _ws(args)
+    if args.action == "outcomes":
+        from mlplat.features.datasets import read_frame
+        n = ws.serving.log_outcomes(args.deployment, read_frame(args.file))
+        _out(args, {"deployment": args.deployment, "outcomes_logged": n})
+        return
+    rep = ws.serving.ab_report(args.deployment, args.alpha, args.baseline)
+    if args.json: _print_json(rep); return
+    print(f"{rep['deployment']}: {rep['requests']} requests, {rep['with_outcome']} with outcomes; baseline {rep['baseline']}")
+    rows = [{**r, "versions": ",".join(r["versions"]), "mean_outcome": None if r["mean_outcome"] is None else round(r["mean_outcome"], 4),
+             "difference": None if r.get("difference") is None else round(r["difference"], 4),
+             "ci": None if r.get("ci") is None else f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]",
+             "p_value": None if r.get("p_value") is None else f"{r['p_value']:.3g}"} for r in rep["variants"]]
+    _table(rows, ["variant", "versions", "requests", "with_outcome", "mean_outcome", "difference", "ci", "p_value", "test"])
+    for r in rep["variants"]:
+        if r.get("verdict"): print(f"{r['variant']}: {r['verdict']}")
+
 def cmd_demo(args):
     from mlplat.demo import run_demo
     run_demo(home=args.home or "mlplat-demo", customers=args.customers, days=args.days, as_json=args.json)
@@ -337,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     x = ds.add_parser("check", help="validate a deployment YAML"); x.add_argument("file")
     x = ds.add_parser("render", help="the KServe InferenceService (v1beta1, ONNX, protocol v2) as YAML"); x.add_argument("file")
     for x in ds.choices.values(): _leaf(x, common)
+
+    s = cmd("ab", cmd_ab, "A/B results of a deployment: outcomes joined to predictions, significance tests", json_flag=False)
+    abs_ = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x = abs_.add_parser("report", help="per-variant counts, outcomes, test, confidence interval, verdict")
+    x.add_argument("deployment"); x.add_argument("--alpha", type=float, default=0.05); x.add_argument("--baseline")
+    x = abs_.add_parser("outcomes", help="record outcomes: a CSV/parquet with request_id and outcome columns")
+    x.add_argument("deployment"); x.add_argument("file")
+    for x in abs_.choices.values(): _leaf(x, common)
 
     s = cmd("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
     s = cmd("audit", cmd_audit, "verify, export or list the audit trail", json_flag=False)

@@ -23,8 +23,8 @@ def two_versions(ws):
     return v1, v2
 
 
-def body(i, customer=None):
-    doc = {"id": f"r{i}", "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": X[i % 300].tolist()}]}
+def body(i, customer=None, rid=None):
+    doc = {"id": rid or f"r{i}", "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": X[i % 300].tolist()}]}
     if customer is not None:
         doc["parameters"] = {"customer_id": customer}
     return doc
@@ -44,8 +44,8 @@ def test_canary_ab_and_shadow(ws, two_versions, server, tmp_path):
     assert sorted(meta["versions"]) == sorted([str(v1.version), str(v2.version)])
     with httpx.Client() as c:
         seen = [c.post(url, json=body(i)).json() for i in range(400)]          # no key: random by weight
-        sticky = [c.post(url, json=body(i, customer="cust-17")).json()["parameters"]["variant"] for i in range(25)]
-        by_header = {c.post(url, json=body(i), headers={"x-mlplat-key": "cust-99"}).json()["parameters"]["variant"]
+        sticky = [c.post(url, json=body(i, "cust-17", f"s{i}")).json()["parameters"]["variant"] for i in range(25)]
+        by_header = {c.post(url, json=body(i, rid=f"h{i}"), headers={"x-mlplat-key": "cust-99"}).json()["parameters"]["variant"]
                      for i in range(15)}
     variants = [r["parameters"]["variant"] for r in seen]
     share = variants.count("challenger") / len(variants)
@@ -56,7 +56,7 @@ def test_canary_ab_and_shadow(ws, two_versions, server, tmp_path):
     keys = {f"cust-{i}": None for i in range(200)}
     with httpx.Client() as c:
         for k in keys:
-            keys[k] = c.post(url, json=body(0, customer=k)).json()["parameters"]["variant"]
+            keys[k] = c.post(url, json=body(0, k, f"k-{k}")).json()["parameters"]["variant"]
     assert 0.2 < list(keys.values()).count("challenger") / len(keys) < 0.4  # keys split by weight too
 
     time.sleep(2)  # shadow calls and the prediction log run off the response path
@@ -70,6 +70,24 @@ def test_canary_ab_and_shadow(ws, two_versions, server, tmp_path):
     shadows = {l["request_id"] for l in lines if l["variant"] == "shadow"}
     served = {l["request_id"] for l in lines if l["variant"] != "shadow"}
     assert "r5" in shadows and shadows <= served
+
+    # outcomes arrive later; the challenger converts more often -> the A/B report says so
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rate = {"champion": 0.15, "challenger": 0.45}
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text("request_id,outcome\n" + "".join(
+        f"{r['id']},{int(rng.random() < rate[r['parameters']['variant']])}\n" for r in seen))
+    assert '"outcomes_logged": 400' in run_cli("ab", "outcomes", "risk-live", outcomes, "--json", check=0).stdout
+    rep = json.loads(run_cli("ab", "report", "risk-live", "--json", check=0).stdout)
+    assert rep["baseline"] == "champion" and rep["with_outcome"] == 400 and rep["requests"] == 400 + 25 + 15 + 200
+    ch = next(v for v in rep["variants"] if v["variant"] == "challenger")
+    assert ch["test"] == "two-proportion z-test" and ch["p_value"] < 0.001 and ch["ci"][0] > 0
+    assert ch["verdict"].startswith("challenger is higher than champion")
+    text = run_cli("ab", "report", "risk-live", check=0).stdout
+    assert "two-proportion z-test" in text and "challenger is higher" in text
+    bad = run_cli("ab", "outcomes", "risk-live", REPO / "README.md", check=1)
+    assert "error:" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions, tmp_path, monkeypatch):

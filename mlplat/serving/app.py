@@ -268,3 +268,13 @@ class Serving:
                                         {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}})
         if background: return srv.start()
         srv.run()
+
+    def log_outcomes(self, deployment: str, rows) -> int:
+        "Record what happened after predictions (`request_id`, `outcome`) for A/B reports."
+        from mlplat.serving.ab import log_outcomes
+        return log_outcomes(self.ws, deployment, rows)
+
+    def ab_report(self, deployment: str, alpha: float = 0.05, baseline: str | None = None) -> dict:
+        "Per-variant counts, outcomes, significance tests and verdicts for `deployment`."
+        from mlplat.serving.ab import report
+        return report(self.ws, deployment, alpha, baseline)
