@@ -59,6 +59,59 @@ def templates_dir() -> Path:
 def _say(msg: str, as_json: bool):
     if not as_json: print(msg, flush=True)
 
+def _train(ws, name: str, args: list, tset):
+    "The churn model trained on `tset` — or the finished identical job of an earlier run (same data, same spec)."
+    for rec in ws.jobs.list(state="succeeded", limit=500):
+        if rec.name == name and rec.training_set == tset.id and rec.spec.get("args") == args: return rec, True
+    from mlplat.jobs.spec import TrainingJob
+    job = TrainingJob(name, str(templates_dir()/"training"/"train_tabular.py"), args=args, training_set=tset.id, experiment="churn",
+                      deepspeed={"zero_stage": 2, "micro_batch_size": 64}, resources={"processes_per_node": 2}, timeout="20m")
+    rec = ws.jobs.submit(job, wait=True, timeout=1200)
+    if rec.state != "succeeded":
+        tail = "".join(ws.jobs.logs(rec.id, tail=30))
+        raise RuntimeError(f"the demo training job {rec.id} ended {rec.state}: {rec.message}\n{tail}")
+    return rec, False
+
+def _register(ws, run_id: str):
+    from mlplat.errors import NotFoundError
+    try: known = [v for v in ws.models.versions("churn") if v.run_id == run_id]
+    except NotFoundError: known = []
+    return known[0] if known else ws.models.register(run_id, "churn")
+
+def _promote(ws, version, alias: str, reason: str):
+    try: holder = ws.models.get("churn", alias).version
+    except Exception: holder = None
+    if holder != version.version: ws.models.promote("churn", version.version, alias, reason=reason)
+
+def _serve_canary(ws, run_id: str, requests: int = 300) -> dict:
+    "Serve champion 80 / challenger 20 behind churn-live, send held-out rows, count who answered."
+    import socket, urllib.request
+    import numpy as np, yaml, mlflow
+    from mlplat.serving.deployment import Deployment
+    spec = {"name": "churn-live", "sticky_key": "customer_id",
+            "variants": [{"name": "champion", "uri": "models:/churn@champion", "weight": 80},
+                         {"name": "challenger", "uri": "models:/churn@challenger", "weight": 20}]}
+    cfg = ws.config.home/"deployments"/"churn-live.yaml"
+    cfg.parent.mkdir(exist_ok=True); cfg.write_text(yaml.safe_dump(spec, sort_keys=False))
+    mlflow.set_tracking_uri(ws.config.tracking_uri)
+    x = np.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/holdout/inputs.npy", tracking_uri=ws.config.tracking_uri))
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    srv = ws.serving.serve(deployments=[Deployment.from_yaml(cfg)], port=port, background=True, refresh_seconds=0)
+    counts, lat = {}, []
+    try:
+        for i in range(requests):
+            body = json.dumps({"id": f"demo-{i}", "parameters": {"customer_id": f"c{i % 150}"},
+                               "inputs": [{"name": "input", "shape": [1, x.shape[1]], "datatype": "FP32", "data": x[i % len(x)].tolist()}]})
+            req = urllib.request.Request(f"{srv.url}/v2/models/churn-live/infer", body.encode(), {"content-type": "application/json"})
+            t = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=10) as r: out = json.loads(r.read())
+            lat.append((time.perf_counter() - t) * 1000)
+            counts[out["parameters"]["variant"]] = counts.get(out["parameters"]["variant"], 0) + 1
+    finally: srv.stop()
+    lat.sort()
+    return {"deployment": "churn-live", "config": str(cfg), "url": srv.url, "requests": requests, "variants": counts,
+            "p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99) - 1]}
+
 def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, seed: int = 7, as_json: bool = False) -> dict:
     "Run the demo in workspace `home` and print the report (or its JSON)."
     import pandas as pd
@@ -68,7 +121,7 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     t_all = time.perf_counter()
     ws = init(home, quiet=True)
     rep = {"workspace": str(ws.config.home), "principal": ws.principal.name, "region": ws.config.workspace.region}
-    _say(f"mlplat demo — features and training\n  workspace {rep['workspace']}  (region {rep['region']}, acting as {rep['principal']})\n", as_json)
+    _say(f"mlplat demo — features, training, registry, serving\n  workspace {rep['workspace']}  (region {rep['region']}, acting as {rep['principal']})\n", as_json)
 
     # The data ends today, so the 7-day activity window has recent values to serve online.
     start = (pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=days - 1)).strftime("%Y-%m-%d")
@@ -125,21 +178,40 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     rep["push"] = {"entity": cid, "spend_7d_before": before, "spend_7d_after": after}
     _say(f"7. streaming push    customer {cid} spend_7d {before} -> {after} with no batch materialization", as_json)
 
-    script = templates_dir()/"training"/"train_tabular.py"
-    from mlplat.jobs.spec import TrainingJob
-    job = TrainingJob("churn-mlp", str(script), args=["--epochs", "6"], training_set=tset.id,
-                      deepspeed={"zero_stage": 2, "micro_batch_size": 64}, resources={"processes_per_node": 2}, timeout="20m")
-    _say(f"8. training job      submitting {job.name}: DeepSpeed ZeRO-2, 2 CPU processes (gloo), training set {tset.id} ...", as_json)
+    _say(f"8. training job      DeepSpeed ZeRO-2, 2 CPU processes (gloo), training set {tset.id} ...", as_json)
     t = time.perf_counter()
-    rec = ws.jobs.submit(job, wait=True, timeout=1200)
+    rec, reused = _train(ws, "churn-mlp", ["--epochs", "6"], tset)
     t_job = time.perf_counter() - t
     metrics = ws.mlflow_client().get_run(rec.mlflow_run_id).data.metrics if rec.mlflow_run_id else {}
-    rep["job"] = {**rec.to_dict(), "seconds": t_job, "metrics": metrics}
-    if rec.state != "succeeded":
-        tail = "".join(ws.jobs.logs(rec.id, tail=30))
-        raise RuntimeError(f"the demo training job {rec.id} ended {rec.state}: {rec.message}\n{tail}")
-    _say(f"                    {rec.id} succeeded in {t_job:.0f} s: test AUC {metrics.get('test_auc', float('nan')):.3f}, "
-         f"MLflow run {rec.mlflow_run_id[:12]}… (lineage {tset.id} -> job -> run)", as_json)
+    rep["job"] = {**rec.to_dict(), "seconds": t_job, "metrics": metrics, "reused": reused}
+    _say(f"                    {rec.id} {'reused (same data, same spec, already trained)' if reused else f'succeeded in {t_job:.0f} s'}: "
+         f"test AUC {metrics.get('test_auc', float('nan')):.3f}, MLflow run {rec.mlflow_run_id[:12]}… (lineage {tset.id} -> job -> run)", as_json)
+
+    t = time.perf_counter()
+    champion = _register(ws, rec.mlflow_run_id)
+    _promote(ws, champion, "champion", "demo: first model")
+    gates = {g["gate"]: g for g in ws.models.gates("churn", champion.version) if g["stage"] == "register"}
+    rep["registry"] = {"champion": champion.version, "gates": {k: bool(g["passed"]) for k, g in gates.items()},
+                       "parity_max_abs": gates["parity"]["figures"]["outputs"]["output"]["max_abs"],
+                       "latency_p99_ms_batch1": gates["latency"]["figures"]["batch1"]["p99_ms"], "seconds": time.perf_counter() - t}
+    _say(f"9. model registry    churn v{champion.version}: ONNX export, gates "
+         + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in rep["registry"]["gates"].items())
+         + f" (ORT vs PyTorch max abs error {rep['registry']['parity_max_abs']:.1e}, p99 {rep['registry']['latency_p99_ms_batch1']:.2f} ms at batch 1)"
+         + " -> alias champion", as_json)
+
+    rec2, reused2 = _train(ws, "churn-mlp-wide", ["--epochs", "4", "--hidden", "128"], tset)
+    challenger = _register(ws, rec2.mlflow_run_id)
+    _promote(ws, challenger, "challenger", "demo: wider network")
+    auc2 = ws.mlflow_client().get_run(rec2.mlflow_run_id).data.metrics.get("test_auc", float("nan"))
+    rep["challenger"] = {"job": rec2.id, "version": challenger.version, "test_auc": auc2, "reused": reused2}
+    _say(f"10. challenger       {rec2.id} ({'reused' if reused2 else 'trained'}; hidden 128, test AUC {auc2:.3f}) -> churn v{challenger.version}, "
+         f"alias challenger", as_json)
+
+    rep["serving"] = _serve_canary(ws, rec.mlflow_run_id)
+    sv = rep["serving"]
+    _say(f"11. serving          {sv['requests']} requests through canary {sv['deployment']} (champion 80 / challenger 20, sticky by "
+         f"customer): " + ", ".join(f"{k} {n}" for k, n in sv["variants"].items())
+         + f"; 0 failed; p50 {sv['p50_ms']:.2f} ms end to end (OIP REST on {sv['url']}, stopped after the demo)", as_json)
 
     try:
         ws.features.register_source("customers_eu", data.customers, classification="personal", region="eu-west-1",
@@ -148,16 +220,19 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     except ResidencyViolation as e:
         refused = e.message
     rep["residency_refusal"] = refused
-    _say(f"9. residency         personal data held in eu-west-1: {'REFUSED, nothing written, audited' if refused else 'accepted?!'}", as_json)
+    _say(f"12. residency        personal data held in eu-west-1: {'REFUSED, nothing written, audited' if refused else 'accepted?!'}", as_json)
 
     audit = ws.audit.verify()
     rep["audit"] = audit.to_dict()
-    _say(f"10. audit trail      {audit.records} records, {'chain intact' if audit.ok else 'BROKEN: ' + audit.message} (head {audit.head[:12]}…)", as_json)
+    _say(f"13. audit trail      {audit.records} records, {'chain intact' if audit.ok else 'BROKEN: ' + audit.message} (head {audit.head[:12]}…)", as_json)
     rep["seconds"] = time.perf_counter() - t_all
 
     h = ws.config.home
     env = f"MLPLAT_HOME={h}"
     look = [f"{env} mlplat jobs logs {rec.id}", f"{env} mlflow ui --backend-store-uri {ws.config.tracking_uri}  (then open the churn run)",
+            f"{env} mlplat models show churn", f"{env} mlplat models history churn",
+            f"{env} mlplat serve --config {rep['serving']['config']}  (then: curl localhost:8080/v2/models/churn-live)",
+            f"{env} mlplat ab report churn-live",
             f"{env} mlplat features list", f"{env} mlplat features show customer_activity",
             f"{env} mlplat lineage {tset.node}", f"{env} mlplat audit verify",
             f"cd {ws.config.feast_repo} && feast feature-views list", f"training set: {tset.path}",

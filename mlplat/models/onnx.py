@@ -45,12 +45,15 @@ def _pytorch(model, sample: np.ndarray) -> bytes:
     import torch
     model = _as_module(model)
     x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
-    with tempfile.TemporaryDirectory() as d, open(os.devnull, "w") as quiet:
-        import contextlib
+    import contextlib, logging, warnings
+    with tempfile.TemporaryDirectory() as d, open(os.devnull, "w") as quiet, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's exported graph modules have no eval mode: the 'training mode' warning is moot
+        onnx_log = logging.getLogger("torch.onnx"); level = onnx_log.level; onnx_log.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(quiet):  # the exporter narrates every pass on stdout
             program = torch.onnx.export(model, (x,), input_names=["input"], output_names=["output"],
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), dynamo=True,
                                         external_data=False, verbose=False)
+        onnx_log.setLevel(level)
         path = os.path.join(d, "model.onnx")
         program.save(path, external_data=False)
         return open(path, "rb").read()
