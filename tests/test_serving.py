@@ -67,6 +67,8 @@ def test_alias_move_swaps_under_load_without_failures(ws, server):
     for t in threads:
         t.join()
     assert failures == [] and len(seen) > 50
+    for v in (v1, v2):  # lineage: model version -> deployment, for the first version and the swapped-in one
+        assert "deployment:risk" in ws.lineage.of(f"model:risk/{v.version}")["downstream_nodes"]
     for tid in {t for t, _ in seen}:  # per client: once a response came from v2, every later one did
         versions = [v for t, v in seen if t == tid]
         first_new = versions.index(str(v2.version))

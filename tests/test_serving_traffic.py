@@ -108,3 +108,59 @@ def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions
     p = isvc["spec"]["predictor"]
     assert p["canaryTrafficPercent"] == 10 and p["model"]["protocolVersion"] == "v2" and p["model"]["modelFormat"]["name"] == "onnx"
     assert p["model"]["storageUri"].startswith("pvc://ws-home/") and (p["minReplicas"], p["maxReplicas"], p["scaleMetric"]) == (1, 6, "rps")
+
+
+def onnx_file(path, heavy=False):
+    "A model taking [-1, 4]: Relu (fast), or a chain of 1024x1024 matmuls (~tens of ms per request, 'slow')."
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits, last = [], [], "input"
+    if heavy:
+        rng = np.random.default_rng(0)
+        inits.append(numpy_helper.from_array(rng.normal(size=(4, 1024)).astype(np.float32) * 0.01, "w0"))
+        nodes.append(helper.make_node("MatMul", ["input", "w0"], ["h0"])); last = "h0"
+        inits.append(numpy_helper.from_array(rng.normal(size=(1024, 1024)).astype(np.float32) * 0.01, "w"))
+        for i in range(1, 25):
+            nodes.append(helper.make_node("MatMul", [last, "w"], [f"h{i}"])); last = f"h{i}"
+        inits.append(numpy_helper.from_array(np.ones((1024, 4), np.float32) * 0.01, "wout"))
+        nodes.append(helper.make_node("MatMul", [last, "wout"], ["pre"])); last = "pre"
+    nodes.append(helper.make_node("Relu", [last], ["output"]))
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 4])], inits)
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("case", ["healthy", "slow"])
+def test_guarded_rollout_advances_or_rolls_back(ws, server, tmp_path, case):
+    base_model = onnx_file(tmp_path / "base.onnx")
+    new_model = onnx_file(tmp_path / "new.onnx", heavy=(case == "slow"))
+    spec = tmp_path / "rollout.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "scorer", "variants": [{"name": "stable", "uri": str(base_model), "weight": 100},
+                                       {"name": "canary", "uri": str(new_model), "weight": 0}],
+        "rollout": {"variant": "canary", "steps": [20, 100], "interval_s": 1, "min_requests": 100, "max_p99_ratio": 5}}))
+    host = server(f"--config={spec}")
+    status_url = f"http://{host}/mlplat/rollouts/scorer"
+    assert httpx.get(status_url).json()["weight"] == 20
+    req = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    deadline, status, failures = time.time() + 90, None, 0
+    with httpx.Client() as c:
+        while time.time() < deadline:
+            for _ in range(50):
+                failures += c.post(f"http://{host}/v2/models/scorer/infer", json=req).status_code != 200
+            status = c.get(status_url).json()
+            if status["state"] != "running":
+                break
+    assert failures == 0
+    if case == "healthy":
+        assert (status["state"], status["weight"]) == ("completed", 100)
+        assert [h["action"] for h in status["history"]] == ["advance"]
+    else:
+        assert (status["state"], status["weight"]) == ("rolled_back", 0)
+        assert status["history"][-1]["action"] == "rollback" and "p99" in status["history"][-1]["summary"]
+    weights = {l.split('variant="')[1].split('"')[0]: float(l.split()[-1])
+               for l in httpx.get(f"http://{host}/metrics").text.splitlines() if l.startswith("mlplat_variant_weight{")}
+    assert weights == ({"stable": 0.0, "canary": 100.0} if case == "healthy" else {"stable": 100.0, "canary": 0.0})
+    audited = [r for r in ws.audit.records(50) if r["action"].startswith("serving.rollout.")]
+    assert audited and audited[0]["action"] == ("serving.rollout.advance" if case == "healthy" else "serving.rollout.rollback")

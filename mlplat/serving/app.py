@@ -106,16 +106,20 @@ class Metrics:
         self.depth = Gauge("mlplat_queue_depth", "Requests waiting for a batch", ["model", "version"], registry=r)
         self.shadow_diff = Histogram("mlplat_shadow_max_abs_diff", "Largest output difference, shadow vs served",
                                      ["model", "version"], registry=r, buckets=(0, 1e-6, 1e-4, 1e-3, .01, .05, .1, .25, .5, 1))
+        self.weight = Gauge("mlplat_variant_weight", "Percent of traffic routed to a variant", ["model", "variant"], registry=r)
         self.loaded = Gauge("mlplat_model_loaded_timestamp", "When the served version was loaded", ["model", "version"], registry=r)
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
-               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1"):
-    "The Starlette app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop)."
+               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None):
+    """The Starlette app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop).
+    `audit(action, resource, details)` records rollout steps and rollbacks."""
+    from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
     metrics, plog = Metrics(), PredictionLog(predictions)
+    rollouts = {n: Rollout(host.routes[n], spec, audit) for n, spec in host.rollout_specs.items()}
     max_body = int(max_body_mb * 2**20)
     JSON = "application/json"
     def js(obj, status=200): return Response(json.dumps(obj), status, media_type=JSON)
@@ -167,18 +171,27 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
             content, headers = encode_response(name, m.version, req, outputs, {"variant": variant} if route.deployment else None)
         except InferError as e:
             metrics.errors.labels(*labels, str(e.status)).inc()
+            if name in rollouts: rollouts[name].record(variant, time.perf_counter() - t0, e.status != 503)
             return err(e.message, e.status)
         except Exception as e:  # never a dead worker; say what happened
             metrics.errors.labels(*labels, "500").inc()
             return err(f"internal error: {type(e).__name__}: {e}", 500)
         elapsed = time.perf_counter() - t0
         metrics.latency.labels(*labels).observe(elapsed)
+        if name in rollouts: rollouts[name].record(variant, elapsed, False)
         plog.add(prediction_record(m, req, outputs, elapsed, variant, name))
         if route.shadow: mirror(host, route, req, outputs, metrics, plog)
         return Response(content, 200, headers=headers)
 
+    async def rollout_status(request):
+        r = rollouts.get(request.path_params["name"])
+        if r is None: return err(f"no rollout for {request.path_params['name']!r}; rollouts: {sorted(rollouts)}", 404)
+        return js(r.status())
+
     async def prometheus(request):
         from prometheus_client import generate_latest, CONTENT_TYPE_LATEST
+        for r in host.routes.values():
+            for vname, w, _ in r.variants: metrics.weight.labels(r.name, vname).set(w)
         for m in host.current.values():
             metrics.loaded.labels(m.name, m.version).set(m.loaded_at)
             if m.batcher is not None:
@@ -186,6 +199,11 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
                 sizes, m.batcher.batch_sizes = m.batcher.batch_sizes, []
                 for s in sizes: metrics.batch.labels(m.name, m.version).observe(s)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def judge_rollouts():
+        while True:
+            await asyncio.sleep(0.5)
+            for r in rollouts.values(): r.evaluate()
 
     async def follow_aliases():
         loop = asyncio.get_running_loop()
@@ -197,14 +215,16 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
     @asynccontextmanager
     async def lifespan(app):
         task = asyncio.get_running_loop().create_task(follow_aliases()) if refresh_seconds else None
+        judge = asyncio.get_running_loop().create_task(judge_rollouts()) if rollouts else None
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
-            grpc_srv = grpc_server(host, grpc_port, metrics, plog, grpc_bind)
+            grpc_srv = grpc_server(host, grpc_port, metrics, plog, grpc_bind, rollouts)
             await grpc_srv.start()
         yield
         if grpc_srv is not None: await grpc_srv.stop(2)
-        if task: task.cancel()
+        for t in (task, judge):
+            if t: t.cancel()
         plog.close()
 
     base = "/v2/models/{name}"
@@ -212,7 +232,7 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
               Route(base, model_meta), Route(base + "/versions/{version}", model_meta),
               Route(base + "/ready", model_ready), Route(base + "/versions/{version}/ready", model_ready),
               Route(base + "/infer", infer, methods=["POST"]), Route(base + "/versions/{version}/infer", infer, methods=["POST"]),
-              Route("/metrics", prometheus)]
+              Route("/metrics", prometheus), Route("/mlplat/rollouts/{name}", rollout_status)]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.host, app.state.metrics = host, metrics
     return app
@@ -261,7 +281,10 @@ class Serving:
         names = list(models) + [d.name for d in deps]
         self.ws.governance.authorize("serving:run", ",".join(names))
         mh = ModelHost(self.ws, models, batching, threads, providers, deps)
-        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host)
+        ws = self.ws
+        def audit(action, resource, details):
+            ws.governance.audit.append(ws.principal.name, action, resource, "success", ws.config.workspace.region, details)
+        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit)
         srv = Server(app, host, port)
         self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(names), "success",
                                         self.ws.config.workspace.region,

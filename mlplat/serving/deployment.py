@@ -12,9 +12,11 @@ from pathlib import Path
 from ..errors import ValidationError
 
 SCALE_METRICS = ("concurrency", "rps", "cpu", "memory")
+ROLLOUT_DEFAULTS = {"steps": [10, 25, 50, 100], "interval_s": 60.0, "min_requests": 100,
+                    "max_error_rate_delta": 0.01, "max_p99_ratio": 1.5}
 
 # %% auto #0
-__all__ = ['SCALE_METRICS', 'Variant', 'Deployment', 'render_inference_service', 'storage_uri', 'render_for']
+__all__ = ['SCALE_METRICS', 'ROLLOUT_DEFAULTS', 'Variant', 'Deployment', 'render_inference_service', 'storage_uri', 'render_for']
 
 # %% ../../notebooks/57_serving_deployment.ipynb #26ed03e6
 @dataclass
@@ -33,11 +35,12 @@ class Deployment:
     batching: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
     autoscaling: dict = field(default_factory=dict)
+    rollout: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "deployment") -> "Deployment":
         if not isinstance(d, dict): raise ValidationError(f"{where} must be a mapping")
-        known = {"name", "variants", "sticky_key", "shadow", "batching", "resources", "autoscaling"}
+        known = {"name", "variants", "sticky_key", "shadow", "batching", "resources", "autoscaling", "rollout"}
         bad = set(d) - known
         if bad: raise ValidationError(f"{where}: unknown field(s) {sorted(bad)}", hint=f"known: {', '.join(sorted(known))}")
         vs = d.get("variants")
@@ -48,7 +51,7 @@ class Deployment:
                 raise ValidationError(f"{where}: variants[{i}] must be {{name, uri, weight}}, got {v!r}")
             variants.append(Variant(str(v.get("name") or f"v{i}"), str(v["uri"]), v.get("weight", 100 if len(vs) == 1 else None)))
         dep = cls(d.get("name"), variants, d.get("sticky_key"), d.get("shadow"), dict(d.get("batching") or {}),
-                  dict(d.get("resources") or {}), dict(d.get("autoscaling") or {}))
+                  dict(d.get("resources") or {}), dict(d.get("autoscaling") or {}), dict(d.get("rollout") or {}))
         dep.validate(where)
         return dep
 
@@ -83,6 +86,16 @@ class Deployment:
         if int(a.get("min_replicas", 1)) > int(a.get("max_replicas", max(1, int(a.get("min_replicas", 1))))):
             p.append("autoscaling.min_replicas exceeds max_replicas")
         if set(self.resources) - {"cpu", "memory", "gpus"}: p.append("resources takes cpu, memory and gpus")
+        r = self.rollout
+        if r:
+            extra = set(r) - set(ROLLOUT_DEFAULTS) - {"variant"}
+            if extra: p.append(f"rollout: unknown field(s) {sorted(extra)}; known: variant, {', '.join(ROLLOUT_DEFAULTS)}")
+            if len(self.variants) != 2: p.append("rollout needs exactly two variants (the baseline and the one rolled out)")
+            elif r.get("variant") not in names: p.append(f"rollout.variant must name one of the variants {names}")
+            steps = r.get("steps", ROLLOUT_DEFAULTS["steps"])
+            if not (isinstance(steps, list) and steps and all(isinstance(x, int) and 0 < x <= 100 for x in steps)
+                    and steps == sorted(steps) and steps[-1] == 100):
+                p.append(f"rollout.steps must be increasing percentages ending at 100, got {steps!r}")
         if p: raise ValidationError(f"{where} is invalid: " + "; ".join(p))
 
     def to_dict(self) -> dict: return asdict(self)
@@ -93,9 +106,10 @@ def render_inference_service(dep: Deployment, storage_uris: dict, namespace: str
     """The KServe `InferenceService` (v1beta1, ONNX, Open Inference Protocol v2) for `dep`. `storage_uris` maps each
     variant name to where the cluster reads its model. KServe's canary keeps the previously rolled-out revision for
     the rest of the traffic, so a two-variant deployment renders the smaller-weight variant as the canary."""
-    if dep.shadow or dep.sticky_key:
-        raise ValidationError("KServe's InferenceService has no shadow traffic or sticky A/B assignment",
-                              hint="run `mlplat serve --config` as the router in front of it, or drop shadow/sticky_key")
+    if dep.shadow or dep.sticky_key or dep.rollout:
+        raise ValidationError("KServe's InferenceService has no shadow traffic, sticky A/B assignment or guarded rollout",
+                              hint="run `mlplat serve --config` as the router in front of it, or drop shadow/sticky_key/rollout "
+                                   "(set canaryTrafficPercent steps yourself)")
     if len(dep.variants) > 2:
         raise ValidationError("KServe splits traffic between two revisions (stable and canary); this deployment has "
                               f"{len(dep.variants)} variants")

@@ -139,7 +139,7 @@ def encode_infer(m, request: InferRequest, outputs: dict):
     return msg
 
 # %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
-def grpc_server(host, port: int, metrics, plog, bind: str = "127.0.0.1"):
+def grpc_server(host, port: int, metrics, plog, bind: str = "127.0.0.1", rollouts: dict | None = None):
     "A grpc.aio server for `host`'s models on `bind:port` (start it inside the running event loop)."
     import grpc
     from mlplat import __version__
@@ -185,9 +185,11 @@ def grpc_server(host, port: int, metrics, plog, bind: str = "127.0.0.1"):
             if route.deployment: resp.parameters["variant"].string_param = variant
         except InferError as e:
             metrics.errors.labels(*labels, str(e.status)).inc()
+            if name in (rollouts or {}): rollouts[name].record(variant, time.perf_counter() - t0, e.status != 503)
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
         elapsed = time.perf_counter() - t0
         metrics.latency.labels(*labels).observe(elapsed)
+        if name in (rollouts or {}): rollouts[name].record(variant, elapsed, False)
         plog.add(prediction_record(m, r, outputs, elapsed, variant, name))
         if route.shadow: mirror(host, route, r, outputs, metrics, plog)
         return resp

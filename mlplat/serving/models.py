@@ -148,7 +148,7 @@ class ModelHost:
                  providers: list | None = None, deployments: list = ()):
         from concurrent.futures import ThreadPoolExecutor
         self.ws, self.threads, self.providers = ws, threads, providers
-        self.uris, self.routes, self.batching = {}, {}, {}
+        self.uris, self.routes, self.batching, self.rollout_specs = {}, {}, {}, {}
         for name, uri in (models or {}).items():
             if not name or "/" in name or ":" in name: raise ValidationError(f"model name {name!r} is not valid in a URL")
             self.uris[name] = uri
@@ -164,11 +164,13 @@ class ModelHost:
             for k in [k for *_, k in keys] + ([shadow] if shadow else []):
                 if dep.batching: self.batching[k] = Batching(**dep.batching)
             self.routes[dep.name] = Route(dep.name, keys, dep.sticky_key, shadow, deployment=True)
+            if dep.rollout: self.rollout_specs[dep.name] = dep.rollout
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.uris)), thread_name_prefix="ort")
         self.current: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}
         self.lock = threading.Lock()
         for key, uri in self.uris.items(): self.current[key] = self._load(key, uri)
+        for key in self.current: self._lineage(key)
         for r in self.routes.values():  # every variant must take the same inputs, or clients could not call the name
             sigs = {k: self.current[k].signature["inputs"] for *_, k in r.variants + ([(0, 0, r.shadow)] if r.shadow else [])}
             if len({repr(v) for v in sigs.values()}) > 1:
@@ -182,6 +184,14 @@ class ModelHost:
         b = self.batching.get(key)
         if b and b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
         return m
+
+    def _lineage(self, key: str):
+        "Record model version -> deployment (the name clients call) for registry-served models."
+        uri, m = self.uris[key], self.current[key]
+        if self.ws is None or not uri.startswith("models:/"): return
+        model = uri[len("models:/"):].split("@")[0].split("/")[0]
+        try: self.ws.lineage.add(f"model:{model}/{m.version}", f"deployment:{key.split(':')[0]}")
+        except Exception as e: log.warning("could not record lineage for %s: %s", key, e)
 
     def route(self, name: str) -> Route:
         r = self.routes.get(name)
@@ -223,6 +233,7 @@ class ModelHost:
                 if fresh.signature["inputs"] != self.current[key].signature["inputs"]:
                     raise ValidationError(f"version {version} takes different inputs than the served {self.current[key].version}")
                 with self.lock: old, self.current[key] = self.current[key], fresh
+                self._lineage(key)
                 self.errors.pop(key, None)
                 changed.append(f"{key}: {old.version} -> {fresh.version}")
                 log.warning("swapped %s from version %s to %s", key, old.version, fresh.version)
