@@ -157,7 +157,11 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
             if size is not None and int(size) > max_body: raise InferError(f"the body is over {max_body_mb:g} MB", 413)
             body = await request.body()
             if len(body) > max_body: raise InferError(f"the body is over {max_body_mb:g} MB", 413)
-            req = decode_request(body, request.headers.get("inference-header-content-length"), primary.signature)
+            features = host.feature_inputs.get(name)
+            req = decode_request(body, request.headers.get("inference-header-content-length"), primary.signature,
+                                 entities=features is not None)
+            if not req.inputs:  # entity keys instead of features: read them from the online store
+                req.inputs = await asyncio.get_running_loop().run_in_executor(None, features.build, req.parameters["entities"])
         except InferError as e:
             if e.status != 404: metrics.errors.labels(name, "", "unrouted", str(e.status)).inc()
             return err(e.message, e.status)

@@ -36,11 +36,12 @@ class Deployment:
     resources: dict = field(default_factory=dict)
     autoscaling: dict = field(default_factory=dict)
     rollout: dict = field(default_factory=dict)
+    features: dict = field(default_factory=dict)   # feature-aware requests: {service, inputs: {INPUT: [features]}, fill_value}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "deployment") -> "Deployment":
         if not isinstance(d, dict): raise ValidationError(f"{where} must be a mapping")
-        known = {"name", "variants", "sticky_key", "shadow", "batching", "resources", "autoscaling", "rollout"}
+        known = {"name", "variants", "sticky_key", "shadow", "batching", "resources", "autoscaling", "rollout", "features"}
         bad = set(d) - known
         if bad: raise ValidationError(f"{where}: unknown field(s) {sorted(bad)}", hint=f"known: {', '.join(sorted(known))}")
         vs = d.get("variants")
@@ -51,7 +52,8 @@ class Deployment:
                 raise ValidationError(f"{where}: variants[{i}] must be {{name, uri, weight}}, got {v!r}")
             variants.append(Variant(str(v.get("name") or f"v{i}"), str(v["uri"]), v.get("weight", 100 if len(vs) == 1 else None)))
         dep = cls(d.get("name"), variants, d.get("sticky_key"), d.get("shadow"), dict(d.get("batching") or {}),
-                  dict(d.get("resources") or {}), dict(d.get("autoscaling") or {}), dict(d.get("rollout") or {}))
+                  dict(d.get("resources") or {}), dict(d.get("autoscaling") or {}), dict(d.get("rollout") or {}),
+                  dict(d.get("features") or {}))
         dep.validate(where)
         return dep
 
@@ -106,9 +108,10 @@ def render_inference_service(dep: Deployment, storage_uris: dict, namespace: str
     """The KServe `InferenceService` (v1beta1, ONNX, Open Inference Protocol v2) for `dep`. `storage_uris` maps each
     variant name to where the cluster reads its model. KServe's canary keeps the previously rolled-out revision for
     the rest of the traffic, so a two-variant deployment renders the smaller-weight variant as the canary."""
-    if dep.shadow or dep.sticky_key or dep.rollout:
-        raise ValidationError("KServe's InferenceService has no shadow traffic, sticky A/B assignment or guarded rollout",
-                              hint="run `mlplat serve --config` as the router in front of it, or drop shadow/sticky_key/rollout "
+    if dep.shadow or dep.sticky_key or dep.rollout or dep.features:
+        raise ValidationError("KServe's InferenceService has no shadow traffic, sticky A/B assignment, guarded rollout or "
+                              "feature lookup", hint="run `mlplat serve --config` as the router in front of it, or drop "
+                                                     "shadow/sticky_key/rollout/features "
                                    "(set canaryTrafficPercent steps yourself)")
     if len(dep.variants) > 2:
         raise ValidationError("KServe splits traffic between two revisions (stable and canary); this deployment has "

@@ -148,7 +148,7 @@ class ModelHost:
                  providers: list | None = None, deployments: list = ()):
         from concurrent.futures import ThreadPoolExecutor
         self.ws, self.threads, self.providers = ws, threads, providers
-        self.uris, self.routes, self.batching, self.rollout_specs = {}, {}, {}, {}
+        self.uris, self.routes, self.batching, self.rollout_specs, self.feature_specs = {}, {}, {}, {}, {}
         for name, uri in (models or {}).items():
             if not name or "/" in name or ":" in name: raise ValidationError(f"model name {name!r} is not valid in a URL")
             self.uris[name] = uri
@@ -165,12 +165,16 @@ class ModelHost:
                 if dep.batching: self.batching[k] = Batching(**dep.batching)
             self.routes[dep.name] = Route(dep.name, keys, dep.sticky_key, shadow, deployment=True)
             if dep.rollout: self.rollout_specs[dep.name] = dep.rollout
+            if dep.features: self.feature_specs[dep.name] = dep.features
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.uris)), thread_name_prefix="ort")
         self.current: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}
         self.lock = threading.Lock()
         for key, uri in self.uris.items(): self.current[key] = self._load(key, uri)
         for key in self.current: self._lineage(key)
+        from mlplat.serving.features import FeatureInputs
+        self.feature_inputs = {n: FeatureInputs(ws, spec, self.primary(n).signature, f"deployment {n}: features")
+                               for n, spec in self.feature_specs.items()}
         for r in self.routes.values():  # every variant must take the same inputs, or clients could not call the name
             sigs = {k: self.current[k].signature["inputs"] for *_, k in r.variants + ([(0, 0, r.shadow)] if r.shadow else [])}
             if len({repr(v) for v in sigs.values()}) > 1:

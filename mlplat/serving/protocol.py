@@ -46,8 +46,11 @@ def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dty
     if shape and shape[0] > max_rows: raise InferError(f"input {name!r} has {shape[0]} rows; this server takes at most {max_rows}", 413)
     return np.dtype(NUMPY_TYPES[dt]), (int(np.prod(shape)) if shape else 1)
 
-def decode_request(body: bytes, header_length: str | None, signature: dict, max_rows: int = 1_000_000) -> InferRequest:
-    "Parse and check an OIP infer request against `signature` (see `mlplat.models.onnx.signature`)."
+def decode_request(body: bytes, header_length: str | None, signature: dict, max_rows: int = 1_000_000,
+                   entities: bool = False) -> InferRequest:
+    """Parse and check an OIP infer request against `signature` (see `mlplat.models.onnx.signature`).
+    With `entities=True` a request without inputs may carry `parameters.entities` instead (feature-aware serving):
+    it comes back with no inputs, for the caller to build them."""
     if header_length is not None:
         try: n = int(header_length)
         except ValueError: raise InferError(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
@@ -56,6 +59,15 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     else: doc, binary, offset = _loads(body), b"", 0
     if not isinstance(doc, dict): raise InferError("the request must be a JSON object with an 'inputs' list")
     given = doc.get("inputs")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict): raise InferError("'parameters' must be an object")
+    if entities and not given and "entities" in params:
+        ents = params["entities"]
+        rows = len(ents) if isinstance(ents, list) else 0
+        if rows > max_rows: raise InferError(f"{rows} entities; this server takes at most {max_rows}", 413)
+        outs = _requested(doc, signature, bool(params.get("binary_data_output", False)))
+        rid = doc.get("id")
+        return InferRequest({}, str(rid) if rid is not None else None, params, outs[0], outs[1], rows)
     if not isinstance(given, list) or not given: raise InferError("the request needs a non-empty 'inputs' list")
     expected = {i["name"]: i for i in signature["inputs"]}
     inputs, rows = {}, None
@@ -66,9 +78,10 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
         if name in inputs: raise InferError(f"input {name!r} is given twice")
         shape, dt = inp.get("shape"), inp.get("datatype")
         dtype, count = check_input(expected[name], name, shape, dt, max_rows)
-        params = inp.get("parameters") or {}
-        if "binary_data_size" in params:
-            size = params["binary_data_size"]
+        tparams = inp.get("parameters") or {}
+        if not isinstance(tparams, dict): raise InferError(f"input {name!r}: 'parameters' must be an object")
+        if "binary_data_size" in tparams:
+            size = tparams["binary_data_size"]
             if dt == "BYTES": raise InferError(f"input {name!r}: binary BYTES tensors are not supported; send them as JSON")
             if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
                 raise InferError(f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of {dt} "
@@ -90,21 +103,22 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     if binary and offset != len(binary): raise InferError(f"{len(binary) - offset} bytes after the last binary input")
     missing = set(expected) - set(inputs)
     if missing: raise InferError(f"missing input(s) {sorted(missing)}")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict): raise InferError("'parameters' must be an object")
-    outs, binary_out, all_binary = None, {}, bool(params.get("binary_data_output", False))
-    known = [o["name"] for o in signature["outputs"]]
-    if doc.get("outputs") is not None:
-        if not isinstance(doc["outputs"], list): raise InferError("'outputs' must be a list")
-        outs = []
-        for o in doc["outputs"]:
-            if not isinstance(o, dict) or o.get("name") not in known:
-                raise InferError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; the model returns {known}")
-            outs.append(o["name"])
-            binary_out[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
-    else: binary_out = {n: all_binary for n in known}
+    outs, binary_out = _requested(doc, signature, bool(params.get("binary_data_output", False)))
     rid = doc.get("id")
     return InferRequest(inputs, str(rid) if rid is not None else None, params, outs, binary_out, rows or 0)
+
+def _requested(doc: dict, signature: dict, all_binary: bool) -> tuple[list | None, dict]:
+    "The requested output names (None: all) and which of them go back binary."
+    known = [o["name"] for o in signature["outputs"]]
+    if doc.get("outputs") is None: return None, {n: all_binary for n in known}
+    if not isinstance(doc["outputs"], list): raise InferError("'outputs' must be a list")
+    outs, binary_out = [], {}
+    for o in doc["outputs"]:
+        if not isinstance(o, dict) or o.get("name") not in known:
+            raise InferError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; the model returns {known}")
+        outs.append(o["name"])
+        binary_out[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
+    return outs, binary_out
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
 def encode_response(model: str, version: str, request: InferRequest, outputs: dict,
