@@ -91,7 +91,8 @@ def tree_cpu(pid):
 
 def wrk(url, body, c, pid):
     lua = WORK / "post.lua"
-    lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = ' + json.dumps(body) + "\n")
+    # the body as a Lua string literal: JSON string escapes are valid Lua escapes
+    lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = ' + json.dumps(json.dumps(body)) + "\n")
     cpu0 = tree_cpu(pid)
     out = subprocess.run(["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{c}", f"-d{SECONDS}s", "--latency", "-s", str(lua), url],
                          capture_output=True, text=True).stdout

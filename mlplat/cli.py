@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8080)
     s.add_argument("--grpc-port", type=int, help="also serve inference.GRPCInferenceService on this port")
     s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
-    s.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model")
+    s.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model (default 1; more for heavy models)")
     s.add_argument("--refresh", type=float, default=5.0, help="seconds between alias checks (hot swap); 0: never")
 
     s = cmd("deployments", cmd_deployments, "check a deployment spec, or render it as a KServe InferenceService", json_flag=False)

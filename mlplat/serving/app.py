@@ -36,7 +36,7 @@ class PredictionLog:
             self.thread = threading.Thread(target=self._write, daemon=True, name="prediction-log")
             self.thread.start()
 
-    def add(self, record: dict):
+    def add(self, record: tuple):
         if self.folder is not None: self.q.put(record)
 
     def _write(self):
@@ -44,6 +44,7 @@ class PredictionLog:
         while True:
             rec = self.q.get()
             if rec is None: break
+            rec = _line(rec)
             day = rec["ts"][:10]
             key = (rec["model"], day)
             if key not in files:
@@ -58,12 +59,16 @@ class PredictionLog:
     def close(self):
         if self.folder is not None: self.q.put(None); self.thread.join(10)
 
-def prediction_record(m, req, outputs: dict, elapsed: float, variant: str, name: str | None = None) -> dict:
-    "One prediction-log line (same for REST and gRPC)."
+def prediction_record(m, req, outputs: dict, elapsed: float, variant: str, name: str | None = None) -> tuple:
+    "One prediction-log entry, cheap on the response path: the writer thread turns it into a JSON line."
     if req.id is None: req.id = uuid.uuid4().hex  # the shadow's line carries the same id
-    return {"ts": datetime.now(timezone.utc).isoformat(), "request_id": req.id, "model": name or m.name,
-            "version": m.version, "variant": variant, "latency_ms": round(elapsed * 1000, 3),
-            "inputs": {k: v.tolist() for k, v in req.inputs.items()},
+    return (time.time(), req.id, name or m.name, m.version, variant, elapsed, req.inputs, outputs)
+
+def _line(rec: tuple) -> dict:
+    ts, rid, model, version, variant, elapsed, inputs, outputs = rec
+    return {"ts": datetime.fromtimestamp(ts, timezone.utc).isoformat(), "request_id": rid, "model": model, "version": version,
+            "variant": variant, "latency_ms": round(elapsed * 1000, 3),
+            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
             "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}}
 
 def sticky_key(route, parameters: dict, header: str | None) -> str | None:

@@ -183,7 +183,8 @@ class ModelHost:
     def _load(self, key: str, uri: str) -> Loaded:
         from mlplat.models.onnx import session, signature
         version, path = resolve(self.ws, uri)
-        sess = session(str(path), threads=self.threads, providers=self.providers)
+        # one intra-op thread by default: requests run side by side, and a thread pool per call only spins on small models
+        sess = session(str(path), threads=self.threads or 1, providers=self.providers)
         m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
         b = self.batching.get(key)
         if b and b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
