@@ -64,7 +64,7 @@ def wait_http(url, proc, timeout=120):
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"server exited ({proc.returncode}); see its log in {WORK}")
         try:
             httpx.get(url, timeout=1)
             return
@@ -111,8 +111,10 @@ def wrk(url, body, c, pid):
             "cpu_ms_per_request": 1000 * cpu / max(total, 1)}
 
 
-def start(cmd, url_ready, env=None):
-    p = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def start(cmd, url_ready, env=None, name="server"):
+    # to a file, never a pipe nobody reads: mlflow's access log would fill the pipe and stall the server
+    log = open(WORK / f"{name}.log", "w")
+    p = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], stdout=log, stderr=subprocess.STDOUT, text=True,
                          env={**os.environ, **(env or {})}, start_new_session=True)
     wait_http(url_ready, p)
     return p
@@ -221,7 +223,7 @@ def main():
         port = free_port()
         while name == "mlplat_rest" and not _port_free(port + 1):
             port = free_port()
-        p = start(cmd(port), f"http://127.0.0.1:{port}{ready}", env)
+        p = start(cmd(port), f"http://127.0.0.1:{port}{ready}", env, name)
         try:
             url = f"http://127.0.0.1:{port}{path}"
             subprocess.run(["curl", "-s", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json",

@@ -111,7 +111,7 @@ def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions
 
 
 def onnx_file(path, heavy=False):
-    "A model taking [-1, 4]: Relu (fast), or a chain of 1024x1024 matmuls (~tens of ms per request, 'slow')."
+    "A model taking [-1, 4]: Relu (fast), or a chain of 150 1024x1024 matmuls (tens of ms per request, 'slow')."
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
     nodes, inits, last = [], [], "input"
@@ -120,7 +120,7 @@ def onnx_file(path, heavy=False):
         inits.append(numpy_helper.from_array(rng.normal(size=(4, 1024)).astype(np.float32) * 0.01, "w0"))
         nodes.append(helper.make_node("MatMul", ["input", "w0"], ["h0"])); last = "h0"
         inits.append(numpy_helper.from_array(rng.normal(size=(1024, 1024)).astype(np.float32) * 0.01, "w"))
-        for i in range(1, 25):
+        for i in range(1, 150):  # tens of ms per request: slower than any load spike of the baseline
             nodes.append(helper.make_node("MatMul", [last, "w"], [f"h{i}"])); last = f"h{i}"
         inits.append(numpy_helper.from_array(np.ones((1024, 4), np.float32) * 0.01, "wout"))
         nodes.append(helper.make_node("MatMul", [last, "wout"], ["pre"])); last = "pre"
@@ -139,12 +139,14 @@ def test_guarded_rollout_advances_or_rolls_back(ws, server, tmp_path, case):
     spec.write_text(yaml.safe_dump({
         "name": "scorer", "variants": [{"name": "stable", "uri": str(base_model), "weight": 100},
                                        {"name": "canary", "uri": str(new_model), "weight": 0}],
-        "rollout": {"variant": "canary", "steps": [20, 100], "interval_s": 1, "min_requests": 100, "max_p99_ratio": 5}}))
+        "rollout": {"variant": "canary", "steps": [20, 100], "interval_s": 1, "min_requests": 100,
+                    # identical models must never look 5x apart; the slow one is judged against a tighter bound
+                    "max_p99_ratio": 5 if case == "healthy" else 2}}))
     host = server(f"--config={spec}")
     status_url = f"http://{host}/mlplat/rollouts/scorer"
     assert httpx.get(status_url).json()["weight"] == 20
     req = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
-    deadline, status, failures = time.time() + 90, None, 0
+    deadline, status, failures = time.time() + 150, None, 0
     with httpx.Client() as c:
         while time.time() < deadline:
             for _ in range(50):
