@@ -79,8 +79,9 @@ def _register(ws, run_id: str):
     return known[0] if known else ws.models.register(run_id, "churn")
 
 def _promote(ws, version, alias: str, reason: str):
+    from mlplat.errors import NotFoundError
     try: holder = ws.models.get("churn", alias).version
-    except Exception: holder = None
+    except NotFoundError: holder = None  # the alias is not set yet
     if holder != version.version: ws.models.promote("churn", version.version, alias, reason=reason)
 
 def _serve_canary(ws, run_id: str, requests: int = 300) -> dict:

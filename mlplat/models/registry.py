@@ -16,7 +16,7 @@ from ..errors import MlplatError, NotFoundError, ValidationError
 from . import gates as G
 
 # %% auto #0
-__all__ = ['GateFailed', 'ModelVersion', 'Models']
+__all__ = ['GateFailed', 'ModelVersion', 'Models', 'parse_model_uri']
 
 # %% ../../notebooks/52_models_registry.ipynb #338baee4
 class GateFailed(MlplatError):
@@ -249,6 +249,14 @@ class Models:
                     principal=ws.principal.name, reason=reason or None, at=utcnow()))
                 self.client.set_registered_model_alias(mv.name, alias, str(mv.version))
         return self.get(mv.name, mv.version)
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    "(name, version or alias) of a registry URI `models:/NAME@ALIAS` or `models:/NAME/VERSION`."
+    ref = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    name, _, rest = ref.partition("@") if "@" in ref else ref.partition("/")
+    if not name or not rest:
+        raise ValidationError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, rest
 
 def _check_name(name):
     import re

@@ -143,9 +143,8 @@ def storage_uri(ws, uri: str) -> str:
     "Where a cluster reads the model behind `uri`: the artifact store's own URI, or the workspace claim for local files."
     from mlplat.serving.models import resolve
     if uri.startswith("models:/"):
-        ref = uri[len("models:/"):]
-        name, _, rest = ref.partition("@") if "@" in ref else ref.partition("/")
-        mv = ws.models.get(name, rest)
+        from mlplat.models.registry import parse_model_uri
+        mv = ws.models.get(*parse_model_uri(uri))
         location = ws.mlflow_client().get_model_version_download_uri(mv.name, str(mv.version))
     else:
         resolve(ws, uri)  # checks the file exists

@@ -36,13 +36,10 @@ __all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'Loaded', 'Batcher', 'Rou
 def resolve(ws, uri: str) -> tuple[str, Path]:
     "(version, local .onnx path) for a registry URI or a file path."
     if uri.startswith("models:/"):
-        ref = uri[len("models:/"):]
-        name, sep, rest = ref.partition("@") if "@" in ref else ref.partition("/")
-        if not name or not rest:
-            raise ValidationError(f"model URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
-        mv = ws.models.get(name, rest)
+        from mlplat.models.registry import parse_model_uri
+        mv = ws.models.get(*parse_model_uri(uri))
         import mlflow
-        dest = ws.config.home/"serving-cache"/name/str(mv.version)
+        dest = ws.config.home/"serving-cache"/mv.name/str(mv.version)
         if not any(dest.rglob("*.onnx")):
             dest.mkdir(parents=True, exist_ok=True)
             mlflow.set_tracking_uri(ws.config.tracking_uri); mlflow.set_registry_uri(ws.config.registry_uri)
@@ -194,8 +191,8 @@ class ModelHost:
         "Record model version -> deployment (the name clients call) for registry-served models."
         uri, m = self.uris[key], self.current[key]
         if self.ws is None or not uri.startswith("models:/"): return
-        model = uri[len("models:/"):].split("@")[0].split("/")[0]
-        try: self.ws.lineage.add(f"model:{model}/{m.version}", f"deployment:{key.split(':')[0]}")
+        from mlplat.models.registry import parse_model_uri
+        try: self.ws.lineage.add(f"model:{parse_model_uri(uri)[0]}/{m.version}", f"deployment:{key.split(':')[0]}")
         except Exception as e: log.warning("could not record lineage for %s: %s", key, e)
 
     def route(self, name: str) -> Route:
