@@ -199,8 +199,28 @@ def register_version(ws, c):
     return ws.models.register(r.info.run_id, "risk", sample=X[:64])
 
 
+def onnx_chain(path, matmuls=0, width=1024):
+    "A model taking [-1, 4]: Relu alone (fast), or after a chain of `matmuls` width x width matmuls (the cost knob)."
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits, last = [], [], "input"
+    if matmuls:
+        rng = np.random.default_rng(0)
+        inits.append(numpy_helper.from_array(rng.normal(size=(4, width)).astype(np.float32) * 0.01, "w0"))
+        nodes.append(helper.make_node("MatMul", ["input", "w0"], ["h0"])); last = "h0"
+        inits.append(numpy_helper.from_array(rng.normal(size=(width, width)).astype(np.float32) * 0.01, "w"))
+        for i in range(1, matmuls):
+            nodes.append(helper.make_node("MatMul", [last, "w"], [f"h{i}"])); last = f"h{i}"
+        inits.append(numpy_helper.from_array(np.ones((width, 4), np.float32) * 0.01, "wout"))
+        nodes.append(helper.make_node("MatMul", [last, "wout"], ["pre"])); last = "pre"
+    nodes.append(helper.make_node("Relu", [last], ["output"]))
+    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 4])], inits)
+    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return path
+
+
 @pytest.fixture
-def server(ws):
+def server(ws, tmp_path):
     "Start `mlplat serve` for NAME=URI models (or raw `--config=FILE` options); yields a function returning host:port."
     procs = []
 
@@ -209,13 +229,14 @@ def server(ws):
         args = [str(BIN / "mlplat"), "serve", "--port", str(port), "--refresh", refresh]
         for m in models:
             args += [m] if m.startswith("--") else ["--model", m]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = tmp_path / f"serve-{port}.log"  # a file, not a pipe: nobody reads a pipe while the server runs
+        p = subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
         procs.append(p)
         import httpx
         end = time.time() + 60
         while time.time() < end:
             if p.poll() is not None:
-                raise RuntimeError(p.stdout.read())
+                raise RuntimeError(log.read_text())
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
                     return f"127.0.0.1:{port}"

@@ -3,13 +3,11 @@ stubs need protobuf<7 and register inference.* symbols, so it must not share a p
 import json
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BIN, REPO, X, free_port, register_version
+from conftest import REPO, X, free_port, register_version
 
 CLIENT_VENV = REPO / ".cache" / "grpc-client-venv"
 CLIENT = """
@@ -51,40 +49,25 @@ def triton_grpc_python():
     return py
 
 
-def test_tritonclient_grpc_matches_in_process_ort(ws, triton_grpc_python, tmp_path):
+def test_tritonclient_grpc_matches_in_process_ort(ws, server, triton_grpc_python, tmp_path):
     import httpx
     import onnxruntime as ort
     v = register_version(ws, 1.0)
     ws.models.promote("risk", v.version, "champion")
-    port, gport = free_port(), free_port()
-    p = subprocess.Popen([str(BIN / "mlplat"), "serve", "--model", "risk=models:/risk@champion", "--port", str(port),
-                          "--grpc-port", str(gport), "--refresh", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        end = time.time() + 60
-        while True:
-            assert p.poll() is None, p.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < end, "server did not come up"
-            time.sleep(0.2)
-        np.save(tmp_path / "x.npy", X[:9])
-        r = subprocess.run([str(triton_grpc_python), "-c", CLIENT, f"127.0.0.1:{gport}", str(tmp_path / "x.npy")],
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout)
-        local = ort.InferenceSession(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx")).as_posix())
-        label, proba = local.run(None, {"input": X[:9]})
-        assert out["live"] and out["ready"] and out["model_ready"] and out["server"]["name"] == "mlplat"
-        assert out["meta"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "4"]}]
-        assert out["label"] == label.tolist() and np.array_equal(np.array(out["probabilities"], np.float32), proba)
-        assert out["response"]["id"] == "g-1" and out["response"]["model_version"] == "1"
-        assert out["bad"][0] == "StatusCode.INVALID_ARGUMENT" and "expects [-1, 4]" in out["bad"][1]
-        assert out["missing"][0] == "StatusCode.NOT_FOUND"
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        assert 'mlplat_requests_total{model="risk",protocol="grpc",variant="default",version="1"} 1.0' in metrics
-    finally:
-        p.terminate()
-        p.wait(20)
+    gport = free_port()
+    url = server("risk=models:/risk@champion", f"--grpc-port={gport}", refresh="0")
+    np.save(tmp_path / "x.npy", X[:9])
+    r = subprocess.run([str(triton_grpc_python), "-c", CLIENT, f"127.0.0.1:{gport}", str(tmp_path / "x.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    local = ort.InferenceSession(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx")).as_posix())
+    label, proba = local.run(None, {"input": X[:9]})
+    assert out["live"] and out["ready"] and out["model_ready"] and out["server"]["name"] == "mlplat"
+    assert out["meta"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "4"]}]
+    assert out["label"] == label.tolist() and np.array_equal(np.array(out["probabilities"], np.float32), proba)
+    assert out["response"]["id"] == "g-1" and out["response"]["model_version"] == "1"
+    assert out["bad"][0] == "StatusCode.INVALID_ARGUMENT" and "expects [-1, 4]" in out["bad"][1]
+    assert out["missing"][0] == "StatusCode.NOT_FOUND"
+    metrics = httpx.get(f"http://{url}/metrics").text
+    assert 'mlplat_requests_total{model="risk",protocol="grpc",variant="default",version="1"} 1.0' in metrics

@@ -3,14 +3,13 @@ response path, per-variant metrics and prediction log; and the same spec rendere
 validates against the real CRD."""
 import json
 import time
-from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
 import yaml
 
-from conftest import REPO, X, register_version, run_cli
+from conftest import REPO, X, onnx_chain, register_version, run_cli
 
 KSERVE_CRD = REPO.parent / "shared" / "schemas" / "k8s" / "serving.kserve.io_inferenceservices.yaml"
 
@@ -110,31 +109,10 @@ def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions
     assert p["model"]["storageUri"].startswith("pvc://ws-home/") and (p["minReplicas"], p["maxReplicas"], p["scaleMetric"]) == (1, 6, "rps")
 
 
-def onnx_file(path, heavy=False):
-    "A model taking [-1, 4]: Relu (fast), or a chain of 150 1024x1024 matmuls (tens of ms per request, 'slow')."
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-    nodes, inits, last = [], [], "input"
-    if heavy:
-        rng = np.random.default_rng(0)
-        inits.append(numpy_helper.from_array(rng.normal(size=(4, 1024)).astype(np.float32) * 0.01, "w0"))
-        nodes.append(helper.make_node("MatMul", ["input", "w0"], ["h0"])); last = "h0"
-        inits.append(numpy_helper.from_array(rng.normal(size=(1024, 1024)).astype(np.float32) * 0.01, "w"))
-        for i in range(1, 150):  # tens of ms per request: slower than any load spike of the baseline
-            nodes.append(helper.make_node("MatMul", [last, "w"], [f"h{i}"])); last = f"h{i}"
-        inits.append(numpy_helper.from_array(np.ones((1024, 4), np.float32) * 0.01, "wout"))
-        nodes.append(helper.make_node("MatMul", [last, "wout"], ["pre"])); last = "pre"
-    nodes.append(helper.make_node("Relu", [last], ["output"]))
-    g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
-                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 4])], inits)
-    path.write_bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
-    return path
-
-
 @pytest.mark.parametrize("case", ["healthy", "slow"])
 def test_guarded_rollout_advances_or_rolls_back(ws, server, tmp_path, case):
-    base_model = onnx_file(tmp_path / "base.onnx")
-    new_model = onnx_file(tmp_path / "new.onnx", heavy=(case == "slow"))
+    base_model = onnx_chain(tmp_path / "base.onnx")
+    new_model = onnx_chain(tmp_path / "new.onnx", matmuls=150 if case == "slow" else 0)
     spec = tmp_path / "rollout.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "scorer", "variants": [{"name": "stable", "uri": str(base_model), "weight": 100},

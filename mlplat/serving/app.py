@@ -7,129 +7,99 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
+import re
 import threading
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import ValidationError
+from .dispatch import Dispatcher
 from .models import ModelHost
 from .protocol import InferError, decode_request, encode_response, error_body
 
 SERVER_NAME = "mlplat"
 EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 # %% auto #0
-__all__ = ['SERVER_NAME', 'EXTENSIONS', 'PredictionLog', 'prediction_record', 'sticky_key', 'mirror', 'Metrics', 'create_app',
-           'Server', 'Serving']
+__all__ = ['SERVER_NAME', 'EXTENSIONS', 'INFER_PATH', 'JSON_HEADERS', 'rest_infer', 'create_app', 'Server', 'Serving']
 
 # %% ../../notebooks/55_serving_app.ipynb #61dc98e1
-class PredictionLog:
-    "Append-only JSON lines per model and day, written off the response path."
-    def __init__(self, folder: Path | None):
-        self.folder, self.q = folder, queue.SimpleQueue()
-        if folder is not None:
-            self.thread = threading.Thread(target=self._write, daemon=True, name="prediction-log")
-            self.thread.start()
+async def _reply(send, status: int, body: bytes, headers: list):
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
-    def add(self, record: tuple):
-        if self.folder is not None: self.q.put(record)
+async def _read_body(receive, limit: int) -> bytes | None:
+    "The request body, or None when the client went away; `InferError` 413 past `limit` bytes."
+    chunks, size, more = [], 0, True
+    while more:
+        msg = await receive()
+        if msg["type"] == "http.disconnect": return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit: raise InferError(f"the body is over {limit / 2**20:g} MB", 413)
+        chunks.append(chunk); more = msg.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _write(self):
-        files = {}
-        while True:
-            rec = self.q.get()
-            if rec is None: break
-            rec = _line(rec)
-            day = rec["ts"][:10]
-            key = (rec["model"], day)
-            if key not in files:
-                path = self.folder/rec["model"]/f"{day}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                files[key] = open(path, "a", buffering=1 << 16)
-            files[key].write(json.dumps(rec, separators=(",", ":")) + "\n")
-            if self.q.empty():
-                for f in files.values(): f.flush()
-        for f in files.values(): f.close()
+def rest_infer(dispatch: Dispatcher, max_body: int):
+    "The ASGI handler of `POST /v2/models/{name}[/versions/{v}]/infer`."
+    host = dispatch.host
+    async def infer(scope, receive, send, name: str, version: str | None):
+        try: await handle(scope, receive, send, name, version)
+        except Exception as e:  # never a dead worker and never a bare 500: say what happened
+            dispatch.series_error(name, "", "unrouted", 500)
+            await _reply(send, 500, error_body(f"internal error: {type(e).__name__}: {e}"), JSON_HEADERS)
 
-    def close(self):
-        if self.folder is not None: self.q.put(None); self.thread.join(10)
-
-def prediction_record(m, req, outputs: dict, elapsed: float, variant: str, name: str | None = None) -> tuple:
-    "One prediction-log entry, cheap on the response path: the writer thread turns it into a JSON line."
-    if req.id is None: req.id = uuid.uuid4().hex  # the shadow's line carries the same id
-    return (time.time(), req.id, name or m.name, m.version, variant, elapsed, req.inputs, outputs)
-
-def _line(rec: tuple) -> dict:
-    ts, rid, model, version, variant, elapsed, inputs, outputs = rec
-    return {"ts": datetime.fromtimestamp(ts, timezone.utc).isoformat(), "request_id": rid, "model": model, "version": version,
-            "variant": variant, "latency_ms": round(elapsed * 1000, 3),
-            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()},
-            "outputs": {k: np.asarray(v).tolist() for k, v in outputs.items()}}
-
-def sticky_key(route, parameters: dict, header: str | None) -> str | None:
-    "The A/B assignment key of a request: its `sticky_key` parameter, else the x-mlplat-key header."
-    if route.sticky_key and isinstance(parameters, dict) and parameters.get(route.sticky_key) is not None:
-        return str(parameters[route.sticky_key])
-    return header
-
-_shadow_tasks: set = set()
-
-def mirror(host, route, req, primary_outputs: dict, metrics, plog):
-    "Run the shadow version on the same inputs off the response path; record its latency and its disagreement."
-    async def run():
-        m = host.current[route.shadow]
+    async def handle(scope, receive, send, name: str, version: str | None):
         t0 = time.perf_counter()
-        try: outs = await host.infer(m, req.inputs, req.rows)
-        except Exception: metrics.errors.labels(route.name, m.version, "shadow", "500").inc(); return
-        elapsed = time.perf_counter() - t0
-        metrics.requests.labels(route.name, m.version, "shadow", "shadow").inc()
-        metrics.latency.labels(route.name, m.version, "shadow").observe(elapsed)
-        diffs = [float(np.max(np.abs(np.asarray(outs[k], np.float64) - np.asarray(v, np.float64)), initial=0))
-                 for k, v in primary_outputs.items() if k in outs and np.asarray(v).dtype.kind in "fiu"]
-        if diffs: metrics.shadow_diff.labels(route.name, m.version).observe(max(diffs))
-        plog.add(prediction_record(m, req, outs, elapsed, "shadow", route.name))
-    task = asyncio.get_running_loop().create_task(run())
-    _shadow_tasks.add(task); task.add_done_callback(_shadow_tasks.discard)
+        headers = dict(scope["headers"])
+        try:
+            primary = dispatch.target(name, version)
+            size = headers.get(b"content-length")
+            if size is not None and size.isdigit() and int(size) > max_body:
+                raise InferError(f"the body is over {max_body / 2**20:g} MB", 413)
+            body = await _read_body(receive, max_body)
+            if body is None: return
+            header_length = headers.get(b"inference-header-content-length")
+            features = host.feature_inputs.get(name)
+            req = decode_request(body, header_length.decode("latin-1") if header_length is not None else None,
+                                 primary.signature, entities=features is not None)
+            if not req.inputs:  # entity keys instead of features: read them from the online store
+                req.inputs = await asyncio.get_running_loop().run_in_executor(None, features.build, req.parameters["entities"])
+        except InferError as e:
+            dispatch.refused(name, e)
+            return await _reply(send, e.status, error_body(e.message), _error_headers(e.status))
+        key = headers.get(b"x-mlplat-key")
+        try:
+            m, variant, outputs = await dispatch.infer(name, version, req, key.decode("latin-1") if key else None, "rest", t0)
+            content, rheaders = encode_response(name, m.version, req, outputs,
+                                                {"variant": variant} if host.routes[name].deployment else None)
+        except InferError as e:
+            return await _reply(send, e.status, error_body(e.message), _error_headers(e.status))
+        await _reply(send, 200, content, [(k.encode(), v.encode()) for k, v in rheaders.items()])
+    return infer
 
-class Metrics:
-    "Prometheus series: requests, errors, latency, batch sizes, queue depth — per model, version and variant."
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-        self.registry = r = CollectorRegistry()
-        labels = ["model", "version", "variant"]
-        self.requests = Counter("mlplat_requests", "Inference requests", labels + ["protocol"], registry=r)
-        self.errors = Counter("mlplat_request_errors", "Failed inference requests", labels + ["code"], registry=r)
-        self.latency = Histogram("mlplat_request_latency_seconds", "Inference latency", labels, registry=r,
-                                 buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.batch = Histogram("mlplat_batch_rows", "Rows per ONNX Runtime call", ["model", "version"], registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.depth = Gauge("mlplat_queue_depth", "Requests waiting for a batch", ["model", "version"], registry=r)
-        self.shadow_diff = Histogram("mlplat_shadow_max_abs_diff", "Largest output difference, shadow vs served",
-                                     ["model", "version"], registry=r, buckets=(0, 1e-6, 1e-4, 1e-3, .01, .05, .1, .25, .5, 1))
-        self.weight = Gauge("mlplat_variant_weight", "Percent of traffic routed to a variant", ["model", "variant"], registry=r)
-        self.loaded = Gauge("mlplat_model_loaded_timestamp", "When the served version was loaded", ["model", "version"], registry=r)
+def _error_headers(status: int) -> list:
+    return JSON_HEADERS + [(b"retry-after", b"1")] if status in (429, 503) else JSON_HEADERS
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
                grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None):
-    """The Starlette app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop).
+    """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop).
     `audit(action, resource, details)` records rollout steps and rollbacks."""
+    from contextlib import asynccontextmanager
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
-    metrics, plog = Metrics(), PredictionLog(predictions)
     rollouts = {n: Rollout(host.routes[n], spec, audit) for n, spec in host.rollout_specs.items()}
-    max_body = int(max_body_mb * 2**20)
-    JSON = "application/json"
-    def js(obj, status=200): return Response(json.dumps(obj), status, media_type=JSON)
-    def err(message, status): return Response(error_body(message), status, media_type=JSON,
-                                              headers={"retry-after": "1"} if status == 503 else None)
+    dispatch = Dispatcher(host, predictions, rollouts)
+    metrics = dispatch.metrics
+    def js(obj, status=200): return Response(json.dumps(obj), status, media_type="application/json")
+    def err(e: InferError):
+        return Response(error_body(e.message), e.status, headers={k.decode(): v.decode() for k, v in _error_headers(e.status)})
 
     async def live(request): return js({"live": True})
     async def ready(request): return js({"ready": bool(host.routes)})
@@ -140,7 +110,7 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
     async def model_meta(request):
         name, version = request.path_params["name"], request.path_params.get("version")
         try: m = host.get(name, version)[0] if version else host.primary(name)
-        except InferError as e: return err(e.message, e.status)
+        except InferError as e: return err(e)
         meta = {"name": name, "versions": [version] if version else host.versions(name), "platform": "onnxruntime_onnx", **m.signature}
         errors = {k: e for k, e in host.errors.items() if k == name or k.startswith(name + ":")}
         if errors: meta["parameters"] = {"last_load_error": "; ".join(errors.values())}
@@ -148,65 +118,20 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
 
     async def model_ready(request):
         try: host.get(request.path_params["name"], request.path_params.get("version"))
-        except InferError as e: return err(e.message, e.status)
+        except InferError as e: return err(e)
         return js({"name": request.path_params["name"], "ready": True})
 
-    async def infer(request):
-        t0 = time.perf_counter()
-        name, version = request.path_params["name"], request.path_params.get("version")
-        try:
-            route, primary = host.route(name), host.primary(name)
-            if version and version not in host.versions(name):
-                raise InferError(f"model {name!r} serves version(s) {host.versions(name)}, not {version!r}", 404)
-            size = request.headers.get("content-length")
-            if size is not None and int(size) > max_body: raise InferError(f"the body is over {max_body_mb:g} MB", 413)
-            body = await request.body()
-            if len(body) > max_body: raise InferError(f"the body is over {max_body_mb:g} MB", 413)
-            features = host.feature_inputs.get(name)
-            req = decode_request(body, request.headers.get("inference-header-content-length"), primary.signature,
-                                 entities=features is not None)
-            if not req.inputs:  # entity keys instead of features: read them from the online store
-                req.inputs = await asyncio.get_running_loop().run_in_executor(None, features.build, req.parameters["entities"])
-        except InferError as e:
-            if e.status != 404: metrics.errors.labels(name, "", "unrouted", str(e.status)).inc()
-            return err(e.message, e.status)
-        key = sticky_key(route, req.parameters, request.headers.get("x-mlplat-key"))
-        try: m, variant = host.get(name, version, key)
-        except InferError as e: return err(e.message, e.status)
-        labels = (name, m.version, variant)
-        metrics.requests.labels(*labels, "rest").inc()
-        try:
-            outputs = await host.infer(m, req.inputs, req.rows)
-            content, headers = encode_response(name, m.version, req, outputs, {"variant": variant} if route.deployment else None)
-        except InferError as e:
-            metrics.errors.labels(*labels, str(e.status)).inc()
-            if name in rollouts: rollouts[name].record(variant, time.perf_counter() - t0, e.status != 503)
-            return err(e.message, e.status)
-        except Exception as e:  # never a dead worker; say what happened
-            metrics.errors.labels(*labels, "500").inc()
-            return err(f"internal error: {type(e).__name__}: {e}", 500)
-        elapsed = time.perf_counter() - t0
-        metrics.latency.labels(*labels).observe(elapsed)
-        if name in rollouts: rollouts[name].record(variant, elapsed, False)
-        plog.add(prediction_record(m, req, outputs, elapsed, variant, name))
-        if route.shadow: mirror(host, route, req, outputs, metrics, plog)
-        return Response(content, 200, headers=headers)
+    async def not_post(request):
+        return err(InferError(f"{request.url.path} takes POST, not {request.method}", 405))
 
     async def rollout_status(request):
         r = rollouts.get(request.path_params["name"])
-        if r is None: return err(f"no rollout for {request.path_params['name']!r}; rollouts: {sorted(rollouts)}", 404)
+        if r is None: return err(InferError(f"no rollout for {request.path_params['name']!r}; rollouts: {sorted(rollouts)}", 404))
         return js(r.status())
 
     async def prometheus(request):
         from prometheus_client import generate_latest, CONTENT_TYPE_LATEST
-        for r in host.routes.values():
-            for vname, w, _ in r.variants: metrics.weight.labels(r.name, vname).set(w)
-        for m in host.current.values():
-            metrics.loaded.labels(m.name, m.version).set(m.loaded_at)
-            if m.batcher is not None:
-                metrics.depth.labels(m.name, m.version).set(m.batcher.depth())
-                sizes, m.batcher.batch_sizes = m.batcher.batch_sizes, []
-                for s in sizes: metrics.batch.labels(m.name, m.version).observe(s)
+        metrics.update(host)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def judge_rollouts():
@@ -220,30 +145,37 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
             await asyncio.sleep(refresh_seconds)
             await loop.run_in_executor(None, host.refresh)
 
-    from contextlib import asynccontextmanager
     @asynccontextmanager
     async def lifespan(app):
-        task = asyncio.get_running_loop().create_task(follow_aliases()) if refresh_seconds else None
-        judge = asyncio.get_running_loop().create_task(judge_rollouts()) if rollouts else None
+        loop = asyncio.get_running_loop()
+        tasks = ([loop.create_task(follow_aliases())] if refresh_seconds else []) + \
+                ([loop.create_task(judge_rollouts())] if rollouts else [])
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
-            grpc_srv = grpc_server(host, grpc_port, metrics, plog, grpc_bind, rollouts)
+            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind)
             await grpc_srv.start()
         yield
         if grpc_srv is not None: await grpc_srv.stop(2)
-        for t in (task, judge):
-            if t: t.cancel()
-        plog.close()
+        for t in tasks: t.cancel()
+        dispatch.close()
 
     base = "/v2/models/{name}"
     routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_meta),
               Route(base, model_meta), Route(base + "/versions/{version}", model_meta),
               Route(base + "/ready", model_ready), Route(base + "/versions/{version}/ready", model_ready),
-              Route(base + "/infer", infer, methods=["POST"]), Route(base + "/versions/{version}/infer", infer, methods=["POST"]),
+              Route(base + "/infer", not_post), Route(base + "/versions/{version}/infer", not_post),
               Route("/metrics", prometheus), Route("/mlplat/rollouts/{name}", rollout_status)]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.host, app.state.metrics = host, metrics
+    rest = Starlette(routes=routes, lifespan=lifespan)
+    infer = rest_infer(dispatch, int(max_body_mb * 2**20))
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = INFER_PATH.fullmatch(scope["path"])
+            if found: return await infer(scope, receive, send, found[1], found[2])
+        await rest(scope, receive, send)
+    app.state = rest.state
+    app.state.host, app.state.metrics, app.state.dispatch = host, metrics, dispatch
     return app
 
 # %% ../../notebooks/55_serving_app.ipynb #15544e1c

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 
-from ..models.onnx import NUMPY_TYPES
 from .protocol import DTYPE_NAMES, InferError, InferRequest, check_input
 
 SERVICE = "inference.GRPCInferenceService"
@@ -139,11 +138,11 @@ def encode_infer(m, request: InferRequest, outputs: dict):
     return msg
 
 # %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
-def grpc_server(host, port: int, metrics, plog, bind: str = "127.0.0.1", rollouts: dict | None = None):
-    "A grpc.aio server for `host`'s models on `bind:port` (start it inside the running event loop)."
+def grpc_server(dispatch, port: int, bind: str = "127.0.0.1"):
+    "A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop."
     import grpc
     from mlplat import __version__
-    from mlplat.serving.app import mirror, prediction_record, sticky_key
+    host = dispatch.host
     M = messages()
     codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
              503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
@@ -166,32 +165,21 @@ def grpc_server(host, port: int, metrics, plog, bind: str = "127.0.0.1", rollout
         t0 = time.perf_counter()
         name, version = req.model_name, req.model_version
         try:
-            route, primary = host.route(name), host.primary(name)
-            if version and version not in host.versions(name):
-                raise InferError(f"model {name!r} serves version(s) {host.versions(name)}, not {version!r}", 404)
-            r = decode_infer(req, primary.signature)
+            r = decode_infer(req, dispatch.target(name, version).signature)
+            params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in req.parameters.items()
+                      if v.WhichOneof("parameter_choice")}
+            r.parameters = params
         except InferError as e:
-            if e.status != 404: metrics.errors.labels(name, "", "unrouted", str(e.status)).inc()
+            dispatch.refused(name, e)
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
-        params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in req.parameters.items() if v.WhichOneof("parameter_choice")}
         header = dict(ctx.invocation_metadata() or ()).get("x-mlplat-key")
-        m, variant = host.get(name, version, sticky_key(route, params, header))
-        labels = (name, m.version, variant)
-        metrics.requests.labels(*labels, "grpc").inc()
         try:
-            outputs = await host.infer(m, r.inputs, r.rows)
+            m, variant, outputs = await dispatch.infer(name, version, r, header, "grpc", t0)
             resp = encode_infer(m, r, outputs)
             resp.model_name = name
-            if route.deployment: resp.parameters["variant"].string_param = variant
+            if host.routes[name].deployment: resp.parameters["variant"].string_param = variant
         except InferError as e:
-            metrics.errors.labels(*labels, str(e.status)).inc()
-            if name in (rollouts or {}): rollouts[name].record(variant, time.perf_counter() - t0, e.status != 503)
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
-        elapsed = time.perf_counter() - t0
-        metrics.latency.labels(*labels).observe(elapsed)
-        if name in (rollouts or {}): rollouts[name].record(variant, elapsed, False)
-        plog.add(prediction_record(m, r, outputs, elapsed, variant, name))
-        if route.shadow: mirror(host, route, r, outputs, metrics, plog)
         return resp
 
     def unary(fn, req): return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=M[req].FromString,

@@ -63,6 +63,10 @@ class Loaded:
     signature: dict
     batcher: "Batcher | None" = None
     loaded_at: float = field(default_factory=time.time)
+    max_queue: int = 256               # requests waiting for ONNX Runtime beyond which new ones are refused
+    waiting: int = 0                   # unbatched requests admitted and not yet run
+
+    def depth(self) -> int: return self.batcher.depth() if self.batcher is not None else self.waiting
 
     def run(self, inputs: dict) -> dict:
         outs = self.session.run(None, inputs)
@@ -183,8 +187,9 @@ class ModelHost:
         # one intra-op thread by default: requests run side by side, and a thread pool per call only spins on small models
         sess = session(str(path), threads=self.threads or 1, providers=self.providers)
         m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
-        b = self.batching.get(key)
-        if b and b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
+        b = self.batching.get(key) or Batching()
+        m.max_queue = b.max_queue
+        if b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
         return m
 
     def _lineage(self, key: str):
@@ -220,6 +225,11 @@ class ModelHost:
 
     async def infer(self, m: Loaded, inputs: dict, rows: int) -> dict:
         if m.batcher is not None: return await m.batcher.submit(inputs, rows)
+        if m.waiting >= m.max_queue:
+            raise Overloaded(f"model {m.name} has {m.waiting} requests waiting; retry shortly")
+        m.waiting += 1
+        try: await asyncio.sleep(0)  # let the requests that arrived with this one be counted (or refused) first
+        finally: m.waiting -= 1
         try: return m.run(inputs)
         except Exception as e: raise InferError(f"inference failed: {str(e).splitlines()[0][:300]}") from None
 

@@ -5,14 +5,16 @@
 # %% ../../notebooks/53_serving_protocol.ipynb #e9a31762
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from ..models.onnx import NUMPY_TYPES
 
 DTYPE_NAMES = {np.dtype(v).str: k for k, v in NUMPY_TYPES.items() if k != "BYTES"}
+DTYPES = {k: np.dtype(v) for k, v in NUMPY_TYPES.items()}
 
 class InferError(Exception):
     "A bad inference request: answered with HTTP `status` and the OIP error body."
@@ -29,12 +31,13 @@ class InferRequest:
     rows: int = 0
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'encode_response', 'error_body']
+__all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'encode_response',
+           'error_body', 'dumps']
 
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
-    try: return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e: raise InferError(f"the request body is not valid JSON: {e}") from None
+    try: return orjson.loads(raw)
+    except orjson.JSONDecodeError as e: raise InferError(f"the request body is not valid JSON: {e}") from None
 
 def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dtype, int]:
     "Check one input's datatype and shape against its signature entry; returns (numpy dtype, element count)."
@@ -44,7 +47,7 @@ def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dty
     if len(shape) != len(spec["shape"]) or any(e != -1 and d != e for d, e in zip(shape, spec["shape"])):
         raise InferError(f"input {name!r} has shape {shape}; the model expects {spec['shape']} (-1: any size)")
     if shape and shape[0] > max_rows: raise InferError(f"input {name!r} has {shape[0]} rows; this server takes at most {max_rows}", 413)
-    return np.dtype(NUMPY_TYPES[dt]), (int(np.prod(shape)) if shape else 1)
+    return DTYPES[dt], math.prod(shape)
 
 def decode_request(body: bytes, header_length: str | None, signature: dict, max_rows: int = 1_000_000,
                    entities: bool = False) -> InferRequest:
@@ -134,13 +137,24 @@ def encode_response(model: str, version: str, request: InferRequest, outputs: di
             raw = np.ascontiguousarray(arr).tobytes()
             item["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
-        else: item["data"] = arr.ravel().tolist()
+        else: item["data"] = arr.ravel()
         items.append(item)
     doc = {"model_name": model, "model_version": version, "outputs": items}
     if request.id is not None: doc["id"] = request.id
     if parameters: doc["parameters"] = parameters
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = dumps(doc)
     if not blobs: return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", "inference-header-content-length": str(len(head))}
 
-def error_body(message: str) -> bytes: return json.dumps({"error": message}).encode()
+def error_body(message: str) -> bytes: return orjson.dumps({"error": message})
+
+def _default(o):
+    "What orjson cannot serialize by itself: string tensors, non-contiguous arrays, NumPy scalars, bytes."
+    if isinstance(o, np.ndarray): return o.tolist()
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, bytes): return o.decode("utf-8", "replace")
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+def dumps(obj) -> bytes:
+    "Compact JSON bytes (orjson); NumPy arrays are serialized natively, without a detour through Python lists."
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -3,17 +3,17 @@ limit, in one run, with the same model and the same load generator.
 
 Model: MLP 32 -> 256 -> 256 -> 1 (PyTorch, exported to ONNX), batch-1 requests.
 Load: `wrk` (Debian package `wrk`), one thread, closed loop, 10 s per cell (BENCH_SECONDS), concurrency 1, 8, 32,
-a POST Lua script per endpoint. gRPC has no wrk: mlplat gRPC and mlplat REST are also measured with one Python
-asyncio closed-loop client (grpc.aio / httpx) so REST and gRPC meet the same generator.
+a POST Lua script per endpoint. wrk speaks no HTTP/2, so mlplat REST and gRPC are also measured with h2load (Debian
+`nghttp2-client`): HTTP/1.1 for REST, h2c for gRPC, same settings — REST and gRPC meet the same generator.
 Servers (each alone, pinned to CPU 0; the load generator pinned to CPU 1):
   - in-process ORT: `session.run` in a loop (the limit; no network);
   - mlflow: `mlflow models serve` (env-manager local) on the same ONNX model, /invocations;
   - reference: Starlette + uvicorn + ORT, nothing else (written below, the bar to match);
   - mlplat: `mlplat serve --model mlp=FILE.onnx` — routing, Prometheus metrics and the prediction log all ON.
 Reported per cell: requests/s, p50, p99, non-2xx + socket errors, server CPU seconds per request (process tree).
+Then adaptive batching where the model is the cost (`batching_payoff`): a wide MLP with and without `--batch`.
 Writes benchmarks/.work/serving.json; the figures go to benchmarks/RESULTS.md by hand.
 """
-import asyncio
 import json
 import os
 import re
@@ -129,56 +129,48 @@ def stop(p):
         os.killpg(p.pid, signal.SIGKILL)
 
 
-async def python_client(kind, target, c, x):
-    "Closed-loop client: c concurrent callers for SECONDS; REST via httpx, gRPC via grpc.aio with mlplat's messages."
-    lat, errors = [], 0
-    end = time.perf_counter() + SECONDS
-    if kind == "grpc":
-        import grpc
-        from mlplat.serving.grpc import messages
-        M = messages()
-        req = M["ModelInferRequest"](model_name="mlp")
-        req.inputs.add(name="input", datatype="FP32", shape=[1, 32])
-        req.raw_input_contents.append(x.tobytes())
-        chan = grpc.aio.insecure_channel(target)
-        call = chan.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=lambda m: m.SerializeToString(),
-                                response_deserializer=M["ModelInferResponse"].FromString)
+def h2load(url, payload, headers, c, pid, h1):
+    """One cell with h2load (Debian `nghttp2-client`): HTTP/1.1 for REST, HTTP/2 (h2c) for gRPC, so REST and gRPC meet
+    the same C load generator. Latency percentiles come from its per-request log."""
+    data, log = WORK / "h2load.body", WORK / "h2load.log"
+    data.write_bytes(payload)
+    log.unlink(missing_ok=True)  # h2load appends to its log
+    cpu0 = tree_cpu(pid)
+    cmd = ["taskset", "-c", CLIENT_CPU, "h2load", "-t1", f"-c{c}", "-m1", "-D", str(SECONDS), "-d", str(data),
+           f"--log-file={log}", *(["--h1"] if h1 else []), *[a for h in headers for a in ("-H", h)], url]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    cpu = tree_cpu(pid) - cpu0
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+    lat = sorted(int(r[2]) / 1000 for r in rows if r[1] == "200")
+    errors = sum(r[1] != "200" for r in rows)
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    return {"rps": rps, "p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99) - 1], "errors": errors,
+            "requests": len(rows), "cpu_ms_per_request": 1000 * cpu / max(len(rows), 1)}
 
-        async def one():
-            await call(req)
-    else:
-        import httpx
-        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=c))
-        body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
 
-        async def one():
-            r = await client.post(target, json=body)
-            if r.status_code != 200:
-                raise RuntimeError(r.status_code)
-
-    async def worker():
-        nonlocal errors
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            try:
-                await one()
-                lat.append(time.perf_counter() - t)
-            except Exception:
-                errors += 1
-    await asyncio.gather(*(worker() for _ in range(c)))
-    lat.sort()
-    return {"rps": len(lat) / SECONDS, "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99) - 1],
-            "errors": errors, "requests": len(lat)}
+def grpc_payload(x):
+    "A ModelInferRequest for `mlp` in gRPC's length-prefixed message framing."
+    from mlplat.serving.grpc import messages
+    req = messages()["ModelInferRequest"](model_name="mlp")
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 32])
+    req.raw_input_contents.append(x.tobytes())
+    raw = req.SerializeToString()
+    return b"\x00" + len(raw).to_bytes(4, "big") + raw
 
 
 def main():
     import torch
     import onnxruntime as ort
     from mlplat.models.onnx import export_onnx
-    if not shutil.which("wrk"):
-        sys.exit("wrk is not installed: apt-get install wrk")
+    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed: apt-get install {package}")
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
+    if os.environ.get("BENCH_PARTS") == "batching":  # only the batching cells
+        out = batching_payoff(WORK / "ws", {"MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"})
+        (WORK.parent / "serving_batching.json").write_text(json.dumps(out, indent=2))
+        return
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
     x = np.random.default_rng(0).normal(size=(1, 32)).astype(np.float32)
@@ -233,17 +225,60 @@ def main():
                 results["cells"][f"{name} c={c}"] = r
                 print(f"{name:12s} c={c:<3d} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
                       f"errors {r['errors']}  cpu/req {r['cpu_ms_per_request']:.3f} ms", flush=True)
-            if name == "mlplat_rest":
+            if name == "mlplat_rest":  # REST vs gRPC, both through h2load
+                cases = (("rest", url, json.dumps(body).encode(), ["content-type: application/json"], True),
+                         ("grpc", f"http://127.0.0.1:{port + 1}/inference.GRPCInferenceService/ModelInfer", grpc_payload(x),
+                          ["content-type: application/grpc", "te: trailers"], False))
                 for c in CONCURRENCY:
-                    for kind, target in (("rest", url), ("grpc", f"127.0.0.1:{port + 1}")):
-                        r = asyncio.run(python_client(kind, target, c, x))
-                        results["cells"][f"mlplat_{kind} (python client) c={c}"] = r
-                        print(f"mlplat {kind} (python client) c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.3f} ms "
-                              f"p99 {r['p99_ms']:.3f} ms errors {r['errors']}", flush=True)
+                    for kind, target, payload, headers, h1 in cases:
+                        r = h2load(target, payload, headers, c, p.pid, h1)
+                        results["cells"][f"mlplat_{kind} (h2load) c={c}"] = r
+                        print(f"mlplat {kind:4s} (h2load) c={c:<3d} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                              f"p99 {r['p99_ms']:.3f} ms  errors {r['errors']}  cpu/req {r['cpu_ms_per_request']:.3f} ms", flush=True)
         finally:
             stop(p)
+    results["batching"] = batching_payoff(home, env)
     (WORK.parent / "serving.json").write_text(json.dumps(results, indent=2))
     print(f"wrote {WORK.parent / 'serving.json'}")
+
+
+def batching_payoff(home, env):
+    """Adaptive batching where the model is the cost: a wide MLP (32 -> 2048 -> 2048 -> 2048 -> 1, a batch-1 ORT call
+    well over 0.5 ms) served by mlplat with and without `--batch wide=32:2`, wrk at c=32."""
+    import torch
+    import onnxruntime as ort
+    from mlplat.models.onnx import export_onnx
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(32, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+                               torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 1))
+    x = np.random.default_rng(0).normal(size=(1, 32)).astype(np.float32)
+    model = WORK / "wide.onnx"
+    model.write_bytes(export_onnx(wide, np.repeat(x, 4, 0)))
+    opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    out = {"model": "MLP 32-2048-2048-2048-1", "concurrency": 32}
+    for rows in (1, 32):
+        xb = np.repeat(x, rows, 0)
+        for _ in range(20): sess.run(None, {"input": xb})
+        t = time.perf_counter()
+        for _ in range(200): sess.run(None, {"input": xb})
+        out[f"ort_ms_batch{rows}"] = 1000 * (time.perf_counter() - t) / 200
+    print(f"wide MLP: ORT {out['ort_ms_batch1']:.3f} ms at batch 1, {out['ort_ms_batch32']:.3f} ms at batch 32", flush=True)
+    body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    for label, extra in (("without batching", []), ("with batching (32 rows, 2 ms)", ["--batch", "wide=32:2"])):
+        port = free_port()
+        cmd = [str(BIN / "mlplat"), "--home", str(home), "serve", "--model", f"wide={model}", "--port", str(port), "--refresh", "0", *extra]
+        p = start(cmd, f"http://127.0.0.1:{port}/v2/health/ready", env, "wide")
+        try:
+            r = wrk(f"http://127.0.0.1:{port}/v2/models/wide/infer", body, 32, p.pid)
+        finally:
+            stop(p)
+        out[label] = r
+        print(f"wide MLP {label:30s} c=32 {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
+              f"errors {r['errors']}  cpu/req {r['cpu_ms_per_request']:.3f} ms", flush=True)
+    out["speedup"] = out["with batching (32 rows, 2 ms)"]["rps"] / out["without batching"]["rps"]
+    print(f"batching speedup at c=32: {out['speedup']:.2f}x", flush=True)
+    return out
 
 
 def _port_free(port):
