@@ -13,9 +13,9 @@ import sys
 from .errors import MlplatError, ValidationError
 
 # %% auto #0
-__all__ = ['DATASET_COLS', 'JOB_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets', 'cmd_features',
-           'cmd_lineage', 'cmd_audit', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_deployments', 'cmd_ab', 'cmd_demo',
-           'build_parser', 'main']
+__all__ = ['DATASET_COLS', 'JOB_COLS', 'PIPELINE_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets',
+           'cmd_features', 'cmd_lineage', 'cmd_audit', 'cmd_pipelines', 'cmd_jobs', 'cmd_models', 'cmd_serve',
+           'cmd_deployments', 'cmd_ab', 'cmd_demo', 'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -151,6 +151,45 @@ def cmd_audit(args):
 
 JOB_COLS = ["id", "state", "backend", "attempt", "exit_code", "training_set", "submitted_by", "submitted_at", "message"]
 
+PIPELINE_COLS = ["id", "pipeline", "status", "started_by", "created_at", "finished_at"]
+
+def _pipeline_params(pairs) -> dict:
+    "-p key=value pairs; values are read as YAML scalars/collections (5 -> int, true -> bool, [1,2] -> list)."
+    import yaml
+    out = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier(): raise ValidationError(f"-p {pair!r} must be NAME=VALUE")
+        try: value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e: raise ValidationError(f"-p {key}: {raw!r} is not a value: {e}") from None
+        import datetime
+        out[key] = value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else value  # dates stay text
+    return out
+
+def _show_run(args, rec):
+    if args.json: return _print_json(rec.to_dict())
+    print(f"run {rec.id}: {rec.status}  (pipeline {rec.pipeline}, by {rec.started_by}; folder {rec.folder})")
+    for s in rec.steps.values():
+        took = f"{s.seconds:.1f} s" if s.seconds is not None else "-"
+        print(f"  {s.name:20s} {s.status:10s} {took:>9s}  attempts {s.attempts}  {json.dumps(s.outputs) if s.outputs else ''}")
+        if s.error: print(f"  {'':20s} {s.error.splitlines()[0][:200]}")
+        if s.notebook and s.status != "succeeded": print(f"  {'':20s} notebook: {s.notebook}")
+    if rec.status == "failed": print(f"resume with: mlplat pipelines resume {rec.id}")
+
+def cmd_pipelines(args):
+    ws = _ws(args)
+    pl, a = ws.pipelines, args.action
+    if a in ("run", "resume"):
+        rec = pl.run(args.file, _pipeline_params(args.param), args.max_parallel) if a == "run" else pl.resume(args.id, args.max_parallel)
+        _show_run(args, rec)
+        if rec.status != "succeeded": raise SystemExit(1)
+    elif a == "show": _show_run(args, pl.get(args.id))
+    elif a == "list":
+        rows = [r.to_dict() for r in pl.list(args.pipeline, args.limit)]
+        _out(args, rows, rows, PIPELINE_COLS)
+    elif a == "check":
+        _out(args, pl.load(args.file).to_dict())
+
 def cmd_jobs(args):
     ws = _ws(args)
     j, a = ws.jobs, args.action
@@ -216,8 +255,17 @@ def cmd_serve(args):
     for spec in args.batch or []:
         try:
             name, rest = spec.split("=", 1); size, _, delay = rest.partition(":")
-            batching[name] = {"max_batch_size": int(size), "max_queue_delay_ms": float(delay or 2)}
+            batching.setdefault(name, {}).update(max_batch_size=int(size), max_queue_delay_ms=float(delay or 2))
         except ValueError: raise ValidationError(f"--batch {spec!r} must be NAME=MAX_BATCH[:DELAY_MS], e.g. churn=32:2") from None
+    for spec in args.max_queue or []:
+        name, _, n = spec.partition("=")
+        if not name or not n.isdigit() or int(n) < 1:
+            raise ValidationError(f"--max-queue {spec!r} must be NAME=N with N >= 1, e.g. churn=64")
+        batching.setdefault(name, {})["max_queue"] = int(n)
+    unknown = set(batching) - set(models)
+    if unknown:
+        raise ValidationError(f"--batch/--max-queue for {sorted(unknown)}, which no --model serves",
+                              hint="deployments set `batching:` in their YAML")
     shown = [f"{n}={u}" for n, u in models.items()] + [f"deployment {c}" for c in args.config or []]
     print(f"serving {', '.join(shown)} on http://{args.host}:{args.port} "
           f"(OIP/KServe v2 REST, /metrics{f'; gRPC on {args.host}:{args.grpc_port}' if args.grpc_port else ''}); Ctrl-C stops",
@@ -326,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     x = js.add_parser("cancel", help="stop a job and all its processes"); x.add_argument("id")
     for x in js.choices.values(): _leaf(x, common)
 
+    s = cmd("pipelines", cmd_pipelines, "run notebooks as parameterized pipelines (papermill)", json_flag=False)
+    ps = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x = ps.add_parser("run", help="validate and run a pipeline (YAML); exits 1 when the run fails"); x.add_argument("file")
+    x.add_argument("-p", "--param", action="append", help="NAME=VALUE pipeline parameter (repeatable; YAML value)")
+    x.add_argument("--max-parallel", type=int, help="steps at once (default: the spec's max_parallel)")
+    x = ps.add_parser("check", help="validate a pipeline against its notebooks without running it"); x.add_argument("file")
+    x = ps.add_parser("resume", help="run again what failed or was skipped in a run"); x.add_argument("id")
+    x.add_argument("--max-parallel", type=int)
+    x = ps.add_parser("show", help="one run: status, steps, times, outputs, executed notebooks"); x.add_argument("id")
+    x = ps.add_parser("list", help="recent runs"); x.add_argument("--pipeline"); x.add_argument("--limit", type=int, default=50)
+    for x in ps.choices.values(): _leaf(x, common)
+
     s = cmd("models", cmd_models, "register ONNX versions of trained models, gate and promote them", json_flag=False)
     ms = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     ms.add_parser("list", help="registered models and their aliases")
@@ -347,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8080)
     s.add_argument("--grpc-port", type=int, help="also serve inference.GRPCInferenceService on this port")
     s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
+    s.add_argument("--max-queue", action="append", help="NAME=N: requests waiting for a model beyond which the server answers "
+                   "503 with Retry-After (default 256; repeatable)")
     s.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per model (default 1; more for heavy models)")
     s.add_argument("--refresh", type=float, default=5.0, help="seconds between alias checks (hot swap); 0: never")
 

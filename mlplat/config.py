@@ -28,10 +28,10 @@ def _opt(default, doc: str, **kw):
 DEFAULT_ROLES = {
     "viewer": ["*:read"],
     "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
-                       "models:register", "serving:run", "outcomes:log"],
+                       "models:register", "serving:run", "outcomes:log", "pipelines:run"],
     "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
                     "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote",
-                    "serving:run", "outcomes:log"],
+                    "serving:run", "outcomes:log", "pipelines:run"],
     "auditor": ["*:read", "audit:export"],
     "admin": ["*"],
 }

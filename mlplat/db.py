@@ -99,6 +99,29 @@ def metadata():
              sa.Column("principal", sa.String(200), nullable=False),
              sa.Column("reason", sa.Text),
              sa.Column("at", sa.DateTime(timezone=True), nullable=False))
+    sa.Table("pipeline_runs", md,
+             sa.Column("id", sa.String(120), primary_key=True),
+             sa.Column("pipeline", sa.String(80), nullable=False, index=True),
+             sa.Column("status", sa.String(20), nullable=False),     # running, succeeded, failed
+             sa.Column("parameters_json", sa.Text, nullable=False),
+             sa.Column("spec_json", sa.Text, nullable=False),
+             sa.Column("source", sa.Text),
+             sa.Column("folder", sa.Text, nullable=False),
+             sa.Column("mlflow_run_id", sa.String(64)),
+             sa.Column("started_by", sa.String(200), nullable=False),
+             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("finished_at", sa.DateTime(timezone=True)))
+    sa.Table("pipeline_steps", md,
+             sa.Column("run_id", sa.String(120), primary_key=True),
+             sa.Column("name", sa.String(80), primary_key=True),
+             sa.Column("status", sa.String(20), nullable=False),     # pending, running, succeeded, failed, skipped
+             sa.Column("attempts", sa.Integer, nullable=False),
+             sa.Column("parameters_json", sa.Text),
+             sa.Column("outputs_json", sa.Text),
+             sa.Column("notebook", sa.Text),
+             sa.Column("error", sa.Text),
+             sa.Column("started_at", sa.DateTime(timezone=True)),
+             sa.Column("finished_at", sa.DateTime(timezone=True)))
     sa.Table("lineage", md,  # one edge of the lineage graph: upstream -> downstream
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),

@@ -83,6 +83,11 @@ class Workspace:
         return Serving(self)
 
     @functools.cached_property
+    def pipelines(self):
+        from mlplat.pipelines.runner import Pipelines
+        return Pipelines(self)
+
+    @functools.cached_property
     def lineage(self):
         from mlplat.lineage import Lineage
         return Lineage(self)
