@@ -53,11 +53,12 @@ nbtest: install
 pytest: install ## two workers, one test file per worker (servers and Ray stay within a file)
 	pytest -n 2 --dist loadfile --durations=12 tests/
 
-bench: install ## import, features, launch and serving benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
+bench: install ## import, features, launch, serving and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
 	python benchmarks/bench_features.py
 	python benchmarks/bench_launch.py
 	python benchmarks/serving.py
+	python benchmarks/bench_pipelines.py
 
 clean-demo:
 	rm -rf mlplat-demo

@@ -14,8 +14,8 @@ from .errors import MlplatError, ValidationError
 
 # %% auto #0
 __all__ = ['DATASET_COLS', 'JOB_COLS', 'PIPELINE_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets',
-           'cmd_features', 'cmd_lineage', 'cmd_audit', 'cmd_pipelines', 'cmd_jobs', 'cmd_models', 'cmd_serve',
-           'cmd_deployments', 'cmd_ab', 'cmd_demo', 'build_parser', 'main']
+           'cmd_features', 'cmd_lineage', 'cmd_audit', 'cmd_pipelines', 'cmd_monitor', 'cmd_jobs', 'cmd_models',
+           'cmd_serve', 'cmd_deployments', 'cmd_ab', 'cmd_demo', 'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -188,7 +188,32 @@ def cmd_pipelines(args):
         rows = [r.to_dict() for r in pl.list(args.pipeline, args.limit)]
         _out(args, rows, rows, PIPELINE_COLS)
     elif a == "check":
-        _out(args, pl.load(args.file).to_dict())
+        p = pl.load(args.file)
+        if args.json: return _print_json(p.to_dict())
+        print(f"pipeline {p.name}: valid — {len(p.steps)} step(s), at most {p.max_parallel} at once")
+        if p.parameters: print("  parameters: " + ", ".join(f"{n}={json.dumps(q.default)}" + (" (required)" if q.required else "")
+                                                          for n, q in p.parameters.items()))
+        for name in p.order():
+            s = p.step(name)
+            after = f"  after {', '.join(s.depends_on)}" if s.depends_on else ""
+            print(f"  {name:20s} {s.notebook.name}{after}")
+
+def cmd_monitor(args):
+    ws = _ws(args)
+    rep = ws.monitoring.report(args.name, args.model, args.window, args.since, args.until, alert=not args.no_alerts)
+    if args.json: _print_json(rep)
+    else:
+        print(f"{rep['name']} (model {rep['model']}): {rep['predictions']} predictions from {rep['since']} to {rep['until']}")
+        for v in rep["versions"]:
+            print(f"  version {v['version']}: {v['predictions']} predictions")
+            if not v.get("judged"): print(f"    {v['note']}"); continue
+            for f in v["features"] + v["predictions_drift"]:
+                print(f"    {f['feature']:24s} {f['test']:4s} stat {f['statistic']:.3f}  p {f['p_value']:.2g}  PSI {f['psi']:.3f}"
+                      f"  {'DRIFT' if f['drifted'] else 'ok'}")
+            if v.get("accuracy"): print("    accuracy: " + ", ".join(f"{k} {val:.3f}" if isinstance(val, float) else f"{k} {val}"
+                                                              for k, val in v["accuracy"].items()))
+        print(f"alerts: {len(rep['alerts'])}" + "".join(f"\n  - v{a['version']}: {a['message']}" for a in rep["alerts"]))
+    if args.fail_on_alert and rep["alerts"]: raise SystemExit(1)
 
 def cmd_jobs(args):
     ws = _ws(args)
@@ -385,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     x = ps.add_parser("show", help="one run: status, steps, times, outputs, executed notebooks"); x.add_argument("id")
     x = ps.add_parser("list", help="recent runs"); x.add_argument("--pipeline"); x.add_argument("--limit", type=int, default=50)
     for x in ps.choices.values(): _leaf(x, common)
+
+    s = cmd("monitor", cmd_monitor, "drift and accuracy of served models, from the prediction log", json_flag=False)
+    ms_ = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x = ms_.add_parser("report", help="drift per feature and prediction, accuracy, alerts (audited)")
+    x.add_argument("name", help="the served name (a model or deployment name)")
+    x.add_argument("--model", help="registered model of the served versions (default: NAME)")
+    x.add_argument("--window", default="24h", help="how far back from --until (30m, 6h, 7d; default 24h)")
+    x.add_argument("--since", help="ISO start time (instead of --window)"); x.add_argument("--until", help="ISO end time (default now)")
+    x.add_argument("--no-alerts", action="store_true", help="report without auditing alerts")
+    x.add_argument("--fail-on-alert", action="store_true", help="exit 1 when there is an alert (for pipelines and cron)")
+    for x in ms_.choices.values(): _leaf(x, common)
 
     s = cmd("models", cmd_models, "register ONNX versions of trained models, gate and promote them", json_flag=False)
     ms = s.add_subparsers(dest="action", required=True, metavar="ACTION")

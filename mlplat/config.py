@@ -16,7 +16,8 @@ from .errors import ConfigError
 # %% auto #0
 __all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'IdentityConfig', 'RbacConfig',
            'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'ModelsConfig',
-           'RayConfig', 'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown', 'render_toml']
+           'MonitoringConfig', 'RayConfig', 'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown',
+           'render_toml']
 
 # %% ../notebooks/01_config.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -28,10 +29,10 @@ def _opt(default, doc: str, **kw):
 DEFAULT_ROLES = {
     "viewer": ["*:read"],
     "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
-                       "models:register", "serving:run", "outcomes:log", "pipelines:run"],
+                       "models:register", "serving:run", "outcomes:log", "pipelines:run", "monitoring:run"],
     "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
                     "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote",
-                    "serving:run", "outcomes:log", "pipelines:run"],
+                    "serving:run", "outcomes:log", "pipelines:run", "monitoring:run"],
     "auditor": ["*:read", "audit:export"],
     "admin": ["*"],
 }
@@ -98,6 +99,14 @@ class ModelsConfig:
     artifact_region: str = _opt("", "Region of the MLflow artifact store (residency gate); empty: the workspace region.")
 
 @dataclass
+class MonitoringConfig:
+    psi_threshold: float = _opt(0.2, "Drift: a feature's PSI above this is a shift (< 0.1 stable, > 0.25 large).")
+    p_value: float = _opt(0.01, "Drift: a KS / chi-square p-value below this is a significant difference.")
+    require_both: bool = _opt(True, "Drift: alert only when PSI and p-value agree (KS alone flags tiny shifts on large samples).")
+    min_rows: int = _opt(50, "Drift and accuracy are judged only on windows with at least this many predictions.")
+    min_accuracy: dict = _opt({}, "Accuracy alert: metric -> lowest acceptable value over a window, e.g. `{auc = 0.7}`.")
+
+@dataclass
 class RayConfig:
     address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs, e.g. `http://127.0.0.1:8265`; "
                             "empty: `RAY_ADDRESS`.")
@@ -135,6 +144,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @property

@@ -83,6 +83,11 @@ class Workspace:
         return Serving(self)
 
     @functools.cached_property
+    def monitoring(self):
+        from mlplat.monitoring.monitor import Monitor
+        return Monitor(self)
+
+    @functools.cached_property
     def pipelines(self):
         from mlplat.pipelines.runner import Pipelines
         return Pipelines(self)

@@ -92,10 +92,11 @@ class JobContext:
         ts = int(time.time() * 1000)
         c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
 
-    def log_model(self, model, input_example, name: str = "model", holdout=None):
+    def log_model(self, model, input_example, name: str = "model", holdout=None, feature_names: list | None = None):
         """The trained PyTorch model as an MLflow artifact (rank 0), traced from `input_example` (a few real
         input rows) so MLflow records its signature; the registry exports it to ONNX from there. `holdout`
-        (held-out rows of model input, e.g. the test split) is what the registry's parity gate compares on."""
+        (held-out rows of model input, e.g. the test split) is what the registry's parity gate compares on, and
+        monitoring's reference; `feature_names` names the input columns (drift is reported per feature)."""
         if input_example is None: raise ValidationError("log_model needs an input_example (a few rows of real inputs)")
         if not self.is_main or not self.run_id: return
         import mlflow
@@ -109,6 +110,7 @@ class JobContext:
                 with tempfile.TemporaryDirectory() as d:
                     np.save(Path(d)/"inputs.npy", np.asarray(holdout, dtype=np.float32)[:1024])
                     mlflow.log_artifact(str(Path(d)/"inputs.npy"), artifact_path="holdout")
+            if feature_names is not None: mlflow.log_dict({"features": [str(f) for f in feature_names]}, "holdout/features.json")
 
     # --- checkpoints (every rank calls these: ZeRO state is sharded) ---------------------------
     def save_checkpoint(self, engine, step: int, **client_state):

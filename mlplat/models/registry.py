@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -78,13 +79,31 @@ class Models:
             for r in results: tags[f"mlplat.gate.{r.gate}"] = "pass" if r.passed else "fail"
             try: self.client.create_registered_model(name, description="registered by mlplat")
             except Exception: pass  # exists already
+            names = self._feature_names(run_id, sample, x.shape[1])
+            if names: tags["mlplat.feature_names"] = json.dumps(names)
             mv = self.client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags)
             version = int(mv.version)
+            self._log_reference(run_id, version, x)
             with ws.engine.begin() as c:
                 for r in results: self._store_gate(c, name, version, r, "register")
                 ws.lineage.add(f"mlflow_run:{run_id}", f"model:{name}/{version}", conn=c)
             audit.update({"version": version, "gates": {r.gate: r.passed for r in results}})
         return self.get(name, version)
+
+    def _feature_names(self, run_id, sample, width: int) -> list | None:
+        "Names of the input columns: the sample's DataFrame columns, else what the training run logged."
+        if hasattr(sample, "columns"): names = [str(c) for c in sample.columns]
+        else:
+            try: names = json.loads(Path(self.client.download_artifacts(run_id, "holdout/features.json")).read_text())["features"]
+            except Exception: names = None  # the run named no features: monitoring says input[0], input[1], ...
+        return names if names and len(names) == width else None
+
+    def _log_reference(self, run_id, version: int, x):
+        "The rows the gates ran on, kept with the version: monitoring compares production traffic against them."
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            np.save(Path(d)/"inputs.npy", x[:2048])
+            self.client.log_artifact(run_id, str(Path(d)/"inputs.npy"), f"reference/v{version}")
 
     def _run(self, run_id):
         try: return self.client.get_run(run_id)

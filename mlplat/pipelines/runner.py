@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -81,35 +79,66 @@ def _last_error(notebook: Path) -> str | None:
             if out.get("output_type") == "error": return f"{out.get('ename')}: {out.get('evalue')}"[:2000]
     return None
 
+def _papermill_process(notebook: str, out: str, parameters: dict, kernel: str | None, env: dict, log: str):
+    "The body of a step's process: its own session (Ctrl-C in the runner's terminal is the runner's), its log, papermill."
+    import logging
+    os.setsid()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(fd, 1); os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1); sys.stderr = os.fdopen(2, "w", buffering=1)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    import papermill as pm
+    code = 0
+    try: pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=str(Path(notebook).parent),
+                             progress_bar=False, log_output=True)
+    except pm.PapermillExecutionError: code = 1  # the executed notebook holds the error
+    except BaseException as e: print(f"{type(e).__name__}: {e}", file=sys.stderr); code = 2
+    sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
+
+def _processes():
+    """Step processes fork from a server that has papermill imported already: importing it (nbformat's JSON-schema
+    checks build a grammar at import) costs seconds, once per runner instead of once per step."""
+    import multiprocessing as mp
+    global _CONTEXT
+    if "_CONTEXT" not in globals():
+        _CONTEXT = mp.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["papermill", "mlplat.pipelines.runner"])
+    return _CONTEXT
+
 def execute_step(notebook: Path, out: Path, parameters: dict, kernel: str | None, timeout: float | None, env: dict,
                  log: Path) -> str | None:
-    "Execute one notebook with papermill in its own process group; None on success, else what went wrong."
-    params_file = out.with_suffix(".parameters.json")
-    params_file.write_text(json.dumps(parameters))
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-f", str(params_file), "--cwd", str(notebook.parent),
-           "--no-progress-bar", "--log-output"] + (["-k", kernel] if kernel else [])
-    with open(log, "a") as f:
-        f.write(f"\n--- {utcnow().isoformat()} {' '.join(cmd)}\n"); f.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try: code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _killpg(proc.pid)
-            return f"timed out after {timeout:g} s (the executed notebook shows how far it got)"
+    "Execute one notebook with papermill in its own process and session; None on success, else what went wrong."
+    (out.with_suffix(".parameters.json")).write_text(json.dumps(parameters))
+    with open(log, "a") as f: f.write(f"\n--- {utcnow().isoformat()} papermill {notebook} -> {out} {json.dumps(parameters)[:500]}\n")
+    proc = _processes().Process(target=_papermill_process, args=(str(notebook), str(out), parameters, kernel, env, str(log)),
+                                name=f"pipeline-step-{out.stem}")
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        _kill_tree(proc.pid)
+        proc.join(10)
+        return f"timed out after {timeout:g} s (the executed notebook shows how far it got)"
+    code = proc.exitcode
     if code == 0: return None
     found = _last_error(out) if out.exists() else None
     if found: return found
     tail = log.read_text()[-1500:].strip().splitlines()
-    return (tail[-1] if tail else f"papermill exited with {code}")[:2000]
+    return (tail[-1] if tail else f"the step's process exited with {code}")[:2000]
 
-def _killpg(pid: int):
-    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try: os.killpg(pid, sig)
-        except ProcessLookupError: return
-        end = time.time() + grace
-        while time.time() < end:
-            try: os.killpg(pid, 0)
-            except ProcessLookupError: return
-            time.sleep(0.1)
+def _kill_tree(pid: int):
+    "End a step's process and everything it started: the kernel runs in a session of its own, so a process group is not enough."
+    import psutil
+    try: procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess: return
+    for p in procs:
+        try: p.terminate()
+        except psutil.NoSuchProcess: pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
 
 # %% ../../notebooks/62_pipelines_runner.ipynb #4dd2772b
 class Pipelines:

@@ -97,4 +97,5 @@ if args.report:
 if ctx.is_main:
     print(json.dumps({"test_auc": auc, "param_checksum": checksum}))
     ctx.log_model(engine.module.float().cpu(), input_example=X[test_idx][:5].astype(np.float32), name="model",
-                  holdout=X[test_idx].astype(np.float32))  # the registry's parity gate checks the ONNX export on these
+                  holdout=X[test_idx].astype(np.float32),  # the parity gate checks the ONNX export on these
+                  feature_names=feature_names)
