@@ -194,3 +194,38 @@ def test_the_churn_pipeline_runs_end_to_end(ws):
     a0, a1 = (datetime.fromisoformat(steps["train_champion"][k]) for k in ("started_at", "finished_at"))
     b0, b1 = (datetime.fromisoformat(steps["train_challenger"][k]) for k in ("started_at", "finished_at"))
     assert a0 < b1 and b0 < a1
+
+
+def test_ctrl_c_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+    from conftest import BIN
+    flag = tmp_path / "hang-now"
+    flag.touch()
+    notebook(tmp_path / "slow.ipynb", "seconds = 600",
+             "import os, time\nopen(f'kernel-{os.getpid()}.pid', 'w').write('')\n"
+             f"while os.path.exists({str(flag)!r}) and seconds > 0: time.sleep(0.5); seconds -= 0.5")
+    notebook(tmp_path / "after.ipynb", "x = 0", "y = x")
+    spec = pipeline(tmp_path, {"name": "interrupt", "steps": [
+        {"name": "slow", "notebook": "slow.ipynb"}, {"name": "after", "notebook": "after.ipynb", "depends_on": ["slow"]}]})
+    p = subprocess.Popen([str(BIN / "mlplat"), "pipelines", "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while not list(tmp_path.glob("kernel-*.pid")):
+        assert p.poll() is None and time.time() < end, p.communicate()
+        time.sleep(0.3)
+    kernel = int(next(tmp_path.glob("kernel-*.pid")).stem.split("-")[1])
+    os.kill(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err, (p.returncode, err)
+    time.sleep(1)
+    assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
+    [rec] = ws.pipelines.list("interrupt")
+    assert rec.status == "failed" and rec.steps["slow"].status == "failed" and "interrupted" in rec.steps["slow"].error
+    assert rec.steps["after"].status == "pending"
+    flag.unlink()
+    done = ws.pipelines.resume(rec.id)
+    assert done.status == "succeeded", {n: s.error for n, s in done.steps.items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
+import threading
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -108,13 +108,14 @@ def _processes():
     return _CONTEXT
 
 def execute_step(notebook: Path, out: Path, parameters: dict, kernel: str | None, timeout: float | None, env: dict,
-                 log: Path) -> str | None:
+                 log: Path, on_start=None) -> str | None:
     "Execute one notebook with papermill in its own process and session; None on success, else what went wrong."
     (out.with_suffix(".parameters.json")).write_text(json.dumps(parameters))
     with open(log, "a") as f: f.write(f"\n--- {utcnow().isoformat()} papermill {notebook} -> {out} {json.dumps(parameters)[:500]}\n")
     proc = _processes().Process(target=_papermill_process, args=(str(notebook), str(out), parameters, kernel, env, str(log)),
                                 name=f"pipeline-step-{out.stem}")
     proc.start()
+    if on_start: on_start(proc.pid)
     proc.join(timeout)
     if proc.is_alive():
         _kill_tree(proc.pid)
@@ -206,36 +207,55 @@ class Pipelines:
         except (OSError, ValueError): return False
 
     def _execute(self, p: Pipeline, rec: RunRecord, max_parallel: int, action: str) -> RunRecord:
-        ws = self.ws
         (Path(rec.folder)/"runner.pid").write_text(str(os.getpid()))
         outputs = {n: s.outputs for n, s in rec.steps.items() if s.status == "succeeded"}
         failed: set = set()
+        stop, live = threading.Event(), {}   # Ctrl-C: stop starting attempts; live: step -> its process id
         with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="pipeline-step") as pool:
             running = {}
-            while True:
-                for name in p.order():
+            try: self._schedule(p, rec, pool, running, outputs, failed, max_parallel, stop, live)
+            except KeyboardInterrupt:
+                stop.set()
+                for pid in list(live.values()): _kill_tree(pid)
+                for fut, name in running.items():
+                    fut.exception()  # the step's thread returns once its process is gone
                     s = rec.steps[name]
-                    if s.status != "pending" or name in running.values(): continue
-                    deps = p.step(name).depends_on
-                    if any(rec.steps[d].status in ("failed", "skipped") for d in deps):
-                        s.status, s.error = "skipped", f"not run: {', '.join(d for d in deps if rec.steps[d].status != 'succeeded')} did not succeed"
-                        self._save_step(rec.id, s)
-                    elif all(rec.steps[d].status == "succeeded" for d in deps) and len(running) < max_parallel:
-                        s.status, s.started_at, s.finished_at = "running", utcnow(), None
-                        self._save_step(rec.id, s)
-                        running[pool.submit(self._run_step, p, rec, name, dict(outputs))] = name
-                if not running: break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    name = running.pop(fut)
-                    s = rec.steps[name]
-                    try: fut.result()
-                    except Exception as e: s.status, s.error = "failed", f"{type(e).__name__}: {e}"
-                    s.finished_at = utcnow()
-                    if s.status == "succeeded": outputs[name] = s.outputs
-                    else: failed.add(name)
+                    s.status, s.error, s.finished_at = "failed", "interrupted (Ctrl-C); resume runs it again", utcnow()
                     self._save_step(rec.id, s)
-                    self._mlflow_step(rec, s)
+                    failed.add(name)
+                self._finish(rec, failed, action)
+                raise
+        return self._finish(rec, failed, action)
+
+    def _schedule(self, p, rec, pool, running, outputs, failed, max_parallel, stop, live):
+        "Start every step whose dependencies succeeded (skip those whose dependencies did not) until none is left."
+        while True:
+            for name in p.order():
+                s = rec.steps[name]
+                if s.status != "pending" or name in running.values(): continue
+                deps = p.step(name).depends_on
+                if any(rec.steps[d].status in ("failed", "skipped") for d in deps):
+                    s.status, s.error = "skipped", f"not run: {', '.join(d for d in deps if rec.steps[d].status != 'succeeded')} did not succeed"
+                    self._save_step(rec.id, s)
+                elif all(rec.steps[d].status == "succeeded" for d in deps) and len(running) < max_parallel:
+                    s.status, s.started_at, s.finished_at = "running", utcnow(), None
+                    self._save_step(rec.id, s)
+                    running[pool.submit(self._run_step, p, rec, name, dict(outputs), stop, live)] = name
+            if not running: break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                name = running.pop(fut)
+                s = rec.steps[name]
+                try: fut.result()
+                except Exception as e: s.status, s.error = "failed", f"{type(e).__name__}: {e}"
+                s.finished_at = utcnow()
+                if s.status == "succeeded": outputs[name] = s.outputs
+                else: failed.add(name)
+                self._save_step(rec.id, s)
+                self._mlflow_step(rec, s)
+
+    def _finish(self, rec: RunRecord, failed: set, action: str) -> RunRecord:
+        ws = self.ws
         rec.status = "succeeded" if all(s.status == "succeeded" for s in rec.steps.values()) else "failed"
         rec.finished_at = utcnow()
         self._save_run(rec)
@@ -247,7 +267,7 @@ class Pipelines:
                                     "steps": {n: s.status for n, s in rec.steps.items()}})
         return rec
 
-    def _run_step(self, p: Pipeline, rec: RunRecord, name: str, outputs: dict):
+    def _run_step(self, p: Pipeline, rec: RunRecord, name: str, outputs: dict, stop=None, live=None):
         "Render the step's parameters, check them, execute with retries; fills the StepRecord."
         step, s = p.step(name), rec.steps[name]
         values = render(step.parameters, rec.parameters, outputs)
@@ -263,16 +283,20 @@ class Pipelines:
         env = {**os.environ, "MLPLAT_HOME": str(self.ws.config.home), "MLPLAT_PIPELINE_RUN": rec.id,
                "MLPLAT_PIPELINE_STEP": name, "PYTHONUNBUFFERED": "1"}
         if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
+        stop, live = stop or threading.Event(), {} if live is None else live
         for attempt in range(step.retries + 1):
+            if stop.is_set(): break
             if out.exists(): out.rename(folder/f"{name}.attempt-{s.attempts}.ipynb")
             s.attempts += 1
             self._save_step(rec.id, s)
-            error = execute_step(step.notebook, out, values, step.kernel, step.timeout, env, log)
+            error = execute_step(step.notebook, out, values, step.kernel, step.timeout, env, log,
+                                 on_start=lambda pid: live.__setitem__(name, pid))
+            live.pop(name, None)
             if error is None:
                 s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), read_outputs(out)
                 return
             s.error, s.notebook = error, str(out) if out.exists() else None
-            if attempt < step.retries: time.sleep(step.backoff * 2 ** attempt)
+            if attempt < step.retries: stop.wait(step.backoff * 2 ** attempt)
         s.status = "failed"
 
     # records
