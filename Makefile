@@ -50,8 +50,9 @@ sync-check: install
 nbtest: install
 	nbdev_test --n_workers 2 --timing
 
-pytest: install ## two workers, one test file per worker (servers and Ray stay within a file)
-	pytest -n 2 --dist loadfile --durations=12 tests/
+pytest: install ## two workers, one test file per worker (servers and Ray stay within a file); then the heaviest test alone
+	pytest -n 2 --dist loadfile --durations=12 tests/ --ignore=tests/test_pipeline_churn.py
+	pytest --durations=1 tests/test_pipeline_churn.py
 
 bench: install ## import, features, launch, serving and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py

@@ -178,24 +178,6 @@ def test_a_step_past_its_timeout_is_stopped_with_its_kernel(ws, tmp_path):
     assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
 
 
-def test_the_churn_pipeline_runs_end_to_end(ws):
-    "templates/pipelines/churn: features -> 2 DeepSpeed trainings side by side -> register (gates) -> promote -> canary."
-    from conftest import REPO
-    r = run_cli("pipelines", "run", REPO / "templates/pipelines/churn/pipeline.yaml", "-p", "customers=300", "-p", "days=45",
-                "-p", "epochs=2", "-p", "challenger_epochs=2", "--json", check=0)
-    rec = json.loads(r.stdout)
-    steps = {s["name"]: s for s in rec["steps"]}
-    assert rec["status"] == "succeeded" and all(s["status"] == "succeeded" for s in steps.values()), steps
-    assert steps["register_champion"]["outputs"]["gates"] == {"parity": True, "latency": True}
-    assert ws.models.get("churn", "champion").version == steps["register_champion"]["outputs"]["version"]
-    assert ws.models.get("churn", "challenger").version == steps["register_challenger"]["outputs"]["version"]
-    assert sum(steps["deploy"]["outputs"]["variants"].values()) == 200
-    # the two trainings overlapped
-    a0, a1 = (datetime.fromisoformat(steps["train_champion"][k]) for k in ("started_at", "finished_at"))
-    b0, b1 = (datetime.fromisoformat(steps["train_challenger"][k]) for k in ("started_at", "finished_at"))
-    assert a0 < b1 and b0 < a1
-
-
 def test_ctrl_c_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path):
     import os
     import signal
