@@ -162,6 +162,8 @@ def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):
         doc = {**base, "steps": [{**base["steps"][0], **change}]}
         r = run_cli("pipelines", "run", pipeline(tmp_path, doc), check=1)
         assert message in r.stderr, (change, r.stderr)
+    r = run_cli("pipelines", "run", pipeline(tmp_path, base), "--max-parallel", "0", check=1)
+    assert "max_parallel must be a whole number >= 1, got 0" in r.stderr, r.stderr
     assert json.loads(run_cli("pipelines", "list", "--json", check=0).stdout) == []  # nothing was recorded
 
 

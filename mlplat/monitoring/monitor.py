@@ -61,8 +61,8 @@ class Monitor:
 
     def reference(self, model: str, version: int) -> dict:
         "The reference rows of one model version, its feature names and its ONNX outputs on them."
+        from mlplat.models.onnx import session
         from mlplat.serving.models import resolve
-        import onnxruntime as ort
         mv = self.ws.models.get(model, version)
         client = self.ws.mlflow_client()
         for path in (f"reference/v{version}/inputs.npy", "holdout/inputs.npy"):
@@ -71,7 +71,7 @@ class Monitor:
         else: raise NotFoundError(f"model {model} v{version} has no reference rows",
                                   hint="versions registered by this mlplat keep them; re-register older ones")
         _, onnx_path = resolve(self.ws, f"models:/{model}/{version}")
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        sess = session(str(onnx_path))
         inp = sess.get_inputs()[0].name
         outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {inp: x.astype(np.float32)})))
         names = json.loads(mv.tags.get("mlplat.feature_names", "null"))
@@ -135,12 +135,9 @@ class Monitor:
         return out
 
     def _outcomes(self, name: str) -> dict:
-        folder = self.ws.config.home/"outcomes"/name
-        found = {}
-        for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-            for line in path.read_text().splitlines():
-                if line.strip(): rec = json.loads(line); found[rec["request_id"]] = rec["outcome"]
-        return found
+        "request id -> outcome, as `ws.serving.log_outcomes` wrote them (the latest wins)."
+        from mlplat.serving.ab import _read_jsonl
+        return {o["request_id"]: o["outcome"] for o in _read_jsonl(self.ws.config.home/"outcomes"/name)}
 
     def _accuracy(self, rows, outcomes) -> dict | None:
         "AUC and accuracy of the window's predictions whose outcome is known (0/1 outcomes)."

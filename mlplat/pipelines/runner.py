@@ -110,7 +110,6 @@ def _processes():
 def execute_step(notebook: Path, out: Path, parameters: dict, kernel: str | None, timeout: float | None, env: dict,
                  log: Path, on_start=None) -> str | None:
     "Execute one notebook with papermill in its own process and session; None on success, else what went wrong."
-    (out.with_suffix(".parameters.json")).write_text(json.dumps(parameters))
     with open(log, "a") as f: f.write(f"\n--- {utcnow().isoformat()} papermill {notebook} -> {out} {json.dumps(parameters)[:500]}\n")
     proc = _processes().Process(target=_papermill_process, args=(str(notebook), str(out), parameters, kernel, env, str(log)),
                                 name=f"pipeline-step-{out.stem}")
@@ -142,6 +141,10 @@ def _kill_tree(pid: int):
         except psutil.NoSuchProcess: pass
 
 # %% ../../notebooks/62_pipelines_runner.ipynb #4dd2772b
+def _check_parallel(n):
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValidationError(f"max_parallel must be a whole number >= 1, got {n!r}")
+
 class Pipelines:
     "Pipelines of a workspace (`ws.pipelines`): run, resume, list, get."
     def __init__(self, ws): self.ws = ws
@@ -155,6 +158,7 @@ class Pipelines:
         """Validate, then run `pipeline` (a YAML path, a dict or a `Pipeline`) with `params`; returns the finished
         run's record (its `status` is `succeeded` or `failed`; a failed run can be resumed)."""
         ws = self.ws
+        _check_parallel(max_parallel)
         p = self.load(pipeline)
         values = p.resolve_params(params)
         self._check_regions(p)
@@ -179,6 +183,7 @@ class Pipelines:
     def resume(self, run_id: str, max_parallel: int | None = None) -> RunRecord:
         "Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs."
         ws = self.ws
+        _check_parallel(max_parallel)
         rec = self.get(run_id)
         if rec.status == "succeeded": raise ValidationError(f"run {run_id} already succeeded; nothing to resume")
         if rec.status == "running" and self._alive(rec):
@@ -190,7 +195,7 @@ class Pipelines:
             if s.status != "succeeded": s.status, s.error = "pending", None
         rec.status, rec.finished_at = "running", None
         self._save_run(rec)
-        if rec.mlflow_run_id: self._client().update_run(rec.mlflow_run_id, status="RUNNING")
+        if rec.mlflow_run_id: self.ws.mlflow_client().update_run(rec.mlflow_run_id, status="RUNNING")
         return self._execute(p, rec, max_parallel or p.max_parallel, "pipeline.resume")
 
     def _check_regions(self, p: Pipeline):
@@ -201,7 +206,7 @@ class Pipelines:
                                       hint="run the pipeline from a workspace in that region, or change the step's region")
 
     def _alive(self, rec: RunRecord) -> bool:
-        "A run is alive while its runner holds its lock file open (the runner's process id)."
+        "A run is alive while the process named in its runner.pid exists."
         lock = Path(rec.folder)/"runner.pid"
         try: os.kill(int(lock.read_text()), 0); return True
         except (OSError, ValueError): return False
@@ -337,12 +342,8 @@ class Pipelines:
         return [self.get(i) for i in ids]
 
     # MLflow
-    def _client(self):
-        from mlflow.tracking import MlflowClient
-        return MlflowClient(tracking_uri=self.ws.config.tracking_uri)
-
     def _mlflow_start(self, run_id: str, p: Pipeline, values: dict) -> str:
-        client = self._client()
+        client = self.ws.mlflow_client()
         exp = client.get_experiment_by_name("pipelines")
         exp_id = exp.experiment_id if exp else client.create_experiment(
             "pipelines", artifact_location=f"{self.ws.config.artifact_root.rstrip('/')}/pipelines")
@@ -352,11 +353,11 @@ class Pipelines:
 
     def _mlflow_step(self, rec: RunRecord, s: StepRecord):
         if not rec.mlflow_run_id: return
-        client = self._client()
+        client = self.ws.mlflow_client()
         if s.notebook and Path(s.notebook).exists(): client.log_artifact(rec.mlflow_run_id, s.notebook, "steps")
         if s.seconds is not None: client.log_metric(rec.mlflow_run_id, f"step_seconds_{s.name}", s.seconds)
         client.set_tag(rec.mlflow_run_id, f"step.{s.name}", s.status)
 
     def _mlflow_end(self, rec: RunRecord):
         if rec.mlflow_run_id:
-            self._client().set_terminated(rec.mlflow_run_id, "FINISHED" if rec.status == "succeeded" else "FAILED")
+            self.ws.mlflow_client().set_terminated(rec.mlflow_run_id, "FINISHED" if rec.status == "succeeded" else "FAILED")

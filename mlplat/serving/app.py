@@ -174,8 +174,6 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
             found = INFER_PATH.fullmatch(scope["path"])
             if found: return await infer(scope, receive, send, found[1], found[2])
         await rest(scope, receive, send)
-    app.state = rest.state
-    app.state.host, app.state.metrics, app.state.dispatch = host, metrics, dispatch
     return app
 
 # %% ../../notebooks/55_serving_app.ipynb #15544e1c
