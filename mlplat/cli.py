@@ -13,9 +13,10 @@ import sys
 from .errors import MlplatError, ValidationError
 
 # %% auto #0
-__all__ = ['DATASET_COLS', 'JOB_COLS', 'PIPELINE_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config', 'cmd_datasets',
-           'cmd_features', 'cmd_lineage', 'cmd_audit', 'cmd_pipelines', 'cmd_monitor', 'cmd_jobs', 'cmd_models',
-           'cmd_serve', 'cmd_deployments', 'cmd_ab', 'cmd_demo', 'build_parser', 'main']
+__all__ = ['DATASET_COLS', 'JOB_COLS', 'PIPELINE_COLS', 'SCHEDULE_COLS', 'MODEL_COLS', 'cmd_init', 'cmd_info', 'cmd_config',
+           'cmd_datasets', 'cmd_features', 'cmd_lineage', 'cmd_audit', 'cmd_pipelines', 'cmd_schedule', 'cmd_scheduler',
+           'cmd_monitor', 'cmd_jobs', 'cmd_models', 'cmd_serve', 'cmd_deployments', 'cmd_ab', 'cmd_demo',
+           'build_parser', 'main']
 
 # %% ../notebooks/30_cli.ipynb #f5c94ce9
 def _print_json(obj): print(json.dumps(obj, indent=2, default=str))
@@ -184,6 +185,11 @@ def cmd_pipelines(args):
         _show_run(args, rec)
         if rec.status != "succeeded": raise SystemExit(1)
     elif a == "show": _show_run(args, pl.get(args.id))
+    elif a == "cancel":
+        rec = pl.cancel(args.id, args.reason, args.wait)
+        if args.json: return _print_json(rec.to_dict())
+        print(f"run {rec.id}: {rec.status}" + ("  (the runner stops within seconds)" if rec.status == "running" else "")
+              + (f"\nresume with: mlplat pipelines resume {rec.id}" if rec.status != "running" else ""))
     elif a == "list":
         rows = [r.to_dict() for r in pl.list(args.pipeline, args.limit)]
         _out(args, rows, rows, PIPELINE_COLS)
@@ -197,6 +203,56 @@ def cmd_pipelines(args):
             s = p.step(name)
             after = f"  after {', '.join(s.depends_on)}" if s.depends_on else ""
             print(f"  {name:20s} {s.notebook.name}{after}")
+
+SCHEDULE_COLS = ["name", "cron", "timezone", "paused", "misfire", "overlap", "next_slot", "last", "pipeline"]
+
+def cmd_schedule(args):
+    ws = _ws(args)
+    sc, a = ws.schedules, args.action
+    if a == "add":
+        s = sc.add(args.name, args.pipeline, args.cron, _pipeline_params(args.param), args.timezone, args.misfire, args.overlap)
+        if args.json: return _print_json(s.to_dict())
+        print(f"schedule {s.name}: {s.cron} ({s.timezone}), next slot {s.to_dict()['next_slot']}")
+        if not sc.schedulers(): print("no scheduler is running: start one with `mlplat scheduler`", file=sys.stderr)
+    elif a == "list":
+        last = {}
+        for f in sc.history(limit=1000): last.setdefault(f["schedule"], f"{f['status']} {f['slot']}")
+        rows = [{**s.to_dict(), "last": last.get(s.name, "-")} for s in sc.list()]
+        if args.json: return _print_json({"schedules": rows, "schedulers": sc.schedulers()})
+        _table(rows, SCHEDULE_COLS)
+        live = sc.schedulers()
+        print(f"schedulers running: {', '.join(x['id'] for x in live)}" if live else
+              "no scheduler is running: start one with `mlplat scheduler`", file=sys.stderr)
+    elif a == "history":
+        rows = sc.history(args.name, args.limit)
+        _out(args, rows, rows, ["schedule", "slot", "status", "run_id", "fired_at", "finished_at", "detail"])
+    elif a == "remove": sc.remove(args.name); print(f"removed schedule {args.name}")
+    elif a in ("pause", "resume"):
+        s = getattr(sc, a)(args.name)
+        _out(args, s.to_dict())
+    elif a == "cronjob":
+        import yaml
+        from mlplat.pipelines.schedule import cronjob, validate_cronjob
+        m = cronjob(ws, sc.get(args.name), args.image, args.namespace)
+        validate_cronjob(m)
+        if args.json: return _print_json(m)
+        sys.stdout.write(yaml.safe_dump(m, sort_keys=False))
+
+def cmd_scheduler(args):
+    "Run the embedded scheduler until Ctrl-C or SIGTERM."
+    import logging
+    import signal
+    import threading
+    from mlplat.pipelines.schedule import Scheduler
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ws = _ws(args)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sched = Scheduler(ws, args.tick, args.max_running)
+    print(f"scheduler {sched.id}: {len(ws.schedules.list())} schedule(s); Ctrl-C stops it (running runs are cancelled, "
+          f"and stay resumable)", file=sys.stderr, flush=True)
+    try: sched.run_forever(stop)
+    except KeyboardInterrupt: pass
 
 def cmd_monitor(args):
     ws = _ws(args)
@@ -409,7 +465,28 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-parallel", type=int)
     x = ps.add_parser("show", help="one run: status, steps, times, outputs, executed notebooks"); x.add_argument("id")
     x = ps.add_parser("list", help="recent runs"); x.add_argument("--pipeline"); x.add_argument("--limit", type=int, default=50)
+    x = ps.add_parser("cancel", help="stop a running run (from any process); it stays resumable"); x.add_argument("id")
+    x.add_argument("--reason"); x.add_argument("--wait", type=float, default=30, help="seconds to wait for it to stop (default 30)")
     for x in ps.choices.values(): _leaf(x, common)
+
+    s = cmd("schedule", cmd_schedule, "run pipelines on cron schedules (see `mlplat scheduler`)", json_flag=False)
+    ss = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    x = ss.add_parser("add", help="check and store a schedule"); x.add_argument("name")
+    x.add_argument("--pipeline", required=True, help="the pipeline YAML"); x.add_argument("--cron", required=True,
+                   help="cron expression, e.g. '0 2 * * *' (a sixth field is seconds)")
+    x.add_argument("-p", "--param", action="append", help="NAME=VALUE pipeline parameter (repeatable; YAML value)")
+    x.add_argument("--timezone", default="UTC", help="IANA time zone the cron expression is read in (default UTC)")
+    x.add_argument("--misfire", default="skip", choices=["skip", "run_once"], help="a slot missed while no scheduler ran")
+    x.add_argument("--overlap", default="forbid", choices=["forbid", "allow", "replace"], help="a slot while the last run still runs")
+    ss.add_parser("list", help="schedules, next slots, last fires, running schedulers")
+    x = ss.add_parser("history", help="fires, newest first"); x.add_argument("name", nargs="?"); x.add_argument("--limit", type=int, default=50)
+    for act in ("remove", "pause", "resume"): ss.add_parser(act, help=f"{act} a schedule").add_argument("name")
+    x = ss.add_parser("cronjob", help="the schedule as a Kubernetes CronJob (validated), as YAML"); x.add_argument("name")
+    x.add_argument("--image", help="container image (default: kubernetes.image)"); x.add_argument("--namespace")
+    for x in ss.choices.values(): _leaf(x, common)
+    s = cmd("scheduler", cmd_scheduler, "run the embedded scheduler (fires due schedules until stopped)")
+    s.add_argument("--tick", type=float, help="seconds between looks at the schedules (default: scheduler.tick_seconds)")
+    s.add_argument("--max-running", type=int, help="scheduled runs at once (default: scheduler.max_running)")
 
     s = cmd("monitor", cmd_monitor, "drift and accuracy of served models, from the prediction log", json_flag=False)
     ms_ = s.add_subparsers(dest="action", required=True, metavar="ACTION")

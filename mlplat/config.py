@@ -14,10 +14,10 @@ from pathlib import Path
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'IdentityConfig', 'RbacConfig',
-           'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'ModelsConfig',
-           'MonitoringConfig', 'RayConfig', 'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown',
-           'render_toml']
+__all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES', 'WorkspaceConfig',
+           'IdentityConfig', 'RbacConfig', 'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig',
+           'JobsConfig', 'ModelsConfig', 'MonitoringConfig', 'NotificationsConfig', 'SchedulerConfig', 'RayConfig',
+           'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -29,10 +29,10 @@ def _opt(default, doc: str, **kw):
 DEFAULT_ROLES = {
     "viewer": ["*:read"],
     "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
-                       "models:register", "serving:run", "outcomes:log", "pipelines:run", "monitoring:run"],
+                       "models:register", "serving:run", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
     "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
                     "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote",
-                    "serving:run", "outcomes:log", "pipelines:run", "monitoring:run"],
+                    "serving:run", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
     "auditor": ["*:read", "audit:export"],
     "admin": ["*"],
 }
@@ -107,6 +107,30 @@ class MonitoringConfig:
     min_accuracy: dict = _opt({}, "Accuracy alert: metric -> lowest acceptable value over a window, e.g. `{auc = 0.7}`.")
 
 @dataclass
+class NotificationsConfig:
+    events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert"],
+                        "Events that notify: `pipeline.failed`, `pipeline.succeeded`, `schedule.missed`, `schedule.skipped`, "
+                        "`monitoring.alert`.")
+    webhooks: list = _opt([], "URLs that receive each event as an HTTP POST with a JSON body.")
+    email_to: list = _opt([], "Addresses that receive each event by e-mail (needs `smtp_host`).")
+    email_from: str = _opt("mlplat@localhost", "Sender address of notification e-mails.")
+    smtp_host: str = _opt("", "SMTP server for e-mail notifications; empty: no e-mail.")
+    smtp_port: int = _opt(25, "SMTP port (587 with `smtp_starttls`, 465 with `smtp_ssl`).")
+    smtp_starttls: bool = _opt(False, "Upgrade the SMTP connection with STARTTLS before logging in.")
+    smtp_ssl: bool = _opt(False, "Connect to the SMTP server over TLS from the start (SMTPS).")
+    smtp_user: str = _opt("", "SMTP login; empty: no login.")
+    smtp_password_env: str = _opt("MLPLAT_SMTP_PASSWORD", "Environment variable holding the SMTP password (never the "
+                                                         "password itself, so it cannot leak into files or logs).")
+    timeout_seconds: float = _opt(10.0, "Per delivery attempt; a failed delivery is retried twice, then audited.")
+
+@dataclass
+class SchedulerConfig:
+    tick_seconds: float = _opt(10.0, "How often `mlplat scheduler` looks for due schedules.")
+    misfire_grace_seconds: float = _opt(300.0, "A slot found later than this after its time was missed (no scheduler "
+                                               "was running): a schedule's misfire policy decides whether it still runs.")
+    max_running: int = _opt(4, "Scheduled pipeline runs one scheduler process runs at once; more wait for a free place.")
+
+@dataclass
 class RayConfig:
     address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs, e.g. `http://127.0.0.1:8265`; "
                             "empty: `RAY_ADDRESS`.")
@@ -122,10 +146,13 @@ class KubernetesConfig:
     home_claim: str = _opt("", "PersistentVolumeClaim (ReadWriteMany) holding the workspace home; mounted at the "
                                "home's path in every pod so jobs read training sets and log runs. Required to submit.")
 
+NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert")
+
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
             "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
             "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig,
-            "models": ModelsConfig}
+            "models": ModelsConfig, "monitoring": MonitoringConfig, "notifications": NotificationsConfig,
+            "scheduler": SchedulerConfig}
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
            "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
 
@@ -145,6 +172,8 @@ class Config:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @property
@@ -213,6 +242,19 @@ class Config:
             raise ConfigError(f"jobs.default_backend must be local, ray or kubernetes, got {self.jobs.default_backend!r}")
         if self.feast.online_store not in ("sqlite", "redis"):
             raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {self.feast.online_store!r}")
+        n = self.notifications
+        unknown = set(n.events) - set(NOTIFY_EVENTS)
+        if unknown:
+            raise ConfigError(f"notifications.events names unknown event(s) {sorted(unknown)}", hint=f"known: {', '.join(NOTIFY_EVENTS)}")
+        for url in n.webhooks:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"notifications.webhooks: {url!r} is not an http(s) URL")
+        if n.email_to and not n.smtp_host:
+            raise ConfigError("notifications.email_to is set but notifications.smtp_host is empty", hint="name the SMTP server")
+        if n.smtp_ssl and n.smtp_starttls:
+            raise ConfigError("notifications.smtp_ssl and smtp_starttls exclude each other", hint="465: smtp_ssl; 587: smtp_starttls")
+        if self.scheduler.tick_seconds <= 0 or self.scheduler.max_running < 1 or self.scheduler.misfire_grace_seconds < 0:
+            raise ConfigError("scheduler: tick_seconds must be > 0, max_running >= 1 and misfire_grace_seconds >= 0")
         for role, perms in self.rbac.roles.items():
             if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
                 raise ConfigError(f"rbac.roles.{role} must be a list of permission strings")
@@ -299,6 +341,7 @@ def render_toml(cfg: Config) -> str:
         if isinstance(v, str): return '"' + v.replace('\\', '\\\\').replace('"', '\\"') + '"'
         if isinstance(v, bool): return "true" if v else "false"
         if isinstance(v, list): return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict): return "{" + ", ".join(f"{val(str(k))} = {val(x)}" for k, x in v.items()) + "}"
         return str(v)
     out = ["# mlplat workspace configuration (`mlplat config docs` documents every option).", ""]
     for name, kind in SECTIONS.items():

@@ -102,7 +102,7 @@ def metadata():
     sa.Table("pipeline_runs", md,
              sa.Column("id", sa.String(120), primary_key=True),
              sa.Column("pipeline", sa.String(80), nullable=False, index=True),
-             sa.Column("status", sa.String(20), nullable=False),     # running, succeeded, failed
+             sa.Column("status", sa.String(20), nullable=False),     # running, succeeded, failed, cancelled
              sa.Column("parameters_json", sa.Text, nullable=False),
              sa.Column("spec_json", sa.Text, nullable=False),
              sa.Column("source", sa.Text),
@@ -122,6 +122,38 @@ def metadata():
              sa.Column("error", sa.Text),
              sa.Column("started_at", sa.DateTime(timezone=True)),
              sa.Column("finished_at", sa.DateTime(timezone=True)))
+    sa.Table("pipeline_cancels", md,  # a request to stop a running run; its runner polls for it
+             sa.Column("run_id", sa.String(120), primary_key=True),
+             sa.Column("requested_by", sa.String(200), nullable=False),
+             sa.Column("reason", sa.Text),
+             sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False))
+    sa.Table("schedules", md,
+             sa.Column("name", sa.String(80), primary_key=True),
+             sa.Column("pipeline", sa.Text, nullable=False),          # absolute path of the pipeline YAML
+             sa.Column("cron", sa.String(120), nullable=False),
+             sa.Column("timezone", sa.String(64), nullable=False),
+             sa.Column("parameters_json", sa.Text, nullable=False),
+             sa.Column("misfire", sa.String(20), nullable=False),    # skip, run_once
+             sa.Column("overlap", sa.String(20), nullable=False),    # forbid, allow, replace
+             sa.Column("paused", sa.Boolean, nullable=False),
+             sa.Column("created_by", sa.String(200), nullable=False),
+             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("active_since", sa.DateTime(timezone=True), nullable=False))  # slots before it never fire
+    sa.Table("schedule_fires", md,  # one row per (schedule, slot): the primary key is what stops a double fire
+             sa.Column("schedule", sa.String(80), primary_key=True),
+             sa.Column("slot", sa.String(32), primary_key=True),     # the slot's UTC time, ISO 8601 with Z
+             sa.Column("status", sa.String(20), nullable=False),     # running, succeeded, failed, cancelled, skipped, missed, error
+             sa.Column("run_id", sa.String(120)),
+             sa.Column("scheduler", sa.String(200), nullable=False),
+             sa.Column("detail", sa.Text),
+             sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("finished_at", sa.DateTime(timezone=True)))
+    sa.Table("schedulers", md,  # heartbeats, so `mlplat schedule list` can tell whether any scheduler is running
+             sa.Column("id", sa.String(200), primary_key=True),
+             sa.Column("host", sa.String(200), nullable=False),
+             sa.Column("pid", sa.Integer, nullable=False),
+             sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False))
     sa.Table("lineage", md,  # one edge of the lineage graph: upstream -> downstream
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),

@@ -93,6 +93,16 @@ class Workspace:
         return Pipelines(self)
 
     @functools.cached_property
+    def notifier(self):
+        from mlplat.notify import Notifier
+        return Notifier(self)
+
+    @functools.cached_property
+    def schedules(self):
+        from mlplat.pipelines.schedule import Schedules
+        return Schedules(self)
+
+    @functools.cached_property
     def lineage(self):
         from mlplat.lineage import Lineage
         return Lineage(self)
@@ -179,10 +189,16 @@ def _init_mlflow(cfg: Config):
     marker = cfg.home/".mlflow-initialized"
     key = f"{cfg.tracking_uri}|{cfg.artifact_root}|{cfg.workspace.project}"
     if marker.exists() and marker.read_text() == key: return client
-    if client.get_experiment_by_name(cfg.workspace.project) is None:
-        if "://" not in cfg.artifact_root: Path(cfg.artifact_root).mkdir(parents=True, exist_ok=True)
-        client.create_experiment(cfg.workspace.project, artifact_location=cfg.artifact_root)
-    marker.write_text(key)
+    import fcntl
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    # processes starting together (two schedulers, parallel steps) would race MLflow's own schema creation
+    with open(cfg.home/".mlflow-init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text() == key: return client
+        if client.get_experiment_by_name(cfg.workspace.project) is None:
+            if "://" not in cfg.artifact_root: Path(cfg.artifact_root).mkdir(parents=True, exist_ok=True)
+            client.create_experiment(cfg.workspace.project, artifact_location=cfg.artifact_root)
+        marker.write_text(key)
     return client
 
 def connect(home: str | os.PathLike | None = None, user: str | None = None) -> Workspace:

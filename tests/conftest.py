@@ -1,11 +1,14 @@
 """Shared fixtures: real workspaces in temp folders, real Redis and PostgreSQL servers on 127.0.0.1."""
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +250,27 @@ def server(ws, tmp_path):
     for p in procs:
         p.terminate()
         p.wait(20)
+
+
+@pytest.fixture
+def webhook():
+    "A local receiver of notification POSTs."
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204); self.end_headers()
+
+        def log_message(self, *a): pass
+    srv = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}/hook", got
+    srv.shutdown()
+
+
+def configure(home, webhook_url, events):
+    "Point the notifications of the workspace's mlplat.toml at the local webhook."
+    cfg = home / "mlplat.toml"
+    text = cfg.read_text().replace("webhooks = []", f'webhooks = ["{webhook_url}"]', 1)
+    cfg.write_text(text.replace("events = [", f"events = {json.dumps(events)}\n# was: events = [", 1))

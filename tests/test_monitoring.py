@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from conftest import X, Y, register_version, run_cli
+from conftest import configure, X, Y, register_version, run_cli
 
 
 def send(url, rows, prefix):
@@ -19,7 +19,7 @@ def send(url, rows, prefix):
             assert r.status_code == 200, r.text
 
 
-def test_drift_is_alerted_only_for_shifted_traffic(ws, server):
+def test_drift_is_alerted_only_for_shifted_traffic(ws, home, server, webhook):
     import time
     v = register_version(ws, 1.0)
     ws.models.promote("risk", v.version, "champion")
@@ -35,6 +35,8 @@ def test_drift_is_alerted_only_for_shifted_traffic(ws, server):
     send(url, shifted, "shifted")
     time.sleep(0.5)
 
+    hook, got = webhook
+    configure(home, hook, ["monitoring.alert"])
     quiet = json.loads(run_cli("monitor", "report", "risk", "--since", t0, "--until", t1, "--json", check=0).stdout)
     assert quiet["predictions"] == 300 and quiet["alerts"] == [], quiet["alerts"]
     [version] = quiet["versions"]
@@ -48,8 +50,10 @@ def test_drift_is_alerted_only_for_shifted_traffic(ws, server):
     assert feature2["psi"] > 0.25 and feature2["p_value"] < 1e-6 and feature2["current_mean"] > 1.0
     audited = [e for e in ws.governance.audit.records() if e["action"] == "monitor.alert"]
     assert any(e["details"]["feature"] == "input[2]" and e["resource"] == f"model:risk/{v.version}" for e in audited)
+    assert [e["event"] for e in got] == ["monitoring.alert"]        # one notification for the report, none for the calm one
+    assert any("input[2]" in line for line in got[0]["details"]["alerts"]) and got[0]["details"]["served_as"] == "risk"
     r = run_cli("monitor", "report", "risk", "--since", t1, "--fail-on-alert", "--no-alerts", check=1)
-    assert "input[2]" in r.stdout and "DRIFT" in r.stdout
+    assert "input[2]" in r.stdout and "DRIFT" in r.stdout and len(got) == 1   # --no-alerts: neither audited nor notified
 
     # outcomes arrive: AUC and accuracy of the calm window (Y's rule: feature 0 > feature 2)
     truth = (calm[:, 0] - calm[:, 2] > 0).astype(int)
@@ -57,6 +61,15 @@ def test_drift_is_alerted_only_for_shifted_traffic(ws, server):
     ws.serving.log_outcomes("risk", outcomes)
     acc = ws.monitoring.report("risk", since=t0, until=t1, alert=False)["versions"][0]["accuracy"]
     assert acc["labelled"] == 300 and acc["auc"] > 0.9 and acc["accuracy"] > 0.8, acc
+    # on the shifted traffic the model is wrong more often: an accuracy bound it misses is an alert too, and notified
+    ws.serving.log_outcomes("risk", pd.DataFrame({"request_id": [f"shifted-{i}" for i in range(300)], "outcome": truth}))
+    cfg = home / "mlplat.toml"
+    cfg.write_text(cfg.read_text().replace("min_accuracy = {}", "min_accuracy = {accuracy = 0.95}", 1))
+    rep = json.loads(run_cli("monitor", "report", "risk", "--since", t1, "--json", check=0).stdout)
+    [low] = [a for a in rep["alerts"] if a["kind"] == "accuracy"]
+    assert low["metric"] == "accuracy" and low["value"] < 0.95, rep["alerts"]
+    assert len(got) == 2 and any("accuracy" in line and "below 0.95" in line for line in got[1]["details"]["alerts"]), got[1]
+    assert json.loads(run_cli("monitor", "report", "risk", "--since", t0, "--until", t1, "--json", check=0).stdout)["alerts"] == []
 
 
 def test_too_few_predictions_are_not_judged_and_unknown_names_are_clear(ws, server):

@@ -180,7 +180,7 @@ def test_a_step_past_its_timeout_is_stopped_with_its_kernel(ws, tmp_path):
     assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
 
 
-def test_ctrl_c_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path):
+def test_ctrl_c_or_cancel_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path):
     import os
     import signal
     import subprocess
@@ -208,8 +208,23 @@ def test_ctrl_c_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws
     time.sleep(1)
     assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
     [rec] = ws.pipelines.list("interrupt")
-    assert rec.status == "failed" and rec.steps["slow"].status == "failed" and "interrupted" in rec.steps["slow"].error
+    assert rec.status == "cancelled" and rec.steps["slow"].status == "failed" and "interrupted" in rec.steps["slow"].error
     assert rec.steps["after"].status == "pending"
+    # resumed, then cancelled from another process: its runner stops the step and the kernel within seconds
+    for f in tmp_path.glob("kernel-*.pid"): f.unlink()
+    p = subprocess.Popen([str(BIN / "mlplat"), "pipelines", "resume", rec.id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not list(tmp_path.glob("kernel-*.pid")):
+        assert p.poll() is None and time.time() < end + 120, p.communicate()
+        time.sleep(0.3)
+    kernel = int(next(tmp_path.glob("kernel-*.pid")).stem.split("-")[1])
+    r = run_cli("pipelines", "cancel", rec.id, "--reason", "wrong data", "--wait", "60", "--json", check=0)
+    cancelled = json.loads(r.stdout)
+    assert cancelled["status"] == "cancelled" and "wrong data" in cancelled["steps"][0]["error"], cancelled
+    assert p.wait(timeout=60) == 1
+    time.sleep(1)
+    assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
+    assert "is not running" in run_cli("pipelines", "cancel", rec.id, check=1).stderr
+    assert any(e["action"] == "pipeline.cancel" and e["details"]["reason"] == "wrong data" for e in ws.governance.audit.records())
     flag.unlink()
     done = ws.pipelines.resume(rec.id)
     assert done.status == "succeeded", {n: s.error for n, s in done.steps.items()}

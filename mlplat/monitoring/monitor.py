@@ -110,6 +110,11 @@ class Monitor:
             for a in rep["alerts"]:
                 ws.governance.audit.append(ws.principal.name, "monitor.alert", f"model:{model}/{a['version']}", "alert",
                                            ws.config.workspace.region, {**a, "served_as": name, "since": rep["since"], "until": rep["until"]})
+            if rep["alerts"]:  # one notification per report, not one per drifted feature
+                ws.notifier.send("monitoring.alert", f"{name}: {len(rep['alerts'])} monitoring alert(s)",
+                                 {"served_as": name, "model": model, "since": rep["since"], "until": rep["until"],
+                                  "alerts": [f"v{a['version']}: {a['message']}" for a in rep["alerts"]],
+                                  "report": f"mlplat monitor report {name} --since {rep['since']} --until {rep['until']}"})
         return rep
 
     def _version(self, model, version, rows, outcomes, cfg) -> dict:

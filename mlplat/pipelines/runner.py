@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class StepRecord:
 class RunRecord:
     id: str
     pipeline: str
-    status: str                        # running, succeeded, failed
+    status: str                        # running, succeeded, failed, cancelled
     parameters: dict
     spec: dict
     source: str | None
@@ -108,18 +109,23 @@ def _processes():
     return _CONTEXT
 
 def execute_step(notebook: Path, out: Path, parameters: dict, kernel: str | None, timeout: float | None, env: dict,
-                 log: Path, on_start=None) -> str | None:
-    "Execute one notebook with papermill in its own process and session; None on success, else what went wrong."
+                 log: Path, on_start=None, stop: threading.Event | None = None) -> str | None:
+    """Execute one notebook with papermill in its own process and session; None on success, else what went wrong.
+    Setting `stop` ends the process and its kernel (a cancel or Ctrl-C may come before the process has even started)."""
     with open(log, "a") as f: f.write(f"\n--- {utcnow().isoformat()} papermill {notebook} -> {out} {json.dumps(parameters)[:500]}\n")
     proc = _processes().Process(target=_papermill_process, args=(str(notebook), str(out), parameters, kernel, env, str(log)),
                                 name=f"pipeline-step-{out.stem}")
     proc.start()
     if on_start: on_start(proc.pid)
-    proc.join(timeout)
-    if proc.is_alive():
-        _kill_tree(proc.pid)
-        proc.join(10)
-        return f"timed out after {timeout:g} s (the executed notebook shows how far it got)"
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.is_alive():
+        proc.join(0.25)
+        stopped = stop is not None and stop.is_set()
+        late = deadline is not None and time.monotonic() > deadline
+        if proc.is_alive() and (stopped or late):
+            _kill_tree(proc.pid)
+            proc.join(10)
+            return "stopped before it finished" if stopped else f"timed out after {timeout:g} s (the executed notebook shows how far it got)"
     code = proc.exitcode
     if code == 0: return None
     found = _last_error(out) if out.exists() else None
@@ -141,6 +147,9 @@ def _kill_tree(pid: int):
         except psutil.NoSuchProcess: pass
 
 # %% ../../notebooks/62_pipelines_runner.ipynb #4dd2772b
+class _Cancelled(Exception):
+    "A cancel request for the run was found."
+
 def _check_parallel(n):
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValidationError(f"max_parallel must be a whole number >= 1, got {n!r}")
@@ -154,16 +163,18 @@ class Pipelines:
         if isinstance(pipeline, dict): return Pipeline.from_dict(pipeline)
         return Pipeline.from_yaml(pipeline)
 
-    def run(self, pipeline, params: dict | None = None, max_parallel: int | None = None) -> RunRecord:
+    def run(self, pipeline, params: dict | None = None, max_parallel: int | None = None, run_id: str | None = None,
+            trigger: str | None = None) -> RunRecord:
         """Validate, then run `pipeline` (a YAML path, a dict or a `Pipeline`) with `params`; returns the finished
-        run's record (its `status` is `succeeded` or `failed`; a failed run can be resumed)."""
+        run's record (its `status` is `succeeded`, `failed` or `cancelled`; such a run can be resumed).
+        `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers."""
         ws = self.ws
         _check_parallel(max_parallel)
         p = self.load(pipeline)
         values = p.resolve_params(params)
         self._check_regions(p)
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
-        run_id = f"{p.name}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id
         folder.mkdir(parents=True)
         rec = RunRecord(run_id, p.name, "running", values, p.to_dict(), str(p.source) if p.source else None, str(folder),
@@ -177,8 +188,49 @@ class Pipelines:
             c.execute(table("pipeline_steps").insert(), [{"run_id": run_id, "name": s.name, "status": "pending", "attempts": 0}
                                                          for s in p.steps])
             ws.lineage.add(f"pipeline:{p.name}", f"pipeline_run:{run_id}", conn=c)
+            if trigger: ws.lineage.add(trigger, f"pipeline_run:{run_id}", conn=c)
             if rec.mlflow_run_id: ws.lineage.add(f"pipeline_run:{run_id}", f"mlflow_run:{rec.mlflow_run_id}", conn=c)
         return self._execute(p, rec, max_parallel or p.max_parallel, "pipeline.run")
+
+    @staticmethod
+    def new_run_id(pipeline_name: str) -> str:
+        return f"{pipeline_name}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+    def cancel(self, run_id: str, reason: str | None = None, wait: float = 0) -> RunRecord:
+        """Ask the runner of `run_id` (in whichever process) to stop its steps; with `wait`, up to that many seconds
+        for the run to end. A run whose runner is gone is marked cancelled at once."""
+        import sqlalchemy as sa
+        ws = self.ws
+        rec = self.get(run_id)
+        if rec.status != "running":
+            raise ValidationError(f"run {run_id} is not running (it {rec.status})", hint="only a running run can be cancelled")
+        ws.governance.authorize("pipelines:run", rec.pipeline, "pipeline.cancel", ws.config.workspace.region)
+        reason = reason or f"cancelled by {ws.principal.name}"
+        t = table("pipeline_cancels")
+        with ws.engine.begin() as c:
+            c.execute(t.delete().where(t.c.run_id == run_id))
+            c.execute(t.insert().values(run_id=run_id, requested_by=ws.principal.name, reason=reason, requested_at=utcnow()))
+        ws.governance.audit.append(ws.principal.name, "pipeline.cancel", f"pipeline_run:{run_id}", "success",
+                                   ws.config.workspace.region, {"reason": reason})
+        if not self._alive(rec):  # nobody left to see the request
+            for s in rec.steps.values():
+                if s.status == "running": s.status, s.error, s.finished_at = "failed", reason, utcnow()
+            rec.status, rec.finished_at = "cancelled", utcnow()
+            self._save_run(rec)
+            return rec
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            rec = self.get(run_id)
+            if rec.status != "running": return rec
+            time.sleep(0.2)
+        return self.get(run_id)
+
+    def _cancel_request(self, run_id: str) -> str | None:
+        import sqlalchemy as sa
+        t = table("pipeline_cancels")
+        with self.ws.engine.connect() as c:
+            r = c.execute(sa.select(t.c.reason).where(t.c.run_id == run_id)).first()
+        return r.reason if r else None
 
     def resume(self, run_id: str, max_parallel: int | None = None) -> RunRecord:
         "Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs."
@@ -194,6 +246,8 @@ class Pipelines:
         for s in rec.steps.values():
             if s.status != "succeeded": s.status, s.error = "pending", None
         rec.status, rec.finished_at = "running", None
+        t = table("pipeline_cancels")
+        with ws.engine.begin() as c: c.execute(t.delete().where(t.c.run_id == run_id))  # an old request must not stop the resumed run
         self._save_run(rec)
         if rec.mlflow_run_id: self.ws.mlflow_client().update_run(rec.mlflow_run_id, status="RUNNING")
         return self._execute(p, rec, max_parallel or p.max_parallel, "pipeline.resume")
@@ -219,17 +273,19 @@ class Pipelines:
         with ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="pipeline-step") as pool:
             running = {}
             try: self._schedule(p, rec, pool, running, outputs, failed, max_parallel, stop, live)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, _Cancelled) as e:
                 stop.set()
                 for pid in list(live.values()): _kill_tree(pid)
+                why = f"cancelled: {e}" if isinstance(e, _Cancelled) else "interrupted (Ctrl-C)"
                 for fut, name in running.items():
                     fut.exception()  # the step's thread returns once its process is gone
                     s = rec.steps[name]
-                    s.status, s.error, s.finished_at = "failed", "interrupted (Ctrl-C); resume runs it again", utcnow()
+                    s.status, s.error, s.finished_at = "failed", f"{why}; resume runs it again", utcnow()
                     self._save_step(rec.id, s)
                     failed.add(name)
-                self._finish(rec, failed, action)
-                raise
+                self._finish(rec, failed, action, cancelled=why)
+                if isinstance(e, KeyboardInterrupt): raise
+                return rec
         return self._finish(rec, failed, action)
 
     def _schedule(self, p, rec, pool, running, outputs, failed, max_parallel, stop, live):
@@ -247,7 +303,9 @@ class Pipelines:
                     self._save_step(rec.id, s)
                     running[pool.submit(self._run_step, p, rec, name, dict(outputs), stop, live)] = name
             if not running: break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+            reason = self._cancel_request(rec.id)
+            if reason: raise _Cancelled(reason)
             for fut in done:
                 name = running.pop(fut)
                 s = rec.steps[name]
@@ -259,9 +317,10 @@ class Pipelines:
                 self._save_step(rec.id, s)
                 self._mlflow_step(rec, s)
 
-    def _finish(self, rec: RunRecord, failed: set, action: str) -> RunRecord:
+    def _finish(self, rec: RunRecord, failed: set, action: str, cancelled: str | None = None) -> RunRecord:
         ws = self.ws
         rec.status = "succeeded" if all(s.status == "succeeded" for s in rec.steps.values()) else "failed"
+        if cancelled: rec.status = "cancelled"
         rec.finished_at = utcnow()
         self._save_run(rec)
         self._mlflow_end(rec)
@@ -270,7 +329,16 @@ class Pipelines:
                                    "success" if rec.status == "succeeded" else "failure", ws.config.workspace.region,
                                    {"pipeline": rec.pipeline, "status": rec.status, "failed_steps": sorted(failed),
                                     "steps": {n: s.status for n, s in rec.steps.items()}})
+        if rec.status in ("succeeded", "failed"): self._notify(rec)
         return rec
+
+    def _notify(self, rec: RunRecord):
+        steps = {n: s.status for n, s in rec.steps.items()}
+        errors = {n: s.error.splitlines()[0][:300] for n, s in rec.steps.items() if s.error}
+        details = {"run": rec.id, "pipeline": rec.pipeline, "status": rec.status, "steps": steps, "errors": errors,
+                   "folder": rec.folder, "started_by": rec.started_by}
+        if rec.status == "failed": details["resume"] = f"mlplat pipelines resume {rec.id}"
+        self.ws.notifier.send(f"pipeline.{rec.status}", f"pipeline {rec.pipeline}: run {rec.id} {rec.status}", details)
 
     def _run_step(self, p: Pipeline, rec: RunRecord, name: str, outputs: dict, stop=None, live=None):
         "Render the step's parameters, check them, execute with retries; fills the StepRecord."
@@ -295,7 +363,7 @@ class Pipelines:
             s.attempts += 1
             self._save_step(rec.id, s)
             error = execute_step(step.notebook, out, values, step.kernel, step.timeout, env, log,
-                                 on_start=lambda pid: live.__setitem__(name, pid))
+                                 on_start=lambda pid: live.__setitem__(name, pid), stop=stop)
             live.pop(name, None)
             if error is None:
                 s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), read_outputs(out)
@@ -345,8 +413,13 @@ class Pipelines:
     def _mlflow_start(self, run_id: str, p: Pipeline, values: dict) -> str:
         client = self.ws.mlflow_client()
         exp = client.get_experiment_by_name("pipelines")
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            "pipelines", artifact_location=f"{self.ws.config.artifact_root.rstrip('/')}/pipelines")
+        if exp: exp_id = exp.experiment_id
+        else:
+            try: exp_id = client.create_experiment("pipelines", artifact_location=f"{self.ws.config.artifact_root.rstrip('/')}/pipelines")
+            except Exception:  # another process created it a moment ago
+                exp = client.get_experiment_by_name("pipelines")
+                if exp is None: raise
+                exp_id = exp.experiment_id
         run = client.create_run(exp_id, run_name=run_id, tags={"mlplat.pipeline": p.name, "mlplat.pipeline_run": run_id})
         for k, v in values.items(): client.log_param(run.info.run_id, k, json.dumps(v)[:500])
         return run.info.run_id
