@@ -51,8 +51,8 @@ nbtest: install
 	nbdev_test --n_workers 2 --timing
 
 pytest: install ## two workers, one test file per worker (servers and Ray stay within a file); then the heaviest test alone
-	pytest -n 2 --dist loadfile --durations=12 tests/ --ignore=tests/test_pipeline_churn.py
-	pytest --durations=1 tests/test_pipeline_churn.py
+	pytest -n 2 --dist loadfile --durations=12 tests/ --ignore=tests/test_demo.py
+	pytest --durations=1 tests/test_demo.py
 
 bench: install ## import, features, launch, serving and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
@@ -60,6 +60,7 @@ bench: install ## import, features, launch, serving and pipeline benchmarks (ser
 	python benchmarks/bench_launch.py
 	python benchmarks/serving.py
 	python benchmarks/bench_pipelines.py
+	python benchmarks/bench_demo.py
 
 clean-demo:
 	rm -rf mlplat-demo

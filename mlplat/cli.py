@@ -32,6 +32,7 @@ def _table(rows: list[dict], cols: list[str]):
 def _cell(v) -> str:
     if isinstance(v, (list, tuple)): return ",".join(map(str, v))
     if isinstance(v, dict): return ",".join(f"{k}={x}" for k, x in v.items())
+    if isinstance(v, float): return f"{v:.4g}"
     return "" if v is None else str(v)
 
 def _out(args, obj, rows=None, cols=None):
@@ -256,6 +257,9 @@ def cmd_scheduler(args):
 
 def cmd_monitor(args):
     ws = _ws(args)
+    if args.action == "timeline":
+        rows = ws.monitoring.timeline(args.name, args.model, args.window, args.every, args.since, args.until)
+        return _out(args, rows, rows, ["start", "version", "predictions", "drifted", "max_psi", "labelled", "accuracy", "auc"])
     rep = ws.monitoring.report(args.name, args.model, args.window, args.since, args.until, alert=not args.no_alerts)
     if args.json: _print_json(rep)
     else:
@@ -384,7 +388,7 @@ def cmd_ab(args):
 
 def cmd_demo(args):
     from mlplat.demo import run_demo
-    run_demo(home=args.home or "mlplat-demo", customers=args.customers, days=args.days, as_json=args.json)
+    run_demo(home=args.home or "mlplat-demo", customers=args.customers, days=args.days, epochs=args.epochs, as_json=args.json)
 
 # %% ../notebooks/30_cli.ipynb #23a4b82a
 def build_parser() -> argparse.ArgumentParser:
@@ -497,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--since", help="ISO start time (instead of --window)"); x.add_argument("--until", help="ISO end time (default now)")
     x.add_argument("--no-alerts", action="store_true", help="report without auditing alerts")
     x.add_argument("--fail-on-alert", action="store_true", help="exit 1 when there is an alert (for pipelines and cron)")
+    x = ms_.add_parser("timeline", help="drift and accuracy per time bucket (read-only; what dashboards plot)")
+    x.add_argument("name"); x.add_argument("--model"); x.add_argument("--window", default="7d", help="how far back (default 7d)")
+    x.add_argument("--every", default="1d", help="bucket length: 1h, 1d, ... (default 1d)")
+    x.add_argument("--since"); x.add_argument("--until")
     for x in ms_.choices.values(): _leaf(x, common)
 
     s = cmd("models", cmd_models, "register ONNX versions of trained models, gate and promote them", json_flag=False)
@@ -549,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = au.add_parser("list", help="newest records"); x.add_argument("--limit", type=int, default=20)
     for x in au.choices.values(): _leaf(x, common)
 
-    s = cmd("demo", cmd_demo, "run the end-to-end demo on an embedded workspace (default ./mlplat-demo)")
+    s = cmd("demo", cmd_demo, "run the churn pipeline end to end on an embedded workspace (default ./mlplat-demo)")
     s.add_argument("--customers", type=int, default=1000); s.add_argument("--days", type=int, default=90)
+    s.add_argument("--epochs", type=int, default=6, help="champion training epochs (the challenger trains 2 fewer)")
     return p
 
 def _leaf(parser, common):

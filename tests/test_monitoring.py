@@ -70,6 +70,13 @@ def test_drift_is_alerted_only_for_shifted_traffic(ws, home, server, webhook):
     assert low["metric"] == "accuracy" and low["value"] < 0.95, rep["alerts"]
     assert len(got) == 2 and any("accuracy" in line and "below 0.95" in line for line in got[1]["details"]["alerts"]), got[1]
     assert json.loads(run_cli("monitor", "report", "risk", "--since", t0, "--until", t1, "--json", check=0).stdout)["alerts"] == []
+    # over time: the calm bucket, then the shifted one, with drift and accuracy each (what the dashboard plots)
+    span = (datetime.fromisoformat(t1) - datetime.fromisoformat(t0)).total_seconds()
+    rows = json.loads(run_cli("monitor", "timeline", "risk", "--since", t0, "--every", f"{span:.6f}s", "--json", check=0).stdout)
+    calm_row, shifted_row = rows
+    assert calm_row["predictions"] == shifted_row["predictions"] == 300 and calm_row["drifted"] == []
+    assert "input[2]" in shifted_row["drifted"] and calm_row["accuracy"] > shifted_row["accuracy"] and calm_row["auc"] > 0.9
+    assert "every" in run_cli("monitor", "timeline", "risk", "--every", "0s", check=1).stderr
 
 
 def test_too_few_predictions_are_not_judged_and_unknown_names_are_clear(ws, server):

@@ -14,10 +14,18 @@ __all__ = ['psi', 'FeatureDrift', 'compare']
 
 # %% ../../notebooks/70_monitoring_drift.ipynb #cfb97135
 def psi(reference, current, bins: int = 10, eps: float = 1e-4) -> float:
-    "Population stability index of `current` against `reference` over quantile bins of the reference."
+    """Population stability index of `current` against `reference` over quantile bins of the reference. A feature
+    with at most `bins` distinct reference values (a flag, a one-hot column, a small count) is binned by value:
+    quantile edges would collapse into one bin there, and PSI would read 0 whatever happened."""
     ref, cur = np.asarray(reference, float), np.asarray(current, float)
     ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
     if len(ref) == 0 or len(cur) == 0: return float("nan")
+    values = np.unique(ref)
+    if len(values) <= bins:
+        p = np.array([np.sum(ref == v) for v in values] + [0.0]) / len(ref)
+        q = np.array([np.sum(cur == v) for v in values] + [0.0]) / len(cur)
+        q[-1] = 1 - q[:-1].sum()  # values the reference never had
+        return _category_psi(p, q, eps)
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
     if len(edges) < 2: edges = np.array([ref[0] - 0.5, ref[0] + 0.5])
     edges[0], edges[-1] = -np.inf, np.inf

@@ -117,6 +117,36 @@ class Monitor:
                                   "report": f"mlplat monitor report {name} --since {rep['since']} --until {rep['until']}"})
         return rep
 
+    def timeline(self, name: str, model: str | None = None, window: str = "7d", every: str = "1d", since=None, until=None) -> list[dict]:
+        """Drift and accuracy per time bucket (`every`) over the window, oldest first: one row per bucket and served
+        version with its predictions, drifted features, largest PSI, and accuracy/AUC of the labelled predictions.
+        Read-only (nothing is alerted): what a dashboard plots."""
+        ws, cfg = self.ws, self.ws.config.monitoring
+        ws.governance.authorize("monitoring:run", name)
+        until = _when(until) or datetime.now(timezone.utc)
+        since = _when(since) or until - parse_window(window)
+        step = parse_window(every)
+        if step.total_seconds() <= 0: raise ValidationError("every must be longer than 0")
+        if (until - since) / step > 1000: raise ValidationError(f"{every} buckets over {until - since} is over 1000 buckets", hint="choose a longer --every")
+        folder = ws.config.home/"predictions"/name
+        if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
+        recs = [r for r in read_predictions(folder, since, until) if r.get("variant") != "shadow"]
+        outcomes, model = self._outcomes(name), model or name
+        buckets: dict = {}
+        for r in recs: buckets.setdefault(int((datetime.fromisoformat(r["ts"]) - since) / step), []).append(r)
+        out = []
+        for i in sorted(buckets):
+            start = since + i * step
+            for version in sorted({r["version"] for r in buckets[i]}, key=lambda v: int(v) if str(v).isdigit() else 0):
+                v = self._version(model, version, [r for r in buckets[i] if r["version"] == version], outcomes, cfg)
+                drifts = v.get("features", []) + v.get("predictions_drift", [])
+                out.append({"start": start.isoformat(), "end": min(start + step, until).isoformat(), "version": version,
+                            "predictions": v["predictions"], "judged": v["judged"],
+                            "drifted": [f["feature"] for f in drifts if f["drifted"]],
+                            "max_psi": max((f["psi"] for f in drifts if f["psi"] == f["psi"]), default=None),
+                            **{k: val for k, val in (v.get("accuracy") or {}).items()}})
+        return out
+
     def _version(self, model, version, rows, outcomes, cfg) -> dict:
         out = {"version": version, "predictions": len(rows)}
         if len(rows) < cfg.min_rows:
@@ -124,10 +154,13 @@ class Monitor:
             out["note"] = f"{len(rows)} predictions; at least {cfg.min_rows} are needed to judge drift (monitoring.min_rows)"
             return out
         ref = self.reference(model, int(version))
-        cur_in = {k: np.concatenate([np.asarray(r["inputs"][k], dtype=float).reshape(len(np.atleast_2d(r["inputs"][k])), -1)
+        # decoded in the model's own dtypes: the log holds the shortest text of each float32, which read as float64
+        # differs from the reference's value in the last bits — and KS sees every such shift on a flag or a count
+        cur_in = {k: np.concatenate([np.asarray(r["inputs"][k], dtype=ref["inputs"][k].dtype).reshape(len(np.atleast_2d(r["inputs"][k])), -1)
                                      for r in rows]) for k in ref["inputs"]}
-        cur_out = {k: np.concatenate([np.asarray(r["outputs"][k]).reshape(len(np.atleast_1d(r["outputs"][k])), -1)
-                                      if np.asarray(r["outputs"][k]).ndim > 1 else np.atleast_1d(r["outputs"][k]) for r in rows])
+        cur_out = {k: np.concatenate([np.asarray(r["outputs"][k], dtype=ref["outputs"][k].dtype).reshape(len(np.atleast_1d(r["outputs"][k])), -1)
+                                      if np.asarray(r["outputs"][k]).ndim > 1 else np.atleast_1d(np.asarray(r["outputs"][k], dtype=ref["outputs"][k].dtype))
+                                      for r in rows])
                    for k in ref["outputs"] if all(k in r["outputs"] for r in rows)}
         kw = dict(psi_threshold=cfg.psi_threshold, p_value=cfg.p_value, require_both=cfg.require_both)
         ref_cols, cur_cols = _columns(ref["inputs"], ref["names"]), _columns(cur_in, ref["names"])

@@ -295,6 +295,7 @@ class Pipelines:
                 s = rec.steps[name]
                 if s.status != "pending" or name in running.values(): continue
                 deps = p.step(name).depends_on
+                if set(deps) & set(running.values()): continue  # a step's thread sets its status before this loop collects its outputs
                 if any(rec.steps[d].status in ("failed", "skipped") for d in deps):
                     s.status, s.error = "skipped", f"not run: {', '.join(d for d in deps if rec.steps[d].status != 'succeeded')} did not succeed"
                     self._save_step(rec.id, s)
