@@ -182,7 +182,9 @@ def cmd_pipelines(args):
     ws = _ws(args)
     pl, a = ws.pipelines, args.action
     if a in ("run", "resume"):
-        rec = pl.run(args.file, _pipeline_params(args.param), args.max_parallel) if a == "run" else pl.resume(args.id, args.max_parallel)
+        trigger = f"schedule:{os.environ['MLPLAT_SCHEDULE']}" if os.environ.get("MLPLAT_SCHEDULE") else None  # set in CronJob pods
+        rec = (pl.run(args.file, _pipeline_params(args.param), args.max_parallel, trigger=trigger) if a == "run"
+               else pl.resume(args.id, args.max_parallel))
         _show_run(args, rec)
         if rec.status != "succeeded": raise SystemExit(1)
     elif a == "show": _show_run(args, pl.get(args.id))
@@ -236,6 +238,8 @@ def cmd_schedule(args):
         from mlplat.pipelines.schedule import cronjob, validate_cronjob
         m = cronjob(ws, sc.get(args.name), args.image, args.namespace)
         validate_cronjob(m)
+        print(f"note: once this CronJob runs the schedule, pause it here (mlplat schedule pause {args.name}), "
+              f"or `mlplat scheduler` will run each slot too", file=sys.stderr)
         if args.json: return _print_json(m)
         sys.stdout.write(yaml.safe_dump(m, sort_keys=False))
 
@@ -248,7 +252,8 @@ def cmd_scheduler(args):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ws = _ws(args)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop between ticks, never in the middle of claiming a slot
+        signal.signal(sig, lambda *_: stop.set())
     sched = Scheduler(ws, args.tick, args.max_running)
     print(f"scheduler {sched.id}: {len(ws.schedules.list())} schedule(s); Ctrl-C stops it (running runs are cancelled, "
           f"and stay resumable)", file=sys.stderr, flush=True)

@@ -97,7 +97,9 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     th.start()
     try: _progress(ws, run_id, th, as_json)
     except KeyboardInterrupt:  # the runner is in another thread: ask it to stop its steps
-        ws.pipelines.cancel(run_id, "demo interrupted (Ctrl-C)", wait=60)
+        from mlplat.errors import MlplatError
+        try: ws.pipelines.cancel(run_id, "demo interrupted (Ctrl-C)", wait=60)
+        except MlplatError: pass  # not recorded yet, or already over: nothing left to stop
         raise
     if "error" in box: raise box["error"]
     rec = box["rec"]

@@ -35,6 +35,13 @@ def _email(body: dict, cfg) -> EmailMessage:
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
+def _redact(url: str) -> str:
+    "scheme://host/… — webhook paths and queries often hold the secret (Slack, Teams), and logs and the audit trail must not."
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    host = u.hostname or ""
+    return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}/…"
+
 class Notifier:
     "Sends workspace events to the configured webhooks and e-mail addresses (`ws.notifier`)."
     def __init__(self, ws): self.ws = ws
@@ -49,8 +56,8 @@ class Notifier:
         cfg = self.ws.config
         body = _body(event, subject, details, cfg)
         results = {}
-        for url in cfg.notifications.webhooks:
-            results[f"webhook {url}"] = self._attempts(lambda: self._post(url, body))
+        for i, url in enumerate(cfg.notifications.webhooks, 1):
+            results[f"webhook #{i} {_redact(url)}"] = self._attempts(lambda: self._post(url, body))
         if cfg.notifications.email_to:
             results[f"email {', '.join(cfg.notifications.email_to)}"] = self._attempts(lambda: self._mail(body))
         for channel, outcome in results.items():
@@ -81,10 +88,13 @@ class Notifier:
 
     def _mail(self, body: dict):
         import smtplib
+        import ssl
         n = self.ws.config.notifications
-        kind = smtplib.SMTP_SSL if n.smtp_ssl else smtplib.SMTP
-        with kind(n.smtp_host, n.smtp_port, timeout=n.timeout_seconds) as s:
-            if n.smtp_starttls: s.starttls()
+        tls = ssl.create_default_context()  # verify the server: the login must not go to whoever answers
+        conn = (smtplib.SMTP_SSL(n.smtp_host, n.smtp_port, timeout=n.timeout_seconds, context=tls) if n.smtp_ssl
+                else smtplib.SMTP(n.smtp_host, n.smtp_port, timeout=n.timeout_seconds))
+        with conn as s:
+            if n.smtp_starttls: s.starttls(context=tls)
             if n.smtp_user:
                 password = os.environ.get(n.smtp_password_env)
                 if password is None: raise RuntimeError(f"{n.smtp_password_env} is not set (notifications.smtp_password_env)")

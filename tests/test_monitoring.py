@@ -34,6 +34,7 @@ def test_drift_is_alerted_only_for_shifted_traffic(ws, home, server, webhook):
     shifted[:, 2] += 1.5                                        # feature 2 moves by 1.5 standard deviations
     send(url, shifted, "shifted")
     time.sleep(0.5)
+    t2 = datetime.now(timezone.utc).isoformat()
 
     hook, got = webhook
     configure(home, hook, ["monitoring.alert"])
@@ -71,8 +72,10 @@ def test_drift_is_alerted_only_for_shifted_traffic(ws, home, server, webhook):
     assert len(got) == 2 and any("accuracy" in line and "below 0.95" in line for line in got[1]["details"]["alerts"]), got[1]
     assert json.loads(run_cli("monitor", "report", "risk", "--since", t0, "--until", t1, "--json", check=0).stdout)["alerts"] == []
     # over time: the calm bucket, then the shifted one, with drift and accuracy each (what the dashboard plots)
-    span = (datetime.fromisoformat(t1) - datetime.fromisoformat(t0)).total_seconds()
-    rows = json.loads(run_cli("monitor", "timeline", "risk", "--since", t0, "--every", f"{span:.6f}s", "--json", check=0).stdout)
+    T0, T1, T2 = (datetime.fromisoformat(t) for t in (t0, t1, t2))
+    span = max(T1 - T0, T2 - T1)                                # buckets [T1 - span, T1) and [T1, T1 + span)
+    rows = json.loads(run_cli("monitor", "timeline", "risk", "--since", (T1 - span).isoformat(), "--until", t2,
+                              "--every", f"{span.total_seconds():.6f}s", "--json", check=0).stdout)
     calm_row, shifted_row = rows
     assert calm_row["predictions"] == shifted_row["predictions"] == 300 and calm_row["drifted"] == []
     assert "input[2]" in shifted_row["drifted"] and calm_row["accuracy"] > shifted_row["accuracy"] and calm_row["auc"] > 0.9

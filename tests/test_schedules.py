@@ -65,7 +65,8 @@ def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, ho
     ran = lines[0::2]
     assert len(ran) == len(set(ran)), "a run executed twice"
     assert set(lines[1::2]) == {"scheduled"}
-    assert {f["run_id"] for f in fired if f["status"] == "succeeded"} <= set(ran)
+    # every notebook execution belongs to a fire, and every fire that succeeded executed it
+    assert {f["run_id"] for f in fired if f["status"] == "succeeded"} <= set(ran) <= {f["run_id"] for f in fired}
     assert all(f["status"] in ("succeeded", "skipped", "cancelled") for f in fires), fires
     # every run is linked to its schedule, and each one notified
     linked = {n.split(":", 1)[1] for n in ws.lineage.of("schedule:every4s")["downstream_nodes"] if n.startswith("pipeline_run:")}
@@ -93,7 +94,7 @@ def test_overlap_replace_cancels_the_running_run(ws, home, tmp_path):
         wait_for(lambda: ws.pipelines.get(first["run_id"]).status != "running", 30, "the first run to stop")
         assert ws.pipelines.get(first["run_id"]).status == "cancelled"
         assert "replaced by the run of slot" in ws.pipelines.get(first["run_id"]).steps["slow"].error
-        assert ws.schedules.history("replace")[-1]["status"] in ("cancelled", "running")
+        wait_for(lambda: len(list(tmp_path.glob("kernel-*.pid"))) >= 2, 60, "the second run's kernel")
         kernels = [int(f.stem.split("-")[1]) for f in tmp_path.glob("kernel-*.pid")]
         assert stop(s) == 0                                   # stopping cancels the second run too
         s = None

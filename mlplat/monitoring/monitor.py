@@ -122,7 +122,7 @@ class Monitor:
         version with its predictions, drifted features, largest PSI, and accuracy/AUC of the labelled predictions.
         Read-only (nothing is alerted): what a dashboard plots."""
         ws, cfg = self.ws, self.ws.config.monitoring
-        ws.governance.authorize("monitoring:run", name)
+        ws.governance.authorize("monitoring:read", name)
         until = _when(until) or datetime.now(timezone.utc)
         since = _when(since) or until - parse_window(window)
         step = parse_window(every)
@@ -131,14 +131,14 @@ class Monitor:
         folder = ws.config.home/"predictions"/name
         if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         recs = [r for r in read_predictions(folder, since, until) if r.get("variant") != "shadow"]
-        outcomes, model = self._outcomes(name), model or name
+        outcomes, model, refs = self._outcomes(name), model or name, {}
         buckets: dict = {}
         for r in recs: buckets.setdefault(int((datetime.fromisoformat(r["ts"]) - since) / step), []).append(r)
         out = []
         for i in sorted(buckets):
             start = since + i * step
             for version in sorted({r["version"] for r in buckets[i]}, key=lambda v: int(v) if str(v).isdigit() else 0):
-                v = self._version(model, version, [r for r in buckets[i] if r["version"] == version], outcomes, cfg)
+                v = self._version(model, version, [r for r in buckets[i] if r["version"] == version], outcomes, cfg, refs)
                 drifts = v.get("features", []) + v.get("predictions_drift", [])
                 out.append({"start": start.isoformat(), "end": min(start + step, until).isoformat(), "version": version,
                             "predictions": v["predictions"], "judged": v["judged"],
@@ -147,13 +147,14 @@ class Monitor:
                             **{k: val for k, val in (v.get("accuracy") or {}).items()}})
         return out
 
-    def _version(self, model, version, rows, outcomes, cfg) -> dict:
+    def _version(self, model, version, rows, outcomes, cfg, refs: dict | None = None) -> dict:
         out = {"version": version, "predictions": len(rows)}
         if len(rows) < cfg.min_rows:
             out["judged"] = False
             out["note"] = f"{len(rows)} predictions; at least {cfg.min_rows} are needed to judge drift (monitoring.min_rows)"
             return out
-        ref = self.reference(model, int(version))
+        refs = {} if refs is None else refs  # a timeline asks for the same version's reference once per bucket
+        ref = refs.get(version) or refs.setdefault(version, self.reference(model, int(version)))
         # decoded in the model's own dtypes: the log holds the shortest text of each float32, which read as float64
         # differs from the reference's value in the last bits — and KS sees every such shift on a flag or a count
         cur_in = {k: np.concatenate([np.asarray(r["inputs"][k], dtype=ref["inputs"][k].dtype).reshape(len(np.atleast_2d(r["inputs"][k])), -1)

@@ -278,8 +278,10 @@ class Pipelines:
                 for pid in list(live.values()): _kill_tree(pid)
                 why = f"cancelled: {e}" if isinstance(e, _Cancelled) else "interrupted (Ctrl-C)"
                 for fut, name in running.items():
-                    fut.exception()  # the step's thread returns once its process is gone
                     s = rec.steps[name]
+                    if fut.exception() is None and s.status == "succeeded":  # it finished before the stop reached it
+                        s.finished_at = utcnow(); self._save_step(rec.id, s); self._mlflow_step(rec, s)
+                        continue
                     s.status, s.error, s.finished_at = "failed", f"{why}; resume runs it again", utcnow()
                     self._save_step(rec.id, s)
                     failed.add(name)
@@ -305,8 +307,6 @@ class Pipelines:
                     running[pool.submit(self._run_step, p, rec, name, dict(outputs), stop, live)] = name
             if not running: break
             done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
-            reason = self._cancel_request(rec.id)
-            if reason: raise _Cancelled(reason)
             for fut in done:
                 name = running.pop(fut)
                 s = rec.steps[name]
@@ -317,6 +317,8 @@ class Pipelines:
                 else: failed.add(name)
                 self._save_step(rec.id, s)
                 self._mlflow_step(rec, s)
+            reason = self._cancel_request(rec.id)  # after collecting: a step that finished keeps its result
+            if reason: raise _Cancelled(reason)
 
     def _finish(self, rec: RunRecord, failed: set, action: str, cancelled: str | None = None) -> RunRecord:
         ws = self.ws

@@ -17,15 +17,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..db import table, utcnow
-from ..errors import ConflictError, NotFoundError, ValidationError
+from ..errors import ConflictError, MlplatError, NotFoundError, ValidationError
 
 log = logging.getLogger("mlplat.scheduler")
 MISFIRE, OVERLAP = ("skip", "run_once"), ("forbid", "allow", "replace")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 
 # %% auto #0
-__all__ = ['log', 'MISFIRE', 'OVERLAP', 'slot_key', 'parse_slot', 'check_cron', 'Schedule', 'Schedules', 'Scheduler', 'cronjob',
-           'validate_cronjob']
+__all__ = ['log', 'MISFIRE', 'OVERLAP', 'HEARTBEAT_SECONDS', 'slot_key', 'parse_slot', 'check_cron', 'Schedule', 'Schedules',
+           'Scheduler', 'cronjob', 'validate_cronjob']
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #fad8f6ea
 def _aware(dt: datetime | None) -> datetime | None:
@@ -64,15 +64,21 @@ class Schedule:
     active_since: datetime | None = None
 
     def slots(self, after: datetime, until: datetime, cap: int = 1000) -> list[datetime]:
-        "The slots in (after, until], UTC, oldest first; at most the newest `cap`."
+        """The slots in (after, until], UTC, oldest first; at most the newest `cap`. When clocks go back, a local time
+        that happens twice (01:30 on the night DST ends) is one slot, not two."""
         from zoneinfo import ZoneInfo
 
         from croniter import croniter
-        it = croniter(self.cron, after.astimezone(ZoneInfo(self.timezone)))
-        out = []
+        tz = ZoneInfo(self.timezone)
+        it = croniter(self.cron, after.astimezone(tz))
+        out, last_wall = [], after.astimezone(tz).replace(tzinfo=None)
         while True:
-            nxt = it.get_next(datetime).astimezone(timezone.utc)
+            local = it.get_next(datetime)
+            nxt = local.astimezone(timezone.utc)
             if nxt > until: return out
+            wall = local.replace(tzinfo=None)
+            if wall == last_wall: continue
+            last_wall = wall
             out.append(nxt)
             if len(out) > cap: out.pop(0)
 
@@ -178,9 +184,11 @@ class Schedules:
         return [{"id": r.id, "host": r.host, "pid": r.pid, "seen_at": _aware(r.seen_at).isoformat()}
                 for r in rows if _aware(r.seen_at) >= fresh]
 
+HEARTBEAT_SECONDS = 5.0
+
 def _stale_after(cfg) -> float:
-    "A scheduler not seen for this long is gone."
-    return max(3 * cfg.scheduler.tick_seconds, 30.0)
+    "A scheduler not seen for this long is gone (its heartbeat thread beats every HEARTBEAT_SECONDS, whatever its tick)."
+    return 30.0
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #90b1bd47
 class Scheduler:
@@ -189,9 +197,12 @@ class Scheduler:
     def __init__(self, ws, tick_seconds: float | None = None, max_running: int | None = None):
         self.ws, cfg = ws, ws.config.scheduler
         self.tick_seconds = tick_seconds or cfg.tick_seconds
+        if self.tick_seconds <= 0: raise ValidationError(f"the tick must be longer than 0 s, not {self.tick_seconds}")
+        if max_running is not None and max_running < 1: raise ValidationError(f"max_running must be at least 1, not {max_running}")
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.slots = threading.BoundedSemaphore(max_running or cfg.max_running)
         self.threads: dict[str, threading.Thread] = {}   # run id -> the thread running it
+        self.started: set = set()                         # run ids whose pipeline run has begun (past the max_running wait)
         self.stopping = threading.Event()
         self.started_at = utcnow()
 
@@ -200,6 +211,8 @@ class Scheduler:
         "Tick until `stop` is set (or Ctrl-C); then cancel this process's runs, which stay resumable."
         stop = stop or self.stopping
         self._reconcile()
+        beat = threading.Thread(target=self._beat, args=(stop,), name="scheduler-heartbeat", daemon=True)
+        beat.start()
         log.warning("scheduler %s started: %d schedule(s), tick %.3g s", self.id, len(self.ws.schedules.list()), self.tick_seconds)
         try:
             while not stop.is_set():
@@ -207,6 +220,12 @@ class Scheduler:
                 except Exception as e: log.exception("scheduler tick failed: %s", e)  # a bad tick must not end the scheduler
                 stop.wait(self.tick_seconds)
         finally: self.shutdown()
+
+    def _beat(self, stop: threading.Event):
+        "Heartbeats from their own thread: a tick that waits (a cancel, a slow webhook) must not make this scheduler look gone."
+        while not stop.wait(HEARTBEAT_SECONDS) and not self.stopping.is_set():
+            try: self._heartbeat(utcnow())
+            except Exception as e: log.warning("heartbeat failed: %s", e)
 
     def tick(self, now: datetime | None = None) -> list[tuple[str, str, str]]:
         "Look at every schedule once; returns what was decided: (schedule, slot, status)."
@@ -235,21 +254,21 @@ class Scheduler:
         if not self._claim(s, newest, "starting", note): return []   # another scheduler fired it
         if missed: self._notify("schedule.missed", s, newest, f"schedule {s.name}: {note}",
                                 {"policy": f"misfire: {s.misfire}", "running_now": slot_key(newest)})
-        return [(s.name, slot_key(newest), self._fire(s, newest))]
+        try: return [(s.name, slot_key(newest), self._fire(s, newest))]
+        except BaseException as e:  # claimed but not started: say so rather than leave it `starting`
+            self._update(s.name, slot_key(newest), "error", detail=f"{type(e).__name__}: {e}", finished=True)
+            raise
 
     # one slot
     def _fire(self, s: Schedule, slot: datetime) -> str:
         ws, key = self.ws, slot_key(slot)
-        active = self._active_runs(s.name)
+        active = self._active_runs(s.name, key)
         if active and s.overlap == "forbid":
-            detail = f"not run: run {', '.join(active)} of this schedule is still running (overlap: forbid)"
+            detail = f"not run: {', '.join(active)} of this schedule is still running (overlap: forbid)"
             self._update(s.name, key, "skipped", detail=detail, finished=True)
             self._notify("schedule.skipped", s, slot, f"schedule {s.name}: slot {key} skipped", {"reason": detail})
             return "skipped"
-        if active and s.overlap == "replace":
-            for run_id in active:
-                try: ws.pipelines.cancel(run_id, f"replaced by the run of slot {key} (overlap: replace)", wait=120)
-                except Exception as e: log.warning("could not cancel %s: %s", run_id, e)
+        replace = [a.split(" ", 1)[1] for a in active if a.startswith("run ")] if s.overlap == "replace" else []
         try:
             p = ws.pipelines.load(s.pipeline)
             p.resolve_params(s.parameters)
@@ -260,17 +279,21 @@ class Scheduler:
             return "error"
         run_id = ws.pipelines.new_run_id(p.name)
         self._update(s.name, key, "running", run_id=run_id)
-        th = threading.Thread(target=self._run, args=(s, key, run_id), name=f"schedule-{s.name}", daemon=True)
+        th = threading.Thread(target=self._run, args=(s, key, run_id, replace), name=f"schedule-{s.name}", daemon=True)
         self.threads[run_id] = th
         th.start()
         return "running"
 
-    def _run(self, s: Schedule, key: str, run_id: str):
+    def _run(self, s: Schedule, key: str, run_id: str, replace: list):
+        for old in replace:  # overlap: replace — in this thread, so the tick (and the heartbeat) go on meanwhile
+            try: self.ws.pipelines.cancel(old, f"replaced by the run of slot {key} (overlap: replace)", wait=120)
+            except MlplatError as e: log.warning("could not cancel %s: %s", old, e)
         with self.slots:
             if self.stopping.is_set():
                 self._update(s.name, key, "cancelled", detail=f"scheduler {self.id} stopped before the run started", finished=True)
                 self.threads.pop(run_id, None)
                 return
+            self.started.add(run_id)
             try:
                 rec = self.ws.pipelines.run(s.pipeline, s.parameters, run_id=run_id, trigger=f"schedule:{s.name}")
                 self._update(s.name, key, rec.status, finished=True)
@@ -279,7 +302,7 @@ class Scheduler:
                 log.error("schedule %s, slot %s: %s", s.name, key, detail)
                 self._update(s.name, key, "error", detail=detail, finished=True)
                 self._notify("pipeline.failed", s, parse_slot(key), f"schedule {s.name}: run {run_id} could not run", {"error": detail})
-            finally: self.threads.pop(run_id, None)
+            finally: self.threads.pop(run_id, None); self.started.discard(run_id)
 
     def shutdown(self, wait: float = 60):
         "Cancel the runs this process started and wait for their threads (each cancel ends its step processes)."
@@ -287,7 +310,7 @@ class Scheduler:
         self.stopping.set()
         end = time.monotonic() + wait
         for run_id, th in list(self.threads.items()):
-            while th.is_alive() and time.monotonic() < end:
+            while run_id in self.started and th.is_alive() and time.monotonic() < end:  # the others see `stopping` and end
                 try: self.ws.pipelines.cancel(run_id, f"scheduler {self.id} stopped"); break
                 except NotFoundError: time.sleep(0.2)    # its record is being written: ask again
                 except ValidationError: break            # it has just ended
@@ -326,14 +349,15 @@ class Scheduler:
             key = c.execute(sa.select(sa.func.max(t.c.slot)).where(t.c.schedule == name)).scalar()
         return parse_slot(key) if key else None
 
-    def _active_runs(self, name: str) -> list[str]:
-        "Run ids of the schedule's fires still running under a live scheduler."
+    def _active_runs(self, name: str, except_slot: str) -> list[str]:
+        "What of the schedule still runs under a live scheduler: run ids, or `slot K` for a fire still starting."
         import sqlalchemy as sa
         t = table("schedule_fires")
         live = {x["id"] for x in self.ws.schedules.schedulers()} | {self.id}
         with self.ws.engine.connect() as c:
-            rows = c.execute(sa.select(t.c.run_id, t.c.scheduler).where((t.c.schedule == name) & (t.c.status.in_(("starting", "running"))))).all()
-        return [r.run_id for r in rows if r.run_id and r.scheduler in live]
+            rows = c.execute(sa.select(t.c.run_id, t.c.scheduler, t.c.slot).where(
+                (t.c.schedule == name) & (t.c.status.in_(("starting", "running"))) & (t.c.slot != except_slot))).all()
+        return [f"run {r.run_id}" if r.run_id else f"slot {r.slot}" for r in rows if r.scheduler in live]
 
     def _heartbeat(self, now: datetime):
         import sqlalchemy as sa
@@ -356,8 +380,9 @@ class Scheduler:
                     status="failed", detail=detail, finished_at=utcnow()))
 
     def _notify(self, event: str, s: Schedule, slot: datetime, subject: str, details: dict):
-        self.ws.notifier.send(event, subject, {"schedule": s.name, "pipeline": s.pipeline, "slot": slot_key(slot),
-                                               "scheduler": self.id, **details})
+        "In a thread of its own: a webhook that is down must not hold up the next slots."
+        body = {"schedule": s.name, "pipeline": s.pipeline, "slot": slot_key(slot), "scheduler": self.id, **details}
+        threading.Thread(target=self.ws.notifier.send, args=(event, subject, body), name="notify", daemon=True).start()
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #90705027
 def cronjob(ws, s: Schedule, image: str | None = None, namespace: str | None = None) -> dict:
@@ -373,7 +398,7 @@ def cronjob(ws, s: Schedule, image: str | None = None, namespace: str | None = N
     if len(s.cron.split()) != 5:
         raise ValidationError(f"Kubernetes CronJobs take five-field cron expressions; {s.cron!r} has seconds")
     home = str(ws.config.home)
-    args = ["pipelines", "run", s.pipeline] + [a for k_, v in s.parameters.items() for a in ("-p", f"{k_}={json.dumps(v)}")]
+    args = ["pipelines", "run", s.pipeline] + [a for k_, v in s.parameters.items() for a in ("-p", f"{k_}={_yaml_value(v)}")]
     name = re.sub(r"[^a-z0-9-]", "-", f"mlplat-{s.name}".lower())[:52].strip("-")
     container = {"name": "pipeline", "image": image, "command": ["mlplat"], "args": args,
                  "env": [{"name": "MLPLAT_HOME", "value": home}, {"name": "MLPLAT_SCHEDULE", "value": s.name},
@@ -389,11 +414,17 @@ def cronjob(ws, s: Schedule, image: str | None = None, namespace: str | None = N
                                 "spec": {"restartPolicy": "Never", "containers": [container],
                                          "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": k.home_claim}}]}}}}}
     if s.misfire == "skip":  # a start later than this counts as missed; without it Kubernetes runs one missed slot
-        spec["startingDeadlineSeconds"] = int(ws.config.scheduler.misfire_grace_seconds)
+        spec["startingDeadlineSeconds"] = max(10, int(ws.config.scheduler.misfire_grace_seconds))  # under 10 s Kubernetes may never start it
     return {"apiVersion": "batch/v1", "kind": "CronJob",
             "metadata": {"name": name, "namespace": namespace or k.namespace,
                          "labels": {"app.kubernetes.io/managed-by": "mlplat", "mlplat/schedule": name}},
             "spec": spec}
+
+def _yaml_value(v) -> str:
+    "A parameter value as `mlplat pipelines run -p` reads it back (YAML): 1e-05 must stay a number, 'yes' a string."
+    import yaml
+    text = yaml.safe_dump(v, default_flow_style=True, width=1 << 30)
+    return text[:-5] if text.endswith("\n...\n") else text.rstrip("\n")
 
 def validate_cronjob(manifest: dict, k8s_version: str = "1.33.0") -> None:
     "Validate against the Kubernetes OpenAPI schema (`kubernetes-validate`); raises `ValidationError` naming the field."
