@@ -42,10 +42,11 @@ def check_cron(expr: str, tz: str) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from croniter import croniter
-    if not isinstance(expr, str) or len(expr.split()) not in (5, 6) or not croniter.is_valid(expr):
+    shortcut = isinstance(expr, str) and expr.strip() in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+    if not isinstance(expr, str) or not (shortcut or len(expr.split()) in (5, 6)) or not croniter.is_valid(expr):
         raise ValidationError(f"{expr!r} is not a cron expression",
                               hint="five fields: minute hour day-of-month month day-of-week, e.g. '0 2 * * *' (02:00 daily); "
-                                   "a sixth field is seconds")
+                                   "a sixth field is seconds; or @hourly, @daily, @weekly, @monthly, @yearly")
     try: ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError): raise ValidationError(f"unknown time zone {tz!r}", hint="an IANA name, e.g. UTC or Asia/Dubai") from None
 
@@ -395,7 +396,7 @@ def cronjob(ws, s: Schedule, image: str | None = None, namespace: str | None = N
     if not k.home_claim:
         raise ValidationError("kubernetes.home_claim is empty: the pod could not reach the workspace (DB, MLflow, outputs)",
                               hint="name a ReadWriteMany PersistentVolumeClaim holding the home in [kubernetes] home_claim")
-    if len(s.cron.split()) != 5:
+    if len(s.cron.split()) != 5 and not s.cron.startswith("@"):
         raise ValidationError(f"Kubernetes CronJobs take five-field cron expressions; {s.cron!r} has seconds")
     home = str(ws.config.home)
     args = ["pipelines", "run", s.pipeline] + [a for k_, v in s.parameters.items() for a in ("-p", f"{k_}={_yaml_value(v)}")]
