@@ -185,16 +185,19 @@ def _init_mlflow(cfg: Config):
     "An MlflowClient; creates the MLflow store and the project's experiment on the workspace artifact root once."
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
     marker = cfg.home/".mlflow-initialized"
     key = f"{cfg.tracking_uri}|{cfg.artifact_root}|{cfg.workspace.project}"
-    if marker.exists() and marker.read_text() == key: return client
+    if marker.exists() and marker.read_text() == key:
+        return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
     import fcntl
     cfg.home.mkdir(parents=True, exist_ok=True)
-    # processes starting together (two schedulers, parallel steps) would race MLflow's own schema creation
+    # MlflowClient creates its schema as it is constructed; processes starting together (two schedulers, parallel
+    # steps) would race that creation ("table ... already exists"), so the first construction happens under a lock
     with open(cfg.home/".mlflow-init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.registry_uri)
         if marker.exists() and marker.read_text() == key: return client
+        client.search_registered_models(max_results=1)  # the registry store too, when it is another database
         if client.get_experiment_by_name(cfg.workspace.project) is None:
             if "://" not in cfg.artifact_root: Path(cfg.artifact_root).mkdir(parents=True, exist_ok=True)
             client.create_experiment(cfg.workspace.project, artifact_location=cfg.artifact_root)

@@ -82,20 +82,23 @@ def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, ho
 
 def test_overlap_replace_cancels_the_running_run(ws, home, tmp_path):
     notebook(tmp_path / "slow.ipynb", "seconds = 120",
-             "import os, time\nopen(f'kernel-{os.getpid()}.pid', 'w').write('')\ntime.sleep(seconds)")
+             "import os, time\nopen(f\"kernel-{os.environ['MLPLAT_PIPELINE_RUN']}-{os.getpid()}.pid\", 'w').write('')\ntime.sleep(seconds)")
     spec = pipeline(tmp_path, {"name": "slow", "steps": [{"name": "slow", "notebook": "slow.ipynb"}]})
     ws.schedules.add("replace", spec, "* * * * * */10", overlap="replace")
     log = open(tmp_path / "scheduler.log", "w")
     s = scheduler(log)
     try:
-        wait_for(lambda: len([f for f in ws.schedules.history("replace") if f["run_id"]]) >= 2, 90, "a second run")
+        wait_for(lambda: len([f for f in ws.schedules.history("replace") if f["run_id"]]) >= 2, 150, "a second run")
         ws.schedules.pause("replace")
         first, second = sorted((f for f in ws.schedules.history("replace") if f["run_id"]), key=lambda f: f["slot"])[:2]
-        wait_for(lambda: ws.pipelines.get(first["run_id"]).status != "running", 30, "the first run to stop")
+        def stopped(run_id):
+            try: return ws.pipelines.get(run_id).status != "running"
+            except Exception: return False                    # its record is still being written
+        wait_for(lambda: stopped(first["run_id"]), 150, "the first run to stop")
         assert ws.pipelines.get(first["run_id"]).status == "cancelled"
         assert "replaced by the run of slot" in ws.pipelines.get(first["run_id"]).steps["slow"].error
-        wait_for(lambda: len(list(tmp_path.glob("kernel-*.pid"))) >= 2, 60, "the second run's kernel")
-        kernels = [int(f.stem.split("-")[1]) for f in tmp_path.glob("kernel-*.pid")]
+        wait_for(lambda: list(tmp_path.glob(f"kernel-{second['run_id']}-*.pid")), 90, "the second run's kernel")
+        kernels = [int(f.stem.rsplit("-", 1)[1]) for f in tmp_path.glob("kernel-*.pid")]   # the first run's, if it started
         assert stop(s) == 0                                   # stopping cancels the second run too
         s = None
     finally:

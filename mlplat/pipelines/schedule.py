@@ -287,8 +287,7 @@ class Scheduler:
 
     def _run(self, s: Schedule, key: str, run_id: str, replace: list):
         for old in replace:  # overlap: replace — in this thread, so the tick (and the heartbeat) go on meanwhile
-            try: self.ws.pipelines.cancel(old, f"replaced by the run of slot {key} (overlap: replace)", wait=120)
-            except MlplatError as e: log.warning("could not cancel %s: %s", old, e)
+            self._cancel(old, f"replaced by the run of slot {key} (overlap: replace)", 120)
         with self.slots:
             if self.stopping.is_set():
                 self._update(s.name, key, "cancelled", detail=f"scheduler {self.id} stopped before the run started", finished=True)
@@ -311,14 +310,29 @@ class Scheduler:
         self.stopping.set()
         end = time.monotonic() + wait
         for run_id, th in list(self.threads.items()):
-            while run_id in self.started and th.is_alive() and time.monotonic() < end:  # the others see `stopping` and end
-                try: self.ws.pipelines.cancel(run_id, f"scheduler {self.id} stopped"); break
-                except NotFoundError: time.sleep(0.2)    # its record is being written: ask again
-                except ValidationError: break            # it has just ended
-                except Exception as e: log.warning("could not cancel %s: %s", run_id, e); break
+            if run_id in self.started and th.is_alive():  # the others see `stopping` and end
+                self._cancel(run_id, f"scheduler {self.id} stopped", max(0.0, end - time.monotonic()), th)
         for th in list(self.threads.values()): th.join(max(0.0, end - time.monotonic()))
         t = table("schedulers")
         with self.ws.engine.begin() as c: c.execute(t.delete().where(t.c.id == self.id))
+
+    def _cancel(self, run_id: str, reason: str, wait: float, thread: threading.Thread | None = None):
+        "Cancel a run, waiting (up to `wait` s) for its record if it is still being written; then for it to end."
+        import time
+        end = time.monotonic() + wait
+        while time.monotonic() < end and (thread is None or thread.is_alive()):
+            try: self.ws.pipelines.cancel(run_id, reason, wait=max(0.0, end - time.monotonic())); return
+            except NotFoundError:  # its record is being written (MLflow and the DB first): ask again
+                if self._fire_status(run_id) not in (None, "starting", "running"): return
+                time.sleep(0.3)
+            except ValidationError: return  # it has just ended
+            except MlplatError as e: log.warning("could not cancel %s: %s", run_id, e); return
+
+    def _fire_status(self, run_id: str) -> str | None:
+        import sqlalchemy as sa
+        t = table("schedule_fires")
+        with self.ws.engine.connect() as c:
+            return c.execute(sa.select(t.c.status).where(t.c.run_id == run_id)).scalar()
 
     # records
     def _claim(self, s: Schedule, slot: datetime, status: str, detail: str | None) -> bool:
