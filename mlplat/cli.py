@@ -218,9 +218,8 @@ def cmd_schedule(args):
         print(f"schedule {s.name}: {s.cron} ({s.timezone}), next slot {s.to_dict()['next_slot']}")
         if not sc.schedulers(): print("no scheduler is running: start one with `mlplat scheduler`", file=sys.stderr)
     elif a == "list":
-        last = {}
-        for f in sc.history(limit=1000): last.setdefault(f["schedule"], f"{f['status']} {f['slot']}")
-        rows = [{**s.to_dict(), "last": last.get(s.name, "-")} for s in sc.list()]
+        last = sc.last_fires()
+        rows = [{**s.to_dict(), "last": f"{last[s.name]['status']} {last[s.name]['slot']}" if s.name in last else "-"} for s in sc.list()]
         if args.json: return _print_json({"schedules": rows, "schedulers": sc.schedulers()})
         _table(rows, SCHEDULE_COLS)
         live = sc.schedulers()

@@ -24,8 +24,8 @@ MISFIRE, OVERLAP = ("skip", "run_once"), ("forbid", "allow", "replace")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 
 # %% auto #0
-__all__ = ['log', 'MISFIRE', 'OVERLAP', 'HEARTBEAT_SECONDS', 'slot_key', 'parse_slot', 'check_cron', 'Schedule', 'Schedules',
-           'Scheduler', 'cronjob', 'validate_cronjob']
+__all__ = ['log', 'MISFIRE', 'OVERLAP', 'HEARTBEAT_SECONDS', 'STALE_SECONDS', 'slot_key', 'parse_slot', 'check_cron', 'Schedule',
+           'Schedules', 'Scheduler', 'cronjob', 'validate_cronjob']
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #fad8f6ea
 def _aware(dt: datetime | None) -> datetime | None:
@@ -175,21 +175,28 @@ class Schedules:
                      "detail": r.detail, "fired_at": _aware(r.fired_at).isoformat(),
                      "finished_at": _aware(r.finished_at).isoformat() if r.finished_at else None} for r in c.execute(q)]
 
+    def last_fires(self) -> dict:
+        "schedule name -> its newest fire (slot, status, run id), however long ago."
+        import sqlalchemy as sa
+        t = table("schedule_fires")
+        newest = sa.select(t.c.schedule, sa.func.max(t.c.slot).label("slot")).group_by(t.c.schedule).subquery()
+        q = sa.select(t.c.schedule, t.c.slot, t.c.status, t.c.run_id).join(
+            newest, (t.c.schedule == newest.c.schedule) & (t.c.slot == newest.c.slot))
+        with self.ws.engine.connect() as c:
+            return {r.schedule: {"slot": r.slot, "status": r.status, "run_id": r.run_id} for r in c.execute(q)}
+
     def schedulers(self) -> list[dict]:
         "Scheduler processes whose heartbeat is recent."
         import sqlalchemy as sa
         t = table("schedulers")
-        fresh = utcnow() - timedelta(seconds=_stale_after(self.ws.config))
+        fresh = utcnow() - timedelta(seconds=STALE_SECONDS)
         with self.ws.engine.connect() as c:
             rows = c.execute(sa.select(t)).all()
         return [{"id": r.id, "host": r.host, "pid": r.pid, "seen_at": _aware(r.seen_at).isoformat()}
                 for r in rows if _aware(r.seen_at) >= fresh]
 
-HEARTBEAT_SECONDS = 5.0
-
-def _stale_after(cfg) -> float:
-    "A scheduler not seen for this long is gone (its heartbeat thread beats every HEARTBEAT_SECONDS, whatever its tick)."
-    return 30.0
+HEARTBEAT_SECONDS = 5.0   # its own thread beats this often, whatever the scheduler's tick
+STALE_SECONDS = 30.0      # a scheduler not seen for this long is gone
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #90b1bd47
 class Scheduler:
