@@ -18,7 +18,8 @@ def test_demo_runs_the_churn_pipeline_and_is_idempotent(tmp_path, home, monkeypa
     demo_home = tmp_path / "demo"
     text = run_cli("demo", "--home", demo_home, "--customers", "400", "--days", "60", "--epochs", "2", check=0).stdout
     assert "training set churn@1" in text and "chain intact" in text and "REFUSED, nothing written, audited" in text
-    assert "churn v1 -> champion, v2 -> challenger" in text and "0 failed" in text and "0 alert(s)" in text
+    summary = "\n".join(line for line in text.splitlines() if re.match(r"\d\. ", line))
+    assert "churn v1 -> champion, v2 -> challenger" in text and "0 failed" in text and "0 alert(s)" in text, summary
     assert "Where to look" in text and text.count("features             succeeded") == 1
     run_id = re.search(r"mlplat pipelines show (churn-[0-9a-f-]+)", text)[1]
     import mlplat

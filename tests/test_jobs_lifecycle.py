@@ -3,12 +3,14 @@ success (tracked in MLflow, linked in lineage, re-attached after a kernel restar
 with its traceback), cancel (no orphans), governance."""
 import re
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from conftest import REPO, TEMPLATE, run_cli
 from mlplat.errors import PermissionDenied, ResidencyViolation
+from mlplat.jobs.backend import TERMINAL
 
 
 @pytest.fixture(params=["local", "ray"])
@@ -28,8 +30,15 @@ def test_churn_job_trains_and_is_tracked(backend, churn_ws, churn_set, home):
     assert rec.state in ("queued", "running") and rec.mlflow_run_id and rec.backend == backend
     import mlplat
     again = mlplat.connect(home)  # a restarted kernel re-attaches by id
-    done = again.jobs.wait(rec.id, timeout=400)
+    port = rec.command[rec.command.index("--master_port") + 1]
+    buffers, seen, deadline = f"deepspeed_allreduce_buffer_*_{port}_*", set(), time.time() + 400
+    while again.jobs.status(rec.id).state not in TERMINAL and time.time() < deadline:
+        seen |= {f.name for f in Path("/dev/shm").glob(buffers)}
+        time.sleep(0.5)
+    done = again.jobs.wait(rec.id, timeout=10)
     assert done.state == "succeeded", "".join(again.jobs.logs(rec.id))
+    # DeepSpeed's CPU all-reduce buffers (one per rank, in RAM) are gone with the job
+    assert len(seen) == 2 and not list(Path("/dev/shm").glob(buffers)), seen
     assert done.exit_code == 0 and done.attempt == 1
     run = churn_ws.mlflow_client().get_run(rec.mlflow_run_id).data
     assert run.metrics["test_auc"] > 0.65 and run.params["world_size"] == "2" and run.params["zero_stage"] == "2"

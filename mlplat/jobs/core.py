@@ -175,26 +175,37 @@ class Jobs:
 
     def logs(self, job_id: str, follow: bool = False, tail: int | None = None):
         "The job's log lines (all ranks, launcher and mlplat's own lines); `follow` keeps yielding until the job ends."
-        self.ws.governance.authorize("jobs:read")
-        rec = self.status(job_id)  # polled backends mirror the remote log on refresh
-        path = Path(rec.log_path)
         if tail is not None and not follow:
-            with open(path, errors="replace") as f: yield from f.readlines()[-tail:]
+            self.ws.governance.authorize("jobs:read")
+            with open(self.status(job_id).log_path, errors="replace") as f: yield from f.readlines()[-tail:]
             return
+        offset = 0
+        while True:
+            c = self.log_chunk(job_id, offset)
+            offset = c["offset"]
+            yield from c["text"].splitlines(keepends=True)
+            if c["eof"] and (c["done"] or not follow): return
+            if c["eof"]: time.sleep(0.3)
+
+    def log_chunk(self, job_id: str, offset: int = 0, limit: int = 1 << 20) -> dict:
+        """The log from byte `offset` on, up to `limit` bytes and cut at a line's end: {text, offset (where to read
+        on), eof, done (the job has ended and everything is read), state}. What the Jupyter log view follows."""
+        self.ws.governance.authorize("jobs:read")
+        if not isinstance(offset, int) or offset < 0: raise ValidationError(f"offset must be a whole number >= 0, not {offset!r}")
+        rec = self.status(job_id)  # first: every line written before the job ended is in the file below
         # Polled backends replace job.log atomically with a longer text; reading on from the same
         # byte offset of the newest file keeps following it without repeating lines.
-        offset, pending = 0, ""
-        while True:
-            done = not follow or self.status(job_id).done
-            with open(path, "rb") as f:
-                f.seek(offset); chunk = f.read(); offset += len(chunk)
-            lines = (pending + chunk.decode(errors="replace")).splitlines(keepends=True)
-            pending = lines.pop() if lines and not lines[-1].endswith("\n") else ""
-            yield from lines
-            if done:
-                if pending: yield pending
-                return
-            time.sleep(0.3)
+        with open(rec.log_path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(min(offset, size)); data = f.read(limit)
+        end = min(offset, size) + len(data)
+        if end < size or not rec.done:  # more to come: stop at the last full line (never half a line or character)
+            cut = data.rfind(b"\n") + 1
+            if cut or len(data) < limit: data = data[:cut]
+            end = min(offset, size) + len(data)
+        eof = end >= size
+        return {"job_id": job_id, "state": rec.state, "text": data.decode(errors="replace"), "offset": end, "eof": eof,
+                "done": rec.done and eof}
 
     def cancel(self, job_id: str) -> JobRecord:
         "Stop the job and every process it started; a finished job is left as it is."

@@ -18,7 +18,7 @@ from ..db import table, utcnow
 from .backend import TERMINAL, JobBackend, transition, update
 
 # %% auto #0
-__all__ = ['launch_command', 'LocalBackend', 'supervise']
+__all__ = ['SHM_DIR', 'SHM_PREFIX', 'launch_command', 'release_shm', 'LocalBackend', 'supervise']
 
 # %% ../../notebooks/42_jobs_local.ipynb #0b4f6fca
 def _free_port() -> int:
@@ -34,6 +34,20 @@ def launch_command(spec: dict, processes: int) -> list[str]:
     return [str(bindir/"torchrun"), "--nproc_per_node", str(processes), "--master_port", port,
             "-m", "mlplat.jobs.entry", spec["entrypoint"], *map(str, spec["args"])]
 
+SHM_DIR, SHM_PREFIX = Path("/dev/shm"), "deepspeed_allreduce_buffer"
+
+def release_shm(command: list[str], shm_dir: Path = SHM_DIR) -> list[str]:
+    "Unlink the shared-memory all-reduce buffers the ranks of `command` (a launch_command) created; returns their names."
+    # DeepSpeed's CPU all-reduce maps one ~67 MB segment per rank, named by uid, master address and port, and never
+    # unlinks it: /dev/shm is RAM, so every finished CPU job would leak memory until the machine runs out.
+    if "--master_port" not in command: return []
+    port = command[command.index("--master_port") + 1]
+    gone = []
+    for f in shm_dir.glob(f"{SHM_PREFIX}_{os.getuid()}_*_{port}_*"):
+        try: f.unlink(); gone.append(f.name)
+        except FileNotFoundError: pass
+    return gone
+
 def _alive(pid: int | None) -> bool:
     if not pid: return False
     try: os.kill(pid, 0)
@@ -48,7 +62,7 @@ def _killpg(pgid: int | None, sig=signal.SIGTERM):
     try: os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError): pass
 
-# %% ../../notebooks/42_jobs_local.ipynb #c8c85dfe
+# %% ../../notebooks/42_jobs_local.ipynb #c4036404
 class LocalBackend(JobBackend):
     "Runs jobs as supervised process groups on this machine."
     name = "local"
@@ -90,8 +104,9 @@ class LocalBackend(JobBackend):
             while time.time() < deadline and (_alive(ref.get("launcher_pgid")) or _alive(ref.get("supervisor_pid"))):
                 time.sleep(0.1)
             if not (_alive(ref.get("launcher_pgid")) or _alive(ref.get("supervisor_pid"))): break
+        release_shm(rec.command)
 
-# %% ../../notebooks/42_jobs_local.ipynb #ab040c29
+# %% ../../notebooks/42_jobs_local.ipynb #149e0127
 def supervise(job_id: str) -> int:
     "The supervisor process: queue, launch, time out, retry, record. Runs detached from the submitter."
     import sqlalchemy as sa
@@ -104,7 +119,11 @@ def supervise(job_id: str) -> int:
     launcher = {"proc": None}
 
     def on_term(signum, frame):  # cancel: stop the launcher's group, then leave
-        if launcher["proc"] is not None: _killpg(launcher["proc"].pid, signal.SIGTERM)
+        if (proc := launcher["proc"]) is not None:
+            _killpg(proc.pid, signal.SIGTERM)
+            try: proc.wait(10)
+            except subprocess.TimeoutExpired: _killpg(proc.pid, signal.SIGKILL)
+            release_shm(rec.command)
         os._exit(143)
     signal.signal(signal.SIGTERM, on_term)
 
@@ -132,6 +151,7 @@ def supervise(job_id: str) -> int:
             try: proc.wait(10)
             except subprocess.TimeoutExpired: _killpg(proc.pid, signal.SIGKILL); proc.wait()
             code, msg = -1, f"timed out after {timeout} s"
+        release_shm(rec.command)
         if ws.jobs.get(job_id).state == "cancelled": return 0
         if code == 0:
             transition(ws, job_id, "succeeded", exit_code=0, message=None); return 0

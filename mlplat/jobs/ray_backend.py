@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ValidationError
 from .backend import JobBackend, Observation
+from .local import SHM_DIR, SHM_PREFIX, release_shm
 
 STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "cancelled"}
 SNAPSHOT_EXCLUDES = [".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", "*.pyc", ".cache"]
@@ -53,7 +54,9 @@ class RayBackend(JobBackend):
         cmd[0] = Path(cmd[0]).name                      # the cluster's deepspeed/torchrun, not this machine's path
         if spec["entrypoint"].endswith(".py"):
             cmd[cmd.index(spec["entrypoint"])] = Path(spec["entrypoint"]).name
-        return shlex.join(["timeout", "--kill-after=30", str(spec["timeout_seconds"]), *cmd])
+        run = shlex.join(["timeout", "--kill-after=30", str(spec["timeout_seconds"]), *cmd])
+        port = cmd[cmd.index("--master_port") + 1]      # the ranks' shm all-reduce buffers outlive them (see release_shm)
+        return f"{run}; rc=$?; rm -f {SHM_DIR}/{SHM_PREFIX}_$(id -u)_*_{port}_*; exit $rc"
 
     def runtime_env(self, rec) -> dict:
         env = {"env_vars": {**{k: str(v) for k, v in rec.spec["env"].items()}, **rec.runtime_env}}
@@ -76,10 +79,9 @@ class RayBackend(JobBackend):
             if prior and "working_dir" in runtime_env:  # a retry runs the code uploaded at submission, not today's edits
                 runtime_env["working_dir"] = self.client().get_job_info(prior).runtime_env.get("working_dir", runtime_env["working_dir"])
                 runtime_env.pop("excludes", None)
-            self.client().submit_job(
-                entrypoint=self.entrypoint(rec), submission_id=sid, runtime_env=runtime_env,
-                entrypoint_num_cpus=0 if gpus else res["processes_per_node"], entrypoint_num_gpus=gpus or None,
-                metadata={"mlplat.job_id": rec.id, "mlplat.user": rec.submitted_by, "attempt": str(attempt)})
+            self._submit(sid, entrypoint=self.entrypoint(rec), runtime_env=runtime_env,
+                         entrypoint_num_cpus=0 if gpus else res["processes_per_node"], entrypoint_num_gpus=gpus or None,
+                         metadata={"mlplat.job_id": rec.id, "mlplat.user": rec.submitted_by, "attempt": str(attempt)})
         except ValidationError: raise
         except Exception as e:
             raise ValidationError(f"Ray refused job {rec.id}: {str(e).splitlines()[0][:500]}") from None
@@ -103,9 +105,24 @@ class RayBackend(JobBackend):
         except Exception: log = None
         return Observation(state, code, message, log)
 
+    def _submit(self, sid: str, patience: float = 60.0, pause: float = 2.0, **kw):
+        """Submit, waiting out "No available agent": Ray's head answers that while its job agent (re)starts, which
+        is seconds on a busy machine, and failing the job for it would be wrong."""
+        import time
+        end, retried = time.monotonic() + patience, False
+        while True:
+            try: return self.client().submit_job(submission_id=sid, **kw)
+            except Exception as e:
+                if retried and "already exists" in str(e): return sid  # an earlier try got through after all
+                if "No available agent" not in str(e) or time.monotonic() > end: raise
+            retried = True
+            time.sleep(pause)
+
     def stop(self, rec):
         sid = (rec.backend_ref or {}).get("submission_id")
         if sid: self.client().stop_job(sid)
+        if self.address.split("//")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+            release_shm(rec.command)                     # a stopped entrypoint never reaches its own `rm`
 
     def plan(self, rec) -> str:
         import yaml

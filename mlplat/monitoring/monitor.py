@@ -55,6 +55,21 @@ def _columns(arrays: dict, names: dict) -> dict:
     return cols
 
 # %% ../../notebooks/71_monitoring_monitor.ipynb #35093091
+def _by_variant(recs: list[dict]) -> dict:
+    "{variant: {requests, share, versions, p50_ms, p95_ms}} of prediction-log records."
+    groups: dict = {}
+    for r in recs: groups.setdefault(r.get("variant") or "default", []).append(r)
+    served = sum(len(g) for v, g in groups.items() if v != "shadow") or 1   # shadow copies are not part of the split
+    out = {}
+    for v, g in sorted(groups.items()):
+        lat = np.array([r.get("latency_ms", np.nan) for r in g], dtype=float)
+        out[v] = {"requests": len(g), "share": None if v == "shadow" else round(len(g) / served, 4),
+                  "versions": sorted({str(r["version"]) for r in g}),
+                  "p50_ms": float(np.nanpercentile(lat, 50)) if np.isfinite(lat).any() else None,
+                  "p95_ms": float(np.nanpercentile(lat, 95)) if np.isfinite(lat).any() else None}
+    return out
+
+# %% ../../notebooks/71_monitoring_monitor.ipynb #fe7d16eb
 class Monitor:
     "Drift, accuracy and alerts for what a workspace serves (`ws.monitoring`)."
     def __init__(self, ws): self.ws = ws
@@ -146,6 +161,38 @@ class Monitor:
                             "max_psi": max((f["psi"] for f in drifts if f["psi"] == f["psi"]), default=None),
                             **{k: val for k, val in (v.get("accuracy") or {}).items()}})
         return out
+
+    def deployments(self, window: str = "1h") -> list[dict]:
+        """What each deployment served over the last `window`, from its prediction log: requests, last request, and
+        per variant its versions, share of the traffic and latency (p50/p95). What the Jupyter sidebar shows."""
+        self.ws.governance.authorize("monitoring:read")
+        until = datetime.now(timezone.utc); since = until - parse_window(window)
+        root, out = self.ws.config.home/"predictions", []
+        for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+            recs = read_predictions(folder, since, until)
+            days = sorted(folder.glob("*.jsonl"))
+            last = None
+            if days:
+                tail = [l for l in days[-1].read_text().splitlines() if l.strip()]
+                last = json.loads(tail[-1])["ts"] if tail else None
+            out.append({"name": folder.name, "window": window, "requests": len(recs), "last_request": last,
+                        "variants": _by_variant(recs)})
+        return out
+
+    def traffic(self, name: str, window: str = "1h", every: str = "5m") -> list[dict]:
+        "Requests and latency per time bucket and variant, oldest first: the live traffic chart of a deployment."
+        self.ws.governance.authorize("monitoring:read", name)
+        until = datetime.now(timezone.utc); since = until - parse_window(window)
+        step = parse_window(every)
+        if step.total_seconds() <= 0 or (until - since) / step > 1000:
+            raise ValidationError(f"every={every!r} must be longer than 0 and give at most 1000 buckets over {window}")
+        folder = self.ws.config.home/"predictions"/name
+        if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
+        buckets: dict = {}
+        for r in read_predictions(folder, since, until):
+            buckets.setdefault(int((datetime.fromisoformat(r["ts"]) - since) / step), []).append(r)
+        return [{"start": (since + i * step).isoformat(), "requests": len(buckets[i]), "variants": _by_variant(buckets[i])}
+                for i in sorted(buckets)]
 
     def _version(self, model, version, rows, outcomes, cfg, refs: dict | None = None) -> dict:
         out = {"version": version, "predictions": len(rows)}

@@ -168,6 +168,18 @@ class Pipelines:
         """Validate, then run `pipeline` (a YAML path, a dict or a `Pipeline`) with `params`; returns the finished
         run's record (its `status` is `succeeded`, `failed` or `cancelled`; such a run can be resumed).
         `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers."""
+        p, rec, parallel = self._begin(pipeline, params, max_parallel, run_id, trigger)
+        return self._execute(p, rec, parallel, "pipeline.run")
+
+    def start(self, pipeline, params: dict | None = None, max_parallel: int | None = None, trigger: str | None = None) -> RunRecord:
+        """Validate and record the run like `run`, then execute it in a background thread of this process: returns
+        at once with the run's record (status `running`); follow it with `get`, stop it with `cancel`."""
+        p, rec, parallel = self._begin(pipeline, params, max_parallel, None, trigger)
+        threading.Thread(target=self._execute, args=(p, rec, parallel, "pipeline.run"), name=f"pipeline-{rec.id}", daemon=True).start()
+        return rec
+
+    def _begin(self, pipeline, params, max_parallel, run_id, trigger) -> tuple:
+        "Everything before the first step: checks, authorization, the run's folder, MLflow run, DB rows and lineage."
         ws = self.ws
         _check_parallel(max_parallel)
         p = self.load(pipeline)
@@ -190,7 +202,7 @@ class Pipelines:
             ws.lineage.add(f"pipeline:{p.name}", f"pipeline_run:{run_id}", conn=c)
             if trigger: ws.lineage.add(trigger, f"pipeline_run:{run_id}", conn=c)
             if rec.mlflow_run_id: ws.lineage.add(f"pipeline_run:{run_id}", f"mlflow_run:{rec.mlflow_run_id}", conn=c)
-        return self._execute(p, rec, max_parallel or p.max_parallel, "pipeline.run")
+        return p, rec, max_parallel or p.max_parallel
 
     @staticmethod
     def new_run_id(pipeline_name: str) -> str:

@@ -132,6 +132,24 @@ class Schedules:
                 ws.lineage.add(f"pipeline:{p.name}", f"schedule:{name}", conn=c)
         return self.get(name)
 
+    def add_notebook(self, name: str, notebook, cron: str, params: dict | None = None, **kw) -> Schedule:
+        """Schedule one notebook with `params` ("schedule this notebook"): its one-step pipeline is written to
+        `<home>/schedules/<name>.pipeline.yaml` and scheduled like any other; nothing is kept if the schedule is refused."""
+        import yaml
+        from mlplat.pipelines.spec import notebook_pipeline
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValidationError(f"schedule name {name!r} is not valid", hint="letters, digits, '.', '_' and '-', at most 80")
+        doc = notebook_pipeline(notebook, params).to_dict()
+        path = self.ws.config.home/"schedules"/f"{name}.pipeline.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        before = path.read_text() if path.exists() else None   # a schedule of that name keeps its file (add refuses)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        try: return self.add(name, path, cron, params=None, **kw)
+        except Exception:
+            if before is None: path.unlink(missing_ok=True)
+            else: path.write_text(before)
+            raise
+
     def get(self, name: str) -> Schedule:
         import sqlalchemy as sa
         t = table("schedules")
@@ -156,6 +174,7 @@ class Schedules:
     def remove(self, name: str) -> None:
         "Delete the schedule (its fire history stays; a running run is not stopped)."
         self._set(name, "schedule.remove")
+        (self.ws.config.home/"schedules"/f"{name}.pipeline.yaml").unlink(missing_ok=True)   # add_notebook's, if any
 
     def pause(self, name: str) -> Schedule:
         self._set(name, "schedule.pause", paused=True); return self.get(name)

@@ -20,7 +20,7 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 
 # %% auto #0
 __all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'type_name', 'fits', 'check_data', 'references', 'render', 'NotebookParam',
-           'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline']
+           'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline', 'notebook_pipeline']
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #f5b661c1
 def type_name(value) -> str:
@@ -292,3 +292,18 @@ def _step(doc, i: int, base: Path) -> Step:
         return v
     return Step(name, path, params, deps, number("retries", 0, 0, True), number("backoff", 2.0, 0), number("timeout", None, 1),
                 doc.get("kernel"), doc.get("region"))
+
+# %% ../../notebooks/60_pipelines_spec.ipynb #1c0aa3a7
+def notebook_pipeline(notebook, params: dict | None = None) -> Pipeline:
+    """One notebook as a one-step pipeline that sets `params` (checked against its `parameters` cell; the others
+    keep the notebook's own defaults): how "run notebook with parameters" and "schedule this notebook" use the runner."""
+    path = Path(notebook).expanduser().resolve()
+    if path.suffix != ".ipynb" or not path.is_file(): raise ValidationError(f"notebook {notebook} does not exist (an .ipynb file)")
+    params = dict(params or {})
+    if not all(isinstance(k, str) and k.isidentifier() for k in params): raise ValidationError("parameter names must be identifiers")
+    known = notebook_parameters(path)
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:60] or "notebook"
+    if not (name[0].isalpha() or name[0] == "_"): name = f"nb-{name}"[:63]
+    doc = {"name": name, "parameters": {k: {"type": known[k].type if k in known else None, "default": v} for k, v in params.items()},
+           "steps": [{"name": name, "notebook": path.name, "parameters": {k: f"{{{{ params.{k} }}}}" for k in params}}]}
+    return Pipeline.from_dict(doc, path.parent)
