@@ -564,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = cmd("demo", cmd_demo, "run the churn pipeline end to end on an embedded workspace (default ./mlplat-demo)")
     s.add_argument("--customers", type=int, default=1000); s.add_argument("--days", type=int, default=90)
     s.add_argument("--epochs", type=int, default=6, help="champion training epochs (the challenger trains 2 fewer)")
+    from mlplat.cli_jupyter import add_commands
+    add_commands(cmd, common, _leaf)
     return p
 
 def _leaf(parser, common):

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from .features.definitions import Entity, Feature, FeatureService, FeatureView
+from .templates import templates_dir  # the pipeline notebooks import it from here
 
 # %% auto #0
-__all__ = ['churn_definitions', 'definitions_yaml', 'templates_dir', 'run_demo']
+__all__ = ['churn_definitions', 'definitions_yaml', 'run_demo']
 
 # %% ../notebooks/31_demo.ipynb #a23ef335
 def churn_definitions() -> list:
@@ -47,13 +48,6 @@ def _compact(d):
     return d
 
 # %% ../notebooks/31_demo.ipynb #3c3ce79b
-def templates_dir() -> Path:
-    "The `templates/` folder: next to the package in a source checkout, under `<prefix>/share/mlplat` when installed."
-    for d in (Path(__file__).resolve().parent.parent/"templates", Path(sys.prefix)/"share"/"mlplat"/"templates"):
-        if (d/"training").is_dir(): return d
-    from mlplat.errors import NotFoundError
-    raise NotFoundError("the mlplat templates folder is missing", hint="reinstall mlplat (the wheel ships them under share/mlplat)")
-
 def _say(msg: str, as_json: bool):
     if not as_json: print(msg, flush=True)
 

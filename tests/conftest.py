@@ -274,3 +274,7 @@ def configure(home, webhook_url, events):
     cfg = home / "mlplat.toml"
     text = cfg.read_text().replace("webhooks = []", f'webhooks = ["{webhook_url}"]', 1)
     cfg.write_text(text.replace("events = [", f"events = {json.dumps(events)}\n# was: events = [", 1))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "identity(mode): the Jupyter extension's MlplatServer.identity for this test")

@@ -69,6 +69,14 @@ def _by_variant(recs: list[dict]) -> dict:
                   "p95_ms": float(np.nanpercentile(lat, 95)) if np.isfinite(lat).any() else None}
     return out
 
+def _weights(spec: Path | None) -> dict | None:
+    "The configured traffic weights of a deployment spec (what `mlplat serve --config` routes by), if there is one."
+    if spec is None: return None
+    import yaml
+    try: doc = yaml.safe_load(spec.read_text()) or {}
+    except (OSError, yaml.YAMLError): return None
+    return {v.get("name"): v.get("weight") for v in doc.get("variants") or [] if isinstance(v, dict)}
+
 # %% ../../notebooks/71_monitoring_monitor.ipynb #fe7d16eb
 class Monitor:
     "Drift, accuracy and alerts for what a workspace serves (`ws.monitoring`)."
@@ -167,16 +175,16 @@ class Monitor:
         per variant its versions, share of the traffic and latency (p50/p95). What the Jupyter sidebar shows."""
         self.ws.governance.authorize("monitoring:read")
         until = datetime.now(timezone.utc); since = until - parse_window(window)
-        root, out = self.ws.config.home/"predictions", []
-        for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
-            recs = read_predictions(folder, since, until)
+        home, out = self.ws.config.home, []
+        specs = {p.stem: p for p in (home/"deployments").glob("*.yaml")}
+        logged = {p.name for p in (home/"predictions").glob("*") if p.is_dir()}
+        for name in sorted(logged | set(specs)):
+            folder = home/"predictions"/name
+            recs = read_predictions(folder, since, until) if folder.is_dir() else []
             days = sorted(folder.glob("*.jsonl"))
-            last = None
-            if days:
-                tail = [l for l in days[-1].read_text().splitlines() if l.strip()]
-                last = json.loads(tail[-1])["ts"] if tail else None
-            out.append({"name": folder.name, "window": window, "requests": len(recs), "last_request": last,
-                        "variants": _by_variant(recs)})
+            tail = [l for l in days[-1].read_text().splitlines() if l.strip()] if days else []
+            out.append({"name": name, "window": window, "requests": len(recs), "last_request": json.loads(tail[-1])["ts"] if tail else None,
+                        "weights": _weights(specs.get(name)), "variants": _by_variant(recs)})
         return out
 
     def traffic(self, name: str, window: str = "1h", every: str = "5m") -> list[dict]:
