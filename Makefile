@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export DS_BUILD_OPS := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test install sync-check nbtest pytest bench clean-demo
+.PHONY: demo test install sync-check nbtest pytest bench clean-demo lab dashboards openapi
 
 demo: install ## run the main job on the embedded default workspace (./mlplat-demo)
 	mlplat demo
@@ -23,7 +23,33 @@ test: install ## nbdev sync check + notebook tests + pytest
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
 
-install: $(STAMP)
+# The JupyterLab extension: TypeScript types generated from extension/openapi.json, built into mlplat/labextension
+# (the wheel ships it); the editable install links it and enables the server extension in the venv.
+EXT_SRC := $(wildcard extension/src/*.ts extension/style/* extension/schema/*) extension/package.json extension/package-lock.json extension/openapi.json
+LABEXT := mlplat/labextension/package.json
+LABEXT_LINK := $(VENV)/share/jupyter/labextensions/mlplat
+SERVER_CFG := $(VENV)/etc/jupyter/jupyter_server_config.d/mlplat.json
+
+install: $(STAMP) $(LABEXT_LINK) $(SERVER_CFG)
+
+$(LABEXT): $(EXT_SRC) | $(STAMP)
+	cd extension && npm ci --no-audit --no-fund --cache $(CURDIR)/.cache/npm && npm run build
+	touch $@
+
+$(LABEXT_LINK): $(LABEXT)
+	mkdir -p $(dir $@) && ln -sfn $(CURDIR)/mlplat/labextension $@
+
+$(SERVER_CFG): jupyter-config/jupyter_server_config.d/mlplat.json | $(STAMP)
+	mkdir -p $(dir $@) && cp $< $@
+
+openapi: $(STAMP) ## regenerate extension/openapi.json from the API models (the extension's types follow on the next build)
+	mlplat jupyter openapi -o extension/openapi.json
+
+lab: install ## JupyterLab on the demo's workspace, with the ML Platform sidebar
+	MLPLAT_HOME=$(CURDIR)/mlplat-demo jupyter lab
+
+dashboards: install ## the Voila dashboards on the demo's workspace (token printed)
+	mlplat --home mlplat-demo dashboards serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,9 +76,8 @@ sync-check: install
 nbtest: install
 	nbdev_test --n_workers 2 --timing
 
-pytest: install ## two workers, one test file per worker (servers and Ray stay within a file); then the heaviest test alone
-	pytest -n 2 --dist loadfile --durations=12 tests/ --ignore=tests/test_demo.py
-	pytest --durations=1 tests/test_demo.py
+pytest: install ## two workers, one test file per worker (servers, Ray and the demo's workspace stay within a file)
+	pytest -n 2 --dist loadfile --durations=15 tests/
 
 bench: install ## import, features, launch, serving and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py

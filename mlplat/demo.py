@@ -149,7 +149,9 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
 
     h = ws.config.home
     env = f"MLPLAT_HOME={h}"
-    look = [f"{env} mlplat pipelines show {rec.id}   (executed notebooks: {rec.folder})",
+    look = [f"{env} jupyter lab   (the ML Platform sidebar: models, jobs, deployments, pipelines; `make lab` for ./mlplat-demo)",
+            f"{env} mlplat dashboards serve monitoring   (Voila, read-only: open the printed URL with its token; `make dashboards`)",
+            f"{env} mlplat pipelines show {rec.id}   (executed notebooks: {rec.folder})",
             f"{env} mlplat jobs logs {tc['job_id']}",
             f"{env} mlflow ui --backend-store-uri {ws.config.tracking_uri}  (experiments churn and pipelines)",
             f"{env} mlplat models show churn", f"{env} mlplat models history churn",

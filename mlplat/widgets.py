@@ -168,7 +168,7 @@ class JobMonitor(_Panel):
     title = "Job"
 
     def __init__(self, ws, job_id: str, every: float = 2.0, readonly: bool = False, follow: bool = True):
-        self.job_id, self.every = job_id, every
+        self.job_id, self.every, self.title = job_id, every, f"Job {job_id}"
         super().__init__(ws, readonly)
         self.state = W.HTML()
         self.epochs = W.IntProgress(value=0, min=0, max=1, description="Epochs", bar_style="info")
@@ -220,7 +220,7 @@ class ModelCard(_Panel):
     title = "Model"
 
     def __init__(self, ws, name: str, readonly: bool = False):
-        self.name = name
+        self.name, self.title = name, f"Model {name}"
         super().__init__(ws, readonly)
         self.title_html = W.HTML()
         self.versions, self.history = W.HTML(), W.HTML()
@@ -284,7 +284,7 @@ class DeploymentPanel(_Panel):
     title = "Deployment"
 
     def __init__(self, ws, name: str, window: str = "1h", every: str = "5m", readonly: bool = False):
-        self.name, self.window, self.every = name, window, every
+        self.name, self.window, self.every, self.title = name, window, every, f"Deployment {name}"
         super().__init__(ws, readonly)
         self.split, self.variants, self.over_time = W.HTML(), W.HTML(), W.HTML()
         self.body.children = [self.split, self.variants, self.over_time]
@@ -313,7 +313,7 @@ class DriftMonitor(_Panel):
     title = "Drift"
 
     def __init__(self, ws, name: str, model: str | None = None, window: str = "24h", every: str = "1h", readonly: bool = False):
-        self.name, self.model, self.window, self.every = name, model, window, every
+        self.name, self.model, self.window, self.every, self.title = name, model, window, every, f"Drift of {name}"
         super().__init__(ws, readonly)
         self.per_feature, self.over_time, self.accuracy = W.HTML(), W.HTML(), W.HTML()
         self.body.children = [self.per_feature, self.over_time, self.accuracy]

@@ -278,3 +278,92 @@ def configure(home, webhook_url, events):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "identity(mode): the Jupyter extension's MlplatServer.identity for this test")
+
+
+# ---- browser and Jupyter servers -----------------------------------------------------------------
+ARTIFACTS = REPO / "tests" / ".artifacts"      # screenshots the browser tests save (ignored by git)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture
+def browser():
+    "Debian's Chromium, headless, driven by playwright (never a downloaded browser)."
+    exe = shutil.which("chromium")
+    if not exe:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def wait_http(url, proc, log, timeout=90):
+    "Wait until `url` answers (any status below 500); fail with the server's log if it exits first."
+    import httpx
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=5).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def start_process(args, log, env=None, cwd=None):
+    "Start a server in its own session (so the whole group can be stopped), logging to a file."
+    return subprocess.Popen([str(a) for a in args], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+
+
+def stop_process(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try: os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    "Start a real `jupyter lab` on a workspace: returns (base URL with token, the root folder)."
+    procs = []
+
+    def start(workspace: Path):
+        port, token, root = free_port(), "t0k3n-" + os.urandom(8).hex(), tmp_path / "lab"
+        root.mkdir(exist_ok=True)
+        settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True, exist_ok=True)
+        (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+        log = tmp_path / "lab.log"
+        env = {"MLPLAT_HOME": str(workspace), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+               "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces")}
+        p = start_process([BIN / "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.port_retries=0",
+                           "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                           "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                          log, env, cwd=root)
+        procs.append(p)
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", p, log)
+        return f"http://127.0.0.1:{port}", token, root
+    yield start
+    for p in procs:
+        stop_process(p)
+
+
+def parameters_notebook(path: Path) -> Path:
+    "A notebook with a `parameters` cell (n: int = 2, label = 'x') that prints and outputs total = n * 10."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell("n: int = 2  # how many\nlabel = 'x'")
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell("print('total', n * 10, label)\nimport mlplat.pipelines as pl\npl.output('total', n * 10)")]
+    nbformat.write(nb, str(path))
+    return path

@@ -1,26 +1,41 @@
 """`mlplat demo` — the main job of `make demo` — is the churn pipeline (templates/pipelines/churn) end to end on a fresh
 embedded workspace: features -> two DeepSpeed trainings side by side -> evaluate + register (gates) -> promote ->
 canary -> monitor, in real kernels; run twice, the second run reuses what is identical. Then the registry CLI on the
-model it trained: ONNX faithful to PyTorch, gates that block with a readable report, alias history. It is the heaviest
-test (four training processes at once), so `make test` runs it alone, after the parallel suite: in one CI run next to
-it, the other worker's Ray cluster lost its job agent and then stopped answering."""
+model it trained: ONNX faithful to PyTorch, gates that block with a readable report, alias history. Then, on the same
+workspace, JupyterLab in Chromium (the sidebar, promote, a live job log, run with parameters) and the Voila monitoring
+dashboard. Screenshots go to tests/.artifacts/."""
 import json
+import os
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from conftest import run_cli
+from conftest import ARTIFACTS, BIN, REPO, free_port, parameters_notebook, run_cli, start_process, stop_process, wait_http
 
 
-def test_demo_runs_the_churn_pipeline_and_is_idempotent(tmp_path, home, monkeypatch):
-    demo_home = tmp_path / "demo"
-    text = run_cli("demo", "--home", demo_home, "--customers", "400", "--days", "60", "--epochs", "2", check=0).stdout
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    "`mlplat demo` once for the module (the tests after the first use its workspace): (workspace, what it printed)."
+    demo_home = tmp_path_factory.mktemp("demo") / "demo"
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
+            mp.delenv(var)
+        mp.chdir(demo_home.parent)
+        text = run_cli("demo", "--home", demo_home, "--customers", "400", "--days", "60", "--epochs", "2", check=0).stdout
+    return demo_home, text
+
+
+def test_demo_runs_the_churn_pipeline_and_is_idempotent(demo, home, monkeypatch):
+    demo_home, text = demo
     assert "training set churn@1" in text and "chain intact" in text and "REFUSED, nothing written, audited" in text
     summary = "\n".join(line for line in text.splitlines() if re.match(r"\d\. ", line))
     assert "churn v1 -> champion, v2 -> challenger" in text and "0 failed" in text and "0 alert(s)" in text, summary
     assert "Where to look" in text and text.count("features             succeeded") == 1
+    assert "jupyter lab   (the ML Platform sidebar" in text and "mlplat dashboards serve monitoring" in text
     run_id = re.search(r"mlplat pipelines show (churn-[0-9a-f-]+)", text)[1]
     import mlplat
     ws = mlplat.connect(demo_home)
@@ -49,7 +64,6 @@ def test_demo_runs_the_churn_pipeline_and_is_idempotent(tmp_path, home, monkeypa
     assert (demo_home / "feast" / "registry.db").exists() and Path(run["folder"], "monitor.ipynb").is_file()
 
     # the same pipeline through `mlplat pipelines run`, on the demo's workspace: everything identical is reused
-    from conftest import REPO
     r = run_cli("--home", demo_home, "pipelines", "run", REPO / "templates/pipelines/churn/pipeline.yaml", "-p", "customers=400",
                 "-p", "days=60", "-p", "epochs=2", "-p", "challenger_epochs=1", "-p", "fail_on_alert=true", "--json", check=0)
     again = {s["name"]: s["outputs"] for s in json.loads(r.stdout)["steps"]}
@@ -86,3 +100,100 @@ def test_demo_runs_the_churn_pipeline_and_is_idempotent(tmp_path, home, monkeypa
     assert [(h["action"], h["from_version"], h["to_version"]) for h in hist] == [("promote", None, 1), ("promote", 1, 2), ("rollback", 2, 1)]
     assert "no earlier holder" in run_cli("models", "rollback", "churn", "--alias", "champion", check=1).stderr
     assert "model:churn/1" in ws.lineage.of(f"mlflow_run:{v1['run_id']}")["downstream_nodes"]
+
+
+def _job_script(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "ticks.py"
+    script.write_text("import time\nfor i in range(12):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n")
+    return script
+
+
+def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, home, browser, jupyter_lab, tmp_path):
+    """A real `jupyter lab` on the demo's workspace, driven in Chromium: the sidebar lists the demo's models; Promote moves
+    the alias (checked through the core) and the move shows in the alias history; a running job's log streams; "Run with
+    parameters" executes a notebook through the pipeline runner and opens the result."""
+    import mlplat
+    demo_home, _ = demo
+    ws = mlplat.connect(demo_home)
+    assert ws.models.get("churn", "champion").version == 1     # where the first test left it
+    url, token, root = jupyter_lab(demo_home)
+    parameters_notebook(root / "report.ipynb")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{url}/lab?token={token}")
+    page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
+    page.click("li.lm-TabBar-tab[data-id='mlplat-sidebar']")
+    model = page.wait_for_selector("li[data-model='churn']", timeout=30_000)
+    assert "champion → v1" in model.inner_text() and "challenger → v2" in model.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "lab-sidebar.png"))
+
+    # promote v2 to champion: the gate results are shown before confirming
+    page.click("li[data-model='churn'] > button.mlplat-item")
+    page.click("li[data-model='churn'] button[data-promote='2']")
+    dialog = page.wait_for_selector(".jp-Dialog")
+    assert "parity" in dialog.inner_text() and "PASS" in dialog.inner_text()
+    page.fill(".jp-Dialog input[name=alias]", "champion")
+    page.fill(".jp-Dialog input[name=reason]", "promoted from the UI test")
+    page.screenshot(path=str(ARTIFACTS / "lab-promote-dialog.png"))
+    page.click(".jp-Dialog .jp-mod-accept")
+    page.wait_for_selector("li[data-model='churn'] td:has-text('promoted from the UI test')", timeout=60_000)
+    assert ws.models.get("churn", "champion").version == 2       # the alias moved, in the core
+    last = ws.models.history("churn", "champion")[-1]
+    assert (last["action"], last["from_version"], last["to_version"], last["reason"]) == ("promote", 1, 2, "promoted from the UI test")
+    page.screenshot(path=str(ARTIFACTS / "lab-promoted.png"))
+
+    # a job's live log
+    rec = ws.jobs.submit({"name": "ticks", "entrypoint": str(_job_script(tmp_path / "code")), "resources": {"processes_per_node": 1}})
+    page.click("details[data-section='jobs'] > summary .mlplat-link")
+    page.click(f"li[data-job='{rec.id}'] > button", timeout=30_000)
+    log = page.wait_for_selector(f"pre[data-job-log='{rec.id}']")
+    page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 2')", timeout=90_000)
+    assert ws.jobs.status(rec.id).state == "running"              # lines arrive while the job runs
+    page.screenshot(path=str(ARTIFACTS / "lab-job-log.png"))
+    page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 11')", timeout=90_000)
+    page.wait_for_selector(".mlplat-joblog-state .mlplat-badge-succeeded", timeout=30_000)
+    assert "tick 0" in log.inner_text()
+
+    # run a notebook with parameters from its toolbar
+    page.goto(f"{url}/lab/tree/report.ipynb?token={token}")
+    page.click(".mlplat-run-button", timeout=60_000)
+    page.wait_for_selector(".jp-Dialog input[name=n]")
+    assert page.input_value(".jp-Dialog input[name=n]") == "2"
+    page.fill(".jp-Dialog input[name=n]", "7")
+    page.screenshot(path=str(ARTIFACTS / "lab-run-dialog.png"))
+    page.click(".jp-Dialog .jp-mod-accept")
+    page.wait_for_selector(".jp-OutputArea-output:has-text('total 70 x')", timeout=120_000)   # the executed copy, opened
+    run = ws.pipelines.list(pipeline="report")[0]
+    assert run.status == "succeeded" and run.parameters == {"n": 7} and run.steps["report"].outputs == {"total": 70}
+    assert list((root / "mlplat-runs" / run.id).glob("*.ipynb"))
+    page.screenshot(path=str(ARTIFACTS / "lab-run-result.png"))
+    page.close()
+
+
+def test_monitoring_dashboard_renders_demo_data_without_source(demo, home, browser, tmp_path):
+    "`mlplat dashboards serve monitoring` (Voila) on the demo's workspace: data shown, no code, no traceback, token required."
+    import httpx
+    demo_home, _ = demo
+    port, token = free_port(), "dash-" + os.urandom(12).hex()
+    log = tmp_path / "voila.log"
+    p = start_process([BIN / "mlplat", "--home", demo_home, "dashboards", "serve", "monitoring", "--port", port, "--token", token],
+                      log, cwd=tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", p, log)
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code in (302, 403)     # no token, no dashboard
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/?token={token}", timeout=120_000)
+        page.wait_for_selector(".mlplat-widget svg", timeout=120_000)
+        page.wait_for_selector("text=A/B results", timeout=60_000)
+        text = page.inner_text("body")
+        assert "churn: 2 version(s)" in text and "champion" in text and "challenger" in text
+        assert "traffic split" in text and "request(s) in the last 7d" in text
+        assert "drift per feature" in text
+        html = page.content()
+        for source in ("import mlplat", "DeploymentPanel(ws", "ab_report(", "QUERY_STRING"):
+            assert source not in html, source                         # no code reaches the page
+        assert "Traceback" not in html
+        page.screenshot(path=str(ARTIFACTS / "dashboard-monitoring.png"), full_page=True)
+        page.close()
+    finally:
+        stop_process(p)

@@ -12,7 +12,7 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from pydantic import TypeAdapter
 from tornado.httpclient import HTTPClientError
 
-from conftest import REPO, register_version
+from conftest import REPO, parameters_notebook, register_version
 from mlplat.jupyter import api
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -171,18 +171,8 @@ async def test_a_job_log_streams_while_the_job_runs(jp_fetch, ws, tmp_path):
     assert code == 404
 
 
-def _notebook(path: Path):
-    import nbformat
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = nbformat.v4.new_code_cell("n: int = 2  # how many\nlabel = 'x'")
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell("import mlplat.pipelines as pl\npl.output(\"total\", n * 10)\npl.output(\"label\", label)")]
-    nbformat.write(nb, str(path))
-
-
 async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws, jp_root_dir):
-    _notebook(jp_root_dir / "report.ipynb")
+    parameters_notebook(jp_root_dir / "report.ipynb")
     params = body(await jp_fetch("mlplat", "api", "notebooks", "parameters", params={"path": "report.ipynb"}))
     assert [(p["name"], p["type"], p["default"]) for p in params["parameters"]] == [("n", "int", 2), ("label", "str", "x")]
     code, err = await error(jp_fetch, "mlplat", "api", "notebooks", "run", method="POST",
@@ -200,7 +190,7 @@ async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws,
         run = valid(f"/pipelines/runs/{run['id']}", "GET", body(await jp_fetch("mlplat", "api", "pipelines", "runs", run["id"])))
     assert run["status"] == "succeeded", run
     step = run["steps"][0]
-    assert step["outputs"] == {"total": 70, "label": "x"} and step["lab_path"] is None   # executed under the workspace
+    assert step["outputs"] == {"total": 70} and step["lab_path"] is None   # executed under the workspace
     opened = body(await jp_fetch("mlplat", "api", "pipelines", "runs", run["id"], "steps", step["name"], "open", method="POST", body=""))
     assert (jp_root_dir / opened["paths"][0]).is_file() and opened["paths"][0].startswith("mlplat-runs/")
     assert run["id"] in [r["id"] for r in valid("/pipelines/runs", "GET", body(await jp_fetch("mlplat", "api", "pipelines", "runs")))]
@@ -208,7 +198,7 @@ async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws,
 
 
 async def test_schedule_a_notebook_and_copy_a_template(jp_fetch, ws, jp_root_dir):
-    _notebook(jp_root_dir / "report.ipynb")
+    parameters_notebook(jp_root_dir / "report.ipynb")
     s = valid("/schedules", "POST", body(await jp_fetch("mlplat", "api", "schedules", method="POST", body=json.dumps(
         {"name": "nightly-report", "path": "report.ipynb", "cron": "0 2 * * *", "parameters": {"n": 3}, "timezone": "Asia/Dubai"}))))
     assert s["next_slot"] and s["paused"] is False

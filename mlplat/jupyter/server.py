@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
@@ -52,16 +53,17 @@ class MlplatServer(Configurable):
         super().__init__(**kw)
         self.root = Path(root).resolve()
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mlplat-api")
-        self._ws, self._as = None, {}
+        self._ws, self._as, self._lock = None, {}, threading.Lock()
 
     def workspace(self, user):
         "The workspace acting as the request's principal (connected on first use, then shared)."
         import mlplat
-        if self._ws is None: self._ws = mlplat.connect(self.home)
-        if self.identity == "server": return self._ws
-        name = getattr(user, "username", None) or str(user)
-        if name not in self._as: self._as[name] = self._ws.as_user(name)
-        return self._as[name]
+        with self._lock:   # the sidebar's first requests arrive together, on several threads
+            if self._ws is None: self._ws = mlplat.connect(self.home)
+            if self.identity == "server": return self._ws
+            name = getattr(user, "username", None) or str(user)
+            if name not in self._as: self._as[name] = self._ws.as_user(name)
+            return self._as[name]
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -83,7 +85,8 @@ class MlplatHandler(APIHandler):
             ws = await self.state.run(self.state.workspace, self.current_user)
             ctx = api.Ctx(ws, self.state.root)
             if route.stream: return await self._stream(route, ctx, args)
-            query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+            # JupyterLab's ServerConnection appends a bare timestamp (`?1795712672925`) to GETs to defeat caches
+            query = {k: self.get_query_argument(k) for k in self.request.query_arguments if not (k.isdigit() and not self.get_query_argument(k))}
             result = await self.state.run(api.call, route, ctx, args, query, self.request.body if method != "GET" else None)
             if route.response is None:
                 self.set_status(204); return self.finish()
