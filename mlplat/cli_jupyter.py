@@ -30,11 +30,10 @@ def dashboard_target(name: str | None) -> Path:
     known = ", ".join(sorted(f.stem for f in folder.glob("*.ipynb")))
     raise NotFoundError(f"no dashboard {name!r}", hint=f"dashboards: {known}; or give a notebook's path")
 
-def voila_command(target: Path, port: int, token: str, ip: str = "127.0.0.1") -> list[str]:
-    if not token or len(token) < 16: raise ValidationError("the dashboard token must be at least 16 characters",
-                                                           hint="leave --token out to get a random one")
+def voila_command(target: Path, port: int, ip: str = "127.0.0.1") -> list[str]:
+    "Voila's command line; the token travels in the environment (`JUPYTER_TOKEN`), never in the process list."
     return [sys.executable, "-m", "voila", str(target), "--no-browser", f"--port={port}", f"--Voila.ip={ip}",
-            f"--token={token}", "--show_tracebacks=False", "--strip_sources=True",
+            "--token", "--show_tracebacks=False", "--strip_sources=True",
             "--VoilaConfiguration.extension_denylist=['mlplat']",
             "--MappingKernelManager.cull_idle_timeout=900", "--MappingKernelManager.cull_interval=60"]
 
@@ -58,8 +57,9 @@ def cmd_dashboards(args):
     ws.governance.authorize("monitoring:read")   # the dashboards read monitoring, models and features
     target = dashboard_target(args.name)
     token = args.token or os.environ.get("MLPLAT_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
-    cmd = voila_command(target, args.port, token, args.ip)
-    env = {**os.environ, "MLPLAT_HOME": str(ws.config.home), "MLPLAT_USER": args.as_user or ws.principal.name}
+    if len(token) < 16: raise ValidationError("the dashboard token must be at least 16 characters", hint="leave --token out to get a random one")
+    cmd = voila_command(target, args.port, args.ip)
+    env = {**os.environ, "JUPYTER_TOKEN": token, "MLPLAT_HOME": str(ws.config.home), "MLPLAT_USER": args.as_user or ws.principal.name}
     if ws.config.source: env["MLPLAT_CONFIG"] = str(ws.config.source)
     print(f"mlplat: dashboards of {ws.config.home} as {env['MLPLAT_USER']} — open http://{args.ip}:{args.port}/?token={token}",
           file=sys.stderr, flush=True)

@@ -267,7 +267,8 @@ class ModelCard(_Panel):
         def shown(results):
             ok = all(r.passed for r in results)
             self.report.value = f"<pre>{_e(report(results, f'{name} v{version} -> {alias}'))}</pre>"
-            self.confirm.disabled = not ok
+            still = (self.version.value, self.alias.value.strip()) == (version, alias)   # not changed while checking
+            self.confirm.disabled = not (ok and still)
             self.say("all gates pass: confirm to move the alias" if ok else "a gate fails: the alias cannot move to this version")
         return self._call(lambda: self.ws.models.check(name, int(version)), shown, "running the gates…")
 

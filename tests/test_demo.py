@@ -59,6 +59,10 @@ def test_demo_runs_the_churn_pipeline_and_is_idempotent(demo, home, monkeypatch)
     mon = steps["monitor"]["outputs"]
     assert mon["predictions"] == 300 and mon["versions"]["1"]["judged"] and mon["versions"]["1"]["drifted"] == []
     assert mon["alerts"] == []                                  # traffic from the training distribution raises nothing
+    from mlplat.widgets import JobMonitor
+    jm = JobMonitor(mlplat.connect(demo_home), steps["train_champion"]["outputs"]["job_id"], follow=False)
+    assert (jm.epochs.value, jm.epochs.max, jm.epochs.bar_style) == (2, 2, "success")   # the widget on a finished job
+    assert jm.curve.value.count("<circle") == 2 and "succeeded" in jm.state.value
     online = re.search(r"online lookup   customer \d+: (.*)  \[", text)[1]
     assert "age=" in online and "spend_7d=" in online and "=None" not in online
     assert (demo_home / "feast" / "registry.db").exists() and Path(run["folder"], "monitor.ipynb").is_file()
@@ -105,7 +109,7 @@ def test_demo_runs_the_churn_pipeline_and_is_idempotent(demo, home, monkeypatch)
 def _job_script(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "ticks.py"
-    script.write_text("import time\nfor i in range(12):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n")
+    script.write_text("import time\nfor i in range(20):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n")
     return script
 
 
@@ -130,8 +134,8 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     # promote v2 to champion: the gate results are shown before confirming
     page.click("li[data-model='churn'] > button.mlplat-item")
     page.click("li[data-model='churn'] button[data-promote='2']")
-    dialog = page.wait_for_selector(".jp-Dialog")
-    assert "parity" in dialog.inner_text() and "PASS" in dialog.inner_text()
+    dialog = page.wait_for_selector(".jp-Dialog:has(input[name=alias])")
+    assert "Every gate passes" in dialog.inner_text() and "residency" in dialog.inner_text()   # run now, before confirming
     page.fill(".jp-Dialog input[name=alias]", "champion")
     page.fill(".jp-Dialog input[name=reason]", "promoted from the UI test")
     page.screenshot(path=str(ARTIFACTS / "lab-promote-dialog.png"))
@@ -142,6 +146,17 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     assert (last["action"], last["from_version"], last["to_version"], last["reason"]) == ("promote", 1, 2, "promoted from the UI test")
     page.screenshot(path=str(ARTIFACTS / "lab-promoted.png"))
 
+    # a refused action: the server's message and what to do, in a dialog; nothing moves
+    page.click("li[data-model='churn'] button[data-promote='1']")
+    page.wait_for_selector(".jp-Dialog input[name=alias]")
+    page.fill(".jp-Dialog input[name=alias]", "latest")
+    page.click(".jp-Dialog .jp-mod-accept")
+    err = page.wait_for_selector(".jp-Dialog .mlplat-error")
+    assert "alias 'latest' is not valid" in err.inner_text() and "What to do:" in err.inner_text(), err.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "lab-error-dialog.png"))
+    page.click(".jp-Dialog .jp-mod-accept")
+    assert ws.models.get("churn", "champion").version == 2
+
     # a job's live log
     rec = ws.jobs.submit({"name": "ticks", "entrypoint": str(_job_script(tmp_path / "code")), "resources": {"processes_per_node": 1}})
     page.click("details[data-section='jobs'] > summary .mlplat-link")
@@ -150,7 +165,7 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 2')", timeout=90_000)
     assert ws.jobs.status(rec.id).state == "running"              # lines arrive while the job runs
     page.screenshot(path=str(ARTIFACTS / "lab-job-log.png"))
-    page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 11')", timeout=90_000)
+    page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 19')", timeout=90_000)
     page.wait_for_selector(".mlplat-joblog-state .mlplat-badge-succeeded", timeout=30_000)
     assert "tick 0" in log.inner_text()
 
@@ -170,19 +185,20 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     page.close()
 
 
-def test_monitoring_dashboard_renders_demo_data_without_source(demo, home, browser, tmp_path):
-    "`mlplat dashboards serve monitoring` (Voila) on the demo's workspace: data shown, no code, no traceback, token required."
+def test_dashboards_render_demo_data_without_source(demo, home, browser, tmp_path):
+    """`mlplat dashboards serve` (Voila) on the demo's workspace: the monitoring and feature catalog dashboards show its
+    data, and no code, no traceback; without the token there is no dashboard."""
     import httpx
     demo_home, _ = demo
     port, token = free_port(), "dash-" + os.urandom(12).hex()
     log = tmp_path / "voila.log"
-    p = start_process([BIN / "mlplat", "--home", demo_home, "dashboards", "serve", "monitoring", "--port", port, "--token", token],
-                      log, cwd=tmp_path)
+    p = start_process([BIN / "mlplat", "--home", demo_home, "dashboards", "serve", "--port", port, "--token", token], log, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}/voila/render"
     try:
         wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", p, log)
-        assert httpx.get(f"http://127.0.0.1:{port}/").status_code in (302, 403)     # no token, no dashboard
+        assert httpx.get(f"{base}/monitoring.ipynb").status_code in (302, 403)     # no token, no dashboard
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/?token={token}", timeout=120_000)
+        page.goto(f"{base}/monitoring.ipynb?token={token}", timeout=120_000)
         page.wait_for_selector(".mlplat-widget svg", timeout=120_000)
         page.wait_for_selector("text=A/B results", timeout=60_000)
         text = page.inner_text("body")
@@ -194,6 +210,13 @@ def test_monitoring_dashboard_renders_demo_data_without_source(demo, home, brows
             assert source not in html, source                         # no code reaches the page
         assert "Traceback" not in html
         page.screenshot(path=str(ARTIFACTS / "dashboard-monitoring.png"), full_page=True)
+
+        page.goto(f"{base}/feature_catalog.ipynb?token={token}", timeout=120_000)
+        page.wait_for_selector("text=customer_activity", timeout=120_000)
+        text = page.inner_text("body")
+        assert "growth-team" in text and "personal" in text and "ae-dubai-1" in text and "transactions@1" in text
+        assert "FeatureBrowser(" not in page.content() and "Traceback" not in page.content()
+        page.screenshot(path=str(ARTIFACTS / "dashboard-features.png"), full_page=True)
         page.close()
     finally:
         stop_process(p)

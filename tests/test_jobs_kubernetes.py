@@ -62,7 +62,7 @@ def test_submit_follow_conditions_and_logs(kube, churn_ws, churn_set, script):
     kube.set_pod(rec.id, "launcher", 0, log="epoch 1 loss 0.61\n")
     assert churn_ws.jobs.status(rec.id).state == "running"
     out = run_cli("jobs", "logs", rec.id, check=0).stdout
-    assert "epoch 1 loss 0.61" in out and "sshd" not in out
+    assert out.endswith("epoch 1 loss 0.61\n") and "b'" not in out and "sshd" not in out   # the text, not a repr of bytes
 
     kube.set_pod(rec.id, "launcher", 0, log="epoch 1 loss 0.61\nepoch 2 loss 0.48\ndone\n", exit_code=0, phase="Succeeded")
     kube.set_status(rec.id, conditions=[("Complete", "JobsCompleted", "TrainJob is completed")], succeeded=1)

@@ -2,6 +2,7 @@
 route, RBAC from the core (a viewer cannot promote: 403 with the core's message), errors as JSON with a hint,
 every response valid against the OpenAPI models, a job's log streamed while it runs, a notebook run with
 parameters through the pipeline runner, a notebook scheduled, a template copied."""
+import asyncio
 import json
 import os
 import time
@@ -87,7 +88,7 @@ async def test_unauthenticated_and_cross_site_requests_are_refused(jp_fetch, ws)
     before = ws.models.history("risk")
     code, _ = await error(jp_fetch, "mlplat", "api", "models", headers={"Authorization": ""})
     assert code == 403
-    # a POST with neither the token nor the XSRF cookie (what a cross-site form would send)
+    # a POST without the token (a cross-site form has no token; the missing XSRF proof is refused in the viewer test)
     code, _ = await error(jp_fetch, "mlplat", "api", "models", "risk", "promote", method="POST",
                           body=json.dumps({"version": 1, "alias": "champion"}), headers={"Authorization": ""})
     assert code == 403
@@ -106,6 +107,8 @@ async def test_a_viewer_cannot_promote_and_rbac_follows_the_jupyter_user(jp_fetc
                             body=json.dumps({"version": 2, "alias": "prod"}), headers=as_user("vera"))
     assert code == 403 and err["error"] == "PermissionDenied"
     assert "'vera' (roles: viewer) may not models:promote" in err["message"] and "ml-engineer" in err["hint"]
+    code, err = await error(jp_fetch, "mlplat", "api", "models", "risk", "versions", "2", "check", headers=as_user("vera"))
+    assert code == 403 and err["error"] == "PermissionDenied"
     assert ws.models.history("risk", "prod") == []
     code, _ = await error(jp_fetch, "mlplat", "api", "models", headers={})   # no Jupyter user at all
     assert code == 403
@@ -126,6 +129,8 @@ async def test_models_promote_rollback_and_errors(jp_fetch, ws):
     versions = valid("/models/risk/versions", "GET", body(await jp_fetch(*api_, "models", "risk", "versions")))
     assert [v["version"] for v in versions] == [2, 1]
     assert {g["gate"] for g in versions[0]["gates"]} >= {"parity", "latency"} and all(g["passed"] for g in versions[0]["gates"])
+    check = valid("/models/risk/versions/2/check", "GET", body(await jp_fetch(*api_, "models", "risk", "versions", "2", "check")))
+    assert {g["gate"] for g in check} == {"parity", "latency", "metrics", "residency", "rbac"} and all(g["passed"] for g in check)
     for v in (1, 2):
         valid("/models/risk/promote", "POST", body(await jp_fetch(*api_, "models", "risk", "promote", method="POST",
                                                                   body=json.dumps({"version": v, "alias": "champion"}))))
@@ -151,7 +156,8 @@ async def test_models_promote_rollback_and_errors(jp_fetch, ws):
 async def test_a_job_log_streams_while_the_job_runs(jp_fetch, ws, tmp_path):
     script = tmp_path / "code" / "slow.py"
     script.parent.mkdir()
-    script.write_text("import time\nfor i in range(4):\n    print(f'step {i}', flush=True)\n    time.sleep(1.5)\n")
+    script.write_text("import time\nfor i in range(4):\n    print(f'step {i}', flush=True)\n    time.sleep(1.5)\n"
+                      "print('half a line', end='', flush=True)\ntime.sleep(2)\nprint(' and its end', flush=True)\n")
     rec = ws.jobs.submit({"name": "slow", "entrypoint": str(script), "resources": {"processes_per_node": 1}})
     seen = []   # (text, job state when the chunk arrived)
 
@@ -159,11 +165,11 @@ async def test_a_job_log_streams_while_the_job_runs(jp_fetch, ws, tmp_path):
         seen.append((data.decode(), ws.jobs.status(rec.id).state))
     await jp_fetch("mlplat", "api", "jobs", rec.id, "log", "stream", streaming_callback=on_chunk, request_timeout=180)
     text = "".join(t for t, _ in seen)
-    assert all(f"step {i}" in text for i in range(4)), text
+    assert all(f"step {i}" in text for i in range(4)) and "half a line and its end" in text, text
     assert any("step 0" in t and state == "running" for t, state in seen), seen   # it arrived while the job ran
     assert ws.jobs.status(rec.id).state == "succeeded"
     chunk = valid(f"/jobs/{rec.id}/log", "GET", body(await jp_fetch("mlplat", "api", "jobs", rec.id, "log")))
-    assert chunk["done"] and "step 3" in chunk["text"]
+    assert chunk["done"] and "step 3" in chunk["text"] and "\nhalf a line and its end\n" in chunk["text"]
     again = body(await jp_fetch("mlplat", "api", "jobs", rec.id, "log", params={"offset": str(chunk["offset"])}))
     assert again["text"] == "" and again["eof"]
     valid("/jobs", "GET", body(await jp_fetch("mlplat", "api", "jobs")))
@@ -186,7 +192,7 @@ async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws,
     assert run["status"] == "running" and run["parameters"] == {"n": 7}
     end = time.time() + 120
     while run["status"] == "running" and time.time() < end:
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         run = valid(f"/pipelines/runs/{run['id']}", "GET", body(await jp_fetch("mlplat", "api", "pipelines", "runs", run["id"])))
     assert run["status"] == "succeeded", run
     step = run["steps"][0]

@@ -8,6 +8,7 @@ import {
   Definition,
   Deployment,
   FeatureView,
+  GateResult,
   Job,
   Lineage,
   ModelSummary,
@@ -295,16 +296,31 @@ class ModelsSection extends Section {
   }
 
   private async promote(name: string, v: ModelVersion, detail: HTMLElement): Promise<void> {
+    // every gate, run now: what the server will check again when the alias moves
+    let results: GateResult[];
+    try {
+      results = await request<GateResult[]>(`models/${encodeURIComponent(name)}/versions/${v.version}/check`);
+    } catch (err) {
+      await showError(`Promote ${name} v${v.version}`, err);
+      return;
+    }
+    const passed = results.every(g => g.passed);
+    const gates = table(['gate', 'result', 'summary'], results.map(g => [g.gate, g.passed ? 'PASS' : 'FAIL', g.summary]));
+    if (!passed) {
+      await showDialog({
+        title: `${name} v${v.version} cannot be promoted`,
+        body: new Widget({ node: h('div', { class: 'mlplat-promote' }, h('p', {}, 'A gate fails:'), gates) }),
+        buttons: [Dialog.okButton()]
+      });
+      return;
+    }
     const alias = h('input', { class: 'jp-mod-styled', name: 'alias', value: this.defaultAlias() }) as HTMLInputElement;
     const reason = h('input', { class: 'jp-mod-styled', name: 'reason', placeholder: 'why (kept in the alias history)' }) as HTMLInputElement;
-    const gates = v.gates.length
-      ? table(['gate', 'result', 'stage', 'summary'], v.gates.map(g => [g.gate, g.passed ? 'PASS' : 'FAIL', g.stage || '', g.summary]))
-      : h('div', { class: 'mlplat-empty' }, 'no gate results recorded');
     const body = new Widget({
       node: h(
         'div',
         { class: 'mlplat-promote' },
-        h('p', {}, `Gate results of ${name} v${v.version} (the server runs every gate again before the alias moves):`),
+        h('p', {}, `Every gate passes for ${name} v${v.version}:`),
         gates,
         h('label', {}, 'Alias ', alias),
         h('label', {}, 'Reason ', reason)

@@ -181,13 +181,13 @@ class Jobs:
             return
         offset = 0
         while True:
-            c = self.log_chunk(job_id, offset)
+            c = self.log_chunk(job_id, offset, whole_lines=follow)   # a one-off read shows an unfinished last line too
             offset = c["offset"]
             yield from c["text"].splitlines(keepends=True)
             if c["eof"] and (c["done"] or not follow): return
             if c["eof"]: time.sleep(0.3)
 
-    def log_chunk(self, job_id: str, offset: int = 0, limit: int = 1 << 20) -> dict:
+    def log_chunk(self, job_id: str, offset: int = 0, limit: int = 1 << 20, whole_lines: bool = True) -> dict:
         """The log from byte `offset` on, up to `limit` bytes and cut at a line's end: {text, offset (where to read
         on), eof, done (the job has ended and everything is read), state}. What the Jupyter log view follows."""
         self.ws.governance.authorize("jobs:read")
@@ -199,13 +199,13 @@ class Jobs:
             size = f.seek(0, 2)
             f.seek(min(offset, size)); data = f.read(limit)
         end = min(offset, size) + len(data)
-        if end < size or not rec.done:  # more to come: stop at the last full line (never half a line or character)
+        if whole_lines and (end < size or not rec.done):  # more to come: stop at the last full line (never half a line or character)
             cut = data.rfind(b"\n") + 1
             if cut or len(data) < limit: data = data[:cut]
             end = min(offset, size) + len(data)
-        eof = end >= size
+        eof = end >= size or not data   # nothing complete to read now (an unfinished last line waits for its end)
         return {"job_id": job_id, "state": rec.state, "text": data.decode(errors="replace"), "offset": end, "eof": eof,
-                "done": rec.done and eof}
+                "done": rec.done and end >= size}
 
     def cancel(self, job_id: str) -> JobRecord:
         "Stop the job and every process it started; a finished job is left as it is."

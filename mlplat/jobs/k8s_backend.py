@@ -181,7 +181,9 @@ class KubernetesBackend(JobBackend):
         core, parts = client.CoreV1Api(api_client), []
         launchers = self._launchers(pods)
         for p in launchers:
-            try: text = core.read_namespaced_pod_log(p.metadata.name, ref["namespace"], container="node")
+            # the raw body: the client's own decoding of this text endpoint returns the repr of bytes ("b'...'")
+            try: text = core.read_namespaced_pod_log(p.metadata.name, ref["namespace"], container="node",
+                                                     _preload_content=False).data.decode("utf-8", "replace")
             except ApiException: continue  # not started yet (ContainerCreating) or already gone
             parts.append(text if len(launchers) == 1 else "".join(f"[{p.metadata.name}] {l}\n" for l in text.splitlines()))
         return "".join(parts) if parts else None

@@ -15,16 +15,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticEr
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['ROUTES', 'Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Definition', 'DatasetVersion', 'TrainingSet', 'Edge',
-           'Lineage', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion', 'AliasEvent', 'PromoteRequest',
-           'RollbackRequest', 'VariantTraffic', 'Deployment', 'TrafficBucket', 'Step', 'Run', 'NotebookParameter',
-           'NotebookParameters', 'RunNotebookRequest', 'Schedule', 'ScheduleNotebookRequest', 'Template',
-           'CopyTemplateRequest', 'Copied', 'Ctx', 'Route', 'route', 'me', 'features', 'feature', 'feature_versions',
-           'datasets', 'dataset_versions', 'training_sets', 'lineage', 'jobs', 'job', 'job_log', 'job_log_stream',
-           'job_cancel', 'models', 'model_versions', 'model_history', 'model_promote', 'model_rollback', 'deployments',
-           'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'notebook_parameters', 'notebook_run',
-           'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates',
-           'template_copy', 'match', 'call', 'openapi']
+__all__ = ['ROUTES', 'Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Entity', 'FeatureService', 'Definition', 'DatasetVersion',
+           'TrainingSet', 'Edge', 'Lineage', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion',
+           'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment', 'TrafficBucket', 'Step',
+           'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest', 'Schedule',
+           'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied', 'Ctx', 'Route', 'route', 'me',
+           'features', 'feature', 'feature_versions', 'datasets', 'dataset_versions', 'training_sets', 'lineage',
+           'jobs', 'job', 'job_log', 'job_log_stream', 'job_cancel', 'models', 'model_versions', 'model_check',
+           'model_history', 'model_promote', 'model_rollback', 'deployments', 'deployment_traffic', 'runs', 'run',
+           'run_cancel', 'run_step_open', 'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook',
+           'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates', 'template_copy', 'match', 'call',
+           'openapi']
 
 # %% ../../notebooks/80_jupyter_api.ipynb #762f9542
 class Out(BaseModel):
@@ -56,6 +57,18 @@ class FeatureView(Out):
     online: bool = False
     classification: Optional[str] = None
     tags: dict[str, str] = {}
+
+class Entity(Out):
+    name: str
+    version: int
+    join_key: Optional[str] = None
+    value_type: Optional[str] = None
+
+class FeatureService(Out):
+    name: str
+    version: int
+    features: list[str] = []
+    owner: Optional[str] = None
 
 class Definition(Out):
     kind: Optional[str] = None
@@ -290,7 +303,7 @@ def me(c: Ctx):
     i = c.ws.info()
     return {k: i[k] for k in ("principal", "roles", "region", "home", "project")}
 
-@route("GET", "/features", "feature views (or entities, services), latest versions", list[FeatureView] | list[Definition],
+@route("GET", "/features", "feature views (or entities, services), latest versions", list[FeatureView] | list[Entity] | list[FeatureService],
        query={"kind": (str, "feature_view", "feature_view, entity or feature_service")})
 def features(c: Ctx, kind: str = "feature_view"):
     return c.ws.features.list(kind)
@@ -351,6 +364,12 @@ def model_versions(c: Ctx, name: str):
     for v in sorted(c.ws.models.versions(name), key=lambda v: -v.version):
         d = v.to_dict(); d["gates"] = c.ws.models.gates(name, v.version); out.append(d)
     return out
+
+@route("GET", "/models/{name}/versions/{version}/check", "run every gate for promoting a version now (nothing moves)",
+       list[GateResult])
+def model_check(c: Ctx, name: str, version: str):
+    if not version.isdigit(): raise ValidationError(f"version must be a number, not {version!r}")
+    return [{**r.to_dict(), "stage": "check"} for r in c.ws.models.check(name, int(version))]
 
 @route("GET", "/models/{name}/history", "every alias move, oldest first", list[AliasEvent], query={"alias": (str, None, "only this alias")})
 def model_history(c: Ctx, name: str, alias: str | None = None):

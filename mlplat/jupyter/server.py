@@ -53,13 +53,19 @@ class MlplatServer(Configurable):
         super().__init__(**kw)
         self.root = Path(root).resolve()
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mlplat-api")
-        self._ws, self._as, self._lock = None, {}, threading.Lock()
+        self._ws, self._as, self._lock, self._stamp = None, {}, threading.Lock(), None
 
     def workspace(self, user):
-        "The workspace acting as the request's principal (connected on first use, then shared)."
+        """The workspace acting as the request's principal: connected on first use, then shared, and read again when
+        its mlplat.toml changes (a revoked role takes effect at once, without restarting Jupyter)."""
         import mlplat
         with self._lock:   # the sidebar's first requests arrive together, on several threads
-            if self._ws is None: self._ws = mlplat.connect(self.home)
+            src = self._ws.config.source if self._ws is not None else None
+            stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
+            if self._ws is None or stamp != self._stamp:
+                self._ws, self._as = mlplat.connect(self.home), {}
+                src = self._ws.config.source
+                self._stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             if self.identity == "server": return self._ws
             name = getattr(user, "username", None) or str(user)
             if name not in self._as: self._as[name] = self._ws.as_user(name)
@@ -72,7 +78,10 @@ class MlplatServer(Configurable):
 class MlplatHandler(APIHandler):
     auth_resource = "mlplat"
 
-    def initialize(self, state: MlplatServer): self.state = state
+    def initialize(self, state: MlplatServer):
+        self.state, self.gone = state, False
+
+    def on_connection_close(self): self.gone = True   # a streaming client went away: stop following its log
 
     def _error(self, status: int, body: dict):
         self.clear(); self.set_status(status)
@@ -107,14 +116,17 @@ class MlplatHandler(APIHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")   # proxies must not hold the stream back
         try:
-            while True:
+            while not self.gone:
                 if chunk["text"]:
                     self.write(chunk["text"]); await self.flush()
                 if chunk["done"]: break
                 if chunk["eof"]: await asyncio.sleep(0.5)
                 chunk = await self.state.run(read, chunk["offset"])
         except StreamClosedError: return
-        self.finish()
+        except Exception as e:   # the reply has begun: say so in the text, there is no status left to set
+            log.exception("mlplat API: the log stream stopped")
+            if not self.gone: self.write(f"\n[mlplat] the log stream stopped: {type(e).__name__}: {e}\n")
+        if not self.gone: self.finish()
 
     @tornado.web.authenticated
     @authorized

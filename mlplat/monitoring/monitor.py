@@ -36,11 +36,22 @@ def read_predictions(folder: Path, since: datetime, until: datetime) -> list[dic
     out = []
     for path in sorted(folder.glob("*.jsonl")):
         if path.stem < since.strftime("%Y-%m-%d") or path.stem > until.strftime("%Y-%m-%d"): continue
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        lines = text.split("\n")
+        if not text.endswith("\n"): lines = lines[:-1]   # a line the server is still writing is read next time
+        for line in lines:
             if not line.strip(): continue
             rec = json.loads(line)
             if since <= datetime.fromisoformat(rec["ts"]) < until: out.append(rec)
     return out
+
+_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+def _log_folder(home: Path, name: str) -> Path:
+    "The prediction-log folder of deployment `name` (a plain name: never a path out of the workspace)."
+    if not isinstance(name, str) or not _DEPLOYMENT.fullmatch(name) or ".." in name:
+        raise ValidationError(f"{name!r} is not a deployment name", hint="letters, digits, '.', '_' and '-'")
+    return home/"predictions"/name
 
 def _columns(arrays: dict, names: dict) -> dict:
     "{column name: 1-D values} from {tensor name: [rows, ...] array}; 2-D tensors give one column per feature."
@@ -108,7 +119,7 @@ class Monitor:
         ws.governance.authorize("monitoring:run", name)
         until = _when(until) or datetime.now(timezone.utc)
         since = _when(since) or until - parse_window(window)
-        folder = ws.config.home/"predictions"/name
+        folder = _log_folder(ws.config.home, name)
         if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         recs = [r for r in read_predictions(folder, since, until) if r.get("variant") != "shadow"]
         model = model or name
@@ -151,7 +162,7 @@ class Monitor:
         step = parse_window(every)
         if step.total_seconds() <= 0: raise ValidationError("every must be longer than 0")
         if (until - since) / step > 1000: raise ValidationError(f"{every} buckets over {until - since} is over 1000 buckets", hint="choose a longer --every")
-        folder = ws.config.home/"predictions"/name
+        folder = _log_folder(ws.config.home, name)
         if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         recs = [r for r in read_predictions(folder, since, until) if r.get("variant") != "shadow"]
         outcomes, model, refs = self._outcomes(name), model or name, {}
@@ -182,8 +193,9 @@ class Monitor:
             folder = home/"predictions"/name
             recs = read_predictions(folder, since, until) if folder.is_dir() else []
             days = sorted(folder.glob("*.jsonl"))
-            tail = [l for l in days[-1].read_text().splitlines() if l.strip()] if days else []
-            out.append({"name": name, "window": window, "requests": len(recs), "last_request": json.loads(tail[-1])["ts"] if tail else None,
+            last = max((r["ts"] for r in read_predictions(folder, datetime.fromisoformat(days[-1].stem).replace(tzinfo=timezone.utc),
+                                                          until + timedelta(days=1))), default=None) if days else None
+            out.append({"name": name, "window": window, "requests": len(recs), "last_request": last,
                         "weights": _weights(specs.get(name)), "variants": _by_variant(recs)})
         return out
 
@@ -194,8 +206,10 @@ class Monitor:
         step = parse_window(every)
         if step.total_seconds() <= 0 or (until - since) / step > 1000:
             raise ValidationError(f"every={every!r} must be longer than 0 and give at most 1000 buckets over {window}")
-        folder = self.ws.config.home/"predictions"/name
-        if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
+        folder = _log_folder(self.ws.config.home, name)
+        if not folder.is_dir():
+            if (self.ws.config.home/"deployments"/f"{name}.yaml").is_file(): return []   # configured, nothing served yet
+            raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         buckets: dict = {}
         for r in read_predictions(folder, since, until):
             buckets.setdefault(int((datetime.fromisoformat(r["ts"]) - since) / step), []).append(r)

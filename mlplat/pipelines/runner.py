@@ -175,8 +175,22 @@ class Pipelines:
         """Validate and record the run like `run`, then execute it in a background thread of this process: returns
         at once with the run's record (status `running`); follow it with `get`, stop it with `cancel`."""
         p, rec, parallel = self._begin(pipeline, params, max_parallel, None, trigger)
-        threading.Thread(target=self._execute, args=(p, rec, parallel, "pipeline.run"), name=f"pipeline-{rec.id}", daemon=True).start()
+        threading.Thread(target=self._execute_guarded, args=(p, rec, parallel), name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
+
+    def _execute_guarded(self, p, rec: RunRecord, parallel: int):
+        "`_execute` on a thread: an unexpected error fails the run (recorded, resumable) instead of leaving it `running`."
+        try: self._execute(p, rec, parallel, "pipeline.run")
+        except Exception as e:
+            import logging
+            logging.getLogger("mlplat.pipelines").exception("pipeline run %s failed unexpectedly", rec.id)
+            for s in rec.steps.values():
+                if s.status in ("running", "pending"):
+                    s.status, s.error, s.finished_at = "failed", f"the runner stopped: {type(e).__name__}: {e}; resume runs it again", utcnow()
+            try:
+                for s in rec.steps.values(): self._save_step(rec.id, s)
+                self._finish(rec, {n for n, s in rec.steps.items() if s.status == "failed"}, "pipeline.run")
+            except Exception: logging.getLogger("mlplat.pipelines").exception("could not record the failure of run %s", rec.id)
 
     def _begin(self, pipeline, params, max_parallel, run_id, trigger) -> tuple:
         "Everything before the first step: checks, authorization, the run's folder, MLflow run, DB rows and lineage."

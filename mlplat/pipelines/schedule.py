@@ -140,14 +140,16 @@ class Schedules:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValidationError(f"schedule name {name!r} is not valid", hint="letters, digits, '.', '_' and '-', at most 80")
         doc = notebook_pipeline(notebook, params).to_dict()
+        try:
+            self.get(name)
+            raise ConflictError(f"schedule {name!r} exists", hint=f"remove it first: mlplat schedule remove {name}")
+        except NotFoundError: pass   # the file below belongs to no live schedule: writing it cannot change one
         path = self.ws.config.home/"schedules"/f"{name}.pipeline.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        before = path.read_text() if path.exists() else None   # a schedule of that name keeps its file (add refuses)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         try: return self.add(name, path, cron, params=None, **kw)
         except Exception:
-            if before is None: path.unlink(missing_ok=True)
-            else: path.write_text(before)
+            path.unlink(missing_ok=True)
             raise
 
     def get(self, name: str) -> Schedule:

@@ -72,7 +72,8 @@ def compare(base: list, other: list, alpha: float) -> dict:
 def report(ws, deployment: str, alpha: float = 0.05, baseline: str | None = None) -> dict:
     "Per-variant counts and outcomes for `deployment`, each variant tested against the baseline."
     ws.governance.authorize("serving:read", f"deployment:{deployment}")
-    preds = _read_jsonl(ws.config.home/"predictions"/deployment)
+    from mlplat.monitoring.monitor import _log_folder
+    preds = _read_jsonl(_log_folder(ws.config.home, deployment))
     served = {}
     for r in preds:
         if r.get("variant") != "shadow": served[r["request_id"]] = (r["variant"], r["version"])
