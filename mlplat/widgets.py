@@ -256,6 +256,7 @@ class ModelCard(_Panel):
                                      "from": h.get("from_version"), "to": h["to_version"], "who": h.get("principal"),
                                      "reason": h.get("reason")} for h in history], empty="no alias has moved yet")
         self.version.options = [v.version for v in versions]
+        if versions and self.version.value is None: self.version.value = versions[0].version   # the newest
         self.say(f"{len(versions)} version(s); aliases: " + (", ".join(f"{a} -> v{v.version}" for v in versions for a in v.aliases) or "none"))
 
     def check(self):

@@ -367,3 +367,8 @@ def parameters_notebook(path: Path) -> Path:
     nb.cells = [p, nbformat.v4.new_code_cell("print('total', n * 10, label)\nimport mlplat.pipelines as pl\npl.output('total', n * 10)")]
     nbformat.write(nb, str(path))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    "The demo's module first: it is the longest chain (the demo, then the browser and Voila tests on its workspace)."
+    items.sort(key=lambda item: 0 if item.path.name == "test_demo.py" else 1)   # stable: the rest keeps its order

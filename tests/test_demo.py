@@ -182,6 +182,22 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     assert run.status == "succeeded" and run.parameters == {"n": 7} and run.steps["report"].outputs == {"total": 70}
     assert list((root / "mlplat-runs" / run.id).glob("*.ipynb"))
     page.screenshot(path=str(ARTIFACTS / "lab-run-result.png"))
+
+    # the widgets render in JupyterLab as they do in Voila
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("import mlplat\nfrom mlplat.widgets import ModelCard\nModelCard(mlplat.connect(), 'churn')")]
+    nbformat.write(nb, str(root / "cards.ipynb"))
+    page.goto(f"{url}/lab/tree/cards.ipynb?reset&token={token}")   # reset: the only open notebook
+    page.click(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+    page.keyboard.press("Shift+Enter")
+    try: card = page.wait_for_selector(".jp-OutputArea .mlplat-widget", timeout=120_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "lab-widget-failed.png")); raise
+    page.wait_for_selector(".jp-OutputArea .mlplat-widget >> text=champion -> v2", timeout=60_000)
+    assert "Model churn" in card.inner_text() and "Confirm promote" in card.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "lab-widget.png"))
     page.close()
 
 

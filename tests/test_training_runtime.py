@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, TEMPLATE
+from conftest import BIN, REPO, TEMPLATE, free_port
 
 
 def _deepspeed(args, env, cwd):
+    "The template under `deepspeed` on a free port; the ranks' shared-memory buffers are released afterwards."
+    from mlplat.jobs.local import release_shm
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"), "OMP_NUM_THREADS": "1", **env}
-    p = subprocess.run([str(BIN / "deepspeed"), "--num_gpus", "2", str(TEMPLATE), *args], capture_output=True, text=True,
-                       env=env, cwd=cwd, timeout=600)
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), str(TEMPLATE), *args]
+    try: p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    finally: release_shm(cmd)
     if p.returncode != 0:
         Path(cwd, "deepspeed.log").write_text(p.stdout + "\n----- stderr -----\n" + p.stderr)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
