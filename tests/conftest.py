@@ -27,12 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def clear_mlplat_env(mp):
+    "Unset every MLPLAT_* variable through the MonkeyPatch `mp` (restored after): the test's workspace alone is in force."
+    for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
+        mp.delenv(var)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     "An empty folder as MLPLAT_HOME, and as the working directory (so nothing leaks into the repo)."
     monkeypatch.chdir(tmp_path)
-    for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
-        monkeypatch.delenv(var)
+    clear_mlplat_env(monkeypatch)
     h = tmp_path / "ws"
     monkeypatch.setenv("MLPLAT_HOME", str(h))
     return h

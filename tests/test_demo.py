@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ARTIFACTS, BIN, REPO, free_port, parameters_notebook, run_cli, start_process, stop_process, wait_http
+from conftest import ARTIFACTS, BIN, REPO, clear_mlplat_env, free_port, parameters_notebook, run_cli, start_process, stop_process, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,7 @@ def demo(tmp_path_factory):
     "`mlplat demo` once for the module (the tests after the first use its workspace): (workspace, what it printed)."
     demo_home = tmp_path_factory.mktemp("demo") / "demo"
     with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
-            mp.delenv(var)
+        clear_mlplat_env(mp)
         mp.chdir(demo_home.parent)
         text = run_cli("demo", "--home", demo_home, "--customers", "400", "--days", "60", "--epochs", "2", check=0).stdout
     return demo_home, text

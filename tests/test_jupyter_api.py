@@ -13,7 +13,7 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from pydantic import TypeAdapter
 from tornado.httpclient import HTTPClientError
 
-from conftest import REPO, parameters_notebook, register_version
+from conftest import REPO, clear_mlplat_env, parameters_notebook, register_version
 from mlplat.jupyter import api
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -37,8 +37,7 @@ def shared(tmp_path_factory):
     import mlplat
     home = tmp_path_factory.mktemp("jupyter") / "ws"
     with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
-            mp.delenv(var)
+        clear_mlplat_env(mp)
         ws = mlplat.connect(home)
         register_version(ws, 1.0), register_version(ws, 0.5)
     toml = home / "mlplat.toml"
@@ -51,8 +50,7 @@ def ws(shared, tmp_path, monkeypatch):
     "The module's workspace, in force for this test (MLPLAT_HOME), with a scratch working folder."
     import mlplat
     monkeypatch.chdir(tmp_path)
-    for var in [v for v in os.environ if v.startswith("MLPLAT_")]:
-        monkeypatch.delenv(var)
+    clear_mlplat_env(monkeypatch)
     monkeypatch.setenv("MLPLAT_HOME", str(shared))
     return mlplat.connect(shared)
 
