@@ -362,6 +362,22 @@ def jupyter_lab(tmp_path):
         stop_process(p)
 
 
+def run_first_cell(page, attempts: int = 3) -> None:
+    """Run the open notebook's first cell once its kernel is idle. A keystroke that lands while JupyterLab is still laying
+    out the notebook is lost, so the run is retried until the cell's prompt shows it was taken ([*] or [1])."""
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    taken = "(() => { const p = document.querySelector('.jp-Notebook .jp-Cell .jp-InputPrompt'); return p && /\\[[*0-9]+\\]/.test(p.textContent); })()"
+    for attempt in range(attempts):
+        page.click(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(taken, timeout=20_000)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+
+
 def parameters_notebook(path: Path) -> Path:
     "A notebook with a `parameters` cell (n: int = 2, label = 'x') that prints and outputs total = n * 10."
     import nbformat

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ARTIFACTS, BIN, REPO, clear_mlplat_env, free_port, parameters_notebook, run_cli, start_process, stop_process, wait_http
+from conftest import ARTIFACTS, BIN, REPO, clear_mlplat_env, free_port, parameters_notebook, run_cli, run_first_cell, start_process, stop_process, wait_http
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +189,12 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     nb.cells = [nbformat.v4.new_code_cell("import mlplat\nfrom mlplat.widgets import ModelCard\nModelCard(mlplat.connect(), 'churn')")]
     nbformat.write(nb, str(root / "cards.ipynb"))
     page.goto(f"{url}/lab/tree/cards.ipynb?reset&token={token}")   # reset: the only open notebook
-    page.click(".jp-Notebook .jp-Cell .cm-content", timeout=60_000)
-    page.keyboard.press("Shift+Enter")
+    run_first_cell(page)
     try: card = page.wait_for_selector(".jp-OutputArea .mlplat-widget", timeout=120_000)
     except Exception:
-        page.screenshot(path=str(ARTIFACTS / "lab-widget-failed.png")); raise
+        page.screenshot(path=str(ARTIFACTS / "lab-widget-failed.png"))
+        pytest.fail("no widget in the cell's output; the output reads:\n" + page.inner_text(".jp-Notebook .jp-Cell .jp-Cell-outputWrapper")
+                    + "\n--- jupyter lab log ---\n" + (root.parent / "lab.log").read_text()[-3000:])
     page.wait_for_selector(".jp-OutputArea .mlplat-widget >> text=champion -> v2", timeout=60_000)
     assert "Model churn" in card.inner_text() and "Confirm promote" in card.inner_text()
     page.screenshot(path=str(ARTIFACTS / "lab-widget.png"))
