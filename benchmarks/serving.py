@@ -191,10 +191,12 @@ def main():
     # mlflow models serve needs an MLflow model: the same ONNX file, logged as an MLflow onnx model
     import mlflow
     import onnx
+    from mlplat.models.onnx import flavor_requirements
     mlflow.set_tracking_uri(f"sqlite:///{WORK / 'mlflow.db'}")
     exp = mlflow.create_experiment("bench", artifact_location=str(WORK / "artifacts"))
     with mlflow.start_run(experiment_id=exp):
-        info = mlflow.onnx.log_model(onnx.load(str(model)), name="mlp", save_as_external_data=False)
+        info = mlflow.onnx.log_model(onnx.load(str(model)), name="mlp", save_as_external_data=False,
+                                     pip_requirements=flavor_requirements("onnx"))
     local_model = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(WORK / "mlflow_model"))
     (WORK / "reference.py").write_text(REFERENCE)
     home = WORK / "ws"

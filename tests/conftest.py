@@ -198,12 +198,14 @@ def register_version(ws, c):
     "A scikit-learn model logged in a run, registered (ONNX + gates) as the next version of 'risk'."
     import mlflow
     from sklearn.linear_model import LogisticRegression
+    from mlplat.models.onnx import flavor_requirements
     mlflow.set_tracking_uri(ws.config.tracking_uri)
     client = ws.mlflow_client()
     exp = client.get_experiment_by_name("risk")
     exp_id = exp.experiment_id if exp else client.create_experiment("risk", artifact_location=f"{ws.config.artifact_root}/risk")
     with mlflow.start_run(experiment_id=exp_id) as r:
-        mlflow.sklearn.log_model(LogisticRegression(C=c).fit(X, Y), name="model", input_example=X[:5])
+        mlflow.sklearn.log_model(LogisticRegression(C=c).fit(X, Y), name="model", input_example=X[:5],
+                                 pip_requirements=flavor_requirements("sklearn"))
     return ws.models.register(r.info.run_id, "risk", sample=X[:64])
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import free_port
 from mlplat.errors import ValidationError
+from mlplat.models.onnx import flavor_requirements
 
 FEATURES = ["monthly_fee", "age", "spend_7d", "transactions_7d", "tickets_7d"]
 
@@ -24,7 +25,7 @@ def test_entity_keys_instead_of_features(churn_ws, churn_set):
     mlflow.set_tracking_uri(ws.config.tracking_uri)
     exp = ws.mlflow_client().create_experiment("churn-raw", artifact_location=f"{ws.config.artifact_root}/churn-raw")
     with mlflow.start_run(experiment_id=exp) as run:
-        mlflow.sklearn.log_model(pipe, name="model", input_example=X[:5])
+        mlflow.sklearn.log_model(pipe, name="model", input_example=X[:5], pip_requirements=flavor_requirements("sklearn"))
     v = ws.models.register(run.info.run_id, "churn-raw", sample=X[:64])
     ws.models.promote("churn-raw", v.version, "champion")
     spec = {"name": "churn-raw", "variants": [{"name": "champion", "uri": "models:/churn-raw@champion"}],

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'push_source_name', 'to_feast', 'to_feast_services']
+__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'push_source_name', 'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def feature_store_yaml(config) -> str:
@@ -36,15 +36,36 @@ def write_repo(config) -> Path:
     return repo
 
 def open_store(config):
+    import_feast()
     from feast import FeatureStore
     return FeatureStore(repo_path=str(write_repo(config)))
 
-# %% ../../notebooks/13_feast_repo.ipynb #1da5852f
+# %% ../../notebooks/13_feast_repo.ipynb #5e2b20b8
+def _unchecked(target=None, **options):
+    return (lambda t: t) if target is None else target
+
+def import_feast():
+    "Import Feast (once per process) without typeguard's import-time instrumentation of its functions."
+    import sys
+    if "feast" in sys.modules: return sys.modules["feast"]
+    try: import typeguard
+    except ImportError: typeguard = None
+    original = getattr(typeguard, "typechecked", None)
+    if typeguard is not None: typeguard.typechecked = _unchecked
+    try:
+        import feast
+    finally:
+        if typeguard is not None: typeguard.typechecked = original
+    return feast
+
+# %% ../../notebooks/13_feast_repo.ipynb #b789e59f
 def _value_type(name):
+    import_feast()
     from feast import ValueType
     return {"int64": ValueType.INT64, "int32": ValueType.INT32, "string": ValueType.STRING}[name]
 
 def _feast_dtype(name):
+    import_feast()
     from feast import types as ft
     return {"int64": ft.Int64, "int32": ft.Int32, "float64": ft.Float64, "float32": ft.Float32,
             "string": ft.String, "bool": ft.Bool, "unix_timestamp": ft.UnixTimestamp}[name]
@@ -55,6 +76,7 @@ def to_feast(resolved: dict, entities: dict, versions: dict, paths: dict) -> lis
     """Feast objects for resolved definitions. `entities` maps every known entity name to its spec
     (feature views need them); `versions` maps (kind, name) to the mlplat version, recorded as a tag;
     `paths` maps a dataset version id (`customers@2`) to its snapshot file."""
+    import_feast()
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
     objs, ents = [], {}
     for name, e in entities.items():
@@ -78,6 +100,7 @@ def to_feast(resolved: dict, entities: dict, versions: dict, paths: dict) -> lis
 
 def to_feast_services(resolved: dict, views: dict, versions: dict) -> list:
     "Feast FeatureServices; `views` maps view names (new and already applied) to Feast FeatureViews."
+    import_feast()
     from feast import FeatureService
     out = []
     for name, s in resolved.get("feature_service", {}).items():

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from ..errors import NotFoundError, ValidationError
 from .definitions import coerce_column
-from .feast_repo import push_source_name
+from .feast_repo import import_feast, push_source_name
 
 # %% auto #0
 __all__ = ['materialize', 'with_fresh_registry', 'online_features', 'push']
@@ -82,6 +82,7 @@ def _snapshot_start(features_api, spec):
 def with_fresh_registry(features_api, call):
     """Run a Feast call; if Feast's cached registry predates an apply made by another process
     (the CLI, a pipeline), refresh it once and retry instead of failing."""
+    import_feast()
     from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
     try: return call()
     except (FeatureViewNotFoundException, FeatureServiceNotFoundException):
@@ -149,6 +150,7 @@ def push(features_api, view: str, df) -> dict:
     region = ws.config.online_store_region
     with ws.governance.operation("features.push", f"feature_view:{view}", "features:push", region,
                                  spec["dataset"]["classification"], {"rows": len(df)}):
+        import_feast()
         from feast.data_source import PushMode
         features_api.store.push(push_source_name(view), df, to=PushMode.ONLINE)
     return {"view": view, "rows": len(df), "region": region}

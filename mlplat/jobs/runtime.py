@@ -92,19 +92,26 @@ class JobContext:
         ts = int(time.time() * 1000)
         c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
 
-    def log_model(self, model, input_example, name: str = "model", holdout=None, feature_names: list | None = None):
+    def log_model(self, model, input_example, name: str = "model", holdout=None, feature_names: list | None = None,
+                  pip_requirements: list | None = None, extra_pip_requirements: list | None = None):
         """The trained PyTorch model as an MLflow artifact (rank 0), traced from `input_example` (a few real
         input rows) so MLflow records its signature; the registry exports it to ONNX from there. `holdout`
         (held-out rows of model input, e.g. the test split) is what the registry's parity gate compares on, and
-        monitoring's reference; `feature_names` names the input columns (drift is reported per feature)."""
+        monitoring's reference; `feature_names` names the input columns (drift is reported per feature).
+        The model's pip requirements are PyTorch's own (torch, cloudpickle, as installed) plus
+        `extra_pip_requirements`; `pip_requirements` replaces them all."""
         if input_example is None: raise ValidationError("log_model needs an input_example (a few rows of real inputs)")
+        if pip_requirements is not None and extra_pip_requirements is not None:
+            raise ValidationError("give pip_requirements (the whole list) or extra_pip_requirements (added to PyTorch's), not both")
         if not self.is_main or not self.run_id: return
         import mlflow
+        from mlplat.models.onnx import flavor_requirements
         ws = self.workspace()
         if ws is not None: mlflow.set_tracking_uri(ws.config.tracking_uri)
         import mlflow.pytorch
+        reqs = list(pip_requirements) if pip_requirements is not None else flavor_requirements("pytorch", extra_pip_requirements)
         with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(model, name=name, input_example=input_example)
+            mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=reqs)
             if holdout is not None:
                 import numpy as np, tempfile
                 with tempfile.TemporaryDirectory() as d:

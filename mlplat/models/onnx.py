@@ -19,7 +19,8 @@ NUMPY_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT6
                "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_, "BYTES": np.object_}
 
 # %% auto #0
-__all__ = ['OIP_TYPES', 'NUMPY_TYPES', 'framework_of', 'export_onnx', 'session', 'signature', 'reference_outputs']
+__all__ = ['OIP_TYPES', 'NUMPY_TYPES', 'framework_of', 'export_onnx', 'session', 'signature', 'reference_outputs',
+           'flavor_requirements']
 
 # %% ../../notebooks/50_models_onnx.ipynb #dbf727e3
 def framework_of(model) -> str:
@@ -109,3 +110,11 @@ def reference_outputs(model, x: np.ndarray, output_names: list[str]) -> dict:
         elif n == "probabilities": out[n] = model.predict_proba(x)
         elif n == "variable": out[n] = np.asarray(model.predict(x)).reshape(len(x), -1)
     return out
+
+# %% ../../notebooks/50_models_onnx.ipynb #4a35ca0f
+def flavor_requirements(flavor: str, extra: list | None = None) -> list[str]:
+    "The pip requirements MLflow's `flavor` (`onnx`, `pytorch`, `sklearn`) pins by default, plus `extra`."
+    import importlib
+    try: mod = importlib.import_module(f"mlflow.{flavor}")
+    except ImportError: raise ValidationError(f"unknown MLflow flavor {flavor!r}", hint="use onnx, pytorch or sklearn") from None
+    return [r.split("+")[0] for r in mod.get_default_pip_requirements()] + list(extra or [])

@@ -153,12 +153,12 @@ class Models:
         import mlflow, onnx
         from mlflow.models import ModelSignature
         from mlflow.types.schema import Schema, TensorSpec
-        from mlplat.models.onnx import NUMPY_TYPES
+        from mlplat.models.onnx import NUMPY_TYPES, flavor_requirements
         def schema(items): return Schema([TensorSpec(np.dtype(NUMPY_TYPES[i["datatype"]]), tuple(i["shape"]), i["name"]) for i in items])
         with mlflow.start_run(run_id=run_id):
             return mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="onnx",
                                          signature=ModelSignature(schema(sig["inputs"]), schema(sig["outputs"])),
-                                         save_as_external_data=False)
+                                         save_as_external_data=False, pip_requirements=flavor_requirements("onnx"))
 
     def _store_gate(self, conn, name, version, result, stage):
         conn.execute(table("model_gates").insert().values(model=name, version=version, gate=result.gate, passed=result.passed,
