@@ -566,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=6, help="champion training epochs (the challenger trains 2 fewer)")
     from mlplat.cli_jupyter import add_commands
     add_commands(cmd, common, _leaf)
+    from mlplat.cli_security import add_commands as add_security_commands
+    add_security_commands(cmd, common, _leaf)
     return p
 
 def _leaf(parser, common):

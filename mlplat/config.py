@@ -52,8 +52,22 @@ class WorkspaceConfig:
 
 @dataclass
 class IdentityConfig:
-    provider: str = _opt("local", "Identity provider: `local` (OS user or `user`) or `module:Class`.")
+    provider: str = _opt("local", "Identity provider: `local` (OS user or `user`), `oidc` (bearer JWTs from `oidc_issuer`) "
+                                  "or `module:Class`. Service-account API tokens (`mlplat tokens create`) work with every provider.")
     user: str = _opt("", "Principal for the local provider; empty means the OS user (alias `MLPLAT_USER`).")
+    oidc_issuer: str = _opt("", "OIDC issuer URL; tokens must carry it as `iss` (e.g. https://login.example.com/realms/ml).")
+    oidc_audience: str = _opt("", "Audience tokens must carry in `aud`: the client id this platform is registered under.")
+    oidc_jwks_uri: str = _opt("", "JWKS URL; empty: read from the issuer's `/.well-known/openid-configuration`.")
+    oidc_algorithms: list = _opt(["RS256", "ES256"], "Signature algorithms accepted (asymmetric only).")
+    oidc_leeway_seconds: int = _opt(30, "Clock skew tolerated on `exp`, `nbf` and `iat`.")
+    oidc_jwks_cache_seconds: int = _opt(300, "How long fetched signing keys are reused; an unknown `kid` refetches at "
+                                             "once (key rotation), at most every 10 s.")
+    user_claim: str = _opt("preferred_username", "Claim naming the principal (falls back to `sub`).")
+    roles_claim: str = _opt("roles", "Claim with the caller's groups or roles; a dotted path reaches nested claims "
+                                     "(`realm_access.roles`).")
+    role_map: dict = _opt({}, "Claim value -> mlplat role (or list of roles). Values not listed grant nothing.")
+    step_up: list = _opt([], "Actions that need a token proving MFA (`amr` contains `mfa`), as glob patterns: "
+                             "`models.promote@champion`, `models.rollback@*`, `tokens.create`.")
 
 @dataclass
 class RbacConfig:
@@ -258,6 +272,20 @@ class Config:
         for role, perms in self.rbac.roles.items():
             if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
                 raise ConfigError(f"rbac.roles.{role} must be a list of permission strings")
+        i = self.identity
+        if i.provider == "oidc":
+            if not i.oidc_issuer.startswith(("https://", "http://")) or not i.oidc_audience:
+                raise ConfigError("identity.provider = 'oidc' needs identity.oidc_issuer (an http(s) URL) and identity.oidc_audience",
+                                  hint="set both under [identity] in mlplat.toml")
+            weak = [a for a in i.oidc_algorithms if not str(a).startswith(("RS", "ES", "PS", "Ed"))]
+            if weak or not i.oidc_algorithms:
+                raise ConfigError(f"identity.oidc_algorithms must list asymmetric algorithms only, got {i.oidc_algorithms}",
+                                  hint="e.g. [\"RS256\", \"ES256\"]; shared-secret HS* algorithms would let any holder mint tokens")
+        for value, roles in i.role_map.items():
+            for r in ([roles] if isinstance(roles, str) else roles if isinstance(roles, list) else [None]):
+                if r not in self.rbac.roles:
+                    raise ConfigError(f"identity.role_map.{value} maps to {r!r}, which is not a role",
+                                      hint=f"roles: {', '.join(self.rbac.roles)}")
         for who, roles in self.rbac.bindings.items():
             if not isinstance(roles, list):
                 raise ConfigError(f"rbac.bindings.{who} must be a list of roles, e.g. [\"viewer\"]")

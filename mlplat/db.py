@@ -158,6 +158,17 @@ def metadata():
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),
              sa.Column("created_at", sa.DateTime(timezone=True), nullable=False))
+    sa.Table("api_tokens", md,  # service-account tokens: only a SHA-256 of the secret is kept
+             sa.Column("id", sa.String(32), primary_key=True),
+             sa.Column("name", sa.String(200), nullable=False),
+             sa.Column("secret_sha256", sa.String(64), nullable=False),
+             sa.Column("roles_json", sa.Text, nullable=False),
+             sa.Column("created_by", sa.String(200), nullable=False),
+             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("revoked_at", sa.DateTime(timezone=True)),
+             sa.Column("revoked_by", sa.String(200)),
+             sa.Column("last_used_at", sa.DateTime(timezone=True)))
     sa.Table("audit_log", md,
              sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
              sa.Column("ts", sa.String(40), nullable=False),

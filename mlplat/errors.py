@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # %% auto #0
 __all__ = ['MlplatError', 'ConfigError', 'ValidationError', 'NotFoundError', 'ConflictError', 'PermissionDenied',
-           'ResidencyViolation', 'AuditIntegrityError']
+           'ResidencyViolation', 'AuditIntegrityError', 'AuthenticationError']
 
 # %% ../notebooks/00_errors.ipynb #50211602
 class MlplatError(Exception):
@@ -56,3 +56,8 @@ class AuditIntegrityError(MlplatError):
     "The audit chain does not verify: a record was edited, deleted or reordered."
     http_status = 409
     exit_code = 4
+
+class AuthenticationError(MlplatError):
+    "No credentials, or credentials that do not verify (expired, forged, revoked, wrong audience)."
+    http_status = 401
+    exit_code = 3

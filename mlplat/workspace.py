@@ -52,9 +52,11 @@ class Workspace:
 
     @property
     def principal(self):
+        """Who acts: the principal given, else the bearer of `MLPLAT_TOKEN` (an API token, or a JWT under
+        `identity.provider = "oidc"`), else the configured provider's (the OS user, for `local`)."""
         if self._principal is None:
-            from mlplat.governance.identity import identity_provider
-            self._principal = identity_provider(self.config).principal()
+            from mlplat.governance.tokens import authenticate
+            self._principal = authenticate(self.config, self.engine, os.environ.get("MLPLAT_TOKEN"), "sdk")
         return self._principal
 
     @functools.cached_property
@@ -110,6 +112,23 @@ class Workspace:
     @functools.cached_property
     def audit(self) -> AuditApi: return AuditApi(self)
 
+    @functools.cached_property
+    def tokens(self):
+        "Service-account API tokens (`create`, `list`, `revoke`)."
+        from mlplat.governance.tokens import ApiTokens
+        return ApiTokens(self)
+
+    def authenticate(self, credentials: str | None, surface: str = "api") -> "Workspace":
+        """The same workspace acting as whoever `credentials` prove (an API token, or a bearer JWT under OIDC);
+        `AuthenticationError` (audited) when they prove nothing. Servers call this once per request."""
+        from mlplat.governance.tokens import authenticate
+        return self._sibling(authenticate(self.config, self.engine, credentials, surface))
+
+    def _sibling(self, principal) -> "Workspace":
+        ws = Workspace(self.config, principal)
+        ws.__dict__["engine"] = self.engine   # one connection pool per process, not one per request
+        return ws
+
     def as_user(self, name: str) -> "Workspace":
         """The same workspace acting as another principal. Only with the `local` identity provider, which
         trusts the machine anyway; a verifying provider (OIDC, tokens) cannot be sidestepped this way."""
@@ -118,7 +137,7 @@ class Workspace:
         if self.config.identity.provider != "local":
             raise ConfigError(f"choosing the acting user is only possible with the local identity provider, "
                               f"not {self.config.identity.provider!r}", hint="authenticate through the configured provider")
-        return Workspace(self.config, Principal(name))
+        return self._sibling(Principal(name))
 
     def mlflow_client(self):
         "An `MlflowClient` on the workspace's tracking and registry URIs (the store is created on first use)."

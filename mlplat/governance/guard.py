@@ -33,6 +33,17 @@ class Governance:
                               {"reason": e.message, "permission": permission})
             raise
 
+    def step_up(self, action: str, resource: str = "", region: str = ""):
+        """Raise (and audit) `PermissionDenied` when `action` (e.g. `models.promote@champion`) matches an
+        `identity.step_up` pattern and the principal's token does not prove MFA (`amr` contains `mfa`)."""
+        import fnmatch
+        if not any(fnmatch.fnmatchcase(action, p) for p in self.config.identity.step_up): return
+        if "mfa" in (self.principal.claims.get("amr") or []): return
+        msg = f"{action} needs multi-factor authentication, and {self.principal.name!r} did not sign in with it"
+        self.audit.append(self.principal.name, action, resource, "denied", region, {"reason": msg, "step_up": True})
+        raise PermissionDenied(msg, hint="sign in again with MFA (the token's amr claim must include mfa); "
+                                         "service-account tokens cannot perform step-up actions", principal=self.principal.name)
+
     @contextmanager
     def operation(self, action: str, resource: str, permission: str, region: str = "",
                   classification: str | None = None, details: dict | None = None, also_regions: tuple = ()):

@@ -42,12 +42,13 @@ def _os_user() -> str:
     try: return getpass.getuser()
     except (KeyError, OSError): return f"uid-{os.getuid()}"
 
-PROVIDERS = {"local": LocalIdentityProvider}
+PROVIDERS = {"local": LocalIdentityProvider, "oidc": "mlplat.governance.oidc:OidcIdentityProvider"}
 
 def identity_provider(config) -> IdentityProvider:
     "The provider named by `identity.provider`: a registered name or `module:Class`."
     spec = config.identity.provider
-    if spec in PROVIDERS: return PROVIDERS[spec](config)
+    if spec in PROVIDERS and not isinstance(PROVIDERS[spec], str): return PROVIDERS[spec](config)
+    spec = PROVIDERS.get(spec, spec)  # built-in providers with heavier imports are named by path
     mod, _, cls = spec.partition(":")
     if not cls:
         raise ConfigError(f"unknown identity provider {spec!r}",

@@ -259,6 +259,7 @@ class Models:
         ws = self.ws
         try: before = self.get(mv.name, alias).version
         except NotFoundError: before = None
+        ws.governance.step_up(f"models.{action}@{alias}", mv.node, region or ws.config.workspace.region)
         with ws.governance.operation(f"models.{action}", mv.node, "models:promote", region or ws.config.workspace.region,
                                      details={"alias": alias, "from_version": before, "reason": reason}):
             with ws.engine.begin() as c:  # the history row commits only if MLflow took the alias

@@ -1,0 +1,184 @@
+"""Zero Trust identity: OIDC bearer JWTs verified against a local issuer's JWKS (over HTTP), service-account API
+tokens, step-up MFA. Every refusal carries the right error, is audited without the credential, and changes nothing."""
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from conftest import run_cli
+from mlplat.errors import AuthenticationError, PermissionDenied
+
+
+class Issuer:
+    "A local OIDC issuer on 127.0.0.1: discovery document and JWKS over HTTP, keys that rotate."
+    def __init__(self):
+        self.keys, self.jwks_fetches = {}, 0
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/protocol/openid-connect/certs"}
+                elif self.path.endswith("/certs"):
+                    issuer.jwks_fetches += 1
+                    body = {"keys": [issuer.public_jwk(kid) for kid in list(issuer.keys)]}
+                else:
+                    self.send_response(404); self.end_headers(); return
+                data = json.dumps(body).encode()
+                self.send_response(200); self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+
+            def log_message(self, *a): pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/realms/ml"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.add_key("k1")
+
+    def add_key(self, kid, kind="rsa"):
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+
+    def public_jwk(self, kid):
+        key = self.keys[kid]
+        algo = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+        return {**json.loads(algo.to_jwk(key.public_key())), "kid": kid, "use": "sig"}
+
+    def token(self, kid="k1", signing_key=None, alg=None, **claims):
+        now = int(time.time())
+        body = {"iss": self.url, "aud": "mlplat", "sub": "u-42", "preferred_username": "mo", "iat": now, "exp": now + 600,
+                "groups": ["ml-eng"], "amr": ["pwd"], **claims}
+        key = signing_key or self.keys[kid]
+        alg = alg or ("RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256")
+        return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
+
+
+@pytest.fixture
+def issuer():
+    i = Issuer()
+    yield i
+    i.server.shutdown()
+
+
+def use_oidc(home, issuer, step_up=("tokens.create", "models.promote@champion")):
+    "Turn the workspace at `home` (initialized by the local provider) into an OIDC workspace."
+    import mlplat
+    mlplat.connect(home)
+    cfg = home / "mlplat.toml"
+    identity = (f'[identity]\nprovider = "oidc"\noidc_issuer = "{issuer.url}"\noidc_audience = "mlplat"\nroles_claim = "groups"\n'
+                f'role_map = {{"ml-admins" = "admin", "ml-eng" = "ml-engineer", "everyone" = "viewer"}}\n'
+                f'step_up = {json.dumps(list(step_up))}\n\n')
+    text = re.sub(r"\[identity\]\n.*?\n\n", identity, cfg.read_text(), count=1, flags=re.S)
+    cfg.write_text(text)
+    from mlplat.config import Config
+    from mlplat.workspace import Workspace
+    return Workspace(Config.load(home))
+
+
+def hs256_with_public_key(issuer, now):
+    "The algorithm-confusion attack: an HMAC token keyed with the issuer's public key (PyJWT would refuse to make one)."
+    import base64, hashlib, hmac
+    from cryptography.hazmat.primitives import serialization
+    pem = issuer.keys["k1"].public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
+    body = b64(json.dumps({"iss": issuer.url, "aud": "mlplat", "sub": "x", "groups": ["ml-admins"], "iat": now, "exp": now + 60}).encode())
+    return f"{head}.{body}." + b64(hmac.new(pem, f"{head}.{body}".encode(), hashlib.sha256).digest())
+
+
+def login_refusals(ws):
+    return [r for r in ws.governance.audit.records() if r["action"] == "auth.login"]
+
+
+def test_bearer_jwts_are_verified_against_the_issuers_keys_and_refusals_are_audited(home, issuer):
+    base = use_oidc(home, issuer)
+    mo = base.authenticate(issuer.token())
+    first_fetch = time.monotonic()
+    assert (mo.principal.name, mo.principal.roles, mo.principal.provider) == ("mo", ("ml-engineer",), "oidc")
+    assert mo.info()["roles"] == ["ml-engineer"]
+    assert base.authenticate("Bearer " + issuer.token(groups=["unmapped", "everyone"])).principal.roles == ("viewer",)
+
+    now = int(time.time())
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    unsigned = jwt.encode({"iss": issuer.url, "aud": "mlplat", "sub": "x", "iat": now, "exp": now + 60}, None, algorithm="none")
+    refused = {
+        "expired": (issuer.token(iat=now - 4000, exp=now - 3600), "has expired"),
+        "wrong audience": (issuer.token(aud="another-app"), "another audience"),
+        "wrong issuer": (issuer.token(iss="http://127.0.0.1:1/realms/evil"), "not issued by"),
+        "not yet valid": (issuer.token(nbf=now + 3600), "not valid yet"),
+        "no subject": (issuer.token(sub=None), "no 'sub' claim"),
+        "forged signature": (issuer.token(signing_key=attacker, groups=["ml-admins"]), "does not verify"),
+        "unknown key": (issuer.token(kid="made-up", signing_key=attacker), "no signing key 'made-up'"),
+        "alg none": (unsigned, "'none' are not accepted"),
+        "HS256 keyed with the public key": (hs256_with_public_key(issuer, now), "'HS256' are not accepted"),
+        "no token": (None, "requires a bearer token"),
+        "garbage": ("definitely-not-a-jwt", "not a JWT"),
+    }
+    for case, (token, message) in refused.items():
+        with pytest.raises(AuthenticationError, match=re.escape(message)):
+            base.authenticate(token)
+    records = login_refusals(mo)
+    assert len(records) == len(refused) and all(r["outcome"] == "denied" for r in records)
+    log = json.dumps(records)
+    assert not [t for t, _ in refused.values() if t and max(t.split("."), key=len) in log]   # no credential in the audit log
+    assert mo.governance.audit.verify().ok
+
+    # key rotation: a token signed with a new key is accepted (one refetch); made-up key ids do not hammer the issuer
+    time.sleep(max(0.0, 10.5 - (time.monotonic() - first_fetch)))   # past the 10 s refetch cooldown
+    issuer.add_key("k2", kind="ec")
+    assert base.authenticate(issuer.token(kid="k2")).principal.name == "mo"
+    fetches = issuer.jwks_fetches
+    for i in range(20):
+        with pytest.raises(AuthenticationError, match="no signing key"):
+            base.authenticate(issuer.token(kid=f"bogus-{i}", signing_key=attacker))
+    assert issuer.jwks_fetches - fetches <= 1
+
+
+def test_step_up_actions_need_mfa_and_no_role_escalates(home, issuer):
+    base = use_oidc(home, issuer)
+    admin_pwd = base.authenticate(issuer.token(preferred_username="ada", groups=["ml-admins"], amr=["pwd"]))
+    with pytest.raises(PermissionDenied, match="tokens.create needs multi-factor authentication"):
+        admin_pwd.tokens.create("ci-bot", ["viewer"])
+    viewer = base.authenticate(issuer.token(preferred_username="vera", groups=["everyone"], amr=["pwd", "mfa"]))
+    with pytest.raises(PermissionDenied, match="'vera' \\(roles: viewer\\) may not tokens:create"):
+        viewer.tokens.create("ci-bot", ["admin"])
+    assert admin_pwd.tokens.list(include_inactive=True) == []           # nothing was created
+
+    admin_mfa = base.authenticate(issuer.token(preferred_username="ada", groups=["ml-admins"], amr=["pwd", "mfa"]))
+    made = admin_mfa.tokens.create("ci-bot", ["viewer"], expires="1d")
+    bot = base.authenticate(made["token"])
+    assert (bot.principal.name, bot.principal.roles) == ("sa:ci-bot", ("viewer",))
+    with pytest.raises(PermissionDenied, match="may not tokens:create"):   # a viewer's token cannot mint an admin one
+        bot.tokens.create("escalated", ["admin"])
+    with pytest.raises(PermissionDenied, match="may not tokens:revoke"):
+        bot.tokens.revoke(made["id"])
+    assert [t["name"] for t in admin_mfa.tokens.list()] == ["ci-bot"]
+    denied = [(r["principal"], r["action"]) for r in admin_mfa.governance.audit.records() if r["outcome"] == "denied"]
+    assert denied == [("ada", "tokens.create"), ("vera", "tokens.create"), ("sa:ci-bot", "tokens.create"), ("sa:ci-bot", "tokens.revoke")]
+
+
+def test_cli_acts_as_the_bearer_of_mlplat_token(home, issuer, monkeypatch):
+    import mlplat
+    mlplat.connect(home)                                                # the local OS user is the admin
+    made = json.loads(run_cli("tokens", "create", "nightly", "--role", "data-scientist", "--expires", "7d", "--json", check=0).stdout)
+    assert made["token"].startswith("mlp_") and made["principal"] == "sa:nightly"
+    listed = run_cli("tokens", "list", check=0).stdout
+    assert made["id"] in listed and made["token"] not in listed
+    as_bot = {"MLPLAT_TOKEN": made["token"]}
+    assert json.loads(run_cli("info", "--json", env_extra=as_bot, check=0).stdout)["principal"] == "sa:nightly"
+    refused = run_cli("tokens", "create", "x", "--role", "admin", env_extra=as_bot, check=3)
+    assert "may not tokens:create" in refused.stderr and "Traceback" not in refused.stderr
+    run_cli("tokens", "revoke", made["id"], check=0)
+    gone = run_cli("info", env_extra=as_bot, check=3)
+    assert "was revoked" in gone.stderr and "Traceback" not in gone.stderr and made["token"] not in gone.stderr
+
+    use_oidc(home, issuer)
+    expired = run_cli("info", env_extra={"MLPLAT_TOKEN": issuer.token(exp=int(time.time()) - 3600, iat=int(time.time()) - 4000)}, check=3)
+    assert "the token has expired" in expired.stderr and "sign in again" in expired.stderr
+    ok = json.loads(run_cli("info", "--json", env_extra={"MLPLAT_TOKEN": issuer.token()}, check=0).stdout)
+    assert (ok["principal"], ok["roles"]) == ("mo", ["ml-engineer"])
+    assert "requires a bearer token" in run_cli("info", check=3).stderr
