@@ -206,7 +206,7 @@ def main():
                    "/invocations", {"inputs": {"input": x.tolist()}}, "/health"),
         "reference": (lambda port: [sys.executable, str(WORK / "reference.py"), str(model), str(port)],
                       "/infer", {"data": x.ravel().tolist()}, "/infer"),
-        "mlplat_rest": (lambda port: [str(BIN / "mlplat"), "--home", str(home), "serve", "--model", f"mlp={model}", "--port", str(port),
+        "mlplat_rest": (lambda port: [str(BIN / "mlplat"), "--home", str(home), "serve", "--model", f"mlp={model}", "--port", str(port), "--auth", "off",
                                       "--refresh", "0", "--grpc-port", str(port + 1)],
                         "/v2/models/mlp/infer",
                         {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]},
@@ -269,7 +269,7 @@ def batching_payoff(home, env):
     body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
     for label, extra in (("without batching", []), ("with batching (32 rows, 2 ms)", ["--batch", "wide=32:2"])):
         port = free_port()
-        cmd = [str(BIN / "mlplat"), "--home", str(home), "serve", "--model", f"wide={model}", "--port", str(port), "--refresh", "0", *extra]
+        cmd = [str(BIN / "mlplat"), "--home", str(home), "serve", "--model", f"wide={model}", "--port", str(port), "--refresh", "0", "--auth", "off", *extra]
         p = start(cmd, f"http://127.0.0.1:{port}/v2/health/ready", env, "wide")
         try:
             r = wrk(f"http://127.0.0.1:{port}/v2/models/wide/infer", body, 32, p.pid)

@@ -359,8 +359,15 @@ def cmd_serve(args):
     print(f"serving {', '.join(shown)} on http://{args.host}:{args.port} "
           f"(OIP/KServe v2 REST, /metrics{f'; gRPC on {args.host}:{args.grpc_port}' if args.grpc_port else ''}); Ctrl-C stops",
           file=sys.stderr)
+    if args.auth == "off":
+        print("WARNING: --auth off: anyone who can reach this port may call every model (only the health checks are open "
+              "otherwise); clients send `Authorization: Bearer <token>` from `mlplat tokens create NAME --role inference-client`",
+              file=sys.stderr)
+    else:
+        print("callers need `Authorization: Bearer <token>` (a token from `mlplat tokens create NAME --role inference-client`, "
+              "or an OIDC JWT); the health checks are open", file=sys.stderr)
     ws.serving.serve(models, host=args.host, port=args.port, batching=batching, threads=args.threads,
-                     refresh_seconds=args.refresh, grpc_port=args.grpc_port, deployments=args.config or [])
+                     refresh_seconds=args.refresh, grpc_port=args.grpc_port, deployments=args.config or [], auth=args.auth)
 
 def cmd_deployments(args):
     ws = _ws(args)
@@ -531,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", action="append", help="a deployment YAML: traffic split (canary), sticky A/B, shadow (repeatable)")
     s.add_argument("--host", default="127.0.0.1"); s.add_argument("--port", type=int, default=8080)
     s.add_argument("--grpc-port", type=int, help="also serve inference.GRPCInferenceService on this port")
+    s.add_argument("--auth", choices=["required", "off"], default="required",
+                   help="required (default): a bearer token allowed serving:predict / serving:read on every route but the health "
+                        "checks; off: anyone")
     s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
     s.add_argument("--max-queue", action="append", help="NAME=N: requests waiting for a model beyond which the server answers "
                    "503 with Retry-After (default 256; repeatable)")

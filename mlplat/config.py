@@ -28,11 +28,13 @@ def _opt(default, doc: str, **kw):
 
 DEFAULT_ROLES = {
     "viewer": ["*:read"],
+    "inference-client": ["serving:predict", "serving:read"],
     "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
-                       "models:register", "serving:run", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
+                       "models:register", "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule",
+                       "monitoring:run"],
     "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
                     "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote",
-                    "serving:run", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
+                    "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
     "auditor": ["*:read", "audit:export"],
     "admin": ["*"],
 }

@@ -56,7 +56,7 @@ class Workspace:
         `identity.provider = "oidc"`), else the configured provider's (the OS user, for `local`)."""
         if self._principal is None:
             from mlplat.governance.tokens import authenticate
-            self._principal = authenticate(self.config, self.engine, os.environ.get("MLPLAT_TOKEN"), "sdk")
+            self._principal = authenticate(self.config, self.engine, os.environ.get("MLPLAT_TOKEN"), "sdk", trust_local=True)
         return self._principal
 
     @functools.cached_property

@@ -231,12 +231,13 @@ def onnx_chain(path, matmuls=0, width=1024):
 
 @pytest.fixture
 def server(ws, tmp_path):
-    "Start `mlplat serve` for NAME=URI models (or raw `--config=FILE` options); yields a function returning host:port."
+    """Start `mlplat serve` for NAME=URI models (or raw `--config=FILE` options); yields a function returning host:port.
+    These servers run with `--auth off`: the tests using them are about inference; tests/security checks the default."""
     procs = []
 
-    def start(*models, refresh="0.5"):
+    def start(*models, refresh="0.5", auth="off"):
         port = free_port()
-        args = [str(BIN / "mlplat"), "serve", "--port", str(port), "--refresh", refresh]
+        args = [str(BIN / "mlplat"), "serve", "--port", str(port), "--refresh", refresh, "--auth", auth]
         for m in models:
             args += [m] if m.startswith("--") else ["--model", m]
         log = tmp_path / f"serve-{port}.log"  # a file, not a pipe: nobody reads a pipe while the server runs

@@ -34,18 +34,19 @@ def test_entity_keys_instead_of_features(churn_ws, churn_set):
         ws.serving.serve(deployments=[Deployment.from_dict({**spec, "features": {"service": "churn_v1", "inputs": {"input": ["nope"]}}})],
                          port=free_port(), background=True)
     srv = ws.serving.serve(deployments=[Deployment.from_dict(spec)], port=free_port(), background=True, refresh_seconds=0)
+    client = httpx.Client(headers={"authorization": "Bearer " + ws.tokens.create("app", ["inference-client"])["token"]})
     try:
         ids = sorted(df["customer_id"].unique().tolist())[:25]
-        r = httpx.post(f"{srv.url}/v2/models/churn-raw/infer",
+        r = client.post(f"{srv.url}/v2/models/churn-raw/infer",
                        json={"id": "f1", "parameters": {"entities": [{"customer_id": i} for i in ids]}})
         assert r.status_code == 200, r.text
         got = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in r.json()["outputs"]}
         online = ws.features.online([{"customer_id": i} for i in ids], service="churn_v1")
         direct = np.array([[0.0 if online[f][k] is None else online[f][k] for f in FEATURES] for k in range(len(ids))], np.float32)
         np.testing.assert_allclose(got["probabilities"], pipe.predict_proba(direct), atol=1e-5)
-        bad = httpx.post(f"{srv.url}/v2/models/churn-raw/infer", json={"parameters": {"entities": [{"client": 1}]}})
+        bad = client.post(f"{srv.url}/v2/models/churn-raw/infer", json={"parameters": {"entities": [{"client": 1}]}})
         assert bad.status_code == 400 and "feature lookup failed" in bad.json()["error"]
-        plain = httpx.post(f"{srv.url}/v2/models/churn-raw/infer", json={"inputs": [
+        plain = client.post(f"{srv.url}/v2/models/churn-raw/infer", json={"inputs": [
             {"name": "input", "shape": [1, 5], "datatype": "FP32", "data": direct[0].tolist()}]})
         assert np.allclose(plain.json()["outputs"][1]["data"], got["probabilities"][0], atol=1e-6)  # features may still be sent
     finally:

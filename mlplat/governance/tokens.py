@@ -119,14 +119,20 @@ def verify_api_token(engine, credentials: str) -> Principal:
         with engine.begin() as c: c.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
     return Principal(name=f"sa:{row.name}", roles=tuple(json.loads(row.roles_json)), claims={"token_id": row.id}, provider="token")
 
-def authenticate(config, engine, credentials: str | None, surface: str = "api") -> Principal:
+def authenticate(config, engine, credentials: str | None, surface: str = "api", trust_local: bool = False) -> Principal:
     """The principal behind `credentials` (`Bearer ` optional): an mlplat API token, or whatever the configured
-    identity provider accepts. Refusals are audited (reason and surface; never the credential)."""
+    identity provider accepts. The local provider names whoever runs the process, so it answers only in-process
+    callers (`trust_local=True`: the SDK and CLI); a network surface then accepts API tokens alone.
+    Refusals are audited (reason and surface; never the credential)."""
     from mlplat.governance.audit import AuditLog
     cred = (credentials or "").strip()
     if cred[:7].lower() == "bearer ": cred = cred[7:].strip()
     try:
         if cred.startswith(PREFIX): return verify_api_token(engine, cred)
+        if config.identity.provider == "local" and not trust_local:
+            raise AuthenticationError("this API requires a bearer token" if not cred else
+                                      "only mlplat API tokens are accepted here (identity.provider = local)",
+                                      hint="send `Authorization: Bearer <token>` with a token from `mlplat tokens create NAME --role ROLE`")
         return identity_provider(config).principal(cred or None)
     except AuthenticationError as e:
         AuditLog(engine).append("anonymous", "auth.login", surface, "denied", config.workspace.region,

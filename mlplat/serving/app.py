@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import ValidationError
 from .dispatch import Dispatcher
 from .models import ModelHost
+from .auth import OPEN_PATHS, ServingAuth, bearer
 from .protocol import InferError, decode_request, encode_response, error_body
 
 SERVER_NAME = "mlplat"
@@ -86,9 +87,10 @@ def _error_headers(status: int) -> list:
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
-               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None):
+               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None):
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop).
-    `audit(action, resource, details)` records rollout steps and rollbacks."""
+    `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
+    may call anything but the health checks (None: anyone)."""
     from contextlib import asynccontextmanager
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
@@ -153,7 +155,7 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
-            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind)
+            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind, auth)
             await grpc_srv.start()
         yield
         if grpc_srv is not None: await grpc_srv.stop(2)
@@ -169,9 +171,18 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
     rest = Starlette(routes=routes, lifespan=lifespan)
     infer = rest_infer(dispatch, int(max_body_mb * 2**20))
 
+    guarded = auth is not None and auth.required
+
     async def app(scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            found = INFER_PATH.fullmatch(scope["path"])
+        if scope["type"] == "http":
+            path = scope["path"]
+            found = INFER_PATH.fullmatch(path) if scope["method"] == "POST" else None
+            if guarded and path not in OPEN_PATHS:
+                permission, resource = ("serving:predict", f"model:{found[1]}") if found else ("serving:read", path)
+                try: await auth.acheck(bearer(dict(scope["headers"])), permission, resource)
+                except InferError as e:
+                    challenge = [(b"www-authenticate", b'Bearer realm="mlplat"')] if e.status == 401 else []
+                    return await _reply(send, e.status, error_body(e.message), JSON_HEADERS + challenge)
             if found: return await infer(scope, receive, send, found[1], found[2])
         await rest(scope, receive, send)
     return app
@@ -209,25 +220,29 @@ class Serving:
 
     def serve(self, models: dict | None = None, host: str = "127.0.0.1", port: int = 8080, batching: dict | None = None,
               threads: int | None = None, providers: list | None = None, refresh_seconds: float = 5.0,
-              background: bool = False, grpc_port: int | None = None, deployments: list = ()):
+              background: bool = False, grpc_port: int | None = None, deployments: list = (), auth: str = "required"):
         """Serve `models` ({name: URI}) and `deployments` (`Deployment`s or YAML paths: traffic split, A/B, shadow);
         blocks unless `background=True` (then returns the running `Server`).
-        `batching` maps a model name to {max_batch_size, max_queue_delay_ms, max_queue}."""
+        `batching` maps a model name to {max_batch_size, max_queue_delay_ms, max_queue}.
+        `auth="required"` (the default) admits only callers with a bearer credential allowed `serving:predict`
+        (inference) or `serving:read` (everything else but the health checks); `auth="off"` admits anyone."""
         from mlplat.serving.deployment import Deployment
         deps = [d if isinstance(d, Deployment) else Deployment.from_yaml(d) for d in deployments]
         models = dict(models or {})
         if not models and not deps: raise ValidationError("nothing to serve", hint="give --model NAME=URI or --config DEPLOYMENT.yaml")
         names = list(models) + [d.name for d in deps]
+        guard = ServingAuth(self.ws, auth)
         self.ws.governance.authorize("serving:run", ",".join(names))
         mh = ModelHost(self.ws, models, batching, threads, providers, deps)
         ws = self.ws
         def audit(action, resource, details):
             ws.governance.audit.append(ws.principal.name, action, resource, "success", ws.config.workspace.region, details)
-        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit)
+        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
+                         auth=guard)
         srv = Server(app, host, port)
         self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(names), "success",
                                         self.ws.config.workspace.region,
-                                        {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}})
+                                        {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}, "auth": auth})
         if background: return srv.start()
         srv.run()
 

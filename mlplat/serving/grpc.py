@@ -138,8 +138,9 @@ def encode_infer(m, request: InferRequest, outputs: dict):
     return msg
 
 # %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
-def grpc_server(dispatch, port: int, bind: str = "127.0.0.1"):
-    "A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop."
+def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None):
+    """A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop.
+    `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady."""
     import grpc
     from mlplat import __version__
     host = dispatch.host
@@ -147,14 +148,23 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1"):
     codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
              503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
 
+    async def allowed(ctx, permission: str, resource: str):
+        if auth is None or not auth.required: return
+        try: await auth.acheck(dict(ctx.invocation_metadata() or ()).get("authorization"), permission, resource)
+        except InferError as e:
+            await ctx.abort(grpc.StatusCode.UNAUTHENTICATED if e.status == 401 else grpc.StatusCode.PERMISSION_DENIED, e.message)
+
     async def server_live(req, ctx): return M["ServerLiveResponse"](live=True)
     async def server_ready(req, ctx): return M["ServerReadyResponse"](ready=bool(host.routes))
     async def server_metadata(req, ctx):
+        await allowed(ctx, "serving:read", "/v2")
         return M["ServerMetadataResponse"](name="mlplat", version=__version__, extensions=["binary_tensor_data"])
     async def model_ready(req, ctx):
+        await allowed(ctx, "serving:read", f"/v2/models/{req.name}/ready")
         try: host.get(req.name, req.version); return M["ModelReadyResponse"](ready=True)
         except InferError: return M["ModelReadyResponse"](ready=False)
     async def model_metadata(req, ctx):
+        await allowed(ctx, "serving:read", f"/v2/models/{req.name}")
         try: m = host.get(req.name, req.version)[0] if req.version else host.primary(req.name)
         except InferError as e: await ctx.abort(codes[e.status], e.message)
         T = M["ModelMetadataResponse"].TensorMetadata
@@ -164,6 +174,7 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1"):
     async def model_infer(req, ctx):
         t0 = time.perf_counter()
         name, version = req.model_name, req.model_version
+        await allowed(ctx, "serving:predict", f"model:{name}")
         try:
             r = decode_infer(req, dispatch.target(name, version).signature)
             params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in req.parameters.items()
