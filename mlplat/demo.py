@@ -155,7 +155,8 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
             f"{env} mlplat jobs logs {tc['job_id']}",
             f"{env} mlflow ui --backend-store-uri {ws.config.tracking_uri}  (experiments churn and pipelines)",
             f"{env} mlplat models show churn", f"{env} mlplat models history churn",
-            f"{env} mlplat serve --config {dp['deployment']}  (then: curl localhost:8080/v2/models/{dp['name']})",
+            f"{env} mlplat serve --config {dp['deployment']}  (then: curl -H \"Authorization: Bearer $({env} mlplat tokens create "
+            f"me --role inference-client --expires 1d)\" localhost:8080/v2/models/{dp['name']})",
             f"{env} mlplat monitor report {dp['name']} --model churn", f"{env} mlplat ab report {dp['name']}",
             f"{env} mlplat features list", f"{env} mlplat lineage pipeline_run:{rec.id}", f"{env} mlplat audit verify",
             f"{env} mlplat schedule add nightly --pipeline {spec} --cron '0 2 * * *'   (then: {env} mlplat scheduler)"]

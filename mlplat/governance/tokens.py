@@ -117,7 +117,8 @@ def verify_api_token(engine, credentials: str) -> Principal:
                                   hint="ask an admin for a new token")
     if row.last_used_at is None or now - _aware(row.last_used_at) > timedelta(minutes=1):
         with engine.begin() as c: c.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
-    return Principal(name=f"sa:{row.name}", roles=tuple(json.loads(row.roles_json)), claims={"token_id": row.id}, provider="token")
+    return Principal(name=f"sa:{row.name}", roles=tuple(json.loads(row.roles_json)), provider="token",
+                     claims={"token_id": row.id, "exp": _aware(row.expires_at).timestamp()})   # exp: caches never outlive the token
 
 def authenticate(config, engine, credentials: str | None, surface: str = "api", trust_local: bool = False) -> Principal:
     """The principal behind `credentials` (`Bearer ` optional): an mlplat API token, or whatever the configured

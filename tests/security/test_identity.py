@@ -17,7 +17,7 @@ from mlplat.errors import AuthenticationError, PermissionDenied
 class Issuer:
     "A local OIDC issuer on 127.0.0.1: discovery document and JWKS over HTTP, keys that rotate."
     def __init__(self):
-        self.keys, self.jwks_fetches = {}, 0
+        self.keys, self.jwks_fetches, self.last_fetch = {}, 0, 0.0
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -26,6 +26,7 @@ class Issuer:
                     body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/protocol/openid-connect/certs"}
                 elif self.path.endswith("/certs"):
                     issuer.jwks_fetches += 1
+                    issuer.last_fetch = time.monotonic()
                     body = {"keys": [issuer.public_jwk(kid) for kid in list(issuer.keys)]}
                 else:
                     self.send_response(404); self.end_headers(); return
@@ -97,7 +98,6 @@ def login_refusals(ws):
 def test_bearer_jwts_are_verified_against_the_issuers_keys_and_refusals_are_audited(home, issuer):
     base = use_oidc(home, issuer)
     mo = base.authenticate(issuer.token())
-    first_fetch = time.monotonic()
     assert (mo.principal.name, mo.principal.roles, mo.principal.provider) == ("mo", ("ml-engineer",), "oidc")
     assert mo.info()["roles"] == ["ml-engineer"]
     assert base.authenticate("Bearer " + issuer.token(groups=["unmapped", "everyone"])).principal.roles == ("viewer",)
@@ -128,7 +128,7 @@ def test_bearer_jwts_are_verified_against_the_issuers_keys_and_refusals_are_audi
     assert mo.governance.audit.verify().ok
 
     # key rotation: a token signed with a new key is accepted (one refetch); made-up key ids do not hammer the issuer
-    time.sleep(max(0.0, 10.5 - (time.monotonic() - first_fetch)))   # past the 10 s refetch cooldown
+    time.sleep(max(0.0, 10.5 - (time.monotonic() - issuer.last_fetch)))   # past the 10 s refetch cooldown
     issuer.add_key("k2", kind="ec")
     assert base.authenticate(issuer.token(kid="k2")).principal.name == "mo"
     fetches = issuer.jwks_fetches
