@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'open_engine', 'dumps']
+__all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'aware', 'open_engine', 'dumps']
 
 # %% ../notebooks/02_db.ipynb #3ee10f69
 SCHEMA_VERSION = 1
@@ -187,6 +187,10 @@ def table(name: str):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+def aware(dt: datetime | None) -> datetime | None:
+    "SQLite hands back naive datetimes; every time in the platform DB is UTC."
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
 # %% ../notebooks/02_db.ipynb #5b749ac6
 def _sqlite_pragmas(dbapi_conn, _record):

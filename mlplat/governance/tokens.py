@@ -12,25 +12,24 @@ import re
 import secrets
 from datetime import timedelta
 
-from ..db import table, utcnow
+from ..db import aware, table, utcnow
 from ..errors import AuthenticationError, NotFoundError, ValidationError
 from .identity import Principal, identity_provider
 
 PREFIX = "mlp_"
 _TOKEN = re.compile(r"mlp_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_UNITS = {"d": 86400, "h": 3600, "m": 60}
 
 # %% auto #0
-__all__ = ['PREFIX', 'parse_duration', 'ApiTokens', 'verify_api_token', 'authenticate']
+__all__ = ['PREFIX', 'token_lifetime', 'ApiTokens', 'verify_api_token', 'authenticate']
 
 # %% ../../notebooks/07a_tokens.ipynb #bf5e1017
-def parse_duration(text: str, most_days: int = 366) -> timedelta:
-    "`90d`, `12h`, `30m` as a timedelta (at most `most_days`)."
-    m = re.fullmatch(r"(\d+)([dhm])", str(text).strip())
-    if not m or int(m[1]) == 0:
-        raise ValidationError(f"expiry {text!r} is not a duration", hint="write it as 90d, 12h or 30m")
-    d = timedelta(seconds=int(m[1]) * _UNITS[m[2]])
+def token_lifetime(text: str, most_days: int = 366) -> timedelta:
+    "`90d`, `12h`, `30m` (jobs' duration syntax) as a timedelta of at most `most_days`."
+    from mlplat.jobs.spec import parse_duration
+    try: d = timedelta(seconds=parse_duration(text))
+    except ValidationError:
+        raise ValidationError(f"expiry {text!r} is not a duration", hint="write it as 90d, 12h or 30m") from None
     if d > timedelta(days=most_days): raise ValidationError(f"expiry {text!r} is longer than {most_days} days", hint="tokens must expire; rotate them")
     return d
 
@@ -51,7 +50,7 @@ class ApiTokens:
         if not roles or unknown:
             raise ValidationError(f"unknown role(s) {unknown}" if unknown else "a token needs at least one role",
                                   hint=f"roles: {', '.join(ws.config.rbac.roles)}")
-        lifetime = parse_duration(expires)
+        lifetime = token_lifetime(expires)
         region = ws.config.workspace.region
         ws.governance.authorize("tokens:create", f"token:{name}", "tokens.create", region)
         ws.governance.step_up("tokens.create", f"token:{name}", region)
@@ -89,15 +88,11 @@ class ApiTokens:
 
     @staticmethod
     def _public(r: dict) -> dict:
-        expires = _aware(r["expires_at"])
+        expires = aware(r["expires_at"])
         return {"id": r["id"], "name": r["name"], "principal": f"sa:{r['name']}", "roles": json.loads(r["roles_json"]),
                 "created_by": r["created_by"], "created_at": r["created_at"], "expires_at": expires,
                 "revoked_at": r.get("revoked_at"), "last_used_at": r.get("last_used_at"),
                 "active": r.get("revoked_at") is None and expires > utcnow()}
-
-def _aware(ts):
-    from datetime import timezone
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)   # SQLite hands back naive UTC
 
 # %% ../../notebooks/07a_tokens.ipynb #a9ac7e4f
 def verify_api_token(engine, credentials: str) -> Principal:
@@ -112,13 +107,13 @@ def verify_api_token(engine, credentials: str) -> Principal:
     now = utcnow()
     if row.revoked_at is not None:
         raise AuthenticationError(f"the API token {row.id} of {row.name!r} was revoked", hint="ask an admin for a new token")
-    if _aware(row.expires_at) <= now:
-        raise AuthenticationError(f"the API token {row.id} of {row.name!r} expired at {_aware(row.expires_at):%Y-%m-%d %H:%M} UTC",
+    if aware(row.expires_at) <= now:
+        raise AuthenticationError(f"the API token {row.id} of {row.name!r} expired at {aware(row.expires_at):%Y-%m-%d %H:%M} UTC",
                                   hint="ask an admin for a new token")
-    if row.last_used_at is None or now - _aware(row.last_used_at) > timedelta(minutes=1):
+    if row.last_used_at is None or now - aware(row.last_used_at) > timedelta(minutes=1):
         with engine.begin() as c: c.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
     return Principal(name=f"sa:{row.name}", roles=tuple(json.loads(row.roles_json)), provider="token",
-                     claims={"token_id": row.id, "exp": _aware(row.expires_at).timestamp()})   # exp: caches never outlive the token
+                     claims={"token_id": row.id, "exp": aware(row.expires_at).timestamp()})   # exp: caches never outlive the token
 
 def authenticate(config, engine, credentials: str | None, surface: str = "api", trust_local: bool = False) -> Principal:
     """The principal behind `credentials` (`Bearer ` optional): an mlplat API token, or whatever the configured

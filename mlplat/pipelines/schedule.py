@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ..db import table, utcnow
+from ..db import aware, table, utcnow
 from ..errors import ConflictError, MlplatError, NotFoundError, ValidationError
 
 log = logging.getLogger("mlplat.scheduler")
@@ -28,10 +28,6 @@ __all__ = ['log', 'MISFIRE', 'OVERLAP', 'HEARTBEAT_SECONDS', 'STALE_SECONDS', 's
            'Schedules', 'Scheduler', 'cronjob', 'validate_cronjob']
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #fad8f6ea
-def _aware(dt: datetime | None) -> datetime | None:
-    "SQLite hands back naive datetimes; everything here is UTC."
-    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
-
 def slot_key(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -97,7 +93,7 @@ class Schedule:
 
 def _row_to_schedule(r) -> Schedule:
     return Schedule(r.name, r.pipeline, r.cron, r.timezone, json.loads(r.parameters_json), r.misfire, r.overlap, bool(r.paused),
-                    r.created_by, _aware(r.created_at), _aware(r.active_since))
+                    r.created_by, aware(r.created_at), aware(r.active_since))
 
 # %% ../../notebooks/63_pipelines_schedule.ipynb #427fb832
 class Schedules:
@@ -193,8 +189,8 @@ class Schedules:
         if name: q = q.where(t.c.schedule == name)
         with self.ws.engine.connect() as c:
             return [{"schedule": r.schedule, "slot": r.slot, "status": r.status, "run_id": r.run_id, "scheduler": r.scheduler,
-                     "detail": r.detail, "fired_at": _aware(r.fired_at).isoformat(),
-                     "finished_at": _aware(r.finished_at).isoformat() if r.finished_at else None} for r in c.execute(q)]
+                     "detail": r.detail, "fired_at": aware(r.fired_at).isoformat(),
+                     "finished_at": aware(r.finished_at).isoformat() if r.finished_at else None} for r in c.execute(q)]
 
     def last_fires(self) -> dict:
         "schedule name -> its newest fire (slot, status, run id), however long ago."
@@ -213,8 +209,8 @@ class Schedules:
         fresh = utcnow() - timedelta(seconds=STALE_SECONDS)
         with self.ws.engine.connect() as c:
             rows = c.execute(sa.select(t)).all()
-        return [{"id": r.id, "host": r.host, "pid": r.pid, "seen_at": _aware(r.seen_at).isoformat()}
-                for r in rows if _aware(r.seen_at) >= fresh]
+        return [{"id": r.id, "host": r.host, "pid": r.pid, "seen_at": aware(r.seen_at).isoformat()}
+                for r in rows if aware(r.seen_at) >= fresh]
 
 HEARTBEAT_SECONDS = 5.0   # its own thread beats this often, whatever the scheduler's tick
 STALE_SECONDS = 30.0      # a scheduler not seen for this long is gone
