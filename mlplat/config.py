@@ -17,7 +17,8 @@ from .errors import ConfigError
 __all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES', 'WorkspaceConfig',
            'IdentityConfig', 'RbacConfig', 'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig',
            'JobsConfig', 'ModelsConfig', 'MonitoringConfig', 'NotificationsConfig', 'SchedulerConfig', 'RayConfig',
-           'KubernetesConfig', 'Config', 'find_config_file', 'options_markdown', 'render_toml']
+           'KubernetesConfig', 'EncryptionConfig', 'ServingConfig', 'Config', 'find_config_file', 'options_markdown',
+           'render_toml']
 
 # %% ../notebooks/01_config.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -162,13 +163,29 @@ class KubernetesConfig:
     home_claim: str = _opt("", "PersistentVolumeClaim (ReadWriteMany) holding the workspace home; mounted at the "
                                "home's path in every pod so jobs read training sets and log runs. Required to submit.")
 
+@dataclass
+class EncryptionConfig:
+    at_rest: bool = _opt(True, "Seal model artifacts (ONNX), dataset snapshots and training sets with AES-256-GCM "
+                               "envelope encryption; reading decrypts transparently. Files written earlier stay readable.")
+    key_provider: str = _opt("local", "Where key-encryption keys live: `local` (a key file) or `package.module:Class` "
+                                      "for a KMS or Vault provider.")
+    key_file: str = _opt("", "The local provider's key file (created mode 0600 on first use); empty: `HOME/keys/kek.json`. "
+                             "Back it up: sealed data cannot be read without it.")
+
+@dataclass
+class ServingConfig:
+    tls_cert: str = _opt("", "PEM certificate (chain) of `mlplat serve`'s REST and gRPC ports; with `tls_key`, the "
+                             "server speaks only TLS.")
+    tls_key: str = _opt("", "PEM private key of `tls_cert`.")
+    tls_client_ca: str = _opt("", "PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS).")
+
 NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert")
 
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
             "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
             "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig,
             "models": ModelsConfig, "monitoring": MonitoringConfig, "notifications": NotificationsConfig,
-            "scheduler": SchedulerConfig}
+            "scheduler": SchedulerConfig, "encryption": EncryptionConfig, "serving": ServingConfig}
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
            "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
 
@@ -190,6 +207,8 @@ class Config:
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @property
@@ -205,6 +224,8 @@ class Config:
     @property
     def feast_repo(self) -> Path: return self.home/"feast"
     @property
+    def key_file(self) -> Path: return Path(self.encryption.key_file).expanduser() if self.encryption.key_file else self.home/"keys"/"kek.json"
+    @property
     def online_store_region(self) -> str: return self.feast.online_store_region or self.workspace.region
 
     @classmethod
@@ -219,6 +240,9 @@ class Config:
         base = path.parent if path else Path.cwd()
         if env.get("MLPLAT_HOME"): base = Path.cwd()
         cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
+        for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca")):
+            value = getattr(getattr(cfg, sec), key)  # relative paths are relative to mlplat.toml, like the home
+            if value: setattr(getattr(cfg, sec), key, str((base/Path(value).expanduser()).resolve()))
         cfg.source = path
         cfg.validate()
         return cfg
@@ -253,6 +277,11 @@ class Config:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.workspace.project):
             raise ConfigError(f"workspace.project {self.workspace.project!r} is not a valid project name",
                               hint="use letters, digits and underscores, starting with a letter")
+        t = self.serving
+        if bool(t.tls_cert) != bool(t.tls_key):
+            raise ConfigError("serving.tls_cert and serving.tls_key go together", hint="set both (PEM files) or neither")
+        if t.tls_client_ca and not t.tls_cert:
+            raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
         if self.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
         if self.jobs.default_backend not in ("local", "ray", "kubernetes"):
             raise ConfigError(f"jobs.default_backend must be local, ray or kubernetes, got {self.jobs.default_backend!r}")

@@ -26,6 +26,8 @@ CATALOG = {
                              "Voila: versions and aliases, traffic split, latency, drift and accuracy, A/B results"),
     "feature-catalog": ("dashboard", ["dashboards/feature_catalog.ipynb"],
                         "Voila: feature views, versions, owners, residency tags and lineage"),
+    "kserve-runtime": ("serving", ["serving/mlplat-servingruntime.yaml"],
+                       "KServe ClusterServingRuntime serving models sealed at rest (mlplat serve + the key file Secret)"),
 }
 
 def templates_dir() -> Path:
@@ -36,7 +38,7 @@ def templates_dir() -> Path:
     raise NotFoundError("the mlplat templates folder is missing", hint="reinstall mlplat (the wheel ships them under share/mlplat)")
 
 def catalog() -> list[dict]:
-    "Every template: name, kind (pipeline, training, dashboard), description, files."
+    "Every template: name, kind (pipeline, training, dashboard, serving), description, files."
     return [{"name": n, "kind": k, "description": d, "files": files} for n, (k, files, d) in CATALOG.items()]
 
 def _free(path: Path) -> Path:

@@ -118,6 +118,21 @@ class Workspace:
         from mlplat.governance.tokens import ApiTokens
         return ApiTokens(self)
 
+    @functools.cached_property
+    def crypto(self):
+        "Seals and opens artifacts at rest (`encryption.*`); a tampered file is audited when refused."
+        from mlplat.governance.crypto import Sealer
+        def refused(what, why):
+            self.governance.audit.append(self.principal.name, "crypto.open", what[:300], "denied",
+                                         self.config.workspace.region, {"reason": why})
+        return Sealer(self.config, audit=refused)
+
+    @functools.cached_property
+    def keys(self):
+        "Key-encryption keys (`list`, `rotate`)."
+        from mlplat.governance.crypto import KeysApi
+        return KeysApi(self)
+
     def authenticate(self, credentials: str | None, surface: str = "api") -> "Workspace":
         """The same workspace acting as whoever `credentials` prove (an API token, or a bearer JWT under OIDC);
         `AuthenticationError` (audited) when they prove nothing. Servers call this once per request."""

@@ -91,7 +91,7 @@ def test_demo_runs_the_churn_pipeline_and_is_idempotent(demo, home, monkeypatch)
     x = np.random.default_rng(0).normal(size=(7, v1["signature"]["inputs"][0]["shape"][1])).astype(np.float32)
     with torch.no_grad():
         expected = mlflow.pytorch.load_model(f"runs:/{v1['run_id']}/model", map_location="cpu")(torch.from_numpy(x)).numpy()
-    assert np.abs(ort.InferenceSession(str(onnx_file)).run(None, {"input": x})[0] - expected).max() < 1e-4
+    assert np.abs(ort.InferenceSession(ws.crypto.open_bytes(onnx_file)).run(None, {"input": x})[0] - expected).max() < 1e-4
 
     refused = run_cli("models", "promote", "churn", "2", "--alias", "champion", "--region", "eu-west-1", check=3)
     assert "FAIL  residency" in refused.stderr and "PASS  parity" in refused.stderr and "Traceback" not in refused.stderr

@@ -1,5 +1,6 @@
 """Point-in-time correctness of training sets, checked against an independent pandas merge_asof."""
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,11 +87,14 @@ def test_training_set_versions_and_lineage(churn_ws, churn):
     assert churn_ws.features.get_training_set("small").id == "small@2"
     reread = churn_ws.features.get_training_set("small@1")
     pd.testing.assert_frame_equal(reread.to_df(), a.to_df())  # from disk, hash-verified, equal to the built frame
-    import pyarrow.parquet as pq
     from mlplat.errors import AuditIntegrityError
-    pq.write_table(pq.read_table(reread.path).slice(1), reread.path)  # tamper with the stored file
-    with pytest.raises(AuditIntegrityError, match="does not match its content hash"):
+    stored = Path(reread.path)
+    assert stored.name.endswith(".parquet.enc") and b"PAR1" not in stored.read_bytes()  # sealed at rest
+    data = bytearray(stored.read_bytes()); data[-40] ^= 0x01; stored.write_bytes(bytes(data))  # tamper with one bit
+    with pytest.raises(AuditIntegrityError, match="failed authentication"):
         churn_ws.features.get_training_set("small@1").to_df()
+    refused = churn_ws.audit.records(1)[0]
+    assert (refused["action"], refused["outcome"]) == ("crypto.open", "denied") and "failed authentication" in refused["details"]["reason"]
 
 
 def test_entity_frame_errors(churn_ws, churn):

@@ -20,7 +20,7 @@ def test_tritonclient_http_matches_in_process_ort(ws, server):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("risk")
     meta = client.get_model_metadata("risk")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}] and meta["versions"] == ["1"]
-    local = ort.InferenceSession(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx")).as_posix())
+    local = ort.InferenceSession(ws.crypto.open_bytes(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx"))))  # sealed at rest
     expected = dict(zip(["label", "probabilities"], local.run(None, {"input": X[:17]})))
     for binary in (True, False):
         inp = httpclient.InferInput("input", [17, 4], "FP32")
@@ -82,11 +82,11 @@ def test_a_broken_version_never_replaces_a_working_one(ws, server):
     base = f"http://{server('risk=models:/risk@champion')}/v2/models/risk"
     broken = ws.config.home / "serving-cache" / "risk" / str(v2.version)
     broken.mkdir(parents=True)
-    (broken / "model.onnx").write_bytes(b"this is not an onnx model")  # e.g. a damaged download
+    (broken / "model.onnx").write_bytes(b"this is not an onnx model")  # e.g. a damaged (or swapped) download
     ws.models.promote("risk", v2.version, "champion")
     time.sleep(3)
     meta = httpx.get(base).json()
-    assert meta["versions"] == [str(v1.version)] and "ONNX Runtime cannot load" in meta["parameters"]["last_load_error"]
+    assert meta["versions"] == [str(v1.version)] and "it was not loaded" in meta["parameters"]["last_load_error"]
     r = httpx.post(base + "/infer", json={"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]})
     assert r.status_code == 200 and r.json()["model_version"] == str(v1.version)
 

@@ -61,7 +61,7 @@ def test_tritonclient_grpc_matches_in_process_ort(ws, server, triton_grpc_python
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    local = ort.InferenceSession(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx")).as_posix())
+    local = ort.InferenceSession(ws.crypto.open_bytes(next((ws.config.home / "serving-cache" / "risk" / "1").rglob("*.onnx"))))  # sealed at rest
     label, proba = local.run(None, {"input": X[:9]})
     assert out["live"] and out["ready"] and out["model_ready"] and out["server"]["name"] == "mlplat"
     assert out["meta"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "4"]}]

@@ -107,6 +107,9 @@ def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions
     p = isvc["spec"]["predictor"]
     assert p["canaryTrafficPercent"] == 10 and p["model"]["protocolVersion"] == "v2" and p["model"]["modelFormat"]["name"] == "onnx"
     assert p["model"]["storageUri"].startswith("pvc://ws-home/") and (p["minReplicas"], p["maxReplicas"], p["scaleMetric"]) == (1, 6, "rps")
+    assert p["model"]["runtime"] == "mlplat-onnx"   # sealed at rest: served by mlplat's runtime, which holds the key
+    runtime = yaml.safe_load((REPO / "templates" / "serving" / "mlplat-servingruntime.yaml").read_text())
+    assert runtime["metadata"]["name"] == p["model"]["runtime"] and "{{.Name}}=/mnt/models/model.onnx" in runtime["spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize("case", ["healthy", "slow"])

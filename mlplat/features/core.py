@@ -13,7 +13,7 @@ from ..db import dumps, table, utcnow
 from ..errors import ConflictError, NotFoundError, ValidationError
 from . import definitions as defs_mod
 from .datasets import Datasets, check_name
-from .feast_repo import open_store, to_feast, to_feast_services
+from .feast_repo import feast_uri, open_store, to_feast, to_feast_services
 from .online import with_fresh_registry
 
 # %% auto #0
@@ -88,7 +88,7 @@ class Features:
                                                         created_by=self.ws.principal.name, created_at=utcnow()))
                             versions[(kind, name)] = v; result.created.append(f"{kind}:{name}@{v}")
                     entities = {**applied["entity"], **resolved["entity"]}
-                    paths = {spec["source"]: self.datasets.get(spec["source"]).path for spec in resolved["feature_view"].values()}
+                    paths = {spec["source"]: feast_uri(self.datasets.get(spec["source"]).path) for spec in resolved["feature_view"].values()}
                     objs, views = to_feast(resolved, entities, versions, paths)
                     for svc in resolved["feature_service"].values():
                         for ref in svc["features"]:
@@ -123,7 +123,7 @@ class Features:
     def check_sources(self, views: dict):
         "Fail clearly if Feast reads a snapshot from another place than the workspace's (e.g. it was moved)."
         for name, (_, spec) in views.items():
-            ours = self.datasets.get(spec["source"]).path
+            ours = feast_uri(self.datasets.get(spec["source"]).path)
             src = with_fresh_registry(self, lambda: self.store.get_feature_view(name)).batch_source
             theirs = getattr(getattr(src, "batch_source", None) or src, "path", ours)
             if theirs != ours:

@@ -19,8 +19,8 @@ from ..errors import ConflictError, NotFoundError, ValidationError
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
-__all__ = ['NAME_RE', 'SECRET_KEYS', 'check_name', 'parse_ref', 'DatasetVersion', 'read_verified', 'redact_url', 'read_frame',
-           'normalize', 'Datasets']
+__all__ = ['NAME_RE', 'SECRET_KEYS', 'check_name', 'parse_ref', 'DatasetVersion', 'read_verified', 'snapshot_path', 'redact_url',
+           'read_frame', 'normalize', 'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
 def check_name(name: str, what: str) -> str:
@@ -64,14 +64,16 @@ class DatasetVersion:
     def to_df(self):
         "The snapshot's rows, verified against its content hash."
         return read_verified(self.path, self.content_hash, f"snapshot {self.path} of {self.id}",
-                             "the file was modified outside mlplat; re-register the source")
+                             "the file was modified outside mlplat; re-register the source",
+                             getattr(self, "_sealer", None), f"dataset:{self.name}")
 
     @classmethod
-    def from_row(cls, r, home) -> "DatasetVersion":
+    def from_row(cls, r, home, sealer=None) -> "DatasetVersion":
         "Paths are stored relative to the workspace home, so a workspace (or a shared DB) can move."
         d = dict(r._mapping); d["schema"] = json.loads(d.pop("schema_json"))
         d["created_at"], d["path"] = str(d["created_at"]), str(Path(home)/d["path"])
-        return cls(**d)
+        dv = cls(**d); dv._sealer = sealer  # opens a sealed snapshot (not a field: never serialized)
+        return dv
 
 # %% ../../notebooks/11_datasets.ipynb #08a9e3f8
 def _table_hash(t, frame=None) -> str:
@@ -90,30 +92,42 @@ def _table_hash(t, frame=None) -> str:
             h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
     return h.hexdigest()
 
-def read_verified(path, content_hash: str, what: str, hint: str):
-    "A stored parquet file as a DataFrame, refused unless it still hashes to `content_hash` (missing or altered files too)."
-    import pyarrow.parquet as pq
+def read_verified(path, content_hash: str, what: str, hint: str, sealer=None, context: str | None = None):
+    """A stored parquet file as a DataFrame, refused unless it still hashes to `content_hash` (missing or altered
+    files too). A sealed file (`.enc`) is decrypted in memory by `sealer` first; a tampered one never loads."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    from mlplat.errors import AuditIntegrityError
     try:
-        t = pq.read_table(path); df = t.to_pandas(); ok = _table_hash(t, df) == content_hash
+        src = str(path)
+        if src.endswith(".enc"):
+            if sealer is None: raise ValidationError(f"{what} is sealed and no key provider was given to open it")
+            src = pa.BufferReader(sealer.open_bytes(path, context, require_sealed=True))
+        t = pq.read_table(src); df = t.to_pandas(); ok = _table_hash(t, df) == content_hash
     except (OSError, ValueError):  # missing or unreadable file
         ok = False
     if not ok:
-        from mlplat.errors import AuditIntegrityError
         raise AuditIntegrityError(f"{what} does not match its content hash", hint=hint)
     return df
 
-def _write_snapshot(t, folder: Path, h: str) -> Path:
-    "Write a parquet snapshot atomically (temp file + rename): no reader ever sees half a file."
-    import pyarrow.parquet as pq
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp"); os.close(fd)
+def snapshot_path(folder: Path, h: str, sealer=None) -> Path:
+    "Where a new snapshot of content hash `h` goes: `<h>.parquet`, or `<h>.parquet.enc` when encryption at rest is on."
+    return Path(folder)/(f"{h}.parquet" + (".enc" if sealer is not None and sealer.enabled else ""))
+
+def _write_snapshot(t, dest: Path, sealer=None, context: str = "") -> Path:
+    """Write a parquet snapshot to `dest` atomically (temp file + rename): no reader ever sees half a file.
+    A `.enc` destination is sealed by `sealer`; the plaintext parquet then exists only in memory."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.name.endswith(".enc"):
+        buf = pa.BufferOutputStream(); pq.write_table(t, buf)
+        return sealer.seal_to(memoryview(buf.getvalue()), dest, context)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp"); os.close(fd)
     try:
         pq.write_table(t, tmp)
-        final = folder/f"{h}.parquet"
-        os.replace(tmp, final)
+        os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
-    return final
+    return dest
 
 SECRET_KEYS = re.compile(r"pass(word)?|pwd|secret|token|key|credential", re.I)
 
@@ -217,7 +231,7 @@ class Datasets:
                 self._ensure_file(latest, t)
                 audit.update(version=latest.version, content_hash=h, reused=True)
                 return latest
-            final = _write_snapshot(t, ws.config.home/"data"/"datasets"/name, h)
+            final = _write_snapshot(t, snapshot_path(ws.config.home/"data"/"datasets"/name, h, ws.crypto), ws.crypto, f"dataset:{name}")
             schema = {f.name: str(f.type) for f in t.schema}
             dv = self._insert(name, h, final, len(df), schema, timestamp_field, store_region, region, classification, kind, desc)
             audit.update(version=dv.version, content_hash=h, rows=dv.rows)
@@ -227,7 +241,7 @@ class Datasets:
         "A reused version whose file went missing or was altered is rewritten from the identical data in hand."
         from mlplat.errors import AuditIntegrityError
         try: dv.to_df()
-        except AuditIntegrityError: _write_snapshot(t, Path(dv.path).parent, dv.content_hash)
+        except AuditIntegrityError: _write_snapshot(t, Path(dv.path), self.ws.crypto, f"dataset:{dv.name}")
 
     def _insert(self, name, h, path, rows, schema, ts, region, source_region, classification, kind, desc) -> DatasetVersion:
         import sqlalchemy as sa
@@ -257,7 +271,7 @@ class Datasets:
         if version is not None: q = q.where(t.c.version == version)
         with self.ws.engine.connect() as c:
             row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
-        return DatasetVersion.from_row(row, self.ws.config.home) if row else None
+        return DatasetVersion.from_row(row, self.ws.config.home, self.ws.crypto) if row else None
 
     def get(self, ref: str) -> DatasetVersion:
         "A version by `name` (latest) or `name@version`."
@@ -277,7 +291,7 @@ class Datasets:
         with self.ws.engine.connect() as c:
             rows = c.execute(sa.select(t).where(t.c.name == check_name(name, "dataset")).order_by(t.c.version)).all()
         if not rows: self.get(name)  # raises NotFoundError with the list of known datasets
-        return [DatasetVersion.from_row(r, self.ws.config.home) for r in rows]
+        return [DatasetVersion.from_row(r, self.ws.config.home, self.ws.crypto) for r in rows]
 
     def list(self) -> list[DatasetVersion]:
         "The latest version of every dataset."
@@ -286,4 +300,4 @@ class Datasets:
         t = table("datasets")
         latest = sa.select(t.c.name, sa.func.max(t.c.version).label("v")).group_by(t.c.name).subquery()
         q = sa.select(t).join(latest, (t.c.name == latest.c.name) & (t.c.version == latest.c.v)).order_by(t.c.name)
-        with self.ws.engine.connect() as c: return [DatasetVersion.from_row(r, self.ws.config.home) for r in c.execute(q)]
+        with self.ws.engine.connect() as c: return [DatasetVersion.from_row(r, self.ws.config.home, self.ws.crypto) for r in c.execute(q)]

@@ -9,7 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'push_source_name', 'to_feast', 'to_feast_services']
+__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged', 'push_source_name',
+           'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def feature_store_yaml(config) -> str:
@@ -58,7 +59,49 @@ def import_feast():
         if typeguard is not None: typeguard.typechecked = original
     return feast
 
-# %% ../../notebooks/13_feast_repo.ipynb #b789e59f
+# %% ../../notebooks/13_feast_repo.ipynb #4295b39b
+import logging
+import threading
+from contextlib import contextmanager
+
+_staged_lock = threading.Lock()
+_staged_refs: dict = {}
+
+def feast_uri(path) -> str:
+    "Where Feast reads the snapshot at `path`: the file itself, or the in-memory copy of a sealed (`.enc`) one."
+    p = str(path)
+    return f"memory://mlplat{Path(p).as_posix()}" if p.endswith(".enc") else p
+
+@contextmanager
+def staged(sealer, paths):
+    """While the block runs, the sealed snapshots among `paths` are readable by Feast at their `feast_uri`
+    (decrypted and authenticated into this process's memory; reference-counted across threads)."""
+    import fsspec
+    fs = fsspec.filesystem("memory")
+    sealed = [p for p in dict.fromkeys(map(str, paths)) if p.endswith(".enc")]
+    done = []
+    try:
+        for p in sealed:
+            with _staged_lock:
+                if not _staged_refs.get(p):
+                    fs.pipe(feast_uri(p), sealer.open_bytes(p, f"dataset:{Path(p).parent.name}", require_sealed=True))
+                _staged_refs[p] = _staged_refs.get(p, 0) + 1
+            done.append(p)
+        yield
+    finally:
+        with _staged_lock:
+            for p in done:
+                _staged_refs[p] -= 1
+                if not _staged_refs[p]:
+                    del _staged_refs[p]; fs.rm(feast_uri(p))
+
+class _NoMemoryUriWarnings(logging.Filter):
+    # Feast validates file sources with pyarrow, which knows no memory:// filesystem; mlplat checks them itself
+    def filter(self, record): return "memory://mlplat" not in record.getMessage()
+
+logging.getLogger("feast.infra.offline_stores.file_source").addFilter(_NoMemoryUriWarnings())
+
+# %% ../../notebooks/13_feast_repo.ipynb #fb37bb7c
 def _value_type(name):
     import_feast()
     from feast import ValueType

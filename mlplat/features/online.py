@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from ..errors import NotFoundError, ValidationError
 from .definitions import coerce_column
-from .feast_repo import import_feast, push_source_name
+from .feast_repo import feast_uri, import_feast, push_source_name, staged
 
 # %% auto #0
 __all__ = ['materialize', 'with_fresh_registry', 'online_features', 'push']
@@ -40,7 +40,8 @@ def materialize(features_api, views=None, end=None) -> dict:
     full = [n for n in names if loaded.get(n) != latest[n][0]]
     with ws.governance.operation("features.materialize", "online_store:" + ",".join(names)[:280], "features:materialize",
                                  region, classification, {"views": names, "full": full, "end": end.isoformat()}):
-        with contextlib.redirect_stdout(sys.stderr):  # Feast's progress bars are progress, not results
+        sources = [features_api.datasets.get(latest[n][1]["source"]).path for n in names]
+        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources):  # Feast's progress bars are progress, not results
             for n in full:
                 start = _snapshot_start(features_api, latest[n][1])
                 if start < end: features_api.store.materialize(start_date=start, end_date=end, feature_views=[n])
@@ -74,8 +75,10 @@ def _record_materialized(ws, versions: dict):
 def _snapshot_start(features_api, spec):
     "The earliest event time in a view's snapshot: where a full load starts."
     import pyarrow.compute as pc, pyarrow.parquet as pq
-    path = features_api.datasets.get(spec["source"]).path
-    lo = pc.min(pq.read_table(path, columns=[spec["timestamp_field"]]).column(0)).as_py()
+    import fsspec
+    path = feast_uri(features_api.datasets.get(spec["source"]).path)  # inside `staged`: sealed ones are in memory
+    with fsspec.open(path, "rb") as f: col = pq.read_table(f, columns=[spec["timestamp_field"]]).column(0)
+    lo = pc.min(col).as_py()
     return lo.replace(tzinfo=lo.tzinfo or timezone.utc) if lo else datetime.now(timezone.utc)
 
 # %% ../../notebooks/16_online.ipynb #c3ca5d32

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import AuditIntegrityError, ConflictError, NotFoundError, ValidationError
-from .datasets import _table_hash, _write_snapshot, check_name, parse_ref, read_verified
+from .datasets import _table_hash, _write_snapshot, check_name, parse_ref, read_verified, snapshot_path
 from .definitions import coerce_column
+from .feast_repo import staged
 from .online import with_fresh_registry
 
 ROW_ID = "__mlplat_row_id"
@@ -48,16 +49,19 @@ class TrainingSet:
         "The rows, verified against the content hash they were saved under."
         if getattr(self, "_frame", None) is not None: return self._frame.copy()
         return read_verified(self.path, self.lineage.get("content_hash"), f"training set file {self.path} of {self.id}",
-                             "it was modified outside mlplat; rebuild the training set")
+                             "it was modified outside mlplat; rebuild the training set",
+                             getattr(self, "_sealer", None), f"training_set:{self.name}")
 
     @classmethod
-    def from_row(cls, r, home) -> "TrainingSet":
+    def from_row(cls, r, home, sealer=None) -> "TrainingSet":
         d = dict(r._mapping)
         meta = json.loads(d.pop("features_json"))
-        return cls(id=d["id"], name=d["name"], version=d["version"], path=str(Path(home)/d["path"]), rows=d["rows"],
+        ts = cls(id=d["id"], name=d["name"], version=d["version"], path=str(Path(home)/d["path"]), rows=d["rows"],
                    schema=json.loads(d["schema_json"]), features=meta["features"], lineage=meta["lineage"],
                    entity_hash=d["entity_hash"], region=d["region"], classification=d["classification"],
                    created_by=d["created_by"], created_at=str(d["created_at"]))
+        ts._sealer = sealer  # opens a sealed file (not a field: never serialized)
+        return ts
 
 # %% ../../notebooks/15_training.ipynb #af6adf6a
 def _entity_frame(entity_df, timestamp_column: str, key_types: dict):
@@ -123,22 +127,24 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
         # other views' valid values with it) and collapses duplicate (entity, time) rows. So: one query per
         # view over the distinct (keys, time) pairs, each tagged with its group number, and the answers
         # spread back onto every input row by that number, which also keeps the caller's row order.
-        for view, (_, spec) in views.items():
-            keys = tuple(entities[e][1]["join_key"] for e in spec["entities"])
-            if keys not in distinct:
-                cols = ["event_timestamp", *keys]
-                group = q.groupby(cols, sort=False).ngroup().to_numpy()  # numbered in order of first appearance
-                uq = q.loc[~q.duplicated(cols), cols].reset_index(drop=True)
-                uq[ROW_ID] = range(len(uq))
-                distinct[keys] = (uq, group)
-            uq, group = distinct[keys]
-            vrefs = [r for r in refs if r.split(":")[0] == view]
-            got = with_fresh_registry(features_api, lambda: features_api.store.get_historical_features(
-                entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
-            cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
-            got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
-            for c in cols: result[c] = got[c].to_numpy()[group]
-            feat_cols += cols
+        sources = [features_api.datasets.get(spec["source"]).path for _, spec in views.values()]
+        with staged(ws.crypto, sources):  # sealed snapshots are decrypted into memory for Feast, never to disk
+            for view, (_, spec) in views.items():
+                keys = tuple(entities[e][1]["join_key"] for e in spec["entities"])
+                if keys not in distinct:
+                    cols = ["event_timestamp", *keys]
+                    group = q.groupby(cols, sort=False).ngroup().to_numpy()  # numbered in order of first appearance
+                    uq = q.loc[~q.duplicated(cols), cols].reset_index(drop=True)
+                    uq[ROW_ID] = range(len(uq))
+                    distinct[keys] = (uq, group)
+                uq, group = distinct[keys]
+                vrefs = [r for r in refs if r.split(":")[0] == view]
+                got = with_fresh_registry(features_api, lambda: features_api.store.get_historical_features(
+                    entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
+                cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
+                got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
+                for c in cols: result[c] = got[c].to_numpy()[group]
+                feat_cols += cols
         result = result[[*df.columns, *feat_cols]]
         t = pa.Table.from_pandas(result, preserve_index=False)
         frame = t.to_pandas()  # exactly what reading the stored file back gives
@@ -148,11 +154,12 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
                 and latest.lineage.get("feature_views") == lineage["feature_views"]:
             try: intact = latest.to_df() is not None
             except AuditIntegrityError: intact = False
-            if not intact: _write_snapshot(t, Path(latest.path).parent, h)  # repair from the identical rows in hand
+            if not intact: _write_snapshot(t, Path(latest.path), ws.crypto, f"training_set:{name}")  # repair from the rows in hand
             audit.update(id=latest.id, reused=True)
             latest._frame = frame
             return latest
-        final = _write_snapshot(t, ws.config.home/"data"/"training_sets"/name, h)
+        final = _write_snapshot(t, snapshot_path(ws.config.home/"data"/"training_sets"/name, h, ws.crypto), ws.crypto,
+                                f"training_set:{name}")
         ts = _insert(ws, name, h, final, len(result), {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
         ts._frame = frame  # to_df() of the set just built needs no re-read
         audit.update(id=ts.id, rows_without_any_value=int(result[feat_cols].isna().all(axis=1).sum()))
@@ -187,7 +194,7 @@ def _find(ws, name, version=None) -> TrainingSet | None:
     if version is not None: q = q.where(t.c.version == version)
     with ws.engine.connect() as c:
         row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
-    return TrainingSet.from_row(row, ws.config.home) if row else None
+    return TrainingSet.from_row(row, ws.config.home, ws.crypto) if row else None
 
 def get_training_set(features_api, ref: str) -> TrainingSet:
     "A training set by `name` (latest) or `name@version`."
@@ -204,4 +211,4 @@ def list_training_sets(features_api, name: str | None = None) -> list[TrainingSe
     t = table("training_sets")
     q = sa.select(t).order_by(t.c.name, t.c.version)
     if name: q = q.where(t.c.name == name)
-    with features_api.ws.engine.connect() as c: return [TrainingSet.from_row(r, features_api.ws.config.home) for r in c.execute(q)]
+    with features_api.ws.engine.connect() as c: return [TrainingSet.from_row(r, features_api.ws.config.home, features_api.ws.crypto) for r in c.execute(q)]

@@ -246,7 +246,7 @@ class ScheduleNotebookRequest(In):
 
 class Template(Out):
     name: str
-    kind: Literal["pipeline", "training", "dashboard"]
+    kind: Literal["pipeline", "training", "dashboard", "serving"]
     description: str
 
 class CopyTemplateRequest(In):

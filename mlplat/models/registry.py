@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,9 +71,10 @@ class Models:
             m = cfg.models
             results = [G.parity(sess, reference_outputs(model, x, [o["name"] for o in sig["outputs"]]), x, m.parity_atol, m.parity_rtol),
                        G.latency(sess, x, m.latency_batch, m.latency_p99_ms_batch1, m.latency_p99_ms_batch)]
-            info = self._log_onnx(run_id, onnx_bytes, sig, x)
+            model_uri, sealed = self._log_onnx(run, name, onnx_bytes, sig)
             tags = {"mlplat.run_id": run_id, "mlplat.framework": framework, "mlplat.signature": json.dumps(sig),
                     "mlplat.registered_by": ws.principal.name}
+            if sealed: tags["mlplat.sealed"] = "aes-256-gcm"  # serving refuses this version's file unless it decrypts
             for key in ("mlplat.job_id", "mlplat.training_set"):
                 if run.data.tags.get(key): tags[key] = run.data.tags[key]
             if ts: tags["mlplat.feature_views"] = json.dumps(ts.lineage.get("feature_views", {}))
@@ -81,7 +83,7 @@ class Models:
             except Exception: pass  # exists already
             names = self._feature_names(run_id, sample, x.shape[1])
             if names: tags["mlplat.feature_names"] = json.dumps(names)
-            mv = self.client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags)
+            mv = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
             version = int(mv.version)
             self._log_reference(run_id, version, x)
             with ws.engine.begin() as c:
@@ -149,16 +151,30 @@ class Models:
         if x.ndim != 2: raise ValidationError(f"the parity sample must be 2-D [rows, features], got shape {x.shape}")
         return x
 
-    def _log_onnx(self, run_id, onnx_bytes, sig, x):
-        import mlflow, onnx
+    def _log_onnx(self, run, name: str, onnx_bytes: bytes, sig: dict) -> tuple[str, bool]:
+        """Log the ONNX model as an MLflow logged model of `run` (ONNX flavor, signature, requirements) and return
+        (its `models:/` URI, whether it is sealed). With encryption at rest the `model.onnx` in the artifact store is
+        sealed; it is written to a memory-backed folder first, so the plaintext never reaches a disk either."""
+        import tempfile, mlflow, onnx
         from mlflow.models import ModelSignature
         from mlflow.types.schema import Schema, TensorSpec
         from mlplat.models.onnx import NUMPY_TYPES, flavor_requirements
         def schema(items): return Schema([TensorSpec(np.dtype(NUMPY_TYPES[i["datatype"]]), tuple(i["shape"]), i["name"]) for i in items])
-        with mlflow.start_run(run_id=run_id):
-            return mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="onnx",
-                                         signature=ModelSignature(schema(sig["inputs"]), schema(sig["outputs"])),
-                                         save_as_external_data=False, pip_requirements=flavor_requirements("onnx"))
+        sealer = self.ws.crypto
+        shm = Path("/dev/shm")
+        with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None) as d:
+            local = Path(d)/"onnx"
+            mlflow.onnx.save_model(onnx.load_from_string(onnx_bytes), str(local), save_as_external_data=False,
+                                   signature=ModelSignature(schema(sig["inputs"]), schema(sig["outputs"])),
+                                   pip_requirements=flavor_requirements("onnx"))
+            if sealer.enabled: sealer.seal_file(local/"model.onnx", f"model:{name}")
+            lm = self.client.create_logged_model(experiment_id=run.info.experiment_id, name="onnx", source_run_id=run.info.run_id,
+                                                 tags={"mlplat.sealed": "aes-256-gcm"} if sealer.enabled else None)
+            try: self.client.log_model_artifacts(lm.model_id, str(local))
+            except BaseException:
+                self.client.finalize_logged_model(lm.model_id, "FAILED"); raise
+            self.client.finalize_logged_model(lm.model_id, "READY")
+        return f"models:/{lm.model_id}", sealer.enabled
 
     def _store_gate(self, conn, name, version, result, stage):
         conn.execute(table("model_gates").insert().values(model=name, version=version, gate=result.gate, passed=result.passed,

@@ -96,7 +96,7 @@ class Monitor:
     def reference(self, model: str, version: int) -> dict:
         "The reference rows of one model version, its feature names and its ONNX outputs on them."
         from mlplat.models.onnx import session
-        from mlplat.serving.models import resolve
+        from mlplat.serving.models import read_model
         mv = self.ws.models.get(model, version)
         client = self.ws.mlflow_client()
         for path in (f"reference/v{version}/inputs.npy", "holdout/inputs.npy"):
@@ -104,8 +104,7 @@ class Monitor:
             except Exception: continue
         else: raise NotFoundError(f"model {model} v{version} has no reference rows",
                                   hint="versions registered by this mlplat keep them; re-register older ones")
-        _, onnx_path = resolve(self.ws, f"models:/{model}/{version}")
-        sess = session(str(onnx_path))
+        sess = session(read_model(self.ws, f"models:/{model}/{version}")[2])
         inp = sess.get_inputs()[0].name
         outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {inp: x.astype(np.float32)})))
         names = json.loads(mv.tags.get("mlplat.feature_names", "null"))

@@ -16,7 +16,8 @@ ROLLOUT_DEFAULTS = {"steps": [10, 25, 50, 100], "interval_s": 60.0, "min_request
                     "max_error_rate_delta": 0.01, "max_p99_ratio": 1.5}
 
 # %% auto #0
-__all__ = ['SCALE_METRICS', 'ROLLOUT_DEFAULTS', 'Variant', 'Deployment', 'render_inference_service', 'storage_uri', 'render_for']
+__all__ = ['SCALE_METRICS', 'ROLLOUT_DEFAULTS', 'SEALED_RUNTIME', 'Variant', 'Deployment', 'render_inference_service',
+           'storage_uri', 'render_for']
 
 # %% ../../notebooks/57_serving_deployment.ipynb #26ed03e6
 @dataclass
@@ -104,7 +105,7 @@ class Deployment:
 
 # %% ../../notebooks/57_serving_deployment.ipynb #ebacb9a0
 def render_inference_service(dep: Deployment, storage_uris: dict, namespace: str = "default",
-                             service_account: str | None = None) -> dict:
+                             service_account: str | None = None, runtime: str | None = None) -> dict:
     """The KServe `InferenceService` (v1beta1, ONNX, Open Inference Protocol v2) for `dep`. `storage_uris` maps each
     variant name to where the cluster reads its model. KServe's canary keeps the previously rolled-out revision for
     the rest of the traffic, so a two-variant deployment renders the smaller-weight variant as the canary."""
@@ -124,6 +125,7 @@ def render_inference_service(dep: Deployment, storage_uris: dict, namespace: str
     if res.get("memory"): requests["memory"] = limits["memory"] = str(res["memory"])
     if res.get("gpus"): limits["nvidia.com/gpu"] = str(int(res["gpus"]))
     model = {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2", "storageUri": storage_uris[new.name]}
+    if runtime: model["runtime"] = runtime  # e.g. mlplat-onnx: models sealed at rest need mlplat's runtime to decrypt
     if limits or requests: model["resources"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
     a = dep.autoscaling
     predictor = {"model": model, "minReplicas": int(a.get("min_replicas", 1)),
@@ -159,4 +161,15 @@ def storage_uri(ws, uri: str) -> str:
 def render_for(ws, dep: Deployment) -> dict:
     "`render_inference_service` with storage URIs resolved from the registry and the workspace's Kubernetes settings."
     return render_inference_service(dep, {v.name: storage_uri(ws, v.uri) for v in dep.variants},
-                                     namespace=ws.config.kubernetes.namespace)
+                                     namespace=ws.config.kubernetes.namespace,
+                                     runtime=SEALED_RUNTIME if any(_sealed(ws, v.uri) for v in dep.variants) else None)
+
+SEALED_RUNTIME = "mlplat-onnx"  # templates/serving/mlplat-servingruntime.yaml
+
+def _sealed(ws, uri: str) -> bool:
+    "Whether the model behind `uri` is sealed at rest (KServe's own ONNX runtime could not read it)."
+    from mlplat.governance.crypto import is_sealed
+    if uri.startswith("models:/"):
+        from mlplat.models.registry import parse_model_uri
+        return bool(ws.models.get(*parse_model_uri(uri)).tags.get("mlplat.sealed"))
+    return is_sealed(Path(uri).expanduser())

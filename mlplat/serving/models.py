@@ -30,7 +30,7 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'Loaded', 'Batcher', 'Route', 'ModelHost']
+__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'read_model', 'Loaded', 'Batcher', 'Route', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
@@ -51,6 +51,18 @@ def resolve(ws, uri: str) -> tuple[str, Path]:
     if path.suffix != ".onnx" or not path.is_file():
         raise ValidationError(f"{uri!r} is neither a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) nor an .onnx file")
     return "1", path
+
+def read_model(ws, uri: str) -> tuple[str, Path, bytes]:
+    """(version, local path, ONNX bytes) for `uri`. A sealed file is decrypted and authenticated in memory; a
+    registry version registered sealed must still be (a file swapped for an unencrypted one never loads)."""
+    version, path = resolve(ws, uri)
+    context, required = None, False
+    if uri.startswith("models:/"):
+        from mlplat.models.registry import parse_model_uri
+        mv = ws.models.get(*parse_model_uri(uri))
+        required, context = bool(mv.tags.get("mlplat.sealed")), f"model:{mv.name}"
+    if ws is None: return version, path, path.read_bytes()
+    return version, path, ws.crypto.open_bytes(path, context if required else None, require_sealed=required)
 
 @dataclass
 class Loaded:
@@ -183,9 +195,9 @@ class ModelHost:
 
     def _load(self, key: str, uri: str) -> Loaded:
         from mlplat.models.onnx import session, signature
-        version, path = resolve(self.ws, uri)
+        version, path, data = read_model(self.ws, uri)
         # one intra-op thread by default: requests run side by side, and a thread pool per call only spins on small models
-        sess = session(str(path), threads=self.threads or 1, providers=self.providers)
+        sess = session(data, threads=self.threads or 1, providers=self.providers)
         m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
         b = self.batching.get(key) or Batching()
         m.max_queue = b.max_queue

@@ -1,0 +1,99 @@
+"""Encryption at rest: ONNX artifacts, dataset snapshots and training sets are sealed (AES-256-GCM envelopes, a data
+key per file wrapped by the workspace's key-encryption key). The server still serves sealed models; a tampered file
+never loads and the refusal is audited; key rotation re-wraps data keys without re-encrypting the data."""
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+
+from conftest import X, register_version, run_cli
+from mlplat.errors import AuditIntegrityError
+from mlplat.governance.crypto import MAGIC, is_sealed
+
+
+def _weights(plain: bytes) -> list[bytes]:
+    "The float32 bytes of every coefficient of a (decrypted) linear-model ONNX file."
+    m = onnx.load_from_string(plain)
+    ws = [w for n in m.graph.node for a in n.attribute if a.name == "coefficients" for w in a.floats]
+    assert len(ws) >= 4
+    return [np.float32(w).tobytes() for w in ws]
+
+
+def _body(path: Path) -> bytes:
+    "A sealed file's encrypted chunks (everything after its header)."
+    data = path.read_bytes()
+    return data[len(MAGIC) + 4 + int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big"):]
+
+
+def test_sealed_model_is_served_but_not_loadable_from_disk(ws, server):
+    import onnxruntime as ort
+    mv = register_version(ws, 1.0)
+    ws.models.promote("risk", mv.version, "champion")
+    rest = server("risk=models:/risk@champion", refresh="0")
+    on_disk = sorted(Path(ws.config.artifact_root).rglob("model.onnx")) + sorted((ws.config.home / "serving-cache").rglob("*.onnx"))
+    assert len(on_disk) == 2, on_disk                       # the artifact store's copy and the server's cache
+    weights = _weights(ws.crypto.open_bytes(on_disk[0]))
+    for path in on_disk:
+        data = path.read_bytes()
+        assert is_sealed(path) and not any(w in data for w in weights), path
+        with pytest.raises(Exception):
+            ort.InferenceSession(str(path))
+    body = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": X[:3].ravel().tolist()}]}
+    r = httpx.post(f"http://{rest}/v2/models/risk/infer", json=body)
+    assert r.status_code == 200, r.text
+    from sklearn.linear_model import LogisticRegression
+    from conftest import Y
+    expected = LogisticRegression(C=1.0).fit(X, Y).predict(X[:3])
+    labels = next(o for o in r.json()["outputs"] if o["name"] == "label")["data"]
+    assert labels == expected.tolist()
+
+
+def test_tampered_model_never_loads_and_is_audited(ws):
+    register_version(ws, 1.0)
+    stored = next(Path(ws.config.artifact_root).rglob("model.onnx"))
+    data = bytearray(stored.read_bytes()); data[len(data) // 2] ^= 0x40
+    stored.write_bytes(bytes(data))
+    p = run_cli("serve", "--model", "risk=models:/risk/1", "--port", "0", "--auth", "off", check=4)
+    assert "failed authentication" in p.stderr and "it was not loaded" in p.stderr and "Traceback" not in p.stderr
+    refused = [r for r in ws.audit.records(limit=None) if r["action"] == "crypto.open"]
+    assert refused and refused[0]["outcome"] == "denied" and "model.onnx" in refused[0]["resource"]
+    # replaced by an unencrypted (attacker's) model: refused as well, the version was registered sealed
+    from conftest import onnx_chain
+    import shutil
+    shutil.rmtree(ws.config.home / "serving-cache", ignore_errors=True)
+    onnx_chain(stored)
+    with pytest.raises(AuditIntegrityError, match="replaced by an unencrypted file"):
+        from mlplat.serving.models import read_model
+        read_model(ws, "models:/risk/1")
+
+
+def test_rotation_rewraps_without_reencrypting(churn_ws, churn):
+    ws = churn_ws
+    ts = ws.features.training_set(churn.labels, service="churn_v1", name="churn")
+    mv = register_version(ws, 1.0)
+    files = [Path(ws.features.datasets.get("customers").path), Path(ts.path),
+             next(Path(ws.config.artifact_root).rglob("model.onnx"))]
+    assert all(is_sealed(f) for f in files) and b"PAR1" not in files[0].read_bytes()
+    before = {f: (_body(f), ws.crypto.kek_of(f)) for f in files}
+    assert len({kek for _, kek in before.values()}) == 1
+    p = run_cli("keys", "rotate", "--json", check=0)
+    out = json.loads(p.stdout)
+    assert out["rewrapped"] >= 3
+    keys = json.loads(run_cli("keys", "list", "--json", check=0).stdout)
+    assert [k["current"] for k in keys] == [False, True] and keys[1]["id"] == out["key"]
+    assert not any("key" in k and len(str(k.get("key"))) > 30 for k in keys)      # never key material
+    import mlplat
+    ws2 = mlplat.connect(ws.config.home)
+    for f in files:
+        assert _body(f) == before[f][0] and ws2.crypto.kek_of(f) == f"local:{out['key']}"
+    assert ws2.features.get_training_set("churn").to_df().equals(ts.to_df())
+    assert len(ws2.features.datasets.get("customers").to_df()) == len(churn.customers)
+    from mlplat.serving.models import read_model
+    assert read_model(ws2, f"models:/risk/{mv.version}")[2].startswith(b"\x08")   # an ONNX protobuf again
+    rotated = [r for r in ws2.audit.records(limit=None) if r["action"] == "keys.rotate"]
+    assert rotated[0]["outcome"] == "success" and rotated[0]["details"]["rewrapped"] == out["rewrapped"]
+    p = run_cli("keys", "rotate", env_extra={"MLPLAT_USER": "mallory"}, check=3)
+    assert "may not keys:rotate" in p.stderr
