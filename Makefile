@@ -79,12 +79,13 @@ nbtest: install
 pytest: install ## two workers, one test file per worker (servers, Ray and the demo's workspace stay within a file)
 	pytest -n 2 --dist loadfile --durations=15 tests/
 
-bench: install ## import, start-up overheads, features, launch, serving and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
+bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT cost and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
 	python benchmarks/bench_overheads.py
 	python benchmarks/bench_features.py
 	python benchmarks/bench_launch.py
 	python benchmarks/serving.py
+	python benchmarks/bench_security.py
 	python benchmarks/bench_pipelines.py
 	python benchmarks/bench_demo.py
 

@@ -356,7 +356,10 @@ def cmd_serve(args):
         raise ValidationError(f"--batch/--max-queue for {sorted(unknown)}, which no --model serves",
                               hint="deployments set `batching:` in their YAML")
     shown = [f"{n}={u}" for n, u in models.items()] + [f"deployment {c}" for c in args.config or []]
-    print(f"serving {', '.join(shown)} on http://{args.host}:{args.port} "
+    from mlplat.serving.auth import Tls
+    tls = Tls.from_config(ws.config, args.tls_cert, args.tls_key, args.tls_client_ca)  # bad files fail before anything loads
+    mtls = "; gRPC clients need a certificate (mutual TLS)" if tls and tls.client_ca else ""
+    print(f"serving {', '.join(shown)} on {'https' if tls else 'http'}://{args.host}:{args.port}{mtls} "
           f"(OIP/KServe v2 REST, /metrics{f'; gRPC on {args.host}:{args.grpc_port}' if args.grpc_port else ''}); Ctrl-C stops",
           file=sys.stderr)
     if args.auth == "off":
@@ -367,7 +370,8 @@ def cmd_serve(args):
         print("callers need `Authorization: Bearer <token>` (a token from `mlplat tokens create NAME --role inference-client`, "
               "or an OIDC JWT); the health checks are open", file=sys.stderr)
     ws.serving.serve(models, host=args.host, port=args.port, batching=batching, threads=args.threads,
-                     refresh_seconds=args.refresh, grpc_port=args.grpc_port, deployments=args.config or [], auth=args.auth)
+                     refresh_seconds=args.refresh, grpc_port=args.grpc_port, deployments=args.config or [], auth=args.auth,
+                     tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
 
 def cmd_deployments(args):
     ws = _ws(args)
@@ -541,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--auth", choices=["required", "off"], default="required",
                    help="required (default): a bearer token allowed serving:predict / serving:read on every route but the health "
                         "checks; off: anyone")
+    s.add_argument("--tls-cert", help="PEM certificate: REST and gRPC speak only TLS (default: serving.tls_cert)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert (default: serving.tls_key)")
+    s.add_argument("--tls-client-ca", help="PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS)")
     s.add_argument("--batch", action="append", help="NAME=MAX_BATCH[:DELAY_MS] adaptive batching for a model (repeatable)")
     s.add_argument("--max-queue", action="append", help="NAME=N: requests waiting for a model beyond which the server answers "
                    "503 with Retry-After (default 256; repeatable)")

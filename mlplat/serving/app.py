@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ValidationError
 from .dispatch import Dispatcher
 from .models import ModelHost
-from .auth import OPEN_PATHS, ServingAuth, bearer
+from .auth import OPEN_PATHS, ServingAuth, Tls, bearer
 from .protocol import InferError, decode_request, encode_response, error_body
 
 SERVER_NAME = "mlplat"
@@ -87,8 +87,9 @@ def _error_headers(status: int) -> list:
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
-               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None):
-    """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop).
+               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None, tls=None):
+    """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
+    when `tls` (a `Tls`) is given — REST's TLS is the HTTP server's, see `Server`).
     `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
     may call anything but the health checks (None: anyone)."""
     from contextlib import asynccontextmanager
@@ -155,7 +156,7 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
-            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind, auth)
+            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind, auth, tls)
             await grpc_srv.start()
         yield
         if grpc_srv is not None: await grpc_srv.stop(2)
@@ -190,12 +191,12 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
 # %% ../../notebooks/55_serving_app.ipynb #15544e1c
 class Server:
     "A running server (`ws.serving.serve(..., background=True)`): `url`, `stop()`."
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app, host: str, port: int, tls=None):
         import uvicorn
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                     lifespan="on", timeout_graceful_shutdown=5)
+                                     lifespan="on", timeout_graceful_shutdown=5, **(tls.uvicorn_options() if tls else {}))
         self.server = uvicorn.Server(self.config)
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}"
         self.thread = None
 
     def run(self): self.server.run()
@@ -220,29 +221,33 @@ class Serving:
 
     def serve(self, models: dict | None = None, host: str = "127.0.0.1", port: int = 8080, batching: dict | None = None,
               threads: int | None = None, providers: list | None = None, refresh_seconds: float = 5.0,
-              background: bool = False, grpc_port: int | None = None, deployments: list = (), auth: str = "required"):
+              background: bool = False, grpc_port: int | None = None, deployments: list = (), auth: str = "required",
+              tls_cert: str | None = None, tls_key: str | None = None, tls_client_ca: str | None = None):
         """Serve `models` ({name: URI}) and `deployments` (`Deployment`s or YAML paths: traffic split, A/B, shadow);
         blocks unless `background=True` (then returns the running `Server`).
         `batching` maps a model name to {max_batch_size, max_queue_delay_ms, max_queue}.
         `auth="required"` (the default) admits only callers with a bearer credential allowed `serving:predict`
-        (inference) or `serving:read` (everything else but the health checks); `auth="off"` admits anyone."""
+        (inference) or `serving:read` (everything else but the health checks); `auth="off"` admits anyone.
+        TLS files default to `serving.tls_cert`/`tls_key`/`tls_client_ca` (mutual TLS on gRPC)."""
         from mlplat.serving.deployment import Deployment
         deps = [d if isinstance(d, Deployment) else Deployment.from_yaml(d) for d in deployments]
         models = dict(models or {})
         if not models and not deps: raise ValidationError("nothing to serve", hint="give --model NAME=URI or --config DEPLOYMENT.yaml")
         names = list(models) + [d.name for d in deps]
         guard = ServingAuth(self.ws, auth)
+        tls = Tls.from_config(self.ws.config, tls_cert, tls_key, tls_client_ca)
         self.ws.governance.authorize("serving:run", ",".join(names))
         mh = ModelHost(self.ws, models, batching, threads, providers, deps)
         ws = self.ws
         def audit(action, resource, details):
             ws.governance.audit.append(ws.principal.name, action, resource, "success", ws.config.workspace.region, details)
         app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
-                         auth=guard)
-        srv = Server(app, host, port)
+                         auth=guard, tls=tls)
+        srv = Server(app, host, port, tls)
         self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(names), "success",
                                         self.ws.config.workspace.region,
-                                        {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}, "auth": auth})
+                                        {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}, "auth": auth,
+                                         "tls": "mutual" if tls and tls.client_ca else bool(tls)})
         if background: return srv.start()
         srv.run()
 

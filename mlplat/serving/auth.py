@@ -17,7 +17,7 @@ MODES = ("required", "off")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 # %% auto #0
-__all__ = ['MODES', 'OPEN_PATHS', 'ServingAuth', 'bearer']
+__all__ = ['MODES', 'OPEN_PATHS', 'ServingAuth', 'bearer', 'Tls']
 
 # %% ../../notebooks/54c_serving_auth.ipynb #c8942e11
 class ServingAuth:
@@ -75,3 +75,48 @@ def bearer(headers: dict) -> str | None:
     v = headers.get(b"authorization", headers.get("authorization"))
     if v is None: return None
     return v.decode("latin-1") if isinstance(v, bytes) else v
+
+# %% ../../notebooks/54c_serving_auth.ipynb #9a317064
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+@dataclass
+class Tls:
+    "Certificate, key and (for mutual TLS on gRPC) the client CA bundle of a server."
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    @classmethod
+    def from_config(cls, config, cert: str | None = None, key: str | None = None, client_ca: str | None = None) -> "Tls | None":
+        "The server's TLS files (arguments override `serving.*`), checked; None when TLS is not configured."
+        import ssl
+        s = config.serving
+        cert, key, ca = (str(Path(v).expanduser().resolve()) if v else "" for v in (cert or s.tls_cert, key or s.tls_key,
+                                                                                  client_ca or s.tls_client_ca))
+        if not cert and not key:
+            if ca: raise ConfigError("a client CA (mutual TLS) needs the server's own certificate and key", hint="set --tls-cert and --tls-key")
+            return None
+        if not (cert and key): raise ConfigError("TLS needs both a certificate and its private key", hint="set --tls-cert and --tls-key")
+        for what, path in (("certificate", cert), ("private key", key), ("client CA bundle", ca)):
+            if path and not Path(path).is_file(): raise ConfigError(f"the TLS {what} {path} does not exist or is not a file")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try: ctx.load_cert_chain(cert, key, password=b"")  # never prompts: an encrypted key is refused below
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"the TLS certificate {cert} and key {key} do not load together ({getattr(e, 'reason', None) or e})",
+                              hint="both must be PEM, the key must be the certificate's and not passphrase-protected") from None
+        if ca:
+            try: ctx.load_verify_locations(ca)
+            except (ssl.SSLError, OSError) as e:
+                raise ConfigError(f"the client CA bundle {ca} is not a PEM certificate bundle ({getattr(e, 'reason', None) or e})") from None
+        return cls(cert, key, ca)
+
+    def uvicorn_options(self) -> dict: return {"ssl_certfile": self.cert, "ssl_keyfile": self.key}
+
+    def grpc_credentials(self):
+        import grpc
+        ca = Path(self.client_ca).read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials([(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+                                           root_certificates=ca, require_client_auth=ca is not None)

@@ -138,7 +138,7 @@ def encode_infer(m, request: InferRequest, outputs: dict):
     return msg
 
 # %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
-def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None):
+def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=None):
     """A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop.
     `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady."""
     import grpc
@@ -201,6 +201,7 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None):
         "ModelMetadata": unary(model_metadata, "ModelMetadataRequest"), "ModelInfer": unary(model_infer, "ModelInferRequest")})
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 2**20)])
     server.add_generic_rpc_handlers((handler,))
-    if server.add_insecure_port(f"{bind}:{port}") == 0:
+    bound = server.add_secure_port(f"{bind}:{port}", tls.grpc_credentials()) if tls else server.add_insecure_port(f"{bind}:{port}")
+    if bound == 0:
         raise RuntimeError(f"cannot listen for gRPC on {bind}:{port}")
     return server
