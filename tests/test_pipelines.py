@@ -155,6 +155,9 @@ def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):
         ({"parameters": {"n": 2}}, "requires parameter(s) ['run_id']"),
         ({"depends_on": ["a"]}, "in a cycle"),
         ({"notebook": "missing.ipynb"}, "does not exist"),
+        ({"notebook": "../a.ipynb"}, "is outside the pipeline's folder"),                 # path traversal
+        ({"parameters": {"run_id": "r", "class": 1}}, "is not a Python identifier"),      # injected as code: `class = 1`
+        ({"parameters": {"run_id": "r", "api_token": "s3cr3t"}}, "looks like a secret"),  # would be kept in the notebook
         ({"timeout": -1}, "timeout must be a number >= 1"),
         ({"region": "us-east-1"}, "must run in region us-east-1"),
     ]

@@ -18,9 +18,27 @@ GENESIS = "0" * 64
 FIELDS = ("seq", "ts", "principal", "action", "resource", "region", "outcome", "details_json")
 
 # %% auto #0
-__all__ = ['GENESIS', 'FIELDS', 'record_hash', 'AuditLog', 'AuditReport']
+__all__ = ['GENESIS', 'FIELDS', 'SECRET_KEY', 'redact', 'record_hash', 'AuditLog', 'AuditReport']
 
-# %% ../../notebooks/06_audit.ipynb #b937c127
+# %% ../../notebooks/06_audit.ipynb #ee664e2f
+import re
+
+SECRET_KEY = re.compile(r"(^|[_-])(password|passwd|pwd|secret|token|api_?key|private_?key|credentials?|authorization)$", re.I)
+_SECRET_TEXT = [(re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{16,}"), r"\1***"),                # any bearer credential
+                (re.compile(r"(mlp_[0-9a-f]{12}_)[A-Za-z0-9_-]{43}"), r"\1***"),                       # API tokens
+                (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "***jwt***"),    # JWTs
+                (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1***@")]                                  # URL passwords
+
+def redact(value):
+    "`value` (dicts, lists, strings) with secrets replaced by `***`."
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "") else redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)): return [redact(v) for v in value]
+    if isinstance(value, str):
+        for pattern, repl in _SECRET_TEXT: value = pattern.sub(repl, value)
+    return value
+
+# %% ../../notebooks/06_audit.ipynb #09ed6b0c
 def record_hash(prev_hash: str, rec: dict) -> str:
     return hashlib.sha256((prev_hash + dumps({k: rec[k] for k in FIELDS})).encode()).hexdigest()
 
@@ -41,7 +59,7 @@ class AuditLog:
                     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
                     rec = dict(seq=seq, ts=utcnow().isoformat(timespec="microseconds"), principal=principal,
                                action=action, resource=resource, region=region or "", outcome=outcome,
-                               details_json=dumps(details or {}))
+                               details_json=dumps(redact(details or {})))
                     rec["prev_hash"], rec["hash"] = prev, record_hash(prev, rec)
                     c.execute(t.insert().values(**rec))
                     return rec

@@ -71,6 +71,8 @@ class JobContext:
     def log_params(self, params: dict):
         "Parameters of the run (rank 0 only; other ranks do nothing)."
         if not self.is_main: return
+        from mlplat.governance.audit import redact
+        params = redact(dict(params))  # a secret passed as a parameter never reaches MLflow (or the log)
         c = self._client()
         if c is None: print(f"[params] {params}", file=sys.stderr); return
         from mlflow.entities import Param, RunTag

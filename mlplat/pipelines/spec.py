@@ -17,10 +17,24 @@ TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "di
 TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 REFERENCE = re.compile(r"params\.([A-Za-z_]\w*)|steps\.([A-Za-z_]\w*)\.outputs\.([A-Za-z_]\w*)")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+SECRET_NAME = re.compile(r"(^|_)(password|passwd|pwd|secret|token|api_?key|private_?key|credentials?)($|_)", re.I)
+
+def check_param_name(name, where: str = "parameter") -> str:
+    """A parameter name papermill can inject safely: an identifier and not a keyword (the name is written into the
+    notebook as code), and not a secret's name (values are written into the executed notebook, which is kept)."""
+    import keyword
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ValidationError(f"{where} name {name!r} is not a Python identifier", hint="use letters, digits and _ (not a keyword)")
+    if SECRET_NAME.search(name):
+        raise ValidationError(f"{where} {name!r} looks like a secret; parameter values are written into the executed notebooks",
+                              hint="give secrets to the notebook as environment variables (the kernel inherits the runner's "
+                                   "environment) and read them with os.environ")
+    return name
 
 # %% auto #0
-__all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'type_name', 'fits', 'check_data', 'references', 'render', 'NotebookParam',
-           'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline', 'notebook_pipeline']
+__all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'SECRET_NAME', 'check_param_name', 'type_name', 'fits', 'check_data',
+           'references', 'render', 'NotebookParam', 'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline',
+           'notebook_pipeline']
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #f5b661c1
 def type_name(value) -> str:
@@ -164,8 +178,7 @@ class Pipeline:
             raise ValidationError(f"pipeline name {name!r} must be a word of letters, digits, _ or - (up to 63)")
         params = {}
         for pname, spec in (doc.get("parameters") or {}).items():
-            if not isinstance(pname, str) or not pname.isidentifier():
-                raise ValidationError(f"pipeline parameter name {pname!r} is not an identifier")
+            check_param_name(pname, "pipeline parameter")
             if isinstance(spec, dict) and set(spec) <= {"type", "default", "required"} and ("type" in spec or "required" in spec):
                 typ = spec.get("type")
                 if typ is not None and typ not in TYPES:
@@ -276,10 +289,13 @@ def _step(doc, i: int, base: Path) -> Step:
     nb = doc.get("notebook")
     if not isinstance(nb, str) or not nb.endswith(".ipynb"): raise ValidationError(f"step {name}: notebook must be an .ipynb path")
     path = (base/nb).resolve()
+    if not path.is_relative_to(Path(base).resolve()):  # the folder is what gets scheduled, copied and shipped to a cluster
+        raise ValidationError(f"step {name}: notebook {nb!r} is outside the pipeline's folder {base}",
+                              hint="keep a pipeline's notebooks in its folder (or below it)")
     if not path.is_file(): raise ValidationError(f"step {name}: notebook {path} does not exist")
     params = doc.get("parameters") or {}
-    if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
-        raise ValidationError(f"step {name}: parameters must map identifiers to values")
+    if not isinstance(params, dict): raise ValidationError(f"step {name}: parameters must map identifiers to values")
+    for k in params: check_param_name(k, f"step {name}: parameter")
     deps = doc.get("depends_on") or []
     if isinstance(deps, str): deps = [deps]
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
@@ -300,7 +316,7 @@ def notebook_pipeline(notebook, params: dict | None = None) -> Pipeline:
     path = Path(notebook).expanduser().resolve()
     if path.suffix != ".ipynb" or not path.is_file(): raise ValidationError(f"notebook {notebook} does not exist (an .ipynb file)")
     params = dict(params or {})
-    if not all(isinstance(k, str) and k.isidentifier() for k in params): raise ValidationError("parameter names must be identifiers")
+    for k in params: check_param_name(k)
     known = notebook_parameters(path)
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:60] or "notebook"
     if not (name[0].isalpha() or name[0] == "_"): name = f"nb-{name}"[:63]

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import ValidationError
 from .dispatch import Dispatcher
 from .models import ModelHost
-from .auth import OPEN_PATHS, ServingAuth, Tls, bearer
+from .auth import OPEN_PATHS, RefusalLog, ServingAuth, Tls, bearer
 from .protocol import InferError, decode_request, encode_response, error_body
 
 SERVER_NAME = "mlplat"
@@ -40,7 +40,7 @@ async def _read_body(receive, limit: int) -> bytes | None:
         if msg["type"] == "http.disconnect": return None
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size > limit: raise InferError(f"the body is over {limit / 2**20:g} MB", 413)
+        if size > limit: raise InferError(f"the body is over {limit / 2**20:g} MB", 413, hostile=True)
         chunks.append(chunk); more = msg.get("more_body", False)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -60,7 +60,7 @@ def rest_infer(dispatch: Dispatcher, max_body: int):
             primary = dispatch.target(name, version)
             size = headers.get(b"content-length")
             if size is not None and size.isdigit() and int(size) > max_body:
-                raise InferError(f"the body is over {max_body / 2**20:g} MB", 413)
+                raise InferError(f"the body is over {max_body / 2**20:g} MB", 413, hostile=True)
             body = await _read_body(receive, max_body)
             if body is None: return
             header_length = headers.get(b"inference-header-content-length")
@@ -70,7 +70,7 @@ def rest_infer(dispatch: Dispatcher, max_body: int):
             if not req.inputs:  # entity keys instead of features: read them from the online store
                 req.inputs = await asyncio.get_running_loop().run_in_executor(None, features.build, req.parameters["entities"])
         except InferError as e:
-            dispatch.refused(name, e)
+            dispatch.refused(name, e, "rest", "%s:%s" % tuple(scope.get("client") or ("?", "?")))
             return await _reply(send, e.status, error_body(e.message), _error_headers(e.status))
         key = headers.get(b"x-mlplat-key")
         try:
@@ -87,18 +87,18 @@ def _error_headers(status: int) -> list:
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
-               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None, tls=None):
+               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None, tls=None, refusals=None):
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
     when `tls` (a `Tls`) is given — REST's TLS is the HTTP server's, see `Server`).
     `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
-    may call anything but the health checks (None: anyone)."""
+    may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) audits hostile payloads."""
     from contextlib import asynccontextmanager
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
     rollouts = {n: Rollout(host.routes[n], spec, audit) for n, spec in host.rollout_specs.items()}
-    dispatch = Dispatcher(host, predictions, rollouts)
+    dispatch = Dispatcher(host, predictions, rollouts, on_hostile=refusals)
     metrics = dispatch.metrics
     def js(obj, status=200): return Response(json.dumps(obj), status, media_type="application/json")
     def err(e: InferError):
@@ -162,6 +162,7 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
         if grpc_srv is not None: await grpc_srv.stop(2)
         for t in tasks: t.cancel()
         dispatch.close()
+        if refusals is not None: refusals.flush()
 
     base = "/v2/models/{name}"
     routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_meta),
@@ -236,13 +237,16 @@ class Serving:
         names = list(models) + [d.name for d in deps]
         guard = ServingAuth(self.ws, auth)
         tls = Tls.from_config(self.ws.config, tls_cert, tls_key, tls_client_ca)
+        def reject(surface, model, reason, client, repeats):
+            ws.governance.audit.append("anonymous", "serving.reject", f"model:{model}", "denied", ws.config.workspace.region,
+                                       {"surface": surface, "reason": reason[:300], "client": client, "repeats": repeats})
         self.ws.governance.authorize("serving:run", ",".join(names))
         mh = ModelHost(self.ws, models, batching, threads, providers, deps)
         ws = self.ws
         def audit(action, resource, details):
             ws.governance.audit.append(ws.principal.name, action, resource, "success", ws.config.workspace.region, details)
         app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
-                         auth=guard, tls=tls)
+                         auth=guard, tls=tls, refusals=RefusalLog(reject))
         srv = Server(app, host, port, tls)
         self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(names), "success",
                                         self.ws.config.workspace.region,

@@ -17,7 +17,7 @@ MODES = ("required", "off")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 
 # %% auto #0
-__all__ = ['MODES', 'OPEN_PATHS', 'ServingAuth', 'bearer', 'Tls']
+__all__ = ['MODES', 'OPEN_PATHS', 'ServingAuth', 'bearer', 'RefusalLog', 'Tls']
 
 # %% ../../notebooks/54c_serving_auth.ipynb #c8942e11
 class ServingAuth:
@@ -77,6 +77,30 @@ def bearer(headers: dict) -> str | None:
     return v.decode("latin-1") if isinstance(v, bytes) else v
 
 # %% ../../notebooks/54c_serving_auth.ipynb #9a317064
+class RefusalLog:
+    "Audit refused hostile requests, coalesced per surface: `RefusalLog(write)(surface, model, reason, client)`."
+    def __init__(self, write, window: float = 10.0):
+        self.write, self.window = write, window   # write(surface, model, reason, client, repeats)
+        self.last: dict = {}
+        self.pending: collections.Counter = collections.Counter()
+        self.latest: dict = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, surface: str, model: str, reason: str, client: str = ""):
+        now = time.monotonic()
+        with self.lock:
+            self.latest[surface] = (model, reason, client)
+            if now - self.last.get(surface, -self.window) < self.window:
+                self.pending[surface] += 1; return
+            self.last[surface], repeats = now, self.pending.pop(surface, 0)
+        self.write(surface, model, reason, client, repeats)
+
+    def flush(self):
+        "Write the refusals still only counted (at shutdown)."
+        with self.lock: pending, self.pending = dict(self.pending), collections.Counter()
+        for surface, n in pending.items(): self.write(surface, *self.latest[surface], n - 1)
+
+# %% ../../notebooks/54c_serving_auth.ipynb #795854b2
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -122,8 +122,9 @@ def sticky_key(route, parameters: dict, header: str | None) -> str | None:
 
 class Dispatcher:
     "Routes, admits, runs, counts, logs and mirrors decoded requests for both protocols."
-    def __init__(self, host: ModelHost, predictions: Path | None = None, rollouts: dict | None = None):
+    def __init__(self, host: ModelHost, predictions: Path | None = None, rollouts: dict | None = None, on_hostile=None):
         self.host, self.metrics, self.plog, self.rollouts = host, Metrics(), PredictionLog(predictions), rollouts or {}
+        self.on_hostile = on_hostile  # (surface, model, reason, client): audits oversized and malformed payloads
         self.shadow_tasks: set = set()
 
     def target(self, name: str, version: str | None) -> Loaded:
@@ -133,9 +134,10 @@ class Dispatcher:
             raise InferError(f"model {name!r} serves version(s) {self.host.versions(name)}, not {version!r}", 404)
         return primary
 
-    def refused(self, name: str, e: InferError):
-        "Count a request refused before it reached a version (404s are not the model's errors)."
+    def refused(self, name: str, e: InferError, surface: str = "rest", client: str = ""):
+        "Count a request refused before it reached a version (404s are not the model's errors); audit hostile ones."
         if e.status != 404: self.series_error(name, "", "unrouted", e.status)
+        if e.hostile and self.on_hostile is not None: self.on_hostile(surface, name, e.message, client)
 
     def series_error(self, name, version, variant, status):
         self.metrics.series(self.metrics.errors, name, version, variant, str(status)).inc()

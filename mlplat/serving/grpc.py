@@ -17,7 +17,7 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "BYTES": "bytes_contents"}
 
 # %% auto #0
-__all__ = ['SERVICE', 'CONTENTS', 'messages', 'decode_infer', 'encode_infer', 'grpc_server']
+__all__ = ['SERVICE', 'CONTENTS', 'messages', 'decode_infer', 'encode_infer', 'Malformed', 'grpc_server']
 
 # %% ../../notebooks/56_serving_grpc.ipynb #2f3f633d
 def _file_descriptor():
@@ -138,6 +138,10 @@ def encode_infer(m, request: InferRequest, outputs: dict):
     return msg
 
 # %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
+class Malformed:
+    "What a request body that does not parse as its message becomes (the handler refuses it)."
+    def __init__(self, message: str): self.message = message
+
 def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=None):
     """A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop.
     `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady."""
@@ -181,7 +185,7 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=Non
                       if v.WhichOneof("parameter_choice")}
             r.parameters = params
         except InferError as e:
-            dispatch.refused(name, e)
+            dispatch.refused(name, e, "grpc", ctx.peer())
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
         header = dict(ctx.invocation_metadata() or ()).get("x-mlplat-key")
         try:
@@ -193,8 +197,20 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=Non
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
         return resp
 
-    def unary(fn, req): return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=M[req].FromString,
-                                                                  response_serializer=lambda m: m.SerializeToString())
+    def unary(fn, req):
+        cls = M[req]
+        def parse(data):
+            try: return cls.FromString(data)
+            except Exception: return Malformed(req)  # DecodeError, or RecursionError from absurd nesting
+        async def checked(r, ctx):
+            if isinstance(r, Malformed):  # INVALID_ARGUMENT (audited), not gRPC's UNKNOWN with a parser traceback
+                await allowed(ctx, "serving:predict" if req == "ModelInferRequest" else "serving:read", "model:?")
+                e = InferError(f"the request is not a valid inference.{req} protobuf message", 400, hostile=True)
+                dispatch.refused("?", e, "grpc", ctx.peer())
+                await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+            return await fn(r, ctx)
+        return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=parse,
+                                                   response_serializer=lambda m: m.SerializeToString())
     handler = grpc.method_handlers_generic_handler(SERVICE, {
         "ServerLive": unary(server_live, "ServerLiveRequest"), "ServerReady": unary(server_ready, "ServerReadyRequest"),
         "ModelReady": unary(model_ready, "ModelReadyRequest"), "ServerMetadata": unary(server_metadata, "ServerMetadataRequest"),

@@ -17,9 +17,10 @@ DTYPE_NAMES = {np.dtype(v).str: k for k, v in NUMPY_TYPES.items() if k != "BYTES
 DTYPES = {k: np.dtype(v) for k, v in NUMPY_TYPES.items()}
 
 class InferError(Exception):
-    "A bad inference request: answered with HTTP `status` and the OIP error body."
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message); self.message, self.status = message, status
+    """A bad inference request: answered with HTTP `status` and the OIP error body. `hostile` marks what no honest
+    client sends (oversized or malformed payloads): those refusals are also audited."""
+    def __init__(self, message: str, status: int = 400, hostile: bool = False):
+        super().__init__(message); self.message, self.status, self.hostile = message, status, hostile
 
 @dataclass
 class InferRequest:
@@ -37,7 +38,7 @@ __all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input',
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
     try: return orjson.loads(raw)
-    except orjson.JSONDecodeError as e: raise InferError(f"the request body is not valid JSON: {e}") from None
+    except orjson.JSONDecodeError as e: raise InferError(f"the request body is not valid JSON: {e}", hostile=True) from None
 
 def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dtype, int]:
     "Check one input's datatype and shape against its signature entry; returns (numpy dtype, element count)."
