@@ -597,8 +597,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars would bury the CLI's answer
     try:
-        args.fn(args)
-        return 0
+        rc = args.fn(args)
+        return rc if type(rc) is int else 0  # a command may return an exit status (e.g. 4: the report found a broken chain)
     except MlplatError as e:
         if getattr(args, "json", False): print(json.dumps(e.to_dict()), file=sys.stderr)
         else: print(f"error: {e}", file=sys.stderr)

@@ -133,6 +133,12 @@ class Workspace:
         from mlplat.governance.crypto import KeysApi
         return KeysApi(self)
 
+    def compliance_report(self) -> dict:
+        """For auditors (`audit:export`): datasets with classification, region and lineage; every movement and blocked
+        attempt; model versions with their data provenance; alias history; audit-chain status. See `mlplat.compliance`."""
+        from mlplat.compliance import build_report
+        return build_report(self)
+
     def authenticate(self, credentials: str | None, surface: str = "api") -> "Workspace":
         """The same workspace acting as whoever `credentials` prove (an API token, or a bearer JWT under OIDC);
         `AuthenticationError` (audited) when they prove nothing. Servers call this once per request."""

@@ -60,8 +60,9 @@ class Models:
         run = self._run(run_id)
         ts = self._training_set(run)
         mlflow.set_tracking_uri(cfg.tracking_uri); mlflow.set_registry_uri(cfg.registry_uri)  # runs:/ URIs resolve here
-        with ws.governance.operation("models.register", f"model:{name}", "models:register", cfg.workspace.region,
-                                     ts.classification if ts else None, {"run_id": run_id}) as audit:
+        # the ONNX artifact is stored in the artifact store's region, after being made here: residency covers both
+        with ws.governance.operation("models.register", f"model:{name}", "models:register", cfg.models.artifact_region or cfg.workspace.region,
+                                     ts.classification if ts else None, {"run_id": run_id}, also_regions=(cfg.workspace.region,)) as audit:
             model, framework = self._load(run_id, artifact)
             x = self._sample(run_id, artifact, sample)
             from mlplat.models.onnx import export_onnx, reference_outputs, session, signature
@@ -235,7 +236,8 @@ class Models:
             text = G.report(results, f"{name} version {mv.version} cannot become {alias!r}:")
             self.ws.governance.audit.append(self.ws.principal.name, "models.promote", mv.node, "denied",
                                             region or self.ws.config.workspace.region,
-                                            {"alias": alias, "failed_gates": [r.gate for r in failed]})
+                                            {"alias": alias, "failed_gates": [r.gate for r in failed],
+                                             "reason": "; ".join(f"{r.gate}: {r.summary}" for r in failed)[:500]})
             raise GateFailed(text, results, hint="`mlplat models show NAME` shows every gate result")
         return self._move(mv, alias, "promote", reason, region, results)
 
