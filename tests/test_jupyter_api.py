@@ -220,7 +220,7 @@ async def test_schedule_a_notebook_and_copy_a_template(jp_fetch, ws, jp_root_dir
     r = await jp_fetch("mlplat", "api", "schedules", "nightly-report", method="DELETE")
     assert r.code == 204 and ws.schedules.list() == []
     templates = valid("/templates", "GET", body(await jp_fetch("mlplat", "api", "templates")))
-    assert {t["kind"] for t in templates} == {"pipeline", "training", "dashboard"}
+    assert {t["kind"] for t in templates} == {"pipeline", "training", "dashboard", "serving"}
     copied = body(await jp_fetch("mlplat", "api", "templates", "copy", method="POST",
                                  body=json.dumps({"name": "monitoring-dashboard", "folder": "dash"})))
     assert copied["paths"] == ["dash/monitoring.ipynb"] and (jp_root_dir / "dash" / "monitoring.ipynb").is_file()

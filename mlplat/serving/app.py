@@ -24,7 +24,7 @@ INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 # %% auto #0
-__all__ = ['SERVER_NAME', 'EXTENSIONS', 'INFER_PATH', 'JSON_HEADERS', 'rest_infer', 'create_app', 'Server', 'Serving']
+__all__ = ['SERVER_NAME', 'EXTENSIONS', 'INFER_PATH', 'JSON_HEADERS', 'NOT_POST', 'rest_infer', 'create_app', 'Server', 'Serving']
 
 # %% ../../notebooks/55_serving_app.ipynb #61dc98e1
 async def _reply(send, status: int, body: bytes, headers: list):
@@ -86,6 +86,8 @@ def _error_headers(status: int) -> list:
     return JSON_HEADERS + [(b"retry-after", b"1")] if status in (429, 503) else JSON_HEADERS
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
+NOT_POST = ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]  # on an infer path: 405 with `Allow: POST`
+
 def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
                grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None, tls=None, refusals=None):
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
@@ -124,8 +126,16 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
         except InferError as e: return err(e)
         return js({"name": request.path_params["name"], "ready": True})
 
+    async def openapi_doc(request):
+        from mlplat import __version__
+        from mlplat.serving.openapi import openapi
+        versions = sorted({v for n in host.routes for v in host.versions(n)})
+        return js(openapi(sorted(host.routes), str(request.base_url).rstrip("/"), __version__, versions))
+
     async def not_post(request):
-        return err(InferError(f"{request.url.path} takes POST, not {request.method}", 405))
+        r = err(InferError(f"{request.url.path} takes POST, not {request.method}", 405))
+        r.headers["allow"] = "POST"  # RFC 9110: a 405 names the methods that would work
+        return r
 
     async def rollout_status(request):
         r = rollouts.get(request.path_params["name"])
@@ -168,8 +178,8 @@ def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds
     routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_meta),
               Route(base, model_meta), Route(base + "/versions/{version}", model_meta),
               Route(base + "/ready", model_ready), Route(base + "/versions/{version}/ready", model_ready),
-              Route(base + "/infer", not_post), Route(base + "/versions/{version}/infer", not_post),
-              Route("/metrics", prometheus), Route("/mlplat/rollouts/{name}", rollout_status)]
+              Route(base + "/infer", not_post, methods=NOT_POST), Route(base + "/versions/{version}/infer", not_post, methods=NOT_POST),
+              Route("/metrics", prometheus), Route("/mlplat/rollouts/{name}", rollout_status), Route("/v2/openapi.json", openapi_doc)]
     rest = Starlette(routes=routes, lifespan=lifespan)
     infer = rest_infer(dispatch, int(max_body_mb * 2**20))
 

@@ -78,6 +78,7 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     for i, inp in enumerate(given):
         if not isinstance(inp, dict): raise InferError(f"inputs[{i}] must be an object with name, shape, datatype, data")
         name = inp.get("name")
+        if not isinstance(name, str): raise InferError(f"inputs[{i}].name must be a string, got {name!r}"[:300])
         if name not in expected: raise InferError(f"unknown input {name!r}; the model takes {sorted(expected)}")
         if name in inputs: raise InferError(f"input {name!r} is given twice")
         shape, dt = inp.get("shape"), inp.get("datatype")
@@ -120,8 +121,10 @@ def _requested(doc: dict, signature: dict, all_binary: bool) -> tuple[list | Non
     for o in doc["outputs"]:
         if not isinstance(o, dict) or o.get("name") not in known:
             raise InferError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; the model returns {known}")
+        oparams = o.get("parameters") or {}
+        if not isinstance(oparams, dict): raise InferError(f"output {o['name']!r}: 'parameters' must be an object")
         outs.append(o["name"])
-        binary_out[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
+        binary_out[o["name"]] = bool(oparams.get("binary_data", all_binary))
     return outs, binary_out
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
