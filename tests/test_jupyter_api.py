@@ -61,7 +61,7 @@ def jp_server_config(request, ws):
     marker = request.node.get_closest_marker("identity")
     cfg = {"ServerApp": {"jpserver_extensions": {"mlplat.jupyter.server": True}},
            "MlplatServer": {"home": str(ws.config.home), "identity": marker.args[0] if marker else "server"}}
-    if marker: cfg["ServerApp"]["identity_provider_class"] = HeaderUser
+    if marker and marker.args[0] == "jupyter": cfg["ServerApp"]["identity_provider_class"] = HeaderUser
     return cfg
 
 
@@ -93,6 +93,27 @@ async def test_unauthenticated_and_cross_site_requests_are_refused(jp_fetch, ws)
     code, _ = await error(jp_fetch, "mlplat", "api", "openapi.json", headers={"Authorization": ""})
     assert code == 403
     assert ws.models.history("risk") == before   # nothing moved
+
+
+@pytest.mark.identity("bearer")
+async def test_bearer_identity_acts_as_the_credential_of_each_request(jp_fetch, ws):
+    viewer = ws.tokens.create("dash", ["viewer"])["token"]
+    engineer = ws.tokens.create("ci", ["ml-engineer"])
+    me = body(await jp_fetch("mlplat", "api", "me", headers={"X-Mlplat-Token": engineer["token"]}))
+    assert (me["principal"], me["roles"]) == ("sa:ci", ["ml-engineer"])
+    for headers in ({}, {"X-Mlplat-Token": "mlp_000000000000_" + "A" * 43}):      # Jupyter's token alone proves nothing here
+        code, err = await error(jp_fetch, "mlplat", "api", "models", headers=headers)
+        assert code == 401 and err["error"] == "AuthenticationError"
+    assert [m["name"] for m in body(await jp_fetch("mlplat", "api", "models", headers={"X-Mlplat-Token": viewer}))] == ["risk"]
+    code, err = await error(jp_fetch, "mlplat", "api", "models", "risk", "promote", method="POST",
+                            body=json.dumps({"version": 2, "alias": "prod"}), headers={"X-Mlplat-Token": viewer})
+    assert code == 403 and "'sa:dash' (roles: viewer) may not models:promote" in err["message"]
+    ws.tokens.revoke(engineer["id"])
+    code, err = await error(jp_fetch, "mlplat", "api", "me", headers={"X-Mlplat-Token": engineer["token"]})
+    assert code == 401 and "revoked" in err["message"]
+    assert ws.models.history("risk", "prod") == []
+    refused = [r for r in ws.audit.records(limit=None) if r["action"] == "auth.login" and r["outcome"] == "denied"]
+    assert len(refused) >= 3 and all(r["resource"] == "jupyter" for r in refused[-3:])
 
 
 @pytest.mark.identity("jupyter")

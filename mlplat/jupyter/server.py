@@ -45,8 +45,10 @@ def jsonable(x):
 class MlplatServer(Configurable):
     "Settings and shared state of the extension: the workspace, the identity mode, the worker threads."
     home = Unicode(None, allow_none=True, config=True, help="the mlplat workspace (default: found from the working folder)")
-    identity = Enum(["server", "jupyter"], "server", config=True,
-                    help="act as the server's own principal (personal JupyterLab) or as Jupyter's authenticated user (JupyterHub)")
+    identity = Enum(["server", "jupyter", "bearer"], "server", config=True,
+                    help="act as the server's own principal (personal JupyterLab), as Jupyter's authenticated user "
+                         "(JupyterHub), or as whoever the request's `X-Mlplat-Token` credential proves — an mlplat API "
+                         "token or, under OIDC, a JWT (services calling the routes; Jupyter's own auth still applies)")
     threads = Int(4, config=True, help="threads for core calls")
 
     def __init__(self, root: Path, **kw):
@@ -55,7 +57,7 @@ class MlplatServer(Configurable):
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mlplat-api")
         self._ws, self._as, self._lock, self._stamp = None, {}, threading.Lock(), None
 
-    def workspace(self, user):
+    def workspace(self, user, credential: str | None = None):
         """The workspace acting as the request's principal: connected on first use, then shared, and read again when
         its mlplat.toml changes (a revoked role takes effect at once, without restarting Jupyter)."""
         import mlplat
@@ -66,10 +68,14 @@ class MlplatServer(Configurable):
                 self._ws, self._as = mlplat.connect(self.home), {}
                 src = self._ws.config.source
                 self._stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
-            if self.identity == "server": return self._ws
-            name = getattr(user, "username", None) or str(user)
-            if name not in self._as: self._as[name] = self._ws.as_user(name)
-            return self._as[name]
+            ws = self._ws
+            if self.identity == "jupyter":
+                name = getattr(user, "username", None) or str(user)
+                if name not in self._as: self._as[name] = ws.as_user(name)
+                return self._as[name]
+        if self.identity == "bearer":  # per request, outside the lock (a JWT may need the issuer's keys fetched)
+            return ws.authenticate(credential, surface="jupyter")  # a revoked token stops working at once
+        return ws
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -91,7 +97,7 @@ class MlplatHandler(APIHandler):
     async def _handle(self, method: str, path: str):
         try:
             route, args = api.match(method, "/" + path)
-            ws = await self.state.run(self.state.workspace, self.current_user)
+            ws = await self.state.run(self.state.workspace, self.current_user, self.request.headers.get("X-Mlplat-Token"))
             ctx = api.Ctx(ws, self.state.root)
             if route.stream: return await self._stream(route, ctx, args)
             # JupyterLab's ServerConnection appends a bare timestamp (`?1795712672925`) to GETs to defeat caches

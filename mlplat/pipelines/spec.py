@@ -289,9 +289,10 @@ def _step(doc, i: int, base: Path) -> Step:
     nb = doc.get("notebook")
     if not isinstance(nb, str) or not nb.endswith(".ipynb"): raise ValidationError(f"step {name}: notebook must be an .ipynb path")
     path = (base/nb).resolve()
-    if not path.is_relative_to(Path(base).resolve()):  # the folder is what gets scheduled, copied and shipped to a cluster
+    # a relative path may not climb out of the pipeline's folder (`../../x.ipynb`); an absolute one is explicit
+    if not Path(nb).is_absolute() and not path.is_relative_to(Path(base).resolve()):
         raise ValidationError(f"step {name}: notebook {nb!r} is outside the pipeline's folder {base}",
-                              hint="keep a pipeline's notebooks in its folder (or below it)")
+                              hint="keep a pipeline's notebooks in its folder (or below it), or give an absolute path")
     if not path.is_file(): raise ValidationError(f"step {name}: notebook {path} does not exist")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict): raise ValidationError(f"step {name}: parameters must map identifiers to values")
