@@ -15,6 +15,7 @@ import secrets
 import struct
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import AuditIntegrityError, ConfigError, NotFoundError
@@ -53,7 +54,7 @@ class LocalKeyProvider:
             if not create:
                 raise NotFoundError(f"the key file {self.path} does not exist, so nothing sealed can be decrypted",
                                     hint="restore the key file from its backup (encryption.key_file)")
-            self._write(self._new_ring({"keys": []}))
+            with self._file_lock(): self._write(self._new_ring({"keys": []}), first=True)
         try:
             if self.path.stat().st_mode & 0o077:
                 log.warning("key file %s is readable by other users; chmod 600 it", self.path)
@@ -73,15 +74,26 @@ class LocalKeyProvider:
         data["current"] = kid
         return data
 
-    def _write(self, data: dict):
+    @contextmanager
+    def _file_lock(self):
+        "Serialize key-file changes across processes: two first uses or two rotations must not drop each other's key."
+        import fcntl
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path.parent/f".{self.path.name}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try: yield
+            finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _write(self, data: dict, first: bool = False):
+        "Write the key file atomically; `first`: only if no other process created it meanwhile (then theirs is kept)."
+        if first and self.path.exists(): return
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".kek", suffix=".tmp")  # mkstemp creates it 0600
         try:
             with os.fdopen(fd, "w") as f: json.dump(data, f, indent=1); f.flush(); os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True); raise
-        self._cache = data
+        self._cache = None if first else data
 
     def _key(self, key_id: str) -> bytes:
         for fresh in (False, True):  # a key rotated in by another process: read the file again once
@@ -114,9 +126,9 @@ class LocalKeyProvider:
 
     def rotate(self) -> str:
         "Make a fresh KEK current; returns its id."
-        with self._lock:
+        with self._lock, self._file_lock():
             self._cache = None
-            data = self._load(create=True) if self.path.exists() else {"keys": []}
+            data = self._load(create=False) if self.path.exists() else {"keys": []}
             self._write(self._new_ring(data))
             return self._cache["current"]
 
