@@ -43,7 +43,7 @@ def test_rest_refuses_oversized_and_malformed_bodies(ws, served):
             yield b" " * chunk; sent += chunk
     r = httpx.post(url, content=stream(300 * 2**20), headers=auth, timeout=60)
     assert r.status_code == 413 and "over 64 MB" in r.json()["error"]
-    for depth, expected in ((100_000, "recursion depth"), (1, "not valid JSON")):
+    for depth, expected in ((100_000, "depth"), (1, "not valid JSON")):   # (orjson words its depth limit by version)
         body = infer_body("[" * depth + "1" + "]" * depth) if depth > 1 else '{"inputs": [{"name": '
         r = httpx.post(url, content=body, headers=auth)
         assert r.status_code == 400 and expected in r.json()["error"], r.text
