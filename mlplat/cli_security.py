@@ -5,9 +5,7 @@
 # %% ../notebooks/33_cli_security.ipynb #abe42d43
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 # %% auto #0
 __all__ = ['cmd_tokens', 'cmd_keys', 'cmd_compliance', 'add_commands']
@@ -44,13 +42,10 @@ def cmd_keys(args):
 
 def cmd_compliance(args):
     from mlplat.cli import _ws
-    from mlplat.compliance import render_html
-    report = _ws(args).compliance_report()
-    text = render_html(report) if args.format == "html" else json.dumps(report, indent=1, default=str)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"compliance report written to {args.output}", file=sys.stderr)
-    else: sys.stdout.write(text + "\n")
+    from mlplat.compliance import render
+    report = _ws(args).compliance_report(args.format, args.output)
+    if args.output: print(f"compliance report written to {args.output}", file=sys.stderr)
+    else: sys.stdout.write(render(report, args.format) + "\n")
     if not report["audit_chain"]["ok"]:
         print(f"the audit chain does not verify: {report['audit_chain']['message']}", file=sys.stderr)
         return 4

@@ -9,7 +9,9 @@ import html
 import json
 from datetime import datetime, timezone
 
-from .errors import NotFoundError
+from pathlib import Path
+
+from .errors import NotFoundError, ValidationError
 
 MOVEMENTS = {
     "datasets.register": "source registered, snapshot stored",
@@ -26,14 +28,32 @@ MOVEMENTS = {
 }
 
 # %% auto #0
-__all__ = ['MOVEMENTS', 'build_report', 'render_html']
+__all__ = ['MOVEMENTS', 'build_report', 'render', 'render_html']
 
 # %% ../notebooks/75_compliance.ipynb #f6ff8d74
-def build_report(ws) -> dict:
-    "The compliance report of workspace `ws` as a dict (see the module docs)."
+def build_report(ws, fmt: str = "json", path=None) -> dict:
+    """The compliance report of workspace `ws` as a dict (see the module docs), also written to `path` as `fmt`
+    (`html` or `json`) when given; audited, needs `audit:export`."""
+    gov, cfg = ws.governance, ws.config
+    if fmt not in ("html", "json"): raise ValidationError(f"unknown report format {fmt!r}", hint="use html or json")
+    with gov.operation("compliance.report", "compliance_report", "audit:export", cfg.workspace.region,
+                       details={"format": fmt, "path": str(path) if path else None}) as audit:
+        report = _collect(ws)
+        audit.update(report["summary"])
+        if path is not None:
+            try: Path(path).write_text(render(report, fmt), encoding="utf-8")
+            except OSError as e:
+                raise ValidationError(f"cannot write the compliance report to {path}: {e.strerror}",
+                                      hint="choose a writable file path") from None
+    return report
+
+def render(report: dict, fmt: str) -> str:
+    "The report as a self-contained HTML page or as JSON."
+    return render_html(report) if fmt == "html" else json.dumps(report, indent=1, default=str)
+
+def _collect(ws) -> dict:
     from mlplat.governance.crypto import is_sealed
     gov, cfg = ws.governance, ws.config
-    gov.authorize("audit:export", "compliance_report", "compliance.report", cfg.workspace.region)
     records = list(gov.audit.records())
     chain = gov.audit.verify().to_dict()
     datasets = []
@@ -58,7 +78,7 @@ def build_report(ws) -> dict:
             models.append({"model": mv.name, "version": mv.version, "aliases": mv.aliases, "registered_at": mv.created_at,
                            "registered_by": mv.tags.get("mlplat.registered_by", ""), "training_set": ts_id,
                            "datasets": sorted(used),
-                           "encrypted_at_rest": bool(mv.tags.get("mlplat.sealed"))})
+                           "encrypted_at_rest": mv.sealed})
         aliases += [{"model": m["name"], **e} for e in ws.models.history(m["name"])]
     def row(r): return {k: r[k] for k in ("seq", "ts", "principal", "action", "resource", "region", "outcome")} | \
         {"details": r["details"]}
@@ -72,7 +92,7 @@ def build_report(ws) -> dict:
                       "artifact_region": cfg.models.artifact_region or cfg.workspace.region},
         "residency_rules": cfg.residency.rules,
         "encryption": {"at_rest": cfg.encryption.at_rest, "key_provider": cfg.encryption.key_provider,
-                       "keys": ws.crypto.provider.keys() if cfg.encryption.key_provider == "local" else []},
+                       "keys": ws.keys.list()},
         "audit_chain": chain, "datasets": datasets, "training_sets": training_sets, "models": models,
         "alias_history": aliases, "movements": movements, "blocked": blocked,
         "summary": {"datasets": len(datasets), "personal_datasets": sum(d["classification"] == "personal" for d in datasets),
@@ -81,8 +101,6 @@ def build_report(ws) -> dict:
                     "model_versions": len(models), "movements": len(movements), "blocked_attempts": len(blocked),
                     "audit_chain_intact": chain["ok"]},
     }
-    gov.audit.append(ws.principal.name, "compliance.report", "compliance_report", "success", cfg.workspace.region,
-                     {k: v for k, v in report["summary"].items()})
     return report
 
 # %% ../notebooks/75_compliance.ipynb #52d17e31

@@ -133,11 +133,12 @@ class Workspace:
         from mlplat.governance.crypto import KeysApi
         return KeysApi(self)
 
-    def compliance_report(self) -> dict:
+    def compliance_report(self, format: str = "json", path: str | os.PathLike | None = None) -> dict:
         """For auditors (`audit:export`): datasets with classification, region and lineage; every movement and blocked
-        attempt; model versions with their data provenance; alias history; audit-chain status. See `mlplat.compliance`."""
+        attempt; model versions with their data provenance; alias history; audit-chain status — also written to
+        `path` as `format` (html or json). See `mlplat.compliance`."""
         from mlplat.compliance import build_report
-        return build_report(self)
+        return build_report(self, format, path)
 
     def authenticate(self, credentials: str | None, surface: str = "api") -> "Workspace":
         """The same workspace acting as whoever `credentials` prove (an API token, or a bearer JWT under OIDC);

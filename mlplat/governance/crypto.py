@@ -252,7 +252,7 @@ class Sealer:
                 f.seek(0); return f.read()
             f.seek(0)
             try: header, _ = _read_header(f, what)
-            except AuditIntegrityError as e: self._refuse(what, "has a damaged header")
+            except AuditIntegrityError: self._refuse(what, "has a damaged header")
             if context is not None and header["context"] != context:
                 self._refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
             aead, aad, prefix = AESGCM(self._dek(header, what)), _chunk_aad(header), _unb64(header["nonce_prefix"])
@@ -307,12 +307,14 @@ class KeysApi:
     "`ws.keys`: the workspace's key-encryption keys (`list`, `rotate`)."
     def __init__(self, ws): self.ws = ws
 
+    def _local_artifacts(self) -> Path | None:
+        "MLflow's artifact store when it is a local folder (None for S3, GCS, ...)."
+        art = self.ws.config.artifact_root.removeprefix("file://")
+        return None if "://" in art else Path(art)
+
     def roots(self) -> list[Path]:
         cfg = self.ws.config
-        roots = [cfg.home/"data", cfg.home/"serving-cache"]
-        art = cfg.artifact_root.removeprefix("file://")
-        if "://" not in art: roots.append(Path(art))
-        return roots
+        return [cfg.home/"data", cfg.home/"serving-cache"] + [p for p in [self._local_artifacts()] if p is not None]
 
     def list(self) -> list[dict]:
         "Key ids, creation times and which is current (never key material); needs `keys:read`."
@@ -327,6 +329,7 @@ class KeysApi:
             sealer = self.ws.crypto
             key = sealer.provider.rotate()
             rewrapped = sum(sealer.rewrap(p) for p in sealed_files(self.roots()))
-            remote = "" if "://" not in cfg.artifact_root.removeprefix("file://") else cfg.artifact_root
-            audit.update(key=key, rewrapped=rewrapped, **({"not_rewrapped_store": remote} if remote else {}))
-        return {"key": key, "rewrapped": rewrapped, **({"not_rewrapped_store": remote} if remote else {})}
+            result = {"key": key, "rewrapped": rewrapped}
+            if self._local_artifacts() is None: result["not_rewrapped_store"] = cfg.artifact_root
+            audit.update(result)
+        return result

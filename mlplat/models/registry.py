@@ -41,6 +41,8 @@ class ModelVersion:
     def to_dict(self) -> dict: return asdict(self)
     @property
     def node(self) -> str: return f"model:{self.name}/{self.version}"
+    @property
+    def sealed(self) -> bool: return bool(self.tags.get("mlplat.sealed"))  # its ONNX file is encrypted at rest
 
 # %% ../../notebooks/52_models_registry.ipynb #b2268d62
 class Models:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ValidationError
+from ..governance.audit import SECRET_KEY
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 REFERENCE = re.compile(r"params\.([A-Za-z_]\w*)|steps\.([A-Za-z_]\w*)\.outputs\.([A-Za-z_]\w*)")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
-SECRET_NAME = re.compile(r"(^|_)(password|passwd|pwd|secret|token|api_?key|private_?key|credentials?)($|_)", re.I)
 
 def check_param_name(name, where: str = "parameter") -> str:
     """A parameter name papermill can inject safely: an identifier and not a keyword (the name is written into the
@@ -25,16 +25,15 @@ def check_param_name(name, where: str = "parameter") -> str:
     import keyword
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise ValidationError(f"{where} name {name!r} is not a Python identifier", hint="use letters, digits and _ (not a keyword)")
-    if SECRET_NAME.search(name):
+    if SECRET_KEY.search(name):
         raise ValidationError(f"{where} {name!r} looks like a secret; parameter values are written into the executed notebooks",
                               hint="give secrets to the notebook as environment variables (the kernel inherits the runner's "
                                    "environment) and read them with os.environ")
     return name
 
 # %% auto #0
-__all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'SECRET_NAME', 'check_param_name', 'type_name', 'fits', 'check_data',
-           'references', 'render', 'NotebookParam', 'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline',
-           'notebook_pipeline']
+__all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'check_param_name', 'type_name', 'fits', 'check_data', 'references',
+           'render', 'NotebookParam', 'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline', 'notebook_pipeline']
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #f5b661c1
 def type_name(value) -> str:

@@ -171,5 +171,5 @@ def _sealed(ws, uri: str) -> bool:
     from mlplat.governance.crypto import is_sealed
     if uri.startswith("models:/"):
         from mlplat.models.registry import parse_model_uri
-        return bool(ws.models.get(*parse_model_uri(uri)).tags.get("mlplat.sealed"))
+        return ws.models.get(*parse_model_uri(uri)).sealed
     return is_sealed(Path(uri).expanduser())

@@ -35,6 +35,10 @@ __all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'read_model', 'Loaded', '
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
     "(version, local .onnx path) for a registry URI or a file path."
+    return _resolve(ws, uri)[:2]
+
+def _resolve(ws, uri: str):
+    "(version, local .onnx path, registry `ModelVersion` or None for a file)."
     if uri.startswith("models:/"):
         from mlplat.models.registry import parse_model_uri
         mv = ws.models.get(*parse_model_uri(uri))
@@ -46,23 +50,19 @@ def resolve(ws, uri: str) -> tuple[str, Path]:
             mlflow.artifacts.download_artifacts(mv.source, dst_path=str(dest))
         found = sorted(dest.rglob("*.onnx"))
         if not found: raise NotFoundError(f"{uri} (version {mv.version}) holds no .onnx file")
-        return str(mv.version), found[0]
+        return str(mv.version), found[0], mv
     path = Path(uri).expanduser()
     if path.suffix != ".onnx" or not path.is_file():
         raise ValidationError(f"{uri!r} is neither a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) nor an .onnx file")
-    return "1", path
+    return "1", path, None
 
 def read_model(ws, uri: str) -> tuple[str, Path, bytes]:
     """(version, local path, ONNX bytes) for `uri`. A sealed file is decrypted and authenticated in memory; a
     registry version registered sealed must still be (a file swapped for an unencrypted one never loads)."""
-    version, path = resolve(ws, uri)
-    context, required = None, False
-    if uri.startswith("models:/"):
-        from mlplat.models.registry import parse_model_uri
-        mv = ws.models.get(*parse_model_uri(uri))
-        required, context = bool(mv.tags.get("mlplat.sealed")), f"model:{mv.name}"
+    version, path, mv = _resolve(ws, uri)
     if ws is None: return version, path, path.read_bytes()
-    return version, path, ws.crypto.open_bytes(path, context if required else None, require_sealed=required)
+    sealed = mv is not None and mv.sealed
+    return version, path, ws.crypto.open_bytes(path, f"model:{mv.name}" if sealed else None, require_sealed=sealed)
 
 @dataclass
 class Loaded:
