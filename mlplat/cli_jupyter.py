@@ -68,7 +68,7 @@ def cmd_dashboards(args):
 
 def cmd_jupyter(args):
     import mlplat
-    from mlplat.jupyter.api import openapi
+    from mlplat.jupyter.openapi import openapi
     text = json.dumps(openapi(mlplat.__version__), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text); print(f"wrote {args.output}", file=sys.stderr)

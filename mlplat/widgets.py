@@ -51,6 +51,7 @@ def line_chart(series: dict, title: str = "", width: int = 560, height: int = 18
     if y_label: out.append(f"<text x='4' y='{T + 8}' font-size='10' fill='{_TEXT}'>{_e(y_label)}</text>")
     return "".join(out) + "</svg>"
 
+# %% ../notebooks/85_widgets.ipynb #211f9da3
 def bar_chart(values: dict, title: str = "", width: int = 560, threshold: float | None = None, fmt: str = "{:.3g}") -> str:
     "Horizontal SVG bars of {label: value}; bars over `threshold` are drawn in the warning colour."
     values = {k: v for k, v in values.items() if v is not None}
@@ -71,6 +72,7 @@ def bar_chart(values: dict, title: str = "", width: int = 560, threshold: float 
         out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='18' y2='{height}' stroke='{PALETTE[3]}' stroke-dasharray='4 3'/>")
     return "".join(out) + "</svg>"
 
+# %% ../notebooks/85_widgets.ipynb #3d0b951f
 def table(rows: list[dict], columns: list[str] | None = None, empty: str = "nothing yet") -> str:
     "An HTML table of dict rows, escaped, in JupyterLab's rendered-table style."
     if not rows: return f"<div class='mlplat-empty'>{_e(empty)}</div>"
@@ -215,6 +217,19 @@ class JobMonitor(_Panel):
 
     def stop(self): self._stop.set()
 
+# %% ../notebooks/85_widgets.ipynb #7914a2b3
+def _gate_summary(gates: list[dict]) -> str:
+    "The latest result of each gate, e.g. 'parity PASS, latency FAIL' ('–' when none ran)."
+    latest = {}
+    for g in gates: latest[g["gate"]] = g["passed"]
+    return ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in latest.items()) or "–"
+
+def _history_table(history: list[dict]) -> str:
+    "Every alias move, as `ModelCard` shows it."
+    return table([{"when": h.get("at"), "alias": h["alias"], "action": h["action"], "from": h.get("from_version"),
+                   "to": h["to_version"], "who": h.get("principal"), "reason": h.get("reason")} for h in history],
+                 empty="no alias has moved yet")
+
 # %% ../notebooks/85_widgets.ipynb #7440bcfa
 class ModelCard(_Panel):
     title = "Model"
@@ -245,16 +260,10 @@ class ModelCard(_Panel):
             history = self.ws.models.history(self.name)
             gates = {v.version: self.ws.models.gates(self.name, v.version) for v in versions}
         except Exception as e: return self.show_error(e)
-        def passed(v):
-            latest = {}
-            for g in gates[v]: latest[g["gate"]] = g["passed"]
-            return ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in latest.items()) or "–"
         self.title_html.value = f"<b>{_e(self.name)}</b>: {len(versions)} version(s)"
-        self.versions.value = table([{"version": v.version, "aliases": v.aliases, "gates": passed(v.version),
+        self.versions.value = table([{"version": v.version, "aliases": v.aliases, "gates": _gate_summary(gates[v.version]),
                                       "run": v.run_id, "created": v.created_at} for v in versions])
-        self.history.value = table([{"when": h.get("at"), "alias": h["alias"], "action": h["action"],
-                                     "from": h.get("from_version"), "to": h["to_version"], "who": h.get("principal"),
-                                     "reason": h.get("reason")} for h in history], empty="no alias has moved yet")
+        self.history.value = _history_table(history)
         self.version.options = [v.version for v in versions]
         if versions and self.version.value is None: self.version.value = versions[0].version   # the newest
         self.say(f"{len(versions)} version(s); aliases: " + (", ".join(f"{a} -> v{v.version}" for v in versions for a in v.aliases) or "none"))

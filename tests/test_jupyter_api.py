@@ -14,7 +14,8 @@ from pydantic import TypeAdapter
 from tornado.httpclient import HTTPClientError
 
 from conftest import REPO, clear_mlplat_env, parameters_notebook, register_version
-from mlplat.jupyter import api
+from mlplat.jupyter.openapi import openapi
+from mlplat.jupyter.routes import match
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -71,7 +72,7 @@ def body(resp):
 
 def valid(path, method, data):
     "The response fits the route's declared model (the contract the TypeScript types come from)."
-    route, _ = api.match(method, path)
+    route, _ = match(method, path)
     TypeAdapter(route.response).validate_python(data)
     return data
 
@@ -253,4 +254,4 @@ async def test_schedule_a_notebook_and_copy_a_template(jp_fetch, ws, jp_root_dir
 def test_the_committed_openapi_document_and_typescript_types_are_current():
     import mlplat
     committed = json.loads((REPO / "extension" / "openapi.json").read_text())
-    assert committed == api.openapi(mlplat.__version__), "run `make openapi` (mlplat jupyter openapi) and rebuild the extension"
+    assert committed == openapi(mlplat.__version__), "run `make openapi` (mlplat jupyter openapi) and rebuild the extension"
