@@ -261,6 +261,7 @@ def cmd_scheduler(args):
 
 def cmd_monitor(args):
     ws = _ws(args)
+    if args.action == "prune": return _out(args, ws.serving.prune_predictions(args.name, args.keep_days))
     if args.action == "timeline":
         rows = ws.monitoring.timeline(args.name, args.model, args.window, args.every, args.since, args.until)
         return _out(args, rows, rows, ["start", "version", "predictions", "drifted", "max_psi", "labelled", "accuracy", "auc"])
@@ -520,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name"); x.add_argument("--model"); x.add_argument("--window", default="7d", help="how far back (default 7d)")
     x.add_argument("--every", default="1d", help="bucket length: 1h, 1d, ... (default 1d)")
     x.add_argument("--since"); x.add_argument("--until")
+    x = ms_.add_parser("prune", help="delete prediction-log and outcome days past the retention (audited)")
+    x.add_argument("name", nargs="?", help="one served name (default: every one)")
+    x.add_argument("--keep-days", type=int, help="days to keep (default: serving.prediction_retention_days)")
     for x in ms_.choices.values(): _leaf(x, common)
 
     s = cmd("models", cmd_models, "register ONNX versions of trained models, gate and promote them", json_flag=False)

@@ -178,6 +178,9 @@ class ServingConfig:
                              "server speaks only TLS.")
     tls_key: str = _opt("", "PEM private key of `tls_cert`.")
     tls_client_ca: str = _opt("", "PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS).")
+    prediction_retention_days: int = _opt(0, "Days of prediction log and outcomes kept per served name: older day files are "
+                                             "deleted by the server when a new day starts and by `mlplat monitor prune`; "
+                                             "0 keeps them forever.")
 
 NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert")
 
@@ -282,6 +285,7 @@ class Config:
             raise ConfigError("serving.tls_cert and serving.tls_key go together", hint="set both (PEM files) or neither")
         if t.tls_client_ca and not t.tls_cert:
             raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
+        if t.prediction_retention_days < 0: raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) or more")
         if self.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
         if self.jobs.default_backend not in ("local", "ray", "kubernetes"):
             raise ConfigError(f"jobs.default_backend must be local, ray or kubernetes, got {self.jobs.default_backend!r}")

@@ -14,9 +14,10 @@ import numpy as np
 
 from ..errors import NotFoundError, ValidationError
 from .drift import compare
+from ..serving.prediction_log import last_prediction, logged_names, predictions_folder, read_outcomes, read_predictions
 
 # %% auto #0
-__all__ = ['parse_window', 'read_predictions', 'Monitor']
+__all__ = ['parse_window', 'Monitor']
 
 # %% ../../notebooks/71_monitoring_monitor.ipynb #217d576f
 def parse_window(text: str) -> timedelta:
@@ -30,28 +31,6 @@ def _when(value) -> datetime | None:
     try: t = datetime.fromisoformat(str(value))
     except ValueError: raise ValidationError(f"{value!r} is not an ISO time (2026-11-26T10:00:00+00:00)") from None
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-def read_predictions(folder: Path, since: datetime, until: datetime) -> list[dict]:
-    "Prediction-log records with since <= ts < until (the day files outside the window are not opened)."
-    out = []
-    for path in sorted(folder.glob("*.jsonl")):
-        if path.stem < since.strftime("%Y-%m-%d") or path.stem > until.strftime("%Y-%m-%d"): continue
-        text = path.read_text()
-        lines = text.split("\n")
-        if not text.endswith("\n"): lines = lines[:-1]   # a line the server is still writing is read next time
-        for line in lines:
-            if not line.strip(): continue
-            rec = json.loads(line)
-            if since <= datetime.fromisoformat(rec["ts"]) < until: out.append(rec)
-    return out
-
-_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-def _log_folder(home: Path, name: str) -> Path:
-    "The prediction-log folder of deployment `name` (a plain name: never a path out of the workspace)."
-    if not isinstance(name, str) or not _DEPLOYMENT.fullmatch(name) or ".." in name:
-        raise ValidationError(f"{name!r} is not a deployment name", hint="letters, digits, '.', '_' and '-'")
-    return home/"predictions"/name
 
 def _columns(arrays: dict, names: dict) -> dict:
     "{column name: 1-D values} from {tensor name: [rows, ...] array}; 2-D tensors give one column per feature."
@@ -118,13 +97,15 @@ class Monitor:
         ws.governance.authorize("monitoring:run", name)
         until = _when(until) or datetime.now(timezone.utc)
         since = _when(since) or until - parse_window(window)
-        folder = _log_folder(ws.config.home, name)
-        if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
-        recs = [r for r in read_predictions(folder, since, until) if r.get("variant") != "shadow"]
+        if not predictions_folder(ws.config.home, name).is_dir():
+            raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
+        skipped: list = []
+        recs = [r for r in read_predictions(ws.config.home, name, since, until, skipped) if r.get("variant") != "shadow"]
         model = model or name
         rep = {"name": name, "model": model, "since": since.isoformat(), "until": until.isoformat(), "predictions": len(recs),
                "versions": [], "alerts": []}
-        outcomes = self._outcomes(name)
+        outcomes = read_outcomes(ws.config.home, name, skipped)
+        if skipped: rep["skipped_lines"] = len(skipped)  # damaged lines of the logs, named in the warning log
         for version in sorted({r["version"] for r in recs}, key=lambda v: int(v) if str(v).isdigit() else 0):
             rows = [r for r in recs if r["version"] == version]
             rep["versions"].append(self._version(model, version, rows, outcomes, cfg))
@@ -161,10 +142,10 @@ class Monitor:
         step = parse_window(every)
         if step.total_seconds() <= 0: raise ValidationError("every must be longer than 0")
         if (until - since) / step > 1000: raise ValidationError(f"{every} buckets over {until - since} is over 1000 buckets", hint="choose a longer --every")
-        folder = _log_folder(ws.config.home, name)
-        if not folder.is_dir(): raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
-        recs = [r for r in read_predictions(folder, since, until) if r.get("variant") != "shadow"]
-        outcomes, model, refs = self._outcomes(name), model or name, {}
+        if not predictions_folder(ws.config.home, name).is_dir():
+            raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
+        recs = [r for r in read_predictions(ws.config.home, name, since, until) if r.get("variant") != "shadow"]
+        outcomes, model, refs = read_outcomes(ws.config.home, name), model or name, {}
         buckets: dict = {}
         for r in recs: buckets.setdefault(int((datetime.fromisoformat(r["ts"]) - since) / step), []).append(r)
         out = []
@@ -187,13 +168,10 @@ class Monitor:
         until = datetime.now(timezone.utc); since = until - parse_window(window)
         home, out = self.ws.config.home, []
         specs = {p.stem: p for p in (home/"deployments").glob("*.yaml")}
-        logged = {p.name for p in (home/"predictions").glob("*") if p.is_dir()}
+        logged = set(logged_names(home))
         for name in sorted(logged | set(specs)):
-            folder = home/"predictions"/name
-            recs = read_predictions(folder, since, until) if folder.is_dir() else []
-            days = sorted(folder.glob("*.jsonl"))
-            last = max((r["ts"] for r in read_predictions(folder, datetime.fromisoformat(days[-1].stem).replace(tzinfo=timezone.utc),
-                                                          until + timedelta(days=1))), default=None) if days else None
+            recs = read_predictions(home, name, since, until) if name in logged else []
+            last = last_prediction(home, name) if name in logged else None
             out.append({"name": name, "window": window, "requests": len(recs), "last_request": last,
                         "weights": _weights(specs.get(name)), "variants": _by_variant(recs)})
         return out
@@ -205,12 +183,11 @@ class Monitor:
         step = parse_window(every)
         if step.total_seconds() <= 0 or (until - since) / step > 1000:
             raise ValidationError(f"every={every!r} must be longer than 0 and give at most 1000 buckets over {window}")
-        folder = _log_folder(self.ws.config.home, name)
-        if not folder.is_dir():
+        if not predictions_folder(self.ws.config.home, name).is_dir():
             if (self.ws.config.home/"deployments"/f"{name}.yaml").is_file(): return []   # configured, nothing served yet
             raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         buckets: dict = {}
-        for r in read_predictions(folder, since, until):
+        for r in read_predictions(self.ws.config.home, name, since, until):
             buckets.setdefault(int((datetime.fromisoformat(r["ts"]) - since) / step), []).append(r)
         return [{"start": (since + i * step).isoformat(), "requests": len(buckets[i]), "variants": _by_variant(buckets[i])}
                 for i in sorted(buckets)]
@@ -240,11 +217,6 @@ class Monitor:
                                     for c in ref_pred if c in cur_pred]
         out["accuracy"] = self._accuracy(rows, outcomes)
         return out
-
-    def _outcomes(self, name: str) -> dict:
-        "request id -> outcome, as `ws.serving.log_outcomes` wrote them (the latest wins)."
-        from mlplat.serving.ab import _read_jsonl
-        return {o["request_id"]: o["outcome"] for o in _read_jsonl(self.ws.config.home/"outcomes"/name)}
 
     def _accuracy(self, rows, outcomes) -> dict | None:
         "AUC and accuracy of the window's predictions whose outcome is known (0/1 outcomes)."

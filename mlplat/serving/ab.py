@@ -5,12 +5,10 @@
 # %% ../../notebooks/58_serving_ab.ipynb #46382bbf
 from __future__ import annotations
 
-import json
 import math
-from datetime import datetime, timezone
-from pathlib import Path
 
 from ..errors import NotFoundError, ValidationError
+from .prediction_log import append_outcomes, check_name, read_outcomes, read_predictions
 
 # %% auto #0
 __all__ = ['log_outcomes', 'compare', 'report']
@@ -19,6 +17,7 @@ __all__ = ['log_outcomes', 'compare', 'report']
 def log_outcomes(ws, deployment: str, rows) -> int:
     "Append outcomes (`request_id`, `outcome` number) for `deployment`; returns how many were written."
     import pandas as pd
+    check_name(deployment, "deployment")  # it names a folder: refused before anything is read or written
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     missing = {"request_id", "outcome"} - set(df.columns)
     if missing: raise ValidationError(f"outcomes need columns request_id and outcome; missing {sorted(missing)}")
@@ -26,18 +25,10 @@ def log_outcomes(ws, deployment: str, rows) -> int:
     if out.isna().any():
         bad = df.loc[out.isna(), "outcome"].head(3).tolist()
         raise ValidationError(f"outcome values must be numbers (0/1 for conversions), e.g. not {bad}")
-    folder = ws.config.home/"outcomes"/deployment
     with ws.governance.operation("serving.outcomes", f"deployment:{deployment}", "outcomes:log", ws.config.workspace.region,
                                  details={"rows": len(df)}):
-        folder.mkdir(parents=True, exist_ok=True)
-        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        with open(folder/f"{day}.jsonl", "a") as f:
-            for rid, o in zip(df["request_id"].astype(str), out):
-                f.write(json.dumps({"request_id": rid, "outcome": float(o)}) + "\n")
+        append_outcomes(ws.config.home, deployment, zip(df["request_id"].astype(str), out))
     return len(df)
-
-def _read_jsonl(folder: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted(folder.glob("*.jsonl")) for line in p.read_text().splitlines() if line.strip()]
 
 # %% ../../notebooks/58_serving_ab.ipynb #8354c803
 def _normal_sf(z: float) -> float: return 0.5 * math.erfc(z / math.sqrt(2))
@@ -69,16 +60,17 @@ def compare(base: list, other: list, alpha: float) -> dict:
     return {"test": "Welch's t-test", "statistic": float(t.statistic), "p_value": float(t.pvalue), "difference": d,
             "ci": [d - q * se, d + q * se], "df": df}
 
+# %% ../../notebooks/58_serving_ab.ipynb #031810ee
 def report(ws, deployment: str, alpha: float = 0.05, baseline: str | None = None) -> dict:
     "Per-variant counts and outcomes for `deployment`, each variant tested against the baseline."
     ws.governance.authorize("serving:read", f"deployment:{deployment}")
-    from mlplat.monitoring.monitor import _log_folder
-    preds = _read_jsonl(_log_folder(ws.config.home, deployment))
+    check_name(deployment, "deployment")
+    skipped: list = []
     served = {}
-    for r in preds:
-        if r.get("variant") != "shadow": served[r["request_id"]] = (r["variant"], r["version"])
+    for r in read_predictions(ws.config.home, deployment, skipped=skipped):
+        if r.get("variant") != "shadow": served[r["request_id"]] = (r.get("variant") or "default", r["version"])
     if not served: raise NotFoundError(f"no predictions logged for {deployment!r}", hint="serve it with `mlplat serve --config`")
-    outcomes = {o["request_id"]: o["outcome"] for o in _read_jsonl(ws.config.home/"outcomes"/deployment)}
+    outcomes = read_outcomes(ws.config.home, deployment, skipped)
     variants = {}
     for rid, (variant, version) in served.items():
         v = variants.setdefault(variant, {"variant": variant, "versions": set(), "requests": 0, "outcomes": []})
@@ -100,5 +92,7 @@ def report(ws, deployment: str, alpha: float = 0.05, baseline: str | None = None
                 else: row["verdict"] = f"no significant difference from {base} at alpha={alpha} (p={c['p_value']:.3g}); keep collecting"
             else: row["verdict"] = c["note"]
         rows.append(row)
-    return {"deployment": deployment, "baseline": base, "alpha": alpha, "requests": len(served),
-            "with_outcome": sum(r["with_outcome"] for r in rows), "variants": rows}
+    rep = {"deployment": deployment, "baseline": base, "alpha": alpha, "requests": len(served),
+           "with_outcome": sum(r["with_outcome"] for r in rows), "variants": rows}
+    if skipped: rep["skipped_lines"] = len(skipped)  # damaged lines of the logs, named in the warning log
+    return rep

@@ -10,11 +10,11 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 from ..errors import ValidationError
 from .dispatch import Dispatcher
 from .models import ModelHost
+from .prediction_log import PredictionLog, check_name
 from .auth import OPEN_PATHS, RefusalLog, ServingAuth, Tls, bearer
 from .protocol import InferError, decode_request, encode_response, error_body
 
@@ -88,12 +88,13 @@ def _error_headers(status: int) -> list:
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 NOT_POST = ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]  # on an infer path: 405 with `Allow: POST`
 
-def create_app(host: ModelHost, predictions: Path | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
+def create_app(host: ModelHost, predictions: PredictionLog | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
                grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None, tls=None, refusals=None):
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
     when `tls` (a `Tls`) is given — REST's TLS is the HTTP server's, see `Server`).
     `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
-    may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) audits hostile payloads."""
+    may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) audits hostile payloads;
+    `predictions` (a `PredictionLog`, None: no log) records every answer and is closed with the app."""
     from contextlib import asynccontextmanager
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
@@ -244,7 +245,7 @@ class Serving:
         deps = [d if isinstance(d, Deployment) else Deployment.from_yaml(d) for d in deployments]
         models = dict(models or {})
         if not models and not deps: raise ValidationError("nothing to serve", hint="give --model NAME=URI or --config DEPLOYMENT.yaml")
-        names = list(models) + [d.name for d in deps]
+        names = [check_name(n) for n in list(models) + [d.name for d in deps]]  # each one names a log folder
         guard = ServingAuth(self.ws, auth)
         tls = Tls.from_config(self.ws.config, tls_cert, tls_key, tls_client_ca)
         def reject(surface, model, reason, client, repeats):
@@ -255,7 +256,11 @@ class Serving:
         ws = self.ws
         def audit(action, resource, details):
             ws.governance.audit.append(ws.principal.name, action, resource, "success", ws.config.workspace.region, details)
-        app = create_app(mh, self.ws.config.home/"predictions", refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
+        keep = ws.config.serving.prediction_retention_days
+        def pruned(removed):  # the writer applied the retention on a new day: audited like `prune_predictions`
+            audit("predictions.prune", f"predictions:{','.join(removed)}", {"keep_days": keep, "removed": removed})
+        plog = PredictionLog(ws.config.home, retention_days=keep, on_prune=pruned)
+        app = create_app(mh, plog, refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
                          auth=guard, tls=tls, refusals=RefusalLog(reject))
         srv = Server(app, host, port, tls)
         self.ws.governance.audit.append(self.ws.principal.name, "serving.start", ",".join(names), "success",
@@ -274,3 +279,18 @@ class Serving:
         "Per-variant counts, outcomes, significance tests and verdicts for `deployment`."
         from mlplat.serving.ab import report
         return report(self.ws, deployment, alpha, baseline)
+
+    def prune_predictions(self, name: str | None = None, keep_days: int | None = None) -> dict:
+        """Delete prediction-log and outcome day files older than `keep_days` full days (default:
+        `serving.prediction_retention_days`) of `name` (default: every served name); authorized and audited."""
+        from mlplat.serving.prediction_log import prune
+        ws = self.ws
+        keep = ws.config.serving.prediction_retention_days if keep_days is None else keep_days
+        if keep_days is None and keep == 0:
+            raise ValidationError("serving.prediction_retention_days is 0 (keep forever): there is nothing to prune",
+                                  hint="give keep_days (--keep-days N), or set the option in mlplat.toml")
+        names = None if name is None else [check_name(name)]
+        with ws.governance.operation("predictions.prune", f"predictions:{name or '*'}", "predictions:prune",
+                                     ws.config.workspace.region, details={"keep_days": keep}) as details:
+            details["removed"] = removed = prune(ws.config.home, keep, names)
+        return {"keep_days": keep, "removed": removed}

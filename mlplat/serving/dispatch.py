@@ -6,69 +6,18 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
-import threading
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 
 from .models import Loaded, ModelHost
-from .protocol import InferError, InferRequest, dumps
+from .prediction_log import PredictionLog
+from .protocol import InferError, InferRequest
 
 # %% auto #0
-__all__ = ['PredictionLog', 'Metrics', 'new_request_id', 'sticky_key', 'Dispatcher']
-
-# %% ../../notebooks/54b_serving_dispatch.ipynb #3f920787
-class PredictionLog:
-    "Append-only JSON lines per model and day; a background thread writes them every `flush_seconds`."
-    def __init__(self, folder: Path | None, flush_seconds: float = 0.02):
-        self.folder, self.flush_seconds = folder, flush_seconds
-        self.pending: collections.deque = collections.deque()
-        self.stopping = threading.Event()
-        self._second, self._prefix = None, ""
-        if folder is not None:
-            self.thread = threading.Thread(target=self._write, daemon=True, name="prediction-log")
-            self.thread.start()
-
-    def add(self, model: str, version: str, variant: str, request_id: str, elapsed: float, inputs: dict, outputs: dict):
-        if self.folder is None: return
-        ts = self._timestamp()
-        line = dumps({"ts": ts, "request_id": request_id, "model": model, "version": version, "variant": variant,
-                      "latency_ms": round(elapsed * 1000, 3), "inputs": inputs, "outputs": outputs})
-        self.pending.append((model, ts[:10], line))
-
-    def _timestamp(self) -> str:
-        "ISO 8601 UTC with microseconds; the date-time part is formatted once per second."
-        now = time.time()
-        sec = int(now)
-        if sec != self._second: self._second, self._prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((now - sec) * 1e6):06d}+00:00"
-
-    def _write(self):
-        files = {}
-        while not self.stopping.wait(self.flush_seconds):
-            self._drain(files)
-        self._drain(files)
-        for f in files.values(): f.close()
-
-    def _drain(self, files: dict):
-        chunks = collections.defaultdict(list)
-        while self.pending:
-            model, day, line = self.pending.popleft()
-            chunks[(model, day)].append(line)
-        for (model, day), lines in chunks.items():
-            if (model, day) not in files:
-                path = self.folder/model/f"{day}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                files[(model, day)] = open(path, "ab")
-            f = files[(model, day)]
-            f.write(b"\n".join(lines) + b"\n"); f.flush()
-
-    def close(self):
-        if self.folder is not None: self.stopping.set(); self.thread.join(10)
+__all__ = ['Metrics', 'new_request_id', 'sticky_key', 'Dispatcher']
 
 # %% ../../notebooks/54b_serving_dispatch.ipynb #79ee43e2
 class Metrics:
@@ -122,8 +71,10 @@ def sticky_key(route, parameters: dict, header: str | None) -> str | None:
 
 class Dispatcher:
     "Routes, admits, runs, counts, logs and mirrors decoded requests for both protocols."
-    def __init__(self, host: ModelHost, predictions: Path | None = None, rollouts: dict | None = None, on_hostile=None):
-        self.host, self.metrics, self.plog, self.rollouts = host, Metrics(), PredictionLog(predictions), rollouts or {}
+    def __init__(self, host: ModelHost, predictions: PredictionLog | None = None, rollouts: dict | None = None, on_hostile=None):
+        "`predictions`: the log to write (its writer starts here, for the served names; closed by `close`)."
+        self.host, self.metrics, self.rollouts = host, Metrics(), rollouts or {}
+        self.plog = (predictions or PredictionLog(None)).start(host.routes)
         self.on_hostile = on_hostile  # (surface, model, reason, client): audits oversized and malformed payloads
         self.shadow_tasks: set = set()
 
