@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timezone
 
 from .errors import ConfigError
+from .governance.redact import redact, redact_url
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'aware', 'open_engine', 'dumps']
@@ -209,7 +210,7 @@ def open_engine(url: str):
     try:
         engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, NoSuchModuleError) as e:
-        raise ConfigError(f"platform_db.url {url!r} is not a usable SQLAlchemy URL: {e}",
+        raise ConfigError(f"platform_db.url {redact_url(url)!r} is not a usable SQLAlchemy URL: {redact(str(e))}",
                           hint="use sqlite:///path/platform.db or postgresql+psycopg://user:pass@host/db "
                                "(pip install 'mlplat[postgres]')") from None
     except ModuleNotFoundError as e:
@@ -231,7 +232,7 @@ def open_engine(url: str):
                 raise ConfigError(f"the platform DB has schema version {row[0]}, newer than this mlplat ({SCHEMA_VERSION})",
                                   hint="upgrade mlplat")
     except OperationalError as e:
-        raise ConfigError(f"cannot open the platform DB at {engine.url.render_as_string(hide_password=True)}: {e.orig}",
+        raise ConfigError(f"cannot open the platform DB at {redact_url(url)}: {redact(str(e.orig))}",
                           hint="check platform_db.url, that the server is up and that the folder is writable") from None
     return engine
 

@@ -13,6 +13,7 @@ import time
 from email.message import EmailMessage
 
 from .db import utcnow
+from .governance.redact import redact_url
 
 log = logging.getLogger("mlplat.notify")
 
@@ -35,13 +36,6 @@ def _email(body: dict, cfg) -> EmailMessage:
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
-def _redact(url: str) -> str:
-    "scheme://host/… — webhook paths and queries often hold the secret (Slack, Teams), and logs and the audit trail must not."
-    from urllib.parse import urlsplit
-    u = urlsplit(url)
-    host = u.hostname or ""
-    return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}/…"
-
 class Notifier:
     "Sends workspace events to the configured webhooks and e-mail addresses (`ws.notifier`)."
     def __init__(self, ws): self.ws = ws
@@ -57,7 +51,8 @@ class Notifier:
         body = _body(event, subject, details, cfg)
         results = {}
         for i, url in enumerate(cfg.notifications.webhooks, 1):
-            results[f"webhook #{i} {_redact(url)}"] = self._attempts(lambda: self._post(url, body))
+            # scheme://host/… only: a webhook's path and query often are its secret (Slack, Teams)
+            results[f"webhook #{i} {redact_url(url, keep_path=False)}"] = self._attempts(lambda: self._post(url, body))
         if cfg.notifications.email_to:
             results[f"email {', '.join(cfg.notifications.email_to)}"] = self._attempts(lambda: self._mail(body))
         for channel, outcome in results.items():

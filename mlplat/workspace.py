@@ -167,26 +167,18 @@ class Workspace:
 
     def info(self) -> dict:
         c = self.config
-        from sqlalchemy.engine import make_url
+        from mlplat.governance.redact import redact_url
         return {"home": str(c.home), "config_file": str(c.source) if c.source else None, "project": c.workspace.project,
                 "region": c.workspace.region, "principal": self.principal.name,
                 "roles": list(self.governance.rbac.roles_of(self.principal)),
-                "platform_db": make_url(c.db_url).render_as_string(hide_password=True),
-                "mlflow_tracking_uri": _redact_uri(c.tracking_uri), "mlflow_registry_uri": _redact_uri(c.registry_uri),
-                "mlflow_artifact_root": c.artifact_root, "feast_repo": str(c.feast_repo),
+                "platform_db": redact_url(c.db_url),
+                "mlflow_tracking_uri": redact_url(c.tracking_uri), "mlflow_registry_uri": redact_url(c.registry_uri),
+                "mlflow_artifact_root": redact_url(c.artifact_root), "feast_repo": str(c.feast_repo),
                 "feast_online_store": c.feast.online_store, "online_store_region": c.online_store_region}
 
     def __repr__(self): return f"Workspace(home={str(self.config.home)!r}, principal={self.principal.name!r})"
 
 # %% ../notebooks/20_workspace.ipynb #4df73098
-def _redact_uri(uri: str) -> str:
-    "A URI without the password in its user info (http://user:pw@host -> http://user:***@host)."
-    from urllib.parse import urlsplit, urlunsplit
-    parts = urlsplit(uri)
-    if parts.password is None: return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
 def init(home: str | os.PathLike | None = None, region: str | None = None, admin: str | None = None,
          mlflow: bool = True, quiet: bool = False) -> Workspace:
     """Create the workspace (config file, state folder, platform DB, Feast repo, MLflow store); idempotent.

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import ConflictError, NotFoundError, ValidationError
+from ..governance.redact import redact, redact_url
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
-__all__ = ['NAME_RE', 'SECRET_KEYS', 'check_name', 'parse_ref', 'DatasetVersion', 'read_verified', 'snapshot_path', 'redact_url',
-           'read_frame', 'normalize', 'Datasets']
+__all__ = ['NAME_RE', 'check_name', 'parse_ref', 'DatasetVersion', 'read_verified', 'snapshot_path', 'read_frame', 'normalize',
+           'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
 def check_name(name: str, what: str) -> str:
@@ -129,16 +130,6 @@ def _write_snapshot(t, dest: Path, sealer=None, context: str = "") -> Path:
         Path(tmp).unlink(missing_ok=True); raise
     return dest
 
-SECRET_KEYS = re.compile(r"pass(word)?|pwd|secret|token|key|credential", re.I)
-
-def redact_url(url: str) -> str:
-    "A database URL safe to store, log and audit: password and secret-looking query parameters removed."
-    import sqlalchemy as sa
-    try: u = sa.engine.make_url(url)
-    except Exception: return "<unparseable url>"
-    u = u.set(query={k: v for k, v in u.query.items() if not SECRET_KEYS.search(k)})
-    return u.render_as_string(hide_password=True)
-
 def read_frame(path) -> "pd.DataFrame":
     "A parquet or CSV file as a DataFrame, with clear errors (for entity frames and event files)."
     return _read_source(path, None, None)[0]
@@ -154,7 +145,7 @@ def _read_source(source, sql: str | None, url: str | None):
             eng = sa.create_engine(url)
             with eng.connect() as c: df = pd.read_sql(sa.text(sql), c)
         except Exception as e:  # the driver's own error text is what the user needs; never the URL's secrets
-            msg = str(getattr(e, "orig", e)).replace(url, safe)
+            msg = redact(str(getattr(e, "orig", e)).replace(url, safe))
             raise ValidationError(f"the SQL query failed on {safe}: {msg}",
                                   hint="check the query and the URL; it must be a SELECT returning rows") from None
         return df, "sql", f"{safe} :: {sql}"

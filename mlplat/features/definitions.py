@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass, field, asdict, fields
-from datetime import timedelta
 from pathlib import Path
 
+from ..durations import parse_duration
 from ..errors import NotFoundError, ValidationError
 from .datasets import check_name
 
@@ -23,20 +22,10 @@ DTYPES = {  # mlplat dtype -> Arrow type names it accepts in a dataset
 VALUE_TYPES = ("int64", "int32", "string")
 
 # %% auto #0
-__all__ = ['DTYPES', 'VALUE_TYPES', 'KINDS', 'FIELD_TYPES', 'parse_ttl', 'Entity', 'Feature', 'FeatureView', 'FeatureService',
-           'Definitions', 'coerce_column', 'spec_dict', 'load_definitions', 'validate']
+__all__ = ['DTYPES', 'VALUE_TYPES', 'KINDS', 'FIELD_TYPES', 'Entity', 'Feature', 'FeatureView', 'FeatureService', 'Definitions',
+           'coerce_column', 'spec_dict', 'load_definitions', 'validate']
 
 # %% ../../notebooks/12_definitions.ipynb #80b91fda
-def parse_ttl(ttl) -> timedelta:
-    "`'7d'`, `'12h'`, `'30m'`, `'45s'`, seconds or a timedelta; 0 means no expiry."
-    if isinstance(ttl, timedelta): td = ttl
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool): td = timedelta(seconds=ttl)
-    elif isinstance(ttl, str) and (m := re.fullmatch(r"\s*(\d+)\s*([dhms])\s*", ttl)):
-        td = timedelta(**{{"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}[m[2]]: int(m[1])})
-    else: raise ValidationError(f"invalid ttl {ttl!r}", hint="write e.g. '7d', '12h', '30m', '45s' or seconds")
-    if td < timedelta(0): raise ValidationError(f"ttl must not be negative, got {ttl!r}")
-    return td
-
 @dataclass
 class Entity:
     "What features are about (a customer, a device); `join_key` is its id column."
@@ -59,7 +48,7 @@ class FeatureView:
     entities: list
     source: str
     features: list
-    ttl: object = "0s"
+    ttl: object = "0s"                 # any mlplat.durations form ("7d", 3600, a timedelta); 0: never expires
     timestamp_field: str = ""        # default: the dataset's timestamp field
     created_timestamp_field: str = ""
     owner: str = ""
@@ -111,7 +100,7 @@ def coerce_column(col, dtype: str, what: str):
 def spec_dict(spec) -> dict:
     "Canonical dict of a spec (ttl in seconds), the form that is hashed and versioned."
     d = asdict(spec)
-    if isinstance(spec, FeatureView): d["ttl"] = int(parse_ttl(spec.ttl).total_seconds())
+    if isinstance(spec, FeatureView): d["ttl"] = int(parse_duration(spec.ttl, "ttl", allow_zero=True).total_seconds())
     return d
 
 # %% ../../notebooks/12_definitions.ipynb #a4447c60
@@ -255,5 +244,5 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
     return out
 
 def _ttl_ok(fv, where, errors) -> bool:
-    try: parse_ttl(fv.ttl); return True
+    try: parse_duration(fv.ttl, "ttl", allow_zero=True); return True   # 0: the values never expire
     except ValidationError as e: errors.append(f"{where}: {e.message}"); return False

@@ -13,30 +13,13 @@ from dataclasses import dataclass, asdict
 
 from ..db import dumps, table, utcnow
 from ..errors import AuditIntegrityError
+from .redact import redact
 
 GENESIS = "0" * 64
 FIELDS = ("seq", "ts", "principal", "action", "resource", "region", "outcome", "details_json")
 
 # %% auto #0
-__all__ = ['GENESIS', 'FIELDS', 'SECRET_KEY', 'redact', 'record_hash', 'AuditLog', 'AuditReport']
-
-# %% ../../notebooks/06_audit.ipynb #ee664e2f
-import re
-
-SECRET_KEY = re.compile(r"(^|[_-])(password|passwd|pwd|secret|token|api_?key|private_?key|credentials?|authorization)$", re.I)
-_SECRET_TEXT = [(re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{16,}"), r"\1***"),                # any bearer credential
-                (re.compile(r"(mlp_[0-9a-f]{12}_)[A-Za-z0-9_-]{43}"), r"\1***"),                       # API tokens
-                (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "***jwt***"),    # JWTs
-                (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1***@")]                                  # URL passwords
-
-def redact(value):
-    "`value` (dicts, lists, strings) with secrets replaced by `***`."
-    if isinstance(value, dict):
-        return {k: "***" if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, "") else redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)): return [redact(v) for v in value]
-    if isinstance(value, str):
-        for pattern, repl in _SECRET_TEXT: value = pattern.sub(repl, value)
-    return value
+__all__ = ['GENESIS', 'FIELDS', 'record_hash', 'AuditLog', 'AuditReport']
 
 # %% ../../notebooks/06_audit.ipynb #09ed6b0c
 def record_hash(prev_hash: str, rec: dict) -> str:

@@ -13,6 +13,7 @@ import secrets
 from datetime import timedelta
 
 from ..db import aware, table, utcnow
+from ..durations import parse_duration
 from ..errors import AuthenticationError, NotFoundError, ValidationError
 from .identity import Principal, identity_provider
 
@@ -25,11 +26,8 @@ __all__ = ['PREFIX', 'token_lifetime', 'ApiTokens', 'verify_api_token', 'authent
 
 # %% ../../notebooks/07a_tokens.ipynb #bf5e1017
 def token_lifetime(text: str, most_days: int = 366) -> timedelta:
-    "`90d`, `12h`, `30m` (jobs' duration syntax) as a timedelta of at most `most_days`."
-    from mlplat.jobs.spec import parse_duration
-    try: d = timedelta(seconds=parse_duration(text))
-    except ValidationError:
-        raise ValidationError(f"expiry {text!r} is not a duration", hint="write it as 90d, 12h or 30m") from None
+    "`90d`, `12h`, `30m` (any `mlplat.durations` form) as a timedelta of at most `most_days`."
+    d = parse_duration(text, "expiry")
     if d > timedelta(days=most_days): raise ValidationError(f"expiry {text!r} is longer than {most_days} days", hint="tokens must expire; rotate them")
     return d
 

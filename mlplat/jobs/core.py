@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import NotFoundError, ValidationError
-from .spec import TrainingJob, parse_duration
+from .spec import TrainingJob
 
 BACKEND_CLASSES = {"local": "mlplat.jobs.local:LocalBackend", "ray": "mlplat.jobs.ray_backend:RayBackend",
                    "kubernetes": "mlplat.jobs.k8s_backend:KubernetesBackend"}
@@ -115,7 +115,7 @@ class Jobs:
             if ts: runtime_env["MLPLAT_TRAINING_SET"] = ts.id
             from mlplat.jobs.local import launch_command
             spec = {"job": job.to_dict(), "entrypoint": str(job.script_path() or job.entrypoint), "args": list(job.args),
-                    "env": dict(job.env), "retries": job.retries, "timeout_seconds": parse_duration(job.timeout),
+                    "env": dict(job.env), "retries": job.retries, "timeout_seconds": job.timeout_seconds,
                     "processes": world, "resources": asdict(res), "hardware": asdict(hw), "runtime_env": runtime_env,
                     "workdir": str(folder)}
             spec["command"] = launch_command(spec, res.processes_per_node)

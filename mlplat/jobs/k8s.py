@@ -55,8 +55,7 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     if limits or requests:
         trainer["resourcesPerNode"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
     spec = {"runtimeRef": {"name": runtime}, "trainer": trainer}
-    from mlplat.jobs.spec import parse_duration
-    spec["activeDeadlineSeconds"] = parse_duration(job.timeout)
+    spec["activeDeadlineSeconds"] = job.timeout_seconds
     patches = []
     if home_claim:
         if not home: raise ValidationError("home_claim needs the workspace home path to mount it at")

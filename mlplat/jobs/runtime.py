@@ -71,7 +71,7 @@ class JobContext:
     def log_params(self, params: dict):
         "Parameters of the run (rank 0 only; other ranks do nothing)."
         if not self.is_main: return
-        from mlplat.governance.audit import redact
+        from mlplat.governance.redact import redact
         params = redact(dict(params))  # a secret passed as a parameter never reaches MLflow (or the log)
         c = self._client()
         if c is None: print(f"[params] {params}", file=sys.stderr); return

@@ -5,16 +5,17 @@
 # %% ../../notebooks/40_jobs_spec.ipynb #1e2cc881
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 
+from ..durations import parse_duration
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'BACKENDS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'parse_duration',
-           'TrainingJob']
+__all__ = ['PRECISIONS', 'BACKENDS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'TrainingJob']
 
 # %% ../../notebooks/40_jobs_spec.ipynb #32555f57
 @dataclass
@@ -125,13 +126,6 @@ class Resources:
         return p
 
 # %% ../../notebooks/40_jobs_spec.ipynb #ec30ccde
-def parse_duration(v) -> int:
-    "Seconds from 90, '90s', '15m', '2h', '1d'."
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0: return int(v)
-    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(v))
-    if not m or int(m[1]) == 0: raise ValidationError(f"invalid duration {v!r}", hint="write e.g. 600, '45m', '2h' or '1d'")
-    return int(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
-
 BACKENDS = ("local", "ray", "kubernetes")
 
 @dataclass
@@ -147,7 +141,7 @@ class TrainingJob:
     backend: str | None = None             # local | ray | kubernetes; None: jobs.default_backend
     region: str | None = None              # default: the workspace region (residency applies)
     retries: int = 0
-    timeout: object = "24h"
+    timeout: object = "24h"                # any mlplat.durations form: 600, "45m", "2h", "1d"
     env: dict = field(default_factory=dict)
     image: str | None = None               # container image (kubernetes)
     priority_class: str | None = None      # kubernetes priority class
@@ -167,6 +161,11 @@ class TrainingJob:
             self.resources = Resources(**self.resources)
         elif self.resources == "auto": self.resources = Resources()
         if isinstance(self.args, str): self.args = self.args.split()
+
+    @property
+    def timeout_seconds(self) -> int:
+        "The timeout in whole seconds, rounded up (launchers and Kubernetes' activeDeadlineSeconds take integers)."
+        return math.ceil(parse_duration(self.timeout, "timeout").total_seconds())
 
     @property
     def is_script(self) -> bool: return ":" not in self.entrypoint or self.entrypoint.endswith(".py")
@@ -193,8 +192,8 @@ class TrainingJob:
             p.append(f"training_set {self.training_set!r} must be NAME or NAME@VERSION")
         if self.backend is not None and self.backend not in BACKENDS: p.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not isinstance(self.retries, int) or self.retries < 0: p.append(f"retries must be >= 0, got {self.retries!r}")
-        try: parse_duration(self.timeout)
-        except ValidationError as e: p.append(f"timeout: {e.message}")
+        try: self.timeout_seconds
+        except ValidationError as e: p.append(e.message)
         if not isinstance(self.env, dict) or not all(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) for k in self.env):
             p.append("env must map variable names to values")
         p += self.deepspeed.problems() + self.resources.problems()

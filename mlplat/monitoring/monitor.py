@@ -21,10 +21,9 @@ __all__ = ['parse_window', 'Monitor']
 
 # %% ../../notebooks/71_monitoring_monitor.ipynb #217d576f
 def parse_window(text: str) -> timedelta:
-    "`30m`, `6h`, `7d` -> a timedelta."
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(text))
-    if not m: raise ValidationError(f"window {text!r} must be a number and a unit: 30m, 6h, 7d")
-    return timedelta(seconds=float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]])
+    "`30m`, `6h`, `7d` (any `mlplat.durations` form; 0 is an empty window) -> a timedelta."
+    from mlplat.durations import parse_duration
+    return parse_duration(text, "window", allow_zero=True)
 
 def _when(value) -> datetime | None:
     if value is None or isinstance(value, datetime): return value

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ValidationError
-from ..governance.audit import SECRET_KEY
+from ..governance.redact import is_secret_name
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -25,7 +25,7 @@ def check_param_name(name, where: str = "parameter") -> str:
     import keyword
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise ValidationError(f"{where} name {name!r} is not a Python identifier", hint="use letters, digits and _ (not a keyword)")
-    if SECRET_KEY.search(name):
+    if is_secret_name(name):
         raise ValidationError(f"{where} {name!r} looks like a secret; parameter values are written into the executed notebooks",
                               hint="give secrets to the notebook as environment variables (the kernel inherits the runner's "
                                    "environment) and read them with os.environ")
