@@ -97,7 +97,7 @@ def test_make_docs_renders_every_page(tmp_path):
         broken = [h for h in re.findall(r'href="([^"#:]+\.(?:html|ipynb|qmd))', html) if not (out / h).exists()]
         assert not broken, f"{page.name} links to pages that do not exist: {broken}"
     workspace = (out / "workspace.html").read_text()
-    assert "def connect(" in workspace and "#| export" not in workspace   # API blocks rendered, directives gone
+    assert 'id="connect"' in workspace and "#| export" not in workspace   # API blocks rendered, directives gone
     assert "workspace.home" in (out / "operators.html").read_text()
 
 
