@@ -13,8 +13,7 @@ from pathlib import Path
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'BACKENDS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'parse_duration',
-           'TrainingJob']
+__all__ = ['PRECISIONS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'parse_duration', 'TrainingJob']
 
 # %% ../../notebooks/40_jobs_spec.ipynb #32555f57
 @dataclass
@@ -132,7 +131,6 @@ def parse_duration(v) -> int:
     if not m or int(m[1]) == 0: raise ValidationError(f"invalid duration {v!r}", hint="write e.g. 600, '45m', '2h' or '1d'")
     return int(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
 
-BACKENDS = ("local", "ray", "kubernetes")
 
 @dataclass
 class TrainingJob:
@@ -191,7 +189,8 @@ class TrainingJob:
         if not all(isinstance(a, (str, int, float)) for a in self.args): p.append("args must be a list of strings")
         if self.training_set is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,127}(@\d+)?", str(self.training_set)):
             p.append(f"training_set {self.training_set!r} must be NAME or NAME@VERSION")
-        if self.backend is not None and self.backend not in BACKENDS: p.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        from mlplat.plugins import job_backends
+        if self.backend is not None and self.backend not in job_backends: p.append(f"backend must be one of {', '.join(job_backends.names())}, got {self.backend!r}")
         if not isinstance(self.retries, int) or self.retries < 0: p.append(f"retries must be >= 0, got {self.retries!r}")
         try: parse_duration(self.timeout)
         except ValidationError as e: p.append(f"timeout: {e.message}")
