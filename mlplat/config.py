@@ -12,333 +12,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
+# The options are declared in mlplat.options; callers have always imported them from here, so they stay importable.
+from .options import (
+    ALIASES, DEFAULT_RESIDENCY_RULES, DEFAULT_ROLES, NOTIFY_EVENTS, SECTIONS, EncryptionConfig, FeastConfig, IdentityConfig,
+    JobsConfig, KubernetesConfig, MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig,
+    RayConfig, RbacConfig, ResidencyConfig, SchedulerConfig, ServingConfig, WorkspaceConfig, options_markdown)
 
 # %% auto #0
-__all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES', 'WorkspaceConfig',
-           'IdentityConfig', 'RbacConfig', 'ResidencyConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig',
-           'JobsConfig', 'ModelsConfig', 'MonitoringConfig', 'NotificationsConfig', 'SchedulerConfig', 'RayConfig',
-           'KubernetesConfig', 'EncryptionConfig', 'ServingConfig', 'Config', 'find_config_file', 'options_markdown',
-           'render_toml']
-
-# %% ../notebooks/01_config.ipynb #9a6e70d3
-def _opt(default, doc: str, **kw):
-    "A config field carrying its own documentation (rendered by `options_markdown`)."
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, **kw})
-    return field(default=default, metadata={"doc": doc, **kw})
-
-DEFAULT_ROLES = {
-    "viewer": ["*:read"],
-    "inference-client": ["serving:predict", "serving:read"],
-    "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
-                       "models:register", "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule",
-                       "monitoring:run"],
-    "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
-                    "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote",
-                    "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
-    "auditor": ["*:read", "audit:export"],
-    "admin": ["*"],
-}
-
-DEFAULT_RESIDENCY_RULES = [
-    {"classification": "personal", "allowed_regions": ["ae-*"],
-     "description": "UAE data protection: personal data is stored and processed in the UAE only"},
-]
-
-@dataclass
-class WorkspaceConfig:
-    home: str = _opt(".mlplat", "State folder (databases, snapshots, Feast repo, MLflow artifacts).")
-    project: str = _opt("mlplat", "Project name; also the Feast project name (letters, digits, underscores).")
-    region: str = _opt("ae-dubai-1", "Region of this workspace's stores and local compute.")
-    classifications: list = _opt(["public", "internal", "confidential", "personal"],
-                                 "Data classifications, least to most sensitive.")
-
-@dataclass
-class IdentityConfig:
-    provider: str = _opt("local", "Identity provider: `local` (OS user or `user`), `oidc` (bearer JWTs from `oidc_issuer`) "
-                                  "or `module:Class`. Service-account API tokens (`mlplat tokens create`) work with every provider.")
-    user: str = _opt("", "Principal for the local provider; empty means the OS user (alias `MLPLAT_USER`).")
-    oidc_issuer: str = _opt("", "OIDC issuer URL; tokens must carry it as `iss` (e.g. https://login.example.com/realms/ml).")
-    oidc_audience: str = _opt("", "Audience tokens must carry in `aud`: the client id this platform is registered under.")
-    oidc_jwks_uri: str = _opt("", "JWKS URL; empty: read from the issuer's `/.well-known/openid-configuration`.")
-    oidc_algorithms: list = _opt(["RS256", "ES256"], "Signature algorithms accepted (asymmetric only).")
-    oidc_leeway_seconds: int = _opt(30, "Clock skew tolerated on `exp`, `nbf` and `iat`.")
-    oidc_jwks_cache_seconds: int = _opt(300, "How long fetched signing keys are reused; an unknown `kid` refetches at "
-                                             "once (key rotation), at most every 10 s.")
-    user_claim: str = _opt("preferred_username", "Claim naming the principal (falls back to `sub`).")
-    roles_claim: str = _opt("roles", "Claim with the caller's groups or roles; a dotted path reaches nested claims "
-                                     "(`realm_access.roles`).")
-    role_map: dict = _opt({}, "Claim value -> mlplat role (or list of roles). Values not listed grant nothing.")
-    step_up: list = _opt([], "Actions that need a token proving MFA (`amr` contains `mfa`), as glob patterns: "
-                             "`models.promote@champion`, `models.rollback@*`, `tokens.create`.")
-
-@dataclass
-class RbacConfig:
-    roles: dict = _opt(DEFAULT_ROLES, "Role -> permission patterns (`resource:action`, `*` wildcards).")
-    bindings: dict = _opt({}, "Principal -> list of roles. Anyone not bound is denied (deny by default).")
-
-@dataclass
-class ResidencyConfig:
-    rules: list = _opt(DEFAULT_RESIDENCY_RULES,
-                       "List of `{classification, allowed_regions (globs), description}`; "
-                       "data of a listed classification may only be stored or processed in matching regions.")
-
-@dataclass
-class PlatformDbConfig:
-    url: str = _opt("", "SQLAlchemy URL of the platform DB; empty: `sqlite:///<home>/platform.db` (alias `MLPLAT_DB_URL`).")
-
-@dataclass
-class MlflowConfig:
-    tracking_uri: str = _opt("", "MLflow tracking URI; empty: `sqlite:///<home>/mlflow.db`.")
-    registry_uri: str = _opt("", "MLflow model registry URI; empty: same as the tracking URI.")
-    artifact_root: str = _opt("", "Artifact root for new experiments; empty: `<home>/mlartifacts`.")
-
-@dataclass
-class FeastConfig:
-    online_store: str = _opt("sqlite", "Online store: `sqlite` (embedded) or `redis`.")
-    redis_connection_string: str = _opt("localhost:6379", "Redis connection string when `online_store = \"redis\"`.")
-    online_store_region: str = _opt("", "Region of the online store; empty: the workspace region.")
-
-@dataclass
-class JobsConfig:
-    max_concurrent: int = _opt(2, "Local backend: jobs running at once; more wait in the queue.")
-    default_backend: str = _opt("local", "Backend for jobs that do not name one: `local`, `ray` or `kubernetes`.")
-
-@dataclass
-class ModelsConfig:
-    parity_atol: float = _opt(1e-4, "Parity gate: absolute tolerance, ONNX Runtime vs the framework model.")
-    parity_rtol: float = _opt(1e-3, "Parity gate: relative tolerance (an output passes within atol + rtol * |reference|).")
-    latency_batch: int = _opt(64, "Latency gate: the batch size measured besides batch 1.")
-    latency_p99_ms_batch1: float = _opt(10.0, "Latency gate: p99 budget (ms) of one ONNX Runtime call at batch 1.")
-    latency_p99_ms_batch: float = _opt(50.0, "Latency gate: p99 budget (ms) at `latency_batch` rows.")
-    metric_thresholds: dict = _opt({}, "Metric gate: training-run metric -> bound, e.g. `{test_auc = 0.7}` (>=) or "
-                                       "`{val_loss = \"<= 0.3\"}`.")
-    artifact_region: str = _opt("", "Region of the MLflow artifact store (residency gate); empty: the workspace region.")
-
-@dataclass
-class MonitoringConfig:
-    psi_threshold: float = _opt(0.2, "Drift: a feature's PSI above this is a shift (< 0.1 stable, > 0.25 large).")
-    p_value: float = _opt(0.01, "Drift: a KS / chi-square p-value below this is a significant difference.")
-    require_both: bool = _opt(True, "Drift: alert only when PSI and p-value agree (KS alone flags tiny shifts on large samples).")
-    min_rows: int = _opt(50, "Drift and accuracy are judged only on windows with at least this many predictions.")
-    min_accuracy: dict = _opt({}, "Accuracy alert: metric -> lowest acceptable value over a window, e.g. `{auc = 0.7}`.")
-
-@dataclass
-class NotificationsConfig:
-    events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert"],
-                        "Events that notify: `pipeline.failed`, `pipeline.succeeded`, `schedule.missed`, `schedule.skipped`, "
-                        "`monitoring.alert`.")
-    webhooks: list = _opt([], "URLs that receive each event as an HTTP POST with a JSON body.")
-    email_to: list = _opt([], "Addresses that receive each event by e-mail (needs `smtp_host`).")
-    email_from: str = _opt("mlplat@localhost", "Sender address of notification e-mails.")
-    smtp_host: str = _opt("", "SMTP server for e-mail notifications; empty: no e-mail.")
-    smtp_port: int = _opt(25, "SMTP port (587 with `smtp_starttls`, 465 with `smtp_ssl`).")
-    smtp_starttls: bool = _opt(False, "Upgrade the SMTP connection with STARTTLS before logging in.")
-    smtp_ssl: bool = _opt(False, "Connect to the SMTP server over TLS from the start (SMTPS).")
-    smtp_user: str = _opt("", "SMTP login; empty: no login.")
-    smtp_password_env: str = _opt("MLPLAT_SMTP_PASSWORD", "Environment variable holding the SMTP password (never the "
-                                                         "password itself, so it cannot leak into files or logs).")
-    timeout_seconds: float = _opt(10.0, "Per delivery attempt; a failed delivery is retried twice, then audited.")
-
-@dataclass
-class SchedulerConfig:
-    tick_seconds: float = _opt(10.0, "How often `mlplat scheduler` looks for due schedules.")
-    misfire_grace_seconds: float = _opt(300.0, "A slot found later than this after its time was missed (no scheduler "
-                                               "was running): a schedule's misfire policy decides whether it still runs.")
-    max_running: int = _opt(4, "Scheduled pipeline runs one scheduler process runs at once; more wait for a free place.")
-
-@dataclass
-class RayConfig:
-    address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs, e.g. `http://127.0.0.1:8265`; "
-                            "empty: `RAY_ADDRESS`.")
-
-@dataclass
-class KubernetesConfig:
-    namespace: str = _opt("default", "Namespace of `backend: kubernetes` TrainJobs.")
-    kubeconfig: str = _opt("", "Kubeconfig file; empty: in-cluster credentials inside a pod, else `KUBECONFIG` "
-                               "or `~/.kube/config`.")
-    context: str = _opt("", "Kubeconfig context; empty: the file's current context.")
-    runtime: str = _opt("deepspeed-distributed", "The (Cluster)TrainingRuntime TrainJobs reference.")
-    image: str = _opt("", "Container image for jobs that do not name one (mlplat, DeepSpeed and the job's code deps).")
-    home_claim: str = _opt("", "PersistentVolumeClaim (ReadWriteMany) holding the workspace home; mounted at the "
-                               "home's path in every pod so jobs read training sets and log runs. Required to submit.")
-
-@dataclass
-class EncryptionConfig:
-    at_rest: bool = _opt(True, "Seal model artifacts (ONNX), dataset snapshots and training sets with AES-256-GCM "
-                               "envelope encryption; reading decrypts transparently. Files written earlier stay readable.")
-    key_provider: str = _opt("local", "Where key-encryption keys live: `local` (a key file) or `package.module:Class` "
-                                      "for a KMS or Vault provider.")
-    key_file: str = _opt("", "The local provider's key file (created mode 0600 on first use); empty: `HOME/keys/kek.json`. "
-                             "Back it up: sealed data cannot be read without it.")
-
-@dataclass
-class ServingConfig:
-    tls_cert: str = _opt("", "PEM certificate (chain) of `mlplat serve`'s REST and gRPC ports; with `tls_key`, the "
-                             "server speaks only TLS.")
-    tls_key: str = _opt("", "PEM private key of `tls_cert`.")
-    tls_client_ca: str = _opt("", "PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS).")
-    prediction_retention_days: int = _opt(0, "Days of prediction log and outcomes kept per served name: older day files are "
-                                             "deleted by the server when a new day starts and by `mlplat monitor prune`; "
-                                             "0 keeps them forever.")
-
-NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert")
-
-SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
-            "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
-            "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig,
-            "models": ModelsConfig, "monitoring": MonitoringConfig, "notifications": NotificationsConfig,
-            "scheduler": SchedulerConfig, "encryption": EncryptionConfig, "serving": ServingConfig}
-ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
-           "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
-
-# %% ../notebooks/01_config.ipynb #93e9ffd4
-@dataclass
-class Config:
-    "The whole configuration. Build it with `Config.load()`; paths are resolved and absolute."
-    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
-    identity: IdentityConfig = field(default_factory=IdentityConfig)
-    rbac: RbacConfig = field(default_factory=RbacConfig)
-    residency: ResidencyConfig = field(default_factory=ResidencyConfig)
-    platform_db: PlatformDbConfig = field(default_factory=PlatformDbConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    feast: FeastConfig = field(default_factory=FeastConfig)
-    jobs: JobsConfig = field(default_factory=JobsConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
-    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
-    serving: ServingConfig = field(default_factory=ServingConfig)
-    source: Path | None = None  # the mlplat.toml this came from, if any
-
-    @property
-    def home(self) -> Path: return Path(self.workspace.home)
-    @property
-    def db_url(self) -> str: return self.platform_db.url or f"sqlite:///{self.home/'platform.db'}"
-    @property
-    def tracking_uri(self) -> str: return self.mlflow.tracking_uri or f"sqlite:///{self.home/'mlflow.db'}"
-    @property
-    def registry_uri(self) -> str: return self.mlflow.registry_uri or self.tracking_uri
-    @property
-    def artifact_root(self) -> str: return self.mlflow.artifact_root or str(self.home/"mlartifacts")
-    @property
-    def feast_repo(self) -> Path: return self.home/"feast"
-    @property
-    def key_file(self) -> Path: return Path(self.encryption.key_file).expanduser() if self.encryption.key_file else self.home/"keys"/"kek.json"
-    @property
-    def online_store_region(self) -> str: return self.feast.online_store_region or self.workspace.region
-
-    @classmethod
-    def load(cls, home: str | os.PathLike | None = None, env: dict | None = None) -> "Config":
-        "Find and read mlplat.toml, apply `MLPLAT_*` overrides, resolve paths, validate."
-        env = dict(os.environ if env is None else env)
-        if home is not None: env["MLPLAT_HOME"] = str(home)
-        path = find_config_file(env)
-        data = _read_toml(path) if path else {}
-        cfg = cls._from_dict(data, path)
-        _apply_env(cfg, env)
-        base = path.parent if path else Path.cwd()
-        if env.get("MLPLAT_HOME"): base = Path.cwd()
-        cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
-        for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca")):
-            value = getattr(getattr(cfg, sec), key)  # relative paths are relative to mlplat.toml, like the home
-            if value: setattr(getattr(cfg, sec), key, str((base/Path(value).expanduser()).resolve()))
-        cfg.source = path
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def _from_dict(cls, data: dict, path) -> "Config":
-        unknown = set(data) - set(SECTIONS)
-        if unknown:
-            raise ConfigError(f"unknown section(s) {sorted(unknown)} in {path}",
-                              hint=f"valid sections: {', '.join(SECTIONS)}")
-        kw = {}
-        for name, kind in SECTIONS.items():
-            sec = data.get(name, {})
-            if not isinstance(sec, dict):
-                raise ConfigError(f"[{name}] in {path} must be a table", hint=f"write it as [{name}] with key = value lines")
-            known = {f.name: f for f in fields(kind)}
-            bad = set(sec) - set(known)
-            if bad:
-                raise ConfigError(f"unknown option(s) {sorted(bad)} in [{name}] of {path}",
-                                  hint=f"valid options: {', '.join(known)} (see `mlplat config docs`)")
-            for k, v in sec.items():
-                expected = type(known[k].default) if known[k].default is not dataclasses.MISSING else type(known[k].default_factory())
-                if expected is float and isinstance(v, int) and not isinstance(v, bool): v = sec[k] = float(v)
-                if not isinstance(v, expected):
-                    raise ConfigError(f"[{name}] {k} in {path} must be a {expected.__name__}, got {type(v).__name__} {v!r}")
-            kw[name] = kind(**sec)
-        return cls(**kw)
-
-    def validate(self):
-        "Cross-field checks, so a bad file fails at load time and not deep inside a dependency."
-        import re
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.workspace.project):
-            raise ConfigError(f"workspace.project {self.workspace.project!r} is not a valid project name",
-                              hint="use letters, digits and underscores, starting with a letter")
-        t = self.serving
-        if bool(t.tls_cert) != bool(t.tls_key):
-            raise ConfigError("serving.tls_cert and serving.tls_key go together", hint="set both (PEM files) or neither")
-        if t.tls_client_ca and not t.tls_cert:
-            raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
-        if t.prediction_retention_days < 0: raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) or more")
-        if self.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
-        from mlplat.plugins import job_backends
-        if self.jobs.default_backend not in job_backends:
-            raise ConfigError(f"jobs.default_backend must be one of {', '.join(job_backends.names())}, got {self.jobs.default_backend!r}")
-        if self.feast.online_store not in ("sqlite", "redis"):
-            raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {self.feast.online_store!r}")
-        n = self.notifications
-        unknown = set(n.events) - set(NOTIFY_EVENTS)
-        if unknown:
-            raise ConfigError(f"notifications.events names unknown event(s) {sorted(unknown)}", hint=f"known: {', '.join(NOTIFY_EVENTS)}")
-        for url in n.webhooks:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigError(f"notifications.webhooks: {url!r} is not an http(s) URL")
-        if n.email_to and not n.smtp_host:
-            raise ConfigError("notifications.email_to is set but notifications.smtp_host is empty", hint="name the SMTP server")
-        if n.smtp_ssl and n.smtp_starttls:
-            raise ConfigError("notifications.smtp_ssl and smtp_starttls exclude each other", hint="465: smtp_ssl; 587: smtp_starttls")
-        if self.scheduler.tick_seconds <= 0 or self.scheduler.max_running < 1 or self.scheduler.misfire_grace_seconds < 0:
-            raise ConfigError("scheduler: tick_seconds must be > 0, max_running >= 1 and misfire_grace_seconds >= 0")
-        for role, perms in self.rbac.roles.items():
-            if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
-                raise ConfigError(f"rbac.roles.{role} must be a list of permission strings")
-        i = self.identity
-        if i.provider == "oidc":
-            if not i.oidc_issuer.startswith(("https://", "http://")) or not i.oidc_audience:
-                raise ConfigError("identity.provider = 'oidc' needs identity.oidc_issuer (an http(s) URL) and identity.oidc_audience",
-                                  hint="set both under [identity] in mlplat.toml")
-            weak = [a for a in i.oidc_algorithms if not str(a).startswith(("RS", "ES", "PS", "Ed"))]
-            if weak or not i.oidc_algorithms:
-                raise ConfigError(f"identity.oidc_algorithms must list asymmetric algorithms only, got {i.oidc_algorithms}",
-                                  hint="e.g. [\"RS256\", \"ES256\"]; shared-secret HS* algorithms would let any holder mint tokens")
-        for value, roles in i.role_map.items():
-            for r in ([roles] if isinstance(roles, str) else roles if isinstance(roles, list) else [None]):
-                if r not in self.rbac.roles:
-                    raise ConfigError(f"identity.role_map.{value} maps to {r!r}, which is not a role",
-                                      hint=f"roles: {', '.join(self.rbac.roles)}")
-        for who, roles in self.rbac.bindings.items():
-            if not isinstance(roles, list):
-                raise ConfigError(f"rbac.bindings.{who} must be a list of roles, e.g. [\"viewer\"]")
-            missing = [r for r in roles if r not in self.rbac.roles]
-            if missing:
-                raise ConfigError(f"rbac.bindings.{who} names undefined role(s) {missing}",
-                                  hint=f"defined roles: {', '.join(self.rbac.roles)}")
-        for i, rule in enumerate(self.residency.rules):
-            if not isinstance(rule, dict) or "classification" not in rule or not isinstance(rule.get("allowed_regions"), list):
-                raise ConfigError(f"residency.rules[{i}] needs 'classification' and a list 'allowed_regions'")
-            if rule["classification"] not in self.workspace.classifications:
-                raise ConfigError(f"residency.rules[{i}] names unknown classification {rule['classification']!r}",
-                                  hint=f"known: {', '.join(self.workspace.classifications)} (workspace.classifications)")
-        return self
-
-    def to_dict(self) -> dict:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+__all__ = ['find_config_file', 'Config', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #6854e87f
 def find_config_file(env: dict | None = None) -> Path | None:
@@ -364,6 +45,32 @@ def _read_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}", hint="fix the syntax at the position shown") from None
 
+# %% ../notebooks/01_config.ipynb #6039ca9d
+def _sections(data: dict, path) -> dict:
+    "The `Config` keyword arguments (section name -> section dataclass) for the toml `data` read from `path`."
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)} in {path}",
+                          hint=f"valid sections: {', '.join(SECTIONS)}")
+    kw = {}
+    for name, kind in SECTIONS.items():
+        sec = data.get(name, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"[{name}] in {path} must be a table", hint=f"write it as [{name}] with key = value lines")
+        known = {f.name: f for f in fields(kind)}
+        bad = set(sec) - set(known)
+        if bad:
+            raise ConfigError(f"unknown option(s) {sorted(bad)} in [{name}] of {path}",
+                              hint=f"valid options: {', '.join(known)} (see `mlplat config docs`)")
+        for k, v in sec.items():
+            expected = type(known[k].default) if known[k].default is not dataclasses.MISSING else type(known[k].default_factory())
+            if expected is float and isinstance(v, int) and not isinstance(v, bool): v = sec[k] = float(v)
+            if not isinstance(v, expected):
+                raise ConfigError(f"[{name}] {k} in {path} must be a {expected.__name__}, got {type(v).__name__} {v!r}")
+        kw[name] = kind(**sec)
+    return kw
+
+# %% ../notebooks/01_config.ipynb #6e405996
 def _coerce(value: str, default, name: str):
     if isinstance(default, bool): return value.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(default, int): 
@@ -385,20 +92,154 @@ def _apply_env(cfg: Config, env: dict):
     for var, (name, opt) in ALIASES.items():
         if env.get(var): setattr(getattr(cfg, name), opt, _coerce(env[var], getattr(getattr(cfg, name), opt), var))
 
-# %% ../notebooks/01_config.ipynb #c848cc70
-def options_markdown() -> str:
-    "Every option as a Markdown table (section, option, env var, default, meaning): the reference docs."
-    rows = ["| option | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
-    alias = {v: k for k, v in ALIASES.items()}
-    for name, kind in SECTIONS.items():
-        for f in fields(kind):
-            d = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            var = f"MLPLAT_{name}_{f.name}".upper() if not isinstance(d, dict) else "(file only)"
-            if (name, f.name) in alias: var += f" / {alias[(name, f.name)]}"
-            shown = "(see `mlplat config docs`)" if isinstance(d, (dict, list)) and len(str(d)) > 40 else repr(d)
-            rows.append(f"| `{name}.{f.name}` | `{var}` | {shown} | {f.metadata['doc']} |")
-    return "\n".join(rows)
+# %% ../notebooks/01_config.ipynb #37cca1b1
+def _resolve_paths(cfg, base: Path):
+    "Make the home and the key and TLS files absolute, relative to `base`."
+    cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
+    for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca")):
+        value = getattr(getattr(cfg, sec), key)  # relative paths are relative to mlplat.toml, like the home
+        if value: setattr(getattr(cfg, sec), key, str((base/Path(value).expanduser()).resolve()))
 
+# %% ../notebooks/01_config.ipynb #e8608af2
+def _check_services(cfg):
+    "The project name, TLS, jobs and the online store."
+    import re
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", cfg.workspace.project):
+        raise ConfigError(f"workspace.project {cfg.workspace.project!r} is not a valid project name",
+                          hint="use letters, digits and underscores, starting with a letter")
+    t = cfg.serving
+    if bool(t.tls_cert) != bool(t.tls_key):
+        raise ConfigError("serving.tls_cert and serving.tls_key go together", hint="set both (PEM files) or neither")
+    if t.tls_client_ca and not t.tls_cert:
+        raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
+    if t.prediction_retention_days < 0: raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) or more")
+    if cfg.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
+    from mlplat.plugins import job_backends
+    if cfg.jobs.default_backend not in job_backends:
+        raise ConfigError(f"jobs.default_backend must be one of {', '.join(job_backends.names())}, got {cfg.jobs.default_backend!r}")
+    if cfg.feast.online_store not in ("sqlite", "redis"):
+        raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {cfg.feast.online_store!r}")
+
+def _check_notifications(cfg):
+    "Notification events and destinations, and the scheduler's limits."
+    n = cfg.notifications
+    unknown = set(n.events) - set(NOTIFY_EVENTS)
+    if unknown:
+        raise ConfigError(f"notifications.events names unknown event(s) {sorted(unknown)}", hint=f"known: {', '.join(NOTIFY_EVENTS)}")
+    for url in n.webhooks:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"notifications.webhooks: {url!r} is not an http(s) URL")
+    if n.email_to and not n.smtp_host:
+        raise ConfigError("notifications.email_to is set but notifications.smtp_host is empty", hint="name the SMTP server")
+    if n.smtp_ssl and n.smtp_starttls:
+        raise ConfigError("notifications.smtp_ssl and smtp_starttls exclude each other", hint="465: smtp_ssl; 587: smtp_starttls")
+    if cfg.scheduler.tick_seconds <= 0 or cfg.scheduler.max_running < 1 or cfg.scheduler.misfire_grace_seconds < 0:
+        raise ConfigError("scheduler: tick_seconds must be > 0, max_running >= 1 and misfire_grace_seconds >= 0")
+
+# %% ../notebooks/01_config.ipynb #9ea65ed6
+def _check_access(cfg):
+    "Roles, the OIDC settings, role maps and bindings."
+    for role, perms in cfg.rbac.roles.items():
+        if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
+            raise ConfigError(f"rbac.roles.{role} must be a list of permission strings")
+    i = cfg.identity
+    if i.provider == "oidc":
+        if not i.oidc_issuer.startswith(("https://", "http://")) or not i.oidc_audience:
+            raise ConfigError("identity.provider = 'oidc' needs identity.oidc_issuer (an http(s) URL) and identity.oidc_audience",
+                              hint="set both under [identity] in mlplat.toml")
+        weak = [a for a in i.oidc_algorithms if not str(a).startswith(("RS", "ES", "PS", "Ed"))]
+        if weak or not i.oidc_algorithms:
+            raise ConfigError(f"identity.oidc_algorithms must list asymmetric algorithms only, got {i.oidc_algorithms}",
+                              hint="e.g. [\"RS256\", \"ES256\"]; shared-secret HS* algorithms would let any holder mint tokens")
+    for value, roles in i.role_map.items():
+        for r in ([roles] if isinstance(roles, str) else roles if isinstance(roles, list) else [None]):
+            if r not in cfg.rbac.roles:
+                raise ConfigError(f"identity.role_map.{value} maps to {r!r}, which is not a role",
+                                  hint=f"roles: {', '.join(cfg.rbac.roles)}")
+    for who, roles in cfg.rbac.bindings.items():
+        if not isinstance(roles, list):
+            raise ConfigError(f"rbac.bindings.{who} must be a list of roles, e.g. [\"viewer\"]")
+        missing = [r for r in roles if r not in cfg.rbac.roles]
+        if missing:
+            raise ConfigError(f"rbac.bindings.{who} names undefined role(s) {missing}",
+                              hint=f"defined roles: {', '.join(cfg.rbac.roles)}")
+
+def _check_residency(cfg):
+    "Each residency rule has its fields and names a known classification."
+    for i, rule in enumerate(cfg.residency.rules):
+        if not isinstance(rule, dict) or "classification" not in rule or not isinstance(rule.get("allowed_regions"), list):
+            raise ConfigError(f"residency.rules[{i}] needs 'classification' and a list 'allowed_regions'")
+        if rule["classification"] not in cfg.workspace.classifications:
+            raise ConfigError(f"residency.rules[{i}] names unknown classification {rule['classification']!r}",
+                              hint=f"known: {', '.join(cfg.workspace.classifications)} (workspace.classifications)")
+
+# %% ../notebooks/01_config.ipynb #e44dcb56
+class _DerivedSettings:
+    "Settings derived from the options: an empty option means the default inside the workspace home."
+    @property
+    def home(self) -> Path: return Path(self.workspace.home)
+    @property
+    def db_url(self) -> str: return self.platform_db.url or f"sqlite:///{self.home/'platform.db'}"
+    @property
+    def tracking_uri(self) -> str: return self.mlflow.tracking_uri or f"sqlite:///{self.home/'mlflow.db'}"
+    @property
+    def registry_uri(self) -> str: return self.mlflow.registry_uri or self.tracking_uri
+    @property
+    def artifact_root(self) -> str: return self.mlflow.artifact_root or str(self.home/"mlartifacts")
+    @property
+    def feast_repo(self) -> Path: return self.home/"feast"
+    @property
+    def key_file(self) -> Path: return Path(self.encryption.key_file).expanduser() if self.encryption.key_file else self.home/"keys"/"kek.json"
+    @property
+    def online_store_region(self) -> str: return self.feast.online_store_region or self.workspace.region
+
+# %% ../notebooks/01_config.ipynb #33e30b5b
+@dataclass
+class Config(_DerivedSettings):
+    "The whole configuration. Build it with `Config.load()`; paths are resolved and absolute."
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    rbac: RbacConfig = field(default_factory=RbacConfig)
+    residency: ResidencyConfig = field(default_factory=ResidencyConfig)
+    platform_db: PlatformDbConfig = field(default_factory=PlatformDbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    source: Path | None = None  # the mlplat.toml this came from, if any
+
+    @classmethod
+    def load(cls, home: str | os.PathLike | None = None, env: dict | None = None) -> "Config":
+        "Find and read mlplat.toml, apply `MLPLAT_*` overrides, resolve paths, validate."
+        env = dict(os.environ if env is None else env)
+        if home is not None: env["MLPLAT_HOME"] = str(home)
+        path = find_config_file(env)
+        data = _read_toml(path) if path else {}
+        cfg = cls(**_sections(data, path))
+        _apply_env(cfg, env)
+        base = path.parent if path else Path.cwd()
+        if env.get("MLPLAT_HOME"): base = Path.cwd()
+        _resolve_paths(cfg, base)
+        cfg.source = path
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        "Cross-field checks, so a bad file fails at load time and not deep inside a dependency."
+        for check in (_check_services, _check_notifications, _check_access, _check_residency): check(self)
+        return self
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+# %% ../notebooks/01_config.ipynb #7d894dcf
 def render_toml(cfg: Config) -> str:
     "A commented mlplat.toml holding `cfg`'s settings: what `mlplat init` writes."
     def val(v):

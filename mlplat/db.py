@@ -15,14 +15,11 @@ from .governance.redact import redact, redact_url
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'aware', 'open_engine', 'dumps']
 
-# %% ../notebooks/02_db.ipynb #3ee10f69
+# %% ../notebooks/02_db.ipynb #12325e8f
 SCHEMA_VERSION = 1
 
-@functools.cache
-def metadata():
-    "The table definitions (built once, on first use, so `import mlplat` stays light)."
-    import sqlalchemy as sa
-    md = sa.MetaData()
+def _version_tables(sa, md):
+    "The schema version; dataset, definition and training-set versions."
     sa.Table("meta", md, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text, nullable=False))
     sa.Table("datasets", md,
              sa.Column("name", sa.String(200), primary_key=True),
@@ -61,6 +58,10 @@ def metadata():
              sa.Column("created_by", sa.String(200), nullable=False),
              sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
              sa.UniqueConstraint("name", "version", name="uq_training_set_version"))
+
+# %% ../notebooks/02_db.ipynb #e92e2351
+def _job_and_model_tables(sa, md):
+    "Training jobs, model gate results and the history of model aliases."
     sa.Table("jobs", md,
              sa.Column("id", sa.String(40), primary_key=True),
              sa.Column("name", sa.String(60), nullable=False),
@@ -100,6 +101,10 @@ def metadata():
              sa.Column("principal", sa.String(200), nullable=False),
              sa.Column("reason", sa.Text),
              sa.Column("at", sa.DateTime(timezone=True), nullable=False))
+
+# %% ../notebooks/02_db.ipynb #83fbfab6
+def _pipeline_tables(sa, md):
+    "Pipeline runs, their steps and cancel requests."
     sa.Table("pipeline_runs", md,
              sa.Column("id", sa.String(120), primary_key=True),
              sa.Column("pipeline", sa.String(80), nullable=False, index=True),
@@ -128,6 +133,10 @@ def metadata():
              sa.Column("requested_by", sa.String(200), nullable=False),
              sa.Column("reason", sa.Text),
              sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False))
+
+# %% ../notebooks/02_db.ipynb #4514ec37
+def _schedule_tables(sa, md):
+    "Schedules, the slots they fired and the schedulers' heartbeats."
     sa.Table("schedules", md,
              sa.Column("name", sa.String(80), primary_key=True),
              sa.Column("pipeline", sa.Text, nullable=False),          # absolute path of the pipeline YAML
@@ -155,6 +164,10 @@ def metadata():
              sa.Column("pid", sa.Integer, nullable=False),
              sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
              sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False))
+
+# %% ../notebooks/02_db.ipynb #6085a15c
+def _governance_tables(sa, md):
+    "Lineage edges, API tokens and the audit log."
     sa.Table("lineage", md,  # one edge of the lineage graph: upstream -> downstream
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),
@@ -181,6 +194,15 @@ def metadata():
              sa.Column("details_json", sa.Text, nullable=False),
              sa.Column("prev_hash", sa.String(64), nullable=False),
              sa.Column("hash", sa.String(64), nullable=False))
+
+# %% ../notebooks/02_db.ipynb #c79a6558
+@functools.cache
+def metadata():
+    "The table definitions (built once, on first use, so `import mlplat` stays light)."
+    import sqlalchemy as sa
+    md = sa.MetaData()
+    for tables in (_version_tables, _job_and_model_tables, _pipeline_tables, _schedule_tables, _governance_tables):
+        tables(sa, md)
     return md
 
 def table(name: str):
@@ -193,7 +215,7 @@ def aware(dt: datetime | None) -> datetime | None:
     "SQLite hands back naive datetimes; every time in the platform DB is UTC."
     return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
 
-# %% ../notebooks/02_db.ipynb #5b749ac6
+# %% ../notebooks/02_db.ipynb #26cad785
 def _sqlite_pragmas(dbapi_conn, _record):
     # WAL lets readers run while one writer commits; busy_timeout makes concurrent
     # writers (CLI + notebook + scheduler) wait instead of failing with "database is locked".
@@ -203,10 +225,10 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
-def open_engine(url: str):
-    "An engine on the platform DB with its tables created (idempotent)."
+def _engine(url: str):
+    "An engine for `url`, or a `ConfigError` saying what is wrong with the URL (never its password)."
     import sqlalchemy as sa
-    from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
     try:
         engine = sa.create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     except (ArgumentError, NoSuchModuleError) as e:
@@ -218,24 +240,37 @@ def open_engine(url: str):
                           hint="for PostgreSQL: pip install 'mlplat[postgres]'") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+# %% ../notebooks/02_db.ipynb #11f4dc27
+def _create_schema(engine):
+    "Create missing tables and the schema version; refuse a database of a newer schema."
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+    metadata().create_all(engine)
     try:
-        metadata().create_all(engine)
-        try:
-            with engine.begin() as c:
-                if c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first() is None:
-                    c.execute(table("meta").insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-        except IntegrityError:
-            pass  # another process opening the fresh DB wrote it first
-        with engine.connect() as c:
-            row = c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first()
-            if int(row[0]) > SCHEMA_VERSION:
-                raise ConfigError(f"the platform DB has schema version {row[0]}, newer than this mlplat ({SCHEMA_VERSION})",
-                                  hint="upgrade mlplat")
+        with engine.begin() as c:
+            if c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first() is None:
+                c.execute(table("meta").insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    except IntegrityError:
+        pass  # another process opening the fresh DB wrote it first
+    with engine.connect() as c:
+        row = c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first()
+        if int(row[0]) > SCHEMA_VERSION:
+            raise ConfigError(f"the platform DB has schema version {row[0]}, newer than this mlplat ({SCHEMA_VERSION})",
+                              hint="upgrade mlplat")
+
+def open_engine(url: str):
+    "An engine on the platform DB with its tables created (idempotent)."
+    from sqlalchemy.exc import OperationalError
+    engine = _engine(url)
+    try: _create_schema(engine)
     except OperationalError as e:
         raise ConfigError(f"cannot open the platform DB at {redact_url(url)}: {redact(str(e.orig))}",
                           hint="check platform_db.url, that the server is up and that the folder is writable") from None
     return engine
 
+# %% ../notebooks/02_db.ipynb #8d7aac36
 def dumps(obj) -> str:
     "Canonical JSON: sorted keys, no spaces, so equal content hashes equally."
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
