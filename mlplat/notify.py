@@ -37,6 +37,7 @@ def _email(body: dict, cfg) -> EmailMessage:
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
+# %% ../notebooks/09_notify.ipynb #c417cce7
 class NotificationChannel(Protocol):
     """One way events reach people, constructed with the workspace `Config`. `destinations` are `(label, destination)`
     pairs, none when the channel is not configured; the label names a destination in results, logs and the audit
@@ -64,6 +65,7 @@ class WebhookChannel:
             with urllib.request.urlopen(req, timeout=self.config.notifications.timeout_seconds) as r: r.read()
         except urllib.error.HTTPError as e: raise RuntimeError(f"HTTP {e.code} {e.read()[:200]!r}") from None
 
+# %% ../notebooks/09_notify.ipynb #6ed0c3cf
 class EmailChannel:
     "Each event as one e-mail to all `notifications.email_to` addresses, through `smtp_host`."
     name = "email"

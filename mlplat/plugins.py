@@ -28,9 +28,8 @@ BUILTINS = {
 __all__ = ['log', 'BUILTINS', 'job_backends', 'identity_providers', 'key_providers', 'notification_channels', 'PluginRegistry']
 
 # %% ../notebooks/01a_plugins.ipynb #024581de
-class PluginRegistry:
-    """The plugins of one kind by name: mlplat's built-ins, those registered at runtime, and the entry points other
-    packages declare under `group`. Names resolve to the class (or factory) itself; `create` also calls it."""
+class _PluginNames:
+    "The names of one kind of plugin, each standing for a class, a factory or an `EntryPoint` not loaded yet."
     def __init__(self, group: str, kind: str, paths: bool = False):
         self.group, self.kind, self.paths = group, kind, paths  # paths: also accept `package.module:Class`
         self._plugins = {name: EntryPoint(name, value, group) for name, value in BUILTINS.get(group, {}).items()}
@@ -66,6 +65,10 @@ class PluginRegistry:
         if name not in self._plugins: self.register_entry_points()
         return name in self._plugins
 
+# %% ../notebooks/01a_plugins.ipynb #d9704961
+class PluginRegistry(_PluginNames):
+    """The plugins of one kind by name: mlplat's built-ins, those registered at runtime, and the entry points other
+    packages declare under `group`. Names resolve to the class (or factory) itself; `create` also calls it."""
     def load(self, name: str):
         "The plugin called `name` (or, with `paths`, written `package.module:Class`), imported if it is not yet."
         target = self._plugins.get(name) if isinstance(name, str) else None

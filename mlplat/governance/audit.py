@@ -19,12 +19,62 @@ GENESIS = "0" * 64
 FIELDS = ("seq", "ts", "principal", "action", "resource", "region", "outcome", "details_json")
 
 # %% auto #0
-__all__ = ['GENESIS', 'FIELDS', 'record_hash', 'AuditLog', 'AuditReport']
+__all__ = ['GENESIS', 'FIELDS', 'record_hash', 'AuditReport', 'AuditLog']
 
 # %% ../../notebooks/06_audit.ipynb #09ed6b0c
 def record_hash(prev_hash: str, rec: dict) -> str:
     return hashlib.sha256((prev_hash + dumps({k: rec[k] for k in FIELDS})).encode()).hexdigest()
 
+# %% ../../notebooks/06_audit.ipynb #c41a50b6
+def _chain_break(rec: dict, prev: str, expected_seq: int) -> str | None:
+    "Why `rec` does not continue a chain whose last hash is `prev` and next number `expected_seq`; None if it does."
+    if rec["seq"] != expected_seq:
+        return f"record {expected_seq} is missing (next is {rec['seq']}): deleted"
+    if rec["prev_hash"] != prev:
+        return f"record {rec['seq']} does not link to record {rec['seq']-1}: deleted, reordered or edited"
+    if record_hash(prev, rec) != rec["hash"]:
+        return f"record {rec['seq']} ({rec['action']} {rec['resource']}) was edited after it was written"
+    return None
+
+@dataclass
+class AuditReport:
+    ok: bool
+    records: int
+    head: str
+    bad_seq: int | None
+    message: str
+    def to_dict(self): return asdict(self)
+
+# %% ../../notebooks/06_audit.ipynb #5a1ac321
+def _insert_next(c, fields: dict) -> dict:
+    "Insert `fields` as the record after the current head, in the open transaction `c`; the record as written."
+    import sqlalchemy as sa
+    t = table("audit_log")
+    last = c.execute(sa.select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
+    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+    rec = dict(seq=seq, ts=utcnow().isoformat(timespec="microseconds"), **fields)
+    rec["prev_hash"], rec["hash"] = prev, record_hash(prev, rec)
+    c.execute(t.insert().values(**rec))
+    return rec
+
+# %% ../../notebooks/06_audit.ipynb #0b04153f
+def _is_json(s: str) -> bool:
+    try: json.loads(s); return True
+    except (TypeError, ValueError): return False
+
+def _export(recs: list[dict], fmt: str) -> str:
+    "`recs` as JSON lines or CSV."
+    if fmt == "jsonl": return "".join(dumps(r) + "\n" for r in recs)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["seq", "ts", "principal", "action", "resource", "region", "outcome", "details", "prev_hash", "hash"])
+        w.writeheader()
+        for r in recs: w.writerow({**r, "details": dumps(r["details"])})
+        return buf.getvalue()
+    from mlplat.errors import ValidationError
+    raise ValidationError(f"unknown export format {fmt!r}", hint="use jsonl or csv")
+
+# %% ../../notebooks/06_audit.ipynb #9a53f3d7
 class AuditLog:
     "The audit log of one platform DB."
     def __init__(self, engine): self.engine = engine
@@ -32,20 +82,12 @@ class AuditLog:
     def append(self, principal: str, action: str, resource: str, outcome: str,
                region: str = "", details: dict | None = None) -> dict:
         "Append one record; concurrent writers are serialized by the primary key on `seq`."
-        import sqlalchemy as sa
         from sqlalchemy.exc import IntegrityError
-        t = table("audit_log")
+        fields = dict(principal=principal, action=action, resource=resource, region=region or "", outcome=outcome,
+                      details_json=dumps(redact(details or {})))
         for _ in range(50):
             try:
-                with self.engine.begin() as c:
-                    last = c.execute(sa.select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
-                    seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-                    rec = dict(seq=seq, ts=utcnow().isoformat(timespec="microseconds"), principal=principal,
-                               action=action, resource=resource, region=region or "", outcome=outcome,
-                               details_json=dumps(redact(details or {})))
-                    rec["prev_hash"], rec["hash"] = prev, record_hash(prev, rec)
-                    c.execute(t.insert().values(**rec))
-                    return rec
+                with self.engine.begin() as c: return _insert_next(c, fields)
             except IntegrityError:
                 continue  # another writer took this seq: re-read the head and retry
         raise AuditIntegrityError("could not append to the audit log after 50 attempts (heavy contention)")
@@ -68,12 +110,8 @@ class AuditLog:
         with self.engine.connect() as c:
             for row in c.execute(sa.select(t).order_by(t.c.seq)).mappings():
                 rec = dict(row)
-                if rec["seq"] != expected_seq:
-                    return AuditReport(False, n, prev, rec["seq"], f"record {expected_seq} is missing (next is {rec['seq']}): deleted")
-                if rec["prev_hash"] != prev:
-                    return AuditReport(False, n, prev, rec["seq"], f"record {rec['seq']} does not link to record {rec['seq']-1}: deleted, reordered or edited")
-                if record_hash(prev, rec) != rec["hash"]:
-                    return AuditReport(False, n, prev, rec["seq"], f"record {rec['seq']} ({rec['action']} {rec['resource']}) was edited after it was written")
+                if (why := _chain_break(rec, prev, expected_seq)) is not None:
+                    return AuditReport(False, n, prev, rec["seq"], why)
                 prev, expected_seq, n = rec["hash"], expected_seq + 1, n + 1
         if expect_head and expect_head != prev and not self._contains_hash(expect_head):
             return AuditReport(False, n, prev, None, f"the expected head {expect_head[:12]}… is not in the chain: records were truncated or replaced")
@@ -87,26 +125,4 @@ class AuditLog:
 
     def export(self, fmt: str = "jsonl") -> str:
         "All records (with hashes, so the export can be verified elsewhere) as JSON lines or CSV."
-        recs = list(self.records())
-        if fmt == "jsonl": return "".join(dumps(r) + "\n" for r in recs)
-        if fmt == "csv":
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=["seq", "ts", "principal", "action", "resource", "region", "outcome", "details", "prev_hash", "hash"])
-            w.writeheader()
-            for r in recs: w.writerow({**r, "details": dumps(r["details"])})
-            return buf.getvalue()
-        from mlplat.errors import ValidationError
-        raise ValidationError(f"unknown export format {fmt!r}", hint="use jsonl or csv")
-
-def _is_json(s: str) -> bool:
-    try: json.loads(s); return True
-    except (TypeError, ValueError): return False
-
-@dataclass
-class AuditReport:
-    ok: bool
-    records: int
-    head: str
-    bad_seq: int | None
-    message: str
-    def to_dict(self): return asdict(self)
+        return _export(list(self.records()), fmt)

@@ -37,11 +37,37 @@ def _wrap_aad(context: str) -> bytes:
     # the wrapped data key is bound to what the file is (and, by the provider, to its KEK's id)
     return b"mlplat-dek-v1\0" + context.encode() + b"\0"
 
-class LocalKeyProvider:
-    """Key-encryption keys in a JSON key file: `{"current": id, "keys": [{"id", "created_at", "key"}]}`.
-    Created with mode 0600 on first use; rotation appends a key and makes it current, old keys stay to unwrap."""
-    name = "local"
+# %% ../../notebooks/07b_crypto.ipynb #c9c518ae
+def _add_key(data: dict) -> dict:
+    "`data` (a key ring) with a fresh 256-bit key appended and made current."
+    from datetime import datetime, timezone
+    kid = f"k{datetime.now(timezone.utc):%Y%m%d}-{secrets.token_hex(4)}"
+    data["keys"].append({"id": kid, "created_at": datetime.now(timezone.utc).isoformat(), "key": _b64(secrets.token_bytes(32))})
+    data["current"] = kid
+    return data
 
+@contextmanager
+def _locked(path: Path):
+    "Serialize key-file changes across processes: two first uses or two rotations must not drop each other's key."
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path.parent/f".{path.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _write_private(path: Path, data: dict):
+    "Write `data` as JSON to `path` atomically, readable by its owner only."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kek", suffix=".tmp")  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as f: json.dump(data, f, indent=1); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+
+# %% ../../notebooks/07b_crypto.ipynb #f5ca51a6
+class _KeyRing:
+    "The local provider's key file as this process last read it; created on first use, rewritten whole and atomically."
     def __init__(self, config):
         self.path = Path(config.key_file)
         self._lock = threading.Lock()
@@ -53,7 +79,7 @@ class LocalKeyProvider:
             if not create:
                 raise NotFoundError(f"the key file {self.path} does not exist, so nothing sealed can be decrypted",
                                     hint="restore the key file from its backup (encryption.key_file)")
-            with self._file_lock(): self._write(self._new_ring({"keys": []}), first=True)
+            with _locked(self.path): self._write(_add_key({"keys": []}), first=True)
         try:
             if self.path.stat().st_mode & 0o077:
                 log.warning("key file %s is readable by other users; chmod 600 it", self.path)
@@ -65,33 +91,10 @@ class LocalKeyProvider:
         self._cache = data
         return data
 
-    @staticmethod
-    def _new_ring(data: dict) -> dict:
-        from datetime import datetime, timezone
-        kid = f"k{datetime.now(timezone.utc):%Y%m%d}-{secrets.token_hex(4)}"
-        data["keys"].append({"id": kid, "created_at": datetime.now(timezone.utc).isoformat(), "key": _b64(secrets.token_bytes(32))})
-        data["current"] = kid
-        return data
-
-    @contextmanager
-    def _file_lock(self):
-        "Serialize key-file changes across processes: two first uses or two rotations must not drop each other's key."
-        import fcntl
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path.parent/f".{self.path.name}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try: yield
-            finally: fcntl.flock(f, fcntl.LOCK_UN)
-
     def _write(self, data: dict, first: bool = False):
-        "Write the key file atomically; `first`: only if no other process created it meanwhile (then theirs is kept)."
+        "Write the key file; `first`: only if no other process created it meanwhile (then theirs is kept)."
         if first and self.path.exists(): return
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".kek", suffix=".tmp")  # mkstemp creates it 0600
-        try:
-            with os.fdopen(fd, "w") as f: json.dump(data, f, indent=1); f.flush(); os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True); raise
+        _write_private(self.path, data)
         self._cache = None if first else data
 
     def _key(self, key_id: str) -> bytes:
@@ -101,6 +104,12 @@ class LocalKeyProvider:
                 if k["id"] == key_id: return _unb64(k["key"])
         raise NotFoundError(f"key {key_id!r} is not in the key file {self.path}",
                             hint="restore the key file that sealed this data from its backup")
+
+# %% ../../notebooks/07b_crypto.ipynb #bcffd926
+class LocalKeyProvider(_KeyRing):
+    """Key-encryption keys in a JSON key file: `{"current": id, "keys": [{"id", "created_at", "key"}]}`.
+    Created with mode 0600 on first use; rotation appends a key and makes it current, old keys stay to unwrap."""
+    name = "local"
 
     def wrap(self, dek: bytes, aad: bytes) -> tuple[str, bytes]:
         "(key id, nonce ‖ wrapped data key) under the current KEK."
@@ -125,10 +134,10 @@ class LocalKeyProvider:
 
     def rotate(self) -> str:
         "Make a fresh KEK current; returns its id."
-        with self._lock, self._file_lock():
+        with self._lock, _locked(self.path):
             self._cache = None
             data = self._load(create=False) if self.path.exists() else {"keys": []}
-            self._write(self._new_ring(data))
+            self._write(_add_key(data))
             return self._cache["current"]
 
     def keys(self) -> list[dict]:
@@ -174,9 +183,40 @@ def _header_bytes(header: dict) -> bytes:
     raw = json.dumps(header, sort_keys=True).encode()
     return MAGIC + struct.pack(">I", len(raw)) + raw
 
-class Sealer:
-    """Seal and open files for one workspace: `ws.crypto`. `audit(what, reason)` is called before a tampered
-    file's error is raised."""
+# %% ../../notebooks/07b_crypto.ipynb #6c01f201
+def _write_atomically(dest: Path, write):
+    "Call `write(file)` on a temp file beside `dest`, then rename it to `dest`; on failure `dest` is untouched."
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out: write(out)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+
+def _encrypt_chunks(aead, prefix: bytes, aad: bytes, reader, out):
+    "Encrypt what `reader` holds into `out`, CHUNK bytes at a time; the last chunk (empty for empty data) is flagged."
+    i, block = 0, reader.read(CHUNK)
+    while True:
+        nxt = reader.read(CHUNK) if len(block) == CHUNK else b""
+        out.write(aead.encrypt(_nonce(prefix, i, not nxt), block, aad))
+        if not nxt: break
+        i, block = i + 1, nxt
+
+def _decrypt_chunks(aead, prefix: bytes, aad: bytes, f, chunk: int, refuse) -> bytes:
+    "The plaintext of the chunks left in `f`; `refuse(reason)`, which raises, at the first that does not authenticate."
+    from cryptography.exceptions import InvalidTag
+    out, i, size = [], 0, chunk + TAG
+    block = f.read(size)
+    while True:
+        nxt = f.read(size) if len(block) == size else b""
+        try: out.append(aead.decrypt(_nonce(prefix, i, not nxt), block, aad))
+        except InvalidTag: refuse(f"failed authentication at chunk {i} (altered, truncated or re-ordered)")
+        if not nxt: return b"".join(out)
+        i, block = i + 1, nxt
+
+# %% ../../notebooks/07b_crypto.ipynb #646178c5
+class _DataKeys:
+    "The data keys of sealed files, through the configured key provider (the part of a `Sealer` that touches keys)."
     def __init__(self, config, audit=None):
         self.config, self._audit, self._provider = config, audit, None
 
@@ -184,39 +224,6 @@ class Sealer:
     def provider(self):
         if self._provider is None: self._provider = key_provider(self.config)
         return self._provider
-
-    @property
-    def enabled(self) -> bool: return self.config.encryption.at_rest
-
-    def seal_to(self, src, dest, context: str):
-        """Encrypt the bytes of `src` (bytes, or a binary file object) into the file `dest`, atomically (a temp file
-        renamed into place: no reader ever sees half a file, and a failure leaves the old file untouched)."""
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-        dek, prefix = secrets.token_bytes(32), secrets.token_bytes(7)
-        header = {"alg": ALG, "chunk": CHUNK, "nonce_prefix": _b64(prefix), "context": context}
-        kid, wrapped = self.provider.wrap(dek, _wrap_aad(context))
-        header.update(kek=f"{self.provider.name}:{kid}", wrapped_key=_b64(wrapped))
-        reader = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
-        aead, aad = AESGCM(dek), _chunk_aad(header)
-        dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(_header_bytes(header))
-                i, block = 0, reader.read(CHUNK)
-                while True:
-                    nxt = reader.read(CHUNK) if len(block) == CHUNK else b""
-                    out.write(aead.encrypt(_nonce(prefix, i, not nxt), block, aad))
-                    if not nxt: break
-                    i, block = i + 1, nxt
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True); raise
-        return dest
-
-    def seal_file(self, path, context: str):
-        "Encrypt the plaintext file `path` in place (atomically)."
-        with open(path, "rb") as f: return self.seal_to(f, path, context)
 
     def _refuse(self, what: str, reason: str):
         if self._audit: self._audit(what, reason)
@@ -231,32 +238,6 @@ class Sealer:
         except AuditIntegrityError: self._refuse(what, "failed authentication (its data key does not unwrap)")
         except ValueError: self._refuse(what, "has a damaged header")
 
-    def open_bytes(self, path, context: str | None = None, require_sealed: bool = False) -> bytes:
-        """The plaintext of `path`: decrypted and authenticated if sealed, as is if not (files written before
-        encryption was on) unless `require_sealed`. A tampered, truncated or re-ordered file raises
-        `AuditIntegrityError`, and no byte of it is returned."""
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-        path, what = Path(path), f"the sealed file {path}"
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                if require_sealed: self._refuse(what, "is not sealed (it was replaced by an unencrypted file)")
-                f.seek(0); return f.read()
-            f.seek(0)
-            try: header, _ = _read_header(f, what)
-            except AuditIntegrityError: self._refuse(what, "has a damaged header")
-            if context is not None and header["context"] != context:
-                self._refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
-            aead, aad, prefix = AESGCM(self._dek(header, what)), _chunk_aad(header), _unb64(header["nonce_prefix"])
-            out, i, size = [], 0, header["chunk"] + TAG
-            block = f.read(size)
-            while True:
-                nxt = f.read(size) if len(block) == size else b""
-                try: out.append(aead.decrypt(_nonce(prefix, i, not nxt), block, aad))
-                except InvalidTag: self._refuse(what, f"failed authentication at chunk {i} (altered, truncated or re-ordered)")
-                if not nxt: return b"".join(out)
-                i, block = i + 1, nxt
-
     def rewrap(self, path) -> bool:
         """Re-wrap `path`'s data key under the provider's current KEK, copying the encrypted data unchanged.
         False if it already uses the current KEK (or is not sealed)."""
@@ -269,15 +250,11 @@ class Sealer:
             dek = self._dek(header, what)
             kid, wrapped = self.provider.wrap(dek, _wrap_aad(header["context"]))
             new = {**header, "kek": f"{self.provider.name}:{kid}", "wrapped_key": _b64(wrapped)}
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(_header_bytes(new))
-                    f.seek(start)
-                    while block := f.read(CHUNK): out.write(block)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True); raise
+            def write(out):
+                out.write(_header_bytes(new))
+                f.seek(start)
+                while block := f.read(CHUNK): out.write(block)
+            _write_atomically(path, write)
         return True
 
     def kek_of(self, path) -> str | None:
@@ -285,6 +262,51 @@ class Sealer:
         with open(path, "rb") as f:
             if f.read(len(MAGIC)) != MAGIC: return None
             f.seek(0); return _read_header(f, f"the sealed file {path}")[0]["kek"]
+
+# %% ../../notebooks/07b_crypto.ipynb #5433b14e
+class Sealer(_DataKeys):
+    """Seal and open files for one workspace: `ws.crypto`. `audit(what, reason)` is called before a tampered
+    file's error is raised."""
+    @property
+    def enabled(self) -> bool: return self.config.encryption.at_rest
+
+    def seal_to(self, src, dest, context: str):
+        """Encrypt the bytes of `src` (bytes, or a binary file object) into the file `dest`, atomically (a temp file
+        renamed into place: no reader ever sees half a file, and a failure leaves the old file untouched)."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        dek, prefix = secrets.token_bytes(32), secrets.token_bytes(7)
+        header = {"alg": ALG, "chunk": CHUNK, "nonce_prefix": _b64(prefix), "context": context}
+        kid, wrapped = self.provider.wrap(dek, _wrap_aad(context))
+        header.update(kek=f"{self.provider.name}:{kid}", wrapped_key=_b64(wrapped))
+        reader = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+        dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+        def write(out):
+            out.write(_header_bytes(header))
+            _encrypt_chunks(AESGCM(dek), prefix, _chunk_aad(header), reader, out)
+        _write_atomically(dest, write)
+        return dest
+
+    def seal_file(self, path, context: str):
+        "Encrypt the plaintext file `path` in place (atomically)."
+        with open(path, "rb") as f: return self.seal_to(f, path, context)
+
+    def open_bytes(self, path, context: str | None = None, require_sealed: bool = False) -> bytes:
+        """The plaintext of `path`: decrypted and authenticated if sealed, as is if not (files written before
+        encryption was on) unless `require_sealed`. A tampered, truncated or re-ordered file raises
+        `AuditIntegrityError`, and no byte of it is returned."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        path, what = Path(path), f"the sealed file {path}"
+        with open(path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                if require_sealed: self._refuse(what, "is not sealed (it was replaced by an unencrypted file)")
+                f.seek(0); return f.read()
+            f.seek(0)
+            try: header, _ = _read_header(f, what)
+            except AuditIntegrityError: self._refuse(what, "has a damaged header")
+            if context is not None and header["context"] != context:
+                self._refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
+            return _decrypt_chunks(AESGCM(self._dek(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header), f,
+                                   header["chunk"], lambda reason: self._refuse(what, reason))
 
 # %% ../../notebooks/07b_crypto.ipynb #cb0f64b0
 def sealed_files(roots):

@@ -15,6 +15,42 @@ from .identity import Principal
 # %% auto #0
 __all__ = ['OidcVerifier', 'principal_from_claims', 'verifier', 'OidcIdentityProvider']
 
+# %% ../../notebooks/03a_oidc.ipynb #d9f1dddc
+def _jwks_uri(issuer: str) -> str:
+    "The JWKS URL from `issuer`'s `/.well-known/openid-configuration`."
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r: doc = json.loads(r.read(1_000_000))
+    except Exception as e:
+        raise AuthenticationError(f"cannot read the issuer's discovery document {url}: {e}",
+                                  hint="check identity.oidc_issuer and that the issuer is reachable, "
+                                       "or set identity.oidc_jwks_uri") from None
+    if doc.get("issuer") not in (None, issuer):
+        raise ConfigError(f"the discovery document at {url} names issuer {doc.get('issuer')!r}, not {issuer!r}",
+                          hint="set identity.oidc_issuer to exactly the issuer's own value")
+    if not isinstance(doc.get("jwks_uri"), str):
+        raise AuthenticationError(f"the discovery document at {url} has no jwks_uri", hint="set identity.oidc_jwks_uri")
+    return doc["jwks_uri"]
+
+# %% ../../notebooks/03a_oidc.ipynb #ea590401
+def _refusal(e, audience: str, issuer: str) -> AuthenticationError:
+    "`jwt.decode`'s error `e` as an `AuthenticationError` that says what to do."
+    import jwt
+    if isinstance(e, jwt.ExpiredSignatureError):
+        return AuthenticationError("the token has expired", hint="sign in again for a fresh token")
+    if isinstance(e, jwt.ImmatureSignatureError):
+        return AuthenticationError("the token is not valid yet (nbf or iat lies in the future)", hint="check the clocks")
+    if isinstance(e, jwt.InvalidAudienceError):
+        return AuthenticationError(f"the token is meant for another audience, not {audience!r}",
+                                   hint="request a token for this platform's client id")
+    if isinstance(e, jwt.InvalidIssuerError):
+        return AuthenticationError(f"the token was not issued by {issuer}", hint="use a token from the configured issuer")
+    if isinstance(e, jwt.MissingRequiredClaimError):
+        return AuthenticationError(f"the token has no {e.claim!r} claim", hint="the identity provider must issue exp, iat, iss, aud and sub")
+    if isinstance(e, jwt.InvalidSignatureError):
+        return AuthenticationError("the token's signature does not verify: it was altered or forged", hint="sign in again")
+    return AuthenticationError(f"the token is invalid: {e}", hint="sign in again for a fresh token")
+
 # %% ../../notebooks/03a_oidc.ipynb #70fb68b5
 class OidcVerifier:
     "Checks bearer JWTs of one issuer and audience; keeps that issuer's signing keys cached."
@@ -24,26 +60,11 @@ class OidcVerifier:
         self.leeway, self.cache_seconds, self.jwks_uri = i.oidc_leeway_seconds, i.oidc_jwks_cache_seconds, i.oidc_jwks_uri
         self._client, self._lock = None, threading.Lock()
 
-    def _discover(self) -> str:
-        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r: doc = json.loads(r.read(1_000_000))
-        except Exception as e:
-            raise AuthenticationError(f"cannot read the issuer's discovery document {url}: {e}",
-                                      hint="check identity.oidc_issuer and that the issuer is reachable, "
-                                           "or set identity.oidc_jwks_uri") from None
-        if doc.get("issuer") not in (None, self.issuer):
-            raise ConfigError(f"the discovery document at {url} names issuer {doc.get('issuer')!r}, not {self.issuer!r}",
-                              hint="set identity.oidc_issuer to exactly the issuer's own value")
-        if not isinstance(doc.get("jwks_uri"), str):
-            raise AuthenticationError(f"the discovery document at {url} has no jwks_uri", hint="set identity.oidc_jwks_uri")
-        return doc["jwks_uri"]
-
     def client(self):
         import jwt
         with self._lock:
             if self._client is None:
-                self._client = jwt.PyJWKClient(self.jwks_uri or self._discover(), cache_keys=True, max_cached_keys=16,
+                self._client = jwt.PyJWKClient(self.jwks_uri or _jwks_uri(self.issuer), cache_keys=True, max_cached_keys=16,
                                                lifespan=self.cache_seconds, timeout=5, cooldown_duration=10)
             return self._client
 
@@ -65,21 +86,8 @@ class OidcVerifier:
         try:
             return jwt.decode(token, key, algorithms=self.algorithms, audience=self.audience, issuer=self.issuer,
                               leeway=self.leeway, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
-        except jwt.ExpiredSignatureError:
-            raise AuthenticationError("the token has expired", hint="sign in again for a fresh token") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthenticationError("the token is not valid yet (nbf or iat lies in the future)", hint="check the clocks") from None
-        except jwt.InvalidAudienceError:
-            raise AuthenticationError(f"the token is meant for another audience, not {self.audience!r}",
-                                      hint="request a token for this platform's client id") from None
-        except jwt.InvalidIssuerError:
-            raise AuthenticationError(f"the token was not issued by {self.issuer}", hint="use a token from the configured issuer") from None
-        except jwt.MissingRequiredClaimError as e:
-            raise AuthenticationError(f"the token has no {e.claim!r} claim", hint="the identity provider must issue exp, iat, iss, aud and sub") from None
-        except jwt.InvalidSignatureError:
-            raise AuthenticationError("the token's signature does not verify: it was altered or forged", hint="sign in again") from None
         except jwt.PyJWTError as e:
-            raise AuthenticationError(f"the token is invalid: {e}", hint="sign in again for a fresh token") from None
+            raise _refusal(e, self.audience, self.issuer) from None
 
 # %% ../../notebooks/03a_oidc.ipynb #e66a76f8
 def _claim(claims: dict, path: str):
