@@ -27,6 +27,7 @@ class MlplatError(Exception):
         return {"error": type(self).__name__, "message": self.message, "hint": self.hint,
                 "details": {k: str(v) for k, v in self.details.items()}}
 
+# %% ../notebooks/00_errors.ipynb #0887d2e3
 class ConfigError(MlplatError):
     "mlplat.toml or an MLPLAT_* variable is invalid."
     exit_code = 2

@@ -22,6 +22,7 @@ class Principal:
     claims: dict = field(default_factory=dict, compare=False, hash=False)
     provider: str = "local"
 
+# %% ../../notebooks/03_identity.ipynb #fbedee8a
 class IdentityProvider(Protocol):
     "Resolves the acting principal; `credentials` is a bearer token, API key, ... (None for local)."
     name: str

@@ -33,6 +33,26 @@ def token_lifetime(text: str, most_days: int = 366) -> timedelta:
 
 def _digest(secret: str) -> str: return hashlib.sha256(secret.encode()).hexdigest()
 
+# %% ../../notebooks/07a_tokens.ipynb #b6f49839
+def _token_roles(name, roles, defined: dict) -> list[str]:
+    "The roles of a requested token `name`, without repeats; `ValidationError` for a bad name or an undefined role."
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValidationError(f"token name {name!r} is not valid", hint="lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
+    roles = list(dict.fromkeys(roles or []))
+    unknown = [r for r in roles if r not in defined]
+    if not roles or unknown:
+        raise ValidationError(f"unknown role(s) {unknown}" if unknown else "a token needs at least one role",
+                              hint=f"roles: {', '.join(defined)}")
+    return roles
+
+def _public(r: dict) -> dict:
+    "A stored token as it is shown: no digest, and whether it is `active` (neither revoked nor expired)."
+    expires = aware(r["expires_at"])
+    return {"id": r["id"], "name": r["name"], "principal": f"sa:{r['name']}", "roles": json.loads(r["roles_json"]),
+            "created_by": r["created_by"], "created_at": r["created_at"], "expires_at": expires,
+            "revoked_at": r.get("revoked_at"), "last_used_at": r.get("last_used_at"),
+            "active": r.get("revoked_at") is None and expires > utcnow()}
+
 # %% ../../notebooks/07a_tokens.ipynb #9bdc90a5
 class ApiTokens:
     "Service-account tokens of a workspace (`ws.tokens`)."
@@ -41,13 +61,7 @@ class ApiTokens:
     def create(self, name: str, roles: list[str], expires: str = "90d") -> dict:
         "A new token for service account `name` with `roles`; the returned `token` is the only copy of the secret."
         ws = self.ws
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValidationError(f"token name {name!r} is not valid", hint="lowercase letters, digits, '.', '_' and '-', starting with a letter or digit")
-        roles = list(dict.fromkeys(roles or []))
-        unknown = [r for r in roles if r not in ws.config.rbac.roles]
-        if not roles or unknown:
-            raise ValidationError(f"unknown role(s) {unknown}" if unknown else "a token needs at least one role",
-                                  hint=f"roles: {', '.join(ws.config.rbac.roles)}")
+        roles = _token_roles(name, roles, ws.config.rbac.roles)
         lifetime = token_lifetime(expires)
         region = ws.config.workspace.region
         ws.governance.authorize("tokens:create", f"token:{name}", "tokens.create", region)
@@ -59,7 +73,7 @@ class ApiTokens:
         with ws.governance.operation("tokens.create", f"token:{token_id}", "tokens:create", region,
                                      details={"name": name, "roles": roles, "expires_at": row["expires_at"].isoformat()}):
             with ws.engine.begin() as c: c.execute(table("api_tokens").insert().values(**row))
-        return {**self._public(row), "token": f"{PREFIX}{token_id}_{secret}"}
+        return {**_public(row), "token": f"{PREFIX}{token_id}_{secret}"}
 
     def list(self, include_inactive: bool = False) -> list[dict]:
         "Tokens (never their secrets), newest first; revoked and expired ones only with `include_inactive`."
@@ -67,7 +81,7 @@ class ApiTokens:
         self.ws.governance.authorize("tokens:read")
         t = table("api_tokens")
         with self.ws.engine.connect() as c: rows = [dict(r._mapping) for r in c.execute(sa.select(t).order_by(t.c.created_at.desc()))]
-        out = [self._public(r) for r in rows]
+        out = [_public(r) for r in rows]
         return out if include_inactive else [r for r in out if r["active"]]
 
     def revoke(self, token_id: str) -> dict:
@@ -82,15 +96,7 @@ class ApiTokens:
         with ws.governance.operation("tokens.revoke", f"token:{token_id}", "tokens:revoke", region, details={"name": row.name}):
             with ws.engine.begin() as c:
                 c.execute(sa.update(t).where((t.c.id == row.id) & t.c.revoked_at.is_(None)).values(revoked_at=utcnow(), revoked_by=ws.principal.name))
-        with ws.engine.connect() as c: return self._public(dict(c.execute(sa.select(t).where(t.c.id == row.id)).first()._mapping))
-
-    @staticmethod
-    def _public(r: dict) -> dict:
-        expires = aware(r["expires_at"])
-        return {"id": r["id"], "name": r["name"], "principal": f"sa:{r['name']}", "roles": json.loads(r["roles_json"]),
-                "created_by": r["created_by"], "created_at": r["created_at"], "expires_at": expires,
-                "revoked_at": r.get("revoked_at"), "last_used_at": r.get("last_used_at"),
-                "active": r.get("revoked_at") is None and expires > utcnow()}
+        with ws.engine.connect() as c: return _public(dict(c.execute(sa.select(t).where(t.c.id == row.id)).first()._mapping))
 
 # %% ../../notebooks/07a_tokens.ipynb #a9ac7e4f
 def verify_api_token(engine, credentials: str) -> Principal:
