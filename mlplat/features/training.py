@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import AuditIntegrityError, ConflictError, NotFoundError, ValidationError
-from .datasets import _table_hash, _write_snapshot, check_name, parse_ref, read_verified, snapshot_path
+from .datasets import table_hash, write_snapshot, check_name, parse_ref, read_verified, snapshot_path
 from .definitions import coerce_column
 from .feast_repo import staged
 from .online import with_fresh_registry
@@ -148,17 +148,17 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
         result = result[[*df.columns, *feat_cols]]
         t = pa.Table.from_pandas(result, preserve_index=False)
         frame = t.to_pandas()  # exactly what reading the stored file back gives
-        h = _table_hash(t, frame)
+        h = table_hash(t, frame)
         latest = _find(ws, name)
         if latest and latest.lineage.get("content_hash") == h and latest.classification == classification \
                 and latest.lineage.get("feature_views") == lineage["feature_views"]:
             try: intact = latest.to_df() is not None
             except AuditIntegrityError: intact = False
-            if not intact: _write_snapshot(t, Path(latest.path), ws.crypto, f"training_set:{name}")  # repair from the rows in hand
+            if not intact: write_snapshot(t, Path(latest.path), ws.crypto, f"training_set:{name}")  # repair from the rows in hand
             audit.update(id=latest.id, reused=True)
             latest._frame = frame
             return latest
-        final = _write_snapshot(t, snapshot_path(ws.config.home/"data"/"training_sets"/name, h, ws.crypto), ws.crypto,
+        final = write_snapshot(t, snapshot_path(ws.config.home/"data"/"training_sets"/name, h, ws.crypto), ws.crypto,
                                 f"training_set:{name}")
         ts = _insert(ws, name, h, final, len(result), {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
         ts._frame = frame  # to_df() of the set just built needs no re-read
