@@ -23,7 +23,7 @@ VALUE_TYPES = ("int64", "int32", "string")
 
 # %% auto #0
 __all__ = ['DTYPES', 'VALUE_TYPES', 'KINDS', 'FIELD_TYPES', 'Entity', 'Feature', 'FeatureView', 'FeatureService', 'Definitions',
-           'coerce_column', 'spec_dict', 'load_definitions', 'validate']
+           'coerce_column', 'spec_dict', 'spec_from_dict', 'load_definitions', 'validate']
 
 # %% ../../notebooks/12_definitions.ipynb #80b91fda
 @dataclass
@@ -78,7 +78,7 @@ class Definitions:
     feature_services: list = field(default_factory=list)
     def __len__(self): return len(self.entities) + len(self.feature_views) + len(self.feature_services)
 
-# %% ../../notebooks/12_definitions.ipynb #80bb4dfe
+# %% ../../notebooks/12_definitions.ipynb #f2907f9e
 def coerce_column(col, dtype: str, what: str):
     "`col` converted to mlplat `dtype` (int64, float64, string, ...) or a ValidationError naming the bad value."
     import pandas as pd
@@ -103,6 +103,10 @@ def spec_dict(spec) -> dict:
     d = asdict(spec)
     if isinstance(spec, FeatureView): d["ttl"] = int(parse_duration(spec.ttl, "ttl", allow_zero=True).total_seconds())
     return d
+
+def spec_from_dict(kind: str, d: dict):
+    "A spec object back from its stored dict (the pinned dataset version stays as its source)."
+    return KINDS[kind](**{k: v for k, v in d.items() if k not in ("dataset", "view_versions")})
 
 # %% ../../notebooks/12_definitions.ipynb #a4447c60
 def _build(kind, items, path):
@@ -185,7 +189,7 @@ def _check_names(defs: Definitions, errors: list):
             if s.name in seen: errors.append(f"duplicate {kind.replace('_', ' ')} name {s.name!r} in the definitions")
             seen.add(s.name)
 
-# %% ../../notebooks/12_definitions.ipynb #c3de810b
+# %% ../../notebooks/12_definitions.ipynb #5e39eea3
 def _check_entities(defs: Definitions, applied: dict, errors: list) -> dict:
     "The batch's entities as spec dicts, after checking their types and keys."
     out = {}
@@ -204,7 +208,7 @@ def _check_entities(defs: Definitions, applied: dict, errors: list) -> dict:
                               f"to {e.join_key}/{e.value_type} would break feature view(s) {', '.join(users)}; apply them in the same batch")
     return out
 
-# %% ../../notebooks/12_definitions.ipynb #8f0d4f52
+# %% ../../notebooks/12_definitions.ipynb #debc6dfb
 def _ttl_ok(fv, where, errors) -> bool:
     try: parse_duration(fv.ttl, "ttl", allow_zero=True); return True   # 0: the values never expire
     except ValidationError as e: errors.append(f"{where}: {e.message}"); return False
@@ -245,7 +249,7 @@ def _check_view(fv: FeatureView, entities: dict, datasets, errors: list) -> dict
     d["timestamp_field"] = _check_columns(fv, where, ds, entities, errors)
     return d
 
-# %% ../../notebooks/12_definitions.ipynb #2ff7101f
+# %% ../../notebooks/12_definitions.ipynb #29f83764
 def _check_services(defs: Definitions, views: dict, errors: list) -> dict:
     out = {}
     for svc in defs.feature_services:
