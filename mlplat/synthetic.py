@@ -10,23 +10,11 @@ from dataclasses import dataclass
 # %% auto #0
 __all__ = ['ChurnData', 'generate_churn_data']
 
-# %% ../notebooks/10_synthetic.ipynb #ca1d7f12
-@dataclass
-class ChurnData:
-    customers: "pd.DataFrame"     # one row per customer, timestamped at signup
-    transactions: "pd.DataFrame"  # one row per customer per active day, with 7-day rolling aggregates
-    labels: "pd.DataFrame"        # churn observed at monthly checkpoints: the entity frame for training sets
-
-def generate_churn_data(n_customers: int = 1000, days: int = 90, seed: int = 7,
-                        start: str = "2026-01-01", label_every_days: int = 30) -> ChurnData:
-    "Generate the dataset; same arguments, same frames, bit for bit."
+# %% ../notebooks/10_synthetic.ipynb #a255a263
+def _customers(rng, n_customers: int, t0):
+    "The customers frame and each customer's hidden risk score."
     import numpy as np
     import pandas as pd
-    if n_customers < 1 or days < 1:
-        from mlplat.errors import ValidationError
-        raise ValidationError("n_customers and days must be positive")
-    rng = np.random.default_rng(seed)
-    t0 = pd.Timestamp(start, tz="UTC")
     ids = np.arange(1, n_customers + 1, dtype="int64")
     plan = rng.choice(["basic", "pro", "enterprise"], size=n_customers, p=[0.6, 0.3, 0.1])
     age = rng.integers(18, 80, size=n_customers).astype("int64")
@@ -37,7 +25,14 @@ def generate_churn_data(n_customers: int = 1000, days: int = 90, seed: int = 7,
         "customer_id": ids, "event_timestamp": signup, "plan": plan, "age": age,
         "monthly_fee": fee.round(2), "country": rng.choice(["AE", "SA", "EG", "IN", "GB"], size=n_customers,
                                                            p=[0.5, 0.2, 0.1, 0.1, 0.1])})
+    return customers, risk
 
+# %% ../notebooks/10_synthetic.ipynb #143cdea0
+def _transactions(rng, customers, risk, days: int, t0):
+    "One row per customer per active day, with 7-day rolling aggregates."
+    import numpy as np
+    import pandas as pd
+    ids, plan, n_customers = customers["customer_id"].to_numpy(), customers["plan"].to_numpy(), len(customers)
     day_idx = np.arange(days)
     activity = 1 / (1 + np.exp(risk[:, None] + day_idx[None, :] * risk[:, None].clip(0) / days))  # risky customers fade
     active = rng.uniform(size=(n_customers, days)) < activity * 0.8
@@ -54,12 +49,36 @@ def generate_churn_data(n_customers: int = 1000, days: int = 90, seed: int = 7,
     tx["transactions_7d"] = roll["n_transactions"].astype("int64").to_numpy()
     tx["tickets_7d"] = roll["support_tickets"].astype("int64").to_numpy()
     tx["created_timestamp"] = tx["event_timestamp"] + pd.Timedelta(hours=1)
+    return tx
 
+# %% ../notebooks/10_synthetic.ipynb #ca1d7f12
+@dataclass
+class ChurnData:
+    customers: "pd.DataFrame"     # one row per customer, timestamped at signup
+    transactions: "pd.DataFrame"  # one row per customer per active day, with 7-day rolling aggregates
+    labels: "pd.DataFrame"        # churn observed at monthly checkpoints: the entity frame for training sets
+
+def _labels(rng, ids, risk, days: int, t0, label_every_days: int):
+    import numpy as np
+    import pandas as pd
     checkpoints = [t0 + pd.Timedelta(days=d) for d in range(label_every_days, days + 1, label_every_days)]
     lab = []
     for k, ts in enumerate(checkpoints):
         p = 1 / (1 + np.exp(-(risk * 1.5 - 1.5 + 0.2 * k)))
         lab.append(pd.DataFrame({"customer_id": ids, "event_timestamp": ts,
-                                 "churned": (rng.uniform(size=n_customers) < p).astype("int64")}))
-    labels = pd.concat(lab, ignore_index=True) if lab else pd.DataFrame(columns=["customer_id", "event_timestamp", "churned"])
-    return ChurnData(customers, tx, labels)
+                                 "churned": (rng.uniform(size=len(ids)) < p).astype("int64")}))
+    return pd.concat(lab, ignore_index=True) if lab else pd.DataFrame(columns=["customer_id", "event_timestamp", "churned"])
+
+def generate_churn_data(n_customers: int = 1000, days: int = 90, seed: int = 7,
+                        start: str = "2026-01-01", label_every_days: int = 30) -> ChurnData:
+    "Generate the dataset; same arguments, same frames, bit for bit."
+    import numpy as np
+    import pandas as pd
+    if n_customers < 1 or days < 1:
+        from mlplat.errors import ValidationError
+        raise ValidationError("n_customers and days must be positive")
+    rng = np.random.default_rng(seed)
+    t0 = pd.Timestamp(start, tz="UTC")
+    customers, risk = _customers(rng, n_customers, t0)
+    tx = _transactions(rng, customers, risk, days, t0)
+    return ChurnData(customers, tx, _labels(rng, customers["customer_id"].to_numpy(), risk, days, t0, label_every_days))

@@ -41,6 +41,7 @@ def catalog() -> list[dict]:
     "Every template: name, kind (pipeline, training, dashboard, serving), description, files."
     return [{"name": n, "kind": k, "description": d, "files": files} for n, (k, files, d) in CATALOG.items()]
 
+# %% ../notebooks/17_templates.ipynb #788ef67a
 def _free(path: Path) -> Path:
     "`path`, or `name-1.ext`, `name-2.ext`, ... : the first that does not exist."
     if not path.exists(): return path

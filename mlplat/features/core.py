@@ -12,38 +12,90 @@ from dataclasses import dataclass, field
 from ..db import dumps, table, utcnow
 from ..errors import ConflictError, NotFoundError, ValidationError
 from . import definitions as defs_mod
-from .datasets import Datasets, check_name
-from .feast_repo import feast_uri, open_store, to_feast, to_feast_services
-from .online import with_fresh_registry
+from .datasets import Datasets
+from .feast_repo import feast_uri, open_store, to_feast, to_feast_services, with_fresh_registry
 
 # %% auto #0
-__all__ = ['ApplyResult', 'Features']
+__all__ = ['not_found', 'expand_refs', 'ApplyResult', 'FeatureCatalog', 'TrainingAndOnline', 'Features']
 
-# %% ../../notebooks/14_features.ipynb #632177ef
+# %% ../../notebooks/14_features.ipynb #e7f858d5
+def not_found(kind: str, name: str, known) -> NotFoundError:
+    "The error for an unknown definition, listing the `known` names of its kind."
+    return NotFoundError(f"no {kind.replace('_', ' ')} named {name!r}",
+                         hint=f"known: {', '.join(known) or 'none applied yet'}; apply definitions with `mlplat features apply FILE`")
+
+def expand_refs(features, views: dict) -> tuple[list, dict]:
+    """Expand `features` (a reference or a list of them) against `views` ({name: (version, spec)}): the
+    `view:feature` references, and the views they come from."""
+    if not features: raise ValidationError("no features requested", hint="pass features=['view:feature', ...] or service='name'")
+    refs, used = [], {}
+    for ref in ([features] if isinstance(features, str) else features):
+        view, _, feat = str(ref).partition(":")
+        if view not in views: raise not_found("feature_view", view, views)
+        names = [f["name"] for f in views[view][1]["features"]]
+        if feat and feat not in names:
+            raise NotFoundError(f"feature view {view!r} has no feature {feat!r}", hint=f"its features: {', '.join(names)}")
+        refs += [f"{view}:{feat}"] if feat else [f"{view}:{n}" for n in names]
+        used[view] = views[view]
+    return list(dict.fromkeys(refs)), used
+
+# %% ../../notebooks/14_features.ipynb #2d0011b2
 @dataclass
 class ApplyResult:
     created: list = field(default_factory=list)    # "kind:name@version" new versions
     unchanged: list = field(default_factory=list)  # "kind:name@version" already current
+
     def to_dict(self): return {"created": self.created, "unchanged": self.unchanged}
 
-class Features:
-    "The feature store of a workspace."
-    def __init__(self, ws):
-        self.ws = ws
-        self.datasets = Datasets(ws)
-        self._store = None
+def _digest(spec: dict) -> str: return hashlib.sha256(dumps(spec).encode()).hexdigest()
 
-    @property
-    def store(self):
-        "The Feast `FeatureStore` (opened on first use: importing Feast takes seconds)."
-        if self._store is None: self._store = open_store(self.ws.config)
-        return self._store
+def _record_versions(c, resolved: dict, latest: dict, created_by: str) -> tuple[ApplyResult, dict]:
+    """Insert a version row, in transaction `c`, for each definition of `resolved` that differs from `latest`
+    ({kind: {name: (version, spec)}}). Services re-pinned to new view versions are added to `resolved`.
+    Returns the result and {(kind, name): version} for everything applied."""
+    result, versions, t = ApplyResult(), {}, table("definitions")
+    for kind, items in resolved.items():
+        if kind == "feature_service":  # services serving a re-versioned view are re-pinned too
+            bumped = {n for k, n in versions if k == "feature_view" and f"{k}:{n}@{versions[(k, n)]}" in result.created}
+            for sname, (_, sspec) in latest["feature_service"].items():
+                if sname not in items and any(r.partition(":")[0] in bumped for r in sspec["features"]):
+                    items[sname] = {k: v for k, v in sspec.items() if k != "view_versions"}
+        for name, spec in items.items():
+            if kind == "feature_service":  # a service version pins the view versions it serves
+                spec["view_versions"] = {v: versions.get(("feature_view", v)) or latest["feature_view"][v][0]
+                                         for v in dict.fromkeys(r.partition(":")[0] for r in spec["features"])}
+            h, cur = _digest(spec), latest[kind].get(name)
+            if cur and _digest(cur[1]) == h:
+                versions[(kind, name)] = cur[0]; result.unchanged.append(f"{kind}:{name}@{cur[0]}"); continue
+            v = (cur[0] if cur else 0) + 1
+            c.execute(t.insert().values(kind=kind, name=name, version=v, definition_hash=h, definition_json=dumps(spec),
+                                        created_by=created_by, created_at=utcnow()))
+            versions[(kind, name)] = v; result.created.append(f"{kind}:{name}@{v}")
+    return result, versions
 
-    def register_source(self, name: str, source=None, **kw):
-        "Snapshot a file, DataFrame or SQL query as a dataset version (see `Datasets.register`)."
-        return self.datasets.register(name, source, **kw)
+# %% ../../notebooks/14_features.ipynb #3b263ed1
+def _feast_objects(features, resolved: dict, entities: dict, versions: dict) -> list:
+    "Feast objects for a resolved batch; `entities` holds every known entity (new and applied)."
+    paths = {spec["source"]: feast_uri(features.datasets.get(spec["source"]).path) for spec in resolved["feature_view"].values()}
+    objs, views = to_feast(resolved, entities, versions, paths)
+    for svc in resolved["feature_service"].values():
+        for ref in svc["features"]:
+            view = ref.partition(":")[0]
+            if view not in views: views[view] = features.store.get_feature_view(view)
+    return objs + to_feast_services(resolved, views, versions)
 
-    # --- definitions -------------------------------------------------------------------
+def _record_lineage(lineage, c, resolved: dict, versions: dict):
+    for (kind, name), ver in versions.items():
+        node, spec = f"{kind}:{name}@{ver}", resolved[kind][name]
+        if kind == "feature_view": lineage.add(f"dataset:{spec['source']}", node, conn=c)
+        if kind == "feature_service":
+            for view, vv in spec["view_versions"].items(): lineage.add(f"feature_view:{view}@{vv}", node, conn=c)
+
+# %% ../../notebooks/14_features.ipynb #ee67ae1c
+class FeatureCatalog:
+    "Reading the workspace's entities, feature views and services, and their versions."
+    def __init__(self, ws): self.ws = ws
+
     def latest(self, kind: str) -> dict:
         "{name: (version, spec dict)} of the latest version of every definition of `kind`."
         import sqlalchemy as sa
@@ -53,83 +105,8 @@ class Features:
         with self.ws.engine.connect() as c:
             return {r.name: (r.version, json.loads(r.definition_json)) for r in c.execute(q)}
 
-    def apply(self, definitions) -> ApplyResult:
-        "Validate and apply entities, feature views and services (YAML/.py path, dict, list or `Definitions`)."
-        import sqlalchemy as sa
-        d = defs_mod.load_definitions(definitions)
-        if not len(d): raise ValidationError("no definitions to apply")
-        names = [f"{k}:{s.name}" for k, items in (("entity", d.entities), ("feature_view", d.feature_views),
-                                                   ("feature_service", d.feature_services)) for s in items]
-        gov = self.ws.governance
-        self.__dict__.pop("_online_refs", None)  # online lookups re-resolve services after any apply
-        with gov.operation("features.apply", ",".join(names)[:300], "features:apply", self.ws.config.workspace.region) as audit:
-            applied = {k: {n: spec for n, (_, spec) in self.latest(k).items()} for k in defs_mod.KINDS}
-            resolved = defs_mod.validate(d, self.datasets, applied)
-            result, versions, t = ApplyResult(), {}, table("definitions")
-            latest = {k: self.latest(k) for k in defs_mod.KINDS}
-            try:
-                with self.ws.engine.begin() as c:
-                    for kind, items in resolved.items():
-                        if kind == "feature_service":  # services serving a re-versioned view are re-pinned too
-                            bumped = {n for k, n in versions if k == "feature_view" and f"{k}:{n}@{versions[(k, n)]}" in result.created}
-                            for sname, (_, sspec) in latest["feature_service"].items():
-                                if sname not in items and any(r.partition(":")[0] in bumped for r in sspec["features"]):
-                                    items[sname] = {k: v for k, v in sspec.items() if k != "view_versions"}
-                        for name, spec in items.items():
-                            if kind == "feature_service":  # a service version pins the view versions it serves
-                                spec["view_versions"] = {v: versions.get(("feature_view", v)) or latest["feature_view"][v][0]
-                                                         for v in dict.fromkeys(r.partition(":")[0] for r in spec["features"])}
-                            h = hashlib.sha256(dumps(spec).encode()).hexdigest()
-                            cur = latest[kind].get(name)
-                            if cur and hashlib.sha256(dumps(cur[1]).encode()).hexdigest() == h:
-                                versions[(kind, name)] = cur[0]; result.unchanged.append(f"{kind}:{name}@{cur[0]}"); continue
-                            v = (cur[0] if cur else 0) + 1
-                            c.execute(t.insert().values(kind=kind, name=name, version=v, definition_hash=h, definition_json=dumps(spec),
-                                                        created_by=self.ws.principal.name, created_at=utcnow()))
-                            versions[(kind, name)] = v; result.created.append(f"{kind}:{name}@{v}")
-                    entities = {**applied["entity"], **resolved["entity"]}
-                    paths = {spec["source"]: feast_uri(self.datasets.get(spec["source"]).path) for spec in resolved["feature_view"].values()}
-                    objs, views = to_feast(resolved, entities, versions, paths)
-                    for svc in resolved["feature_service"].values():
-                        for ref in svc["features"]:
-                            view = ref.partition(":")[0]
-                            if view not in views: views[view] = self.store.get_feature_view(view)
-                    objs += to_feast_services(resolved, views, versions)
-                    self.store.apply(objs)  # raising here rolls the version rows back
-                    for (kind, name), ver in versions.items():  # lineage commits with the versions
-                        node, spec = f"{kind}:{name}@{ver}", resolved[kind][name]
-                        if kind == "feature_view": self.ws.lineage.add(f"dataset:{spec['source']}", node, conn=c)
-                        if kind == "feature_service":
-                            for view, vv in spec["view_versions"].items(): self.ws.lineage.add(f"feature_view:{view}@{vv}", node, conn=c)
-            except sa.exc.IntegrityError:
-                raise ConflictError("another apply of the same definitions ran at the same time; nothing was applied",
-                                    hint="apply again") from None
-            audit.update(result.to_dict())
-            return result
-
-    def sync(self) -> ApplyResult:
-        """Re-apply the latest version of every definition to Feast (no new versions): after the workspace
-        folder moved, or Feast's registry was lost or switched. Needs `features:apply`."""
-        specs = {k: [self._spec(k, spec) for _, spec in self.latest(k).values()] for k in defs_mod.KINDS}
-        if not any(specs.values()): raise ValidationError("there are no definitions to sync", hint="apply definitions first")
-        return self.apply(defs_mod.Definitions(specs["entity"], specs["feature_view"], specs["feature_service"]))
-
-    @staticmethod
-    def _spec(kind, d):
-        "A spec object back from its stored dict (pinned dataset version kept as the source)."
-        d = {k: v for k, v in d.items() if k not in ("dataset", "view_versions")}
-        return defs_mod.KINDS[kind](**d)
-
-    def check_sources(self, views: dict):
-        "Fail clearly if Feast reads a snapshot from another place than the workspace's (e.g. it was moved)."
-        for name, (_, spec) in views.items():
-            ours = feast_uri(self.datasets.get(spec["source"]).path)
-            src = with_fresh_registry(self, lambda: self.store.get_feature_view(name)).batch_source
-            theirs = getattr(getattr(src, "batch_source", None) or src, "path", ours)
-            if theirs != ours:
-                raise ValidationError(f"Feast's registry reads feature view {name!r} from {theirs}, but the workspace keeps "
-                                      f"{spec['source']} at {ours} (was the workspace moved?)",
-                                      hint="run `mlplat features sync` (ws.features.sync()) to point Feast at the workspace")
+    def not_found(self, kind: str, name: str) -> NotFoundError:
+        return not_found(kind, name, self.latest(kind))
 
     def list(self, kind: str = "feature_view") -> list[dict]:
         "Latest version of each definition of `kind` (feature_view, entity, feature_service)."
@@ -144,7 +121,7 @@ class Features:
         t = table("definitions")
         with self.ws.engine.connect() as c:
             rows = c.execute(sa.select(t).where((t.c.kind == kind) & (t.c.name == name)).order_by(t.c.version)).all()
-        if not rows: raise self._not_found(kind, name)
+        if not rows: raise self.not_found(kind, name)
         return [{"name": r.name, "version": r.version, "definition": json.loads(r.definition_json), "hash": r.definition_hash,
                  "created_by": r.created_by, "created_at": str(r.created_at)} for r in rows]
 
@@ -154,37 +131,30 @@ class Features:
         for kind in ("feature_view", "feature_service", "entity"):
             cur = self.latest(kind).get(name)
             if cur:
-                self.ws.governance.authorize("features:read")
-                node = f"{kind}:{name}@{cur[0]}"
                 return {"kind": kind, "name": name, "version": cur[0], "definition": cur[1],
-                        "versions": len(self.versions(name, kind)), "lineage": self.ws.lineage.of(node)}
-        raise self._not_found("feature_view", name)
-
-    def _not_found(self, kind, name):
-        known = ", ".join(self.latest(kind)) or "none applied yet"
-        return NotFoundError(f"no {kind.replace('_', ' ')} named {name!r}", hint=f"known: {known}; apply definitions with `mlplat features apply FILE`")
+                        "versions": len(self.versions(name, kind)), "lineage": self.ws.lineage.of(f"{kind}:{name}@{cur[0]}")}
+        raise self.not_found("feature_view", name)
 
     def resolve_features(self, features=None, service: str | None = None) -> tuple[list, dict]:
         "Feature references `view:feature` and the latest view specs they come from, for a list of refs or a service."
         self.ws.governance.authorize("features:read")
-        views = self.latest("feature_view")
         if service is not None:
             svc = self.latest("feature_service").get(service)
-            if not svc: raise self._not_found("feature_service", service)
+            if not svc: raise self.not_found("feature_service", service)
             features = svc[1]["features"]
-        if not features: raise ValidationError("no features requested", hint="pass features=['view:feature', ...] or service='name'")
-        refs, used = [], {}
-        for ref in ([features] if isinstance(features, str) else features):
-            view, _, feat = str(ref).partition(":")
-            if view not in views: raise self._not_found("feature_view", view)
-            names = [f["name"] for f in views[view][1]["features"]]
-            if feat and feat not in names:
-                raise NotFoundError(f"feature view {view!r} has no feature {feat!r}", hint=f"its features: {', '.join(names)}")
-            refs += [f"{view}:{feat}"] if feat else [f"{view}:{n}" for n in names]
-            used[view] = views[view]
-        return list(dict.fromkeys(refs)), used
+        return expand_refs(features, self.latest("feature_view"))
 
-    # --- training sets and online serving live in their own modules ----------------------
+def _summary(kind: str, spec: dict) -> dict:
+    if kind == "feature_view":
+        return {"entities": spec["entities"], "features": [f["name"] for f in spec["features"]], "source": spec["source"],
+                "ttl_seconds": spec["ttl"], "owner": spec["owner"], "online": spec["online"], "push": spec["push"],
+                "classification": spec["dataset"]["classification"], "tags": spec["tags"]}
+    if kind == "entity": return {"join_key": spec["join_key"], "value_type": spec["value_type"]}
+    return {"features": spec["features"], "owner": spec["owner"]}
+
+# %% ../../notebooks/14_features.ipynb #196c6375
+class TrainingAndOnline:
+    "The `ws.features` methods that read feature values: training sets, materialization, online lookups, pushes."
     def training_set(self, entity_df, features=None, service=None, name: str = "training_set", **kw):
         "Point-in-time-correct training set, saved as an immutable version (see `mlplat.features.training`)."
         from mlplat.features.training import build_training_set
@@ -210,10 +180,62 @@ class Features:
         from mlplat.features.online import push
         return push(self, view, df)
 
-def _summary(kind: str, spec: dict) -> dict:
-    if kind == "feature_view":
-        return {"entities": spec["entities"], "features": [f["name"] for f in spec["features"]], "source": spec["source"],
-                "ttl_seconds": spec["ttl"], "owner": spec["owner"], "online": spec["online"], "push": spec["push"],
-                "classification": spec["dataset"]["classification"], "tags": spec["tags"]}
-    if kind == "entity": return {"join_key": spec["join_key"], "value_type": spec["value_type"]}
-    return {"features": spec["features"], "owner": spec["owner"]}
+# %% ../../notebooks/14_features.ipynb #632177ef
+class Features(TrainingAndOnline, FeatureCatalog):
+    "The feature store of a workspace."
+    def __init__(self, ws):
+        super().__init__(ws)
+        self.datasets = Datasets(ws)
+        self._store = None
+
+    @property
+    def store(self):
+        "The Feast `FeatureStore` (opened on first use: importing Feast takes seconds)."
+        if self._store is None: self._store = open_store(self.ws.config)
+        return self._store
+
+    def register_source(self, name: str, source=None, **kw):
+        "Snapshot a file, DataFrame or SQL query as a dataset version (see `Datasets.register`)."
+        return self.datasets.register(name, source, **kw)
+
+    def apply(self, definitions) -> ApplyResult:
+        "Validate and apply entities, feature views and services (YAML/.py path, dict, list or `Definitions`)."
+        import sqlalchemy as sa
+        d = defs_mod.load_definitions(definitions)
+        if not len(d): raise ValidationError("no definitions to apply")
+        names = [f"{k}:{s.name}" for k, items in (("entity", d.entities), ("feature_view", d.feature_views),
+                                                   ("feature_service", d.feature_services)) for s in items]
+        self.__dict__.pop("_online_refs", None)  # online lookups re-resolve services after any apply
+        with self.ws.governance.operation("features.apply", ",".join(names)[:300], "features:apply", self.ws.config.workspace.region) as audit:
+            latest = {k: self.latest(k) for k in defs_mod.KINDS}
+            applied = {k: {n: spec for n, (_, spec) in latest[k].items()} for k in defs_mod.KINDS}
+            resolved = defs_mod.validate(d, self.datasets, applied)
+            try:
+                with self.ws.engine.begin() as c:
+                    result, versions = _record_versions(c, resolved, latest, self.ws.principal.name)
+                    objs = _feast_objects(self, resolved, {**applied["entity"], **resolved["entity"]}, versions)
+                    self.store.apply(objs)  # raising here rolls the version rows back
+                    _record_lineage(self.ws.lineage, c, resolved, versions)  # lineage commits with the versions
+            except sa.exc.IntegrityError:
+                raise ConflictError("another apply of the same definitions ran at the same time; nothing was applied",
+                                    hint="apply again") from None
+            audit.update(result.to_dict())
+            return result
+
+    def sync(self) -> ApplyResult:
+        """Re-apply the latest version of every definition to Feast (no new versions): after the workspace
+        folder moved, or Feast's registry was lost or switched. Needs `features:apply`."""
+        specs = {k: [defs_mod.spec_from_dict(k, spec) for _, spec in self.latest(k).values()] for k in defs_mod.KINDS}
+        if not any(specs.values()): raise ValidationError("there are no definitions to sync", hint="apply definitions first")
+        return self.apply(defs_mod.Definitions(specs["entity"], specs["feature_view"], specs["feature_service"]))
+
+    def check_sources(self, views: dict):
+        "Fail clearly if Feast reads a snapshot from another place than the workspace's (e.g. it was moved)."
+        for name, (_, spec) in views.items():
+            ours = feast_uri(self.datasets.get(spec["source"]).path)
+            src = with_fresh_registry(self.store, lambda: self.store.get_feature_view(name)).batch_source
+            theirs = getattr(getattr(src, "batch_source", None) or src, "path", ours)
+            if theirs != ours:
+                raise ValidationError(f"Feast's registry reads feature view {name!r} from {theirs}, but the workspace keeps "
+                                      f"{spec['source']} at {ours} (was the workspace moved?)",
+                                      hint="run `mlplat features sync` (ws.features.sync()) to point Feast at the workspace")

@@ -20,7 +20,8 @@ from ..governance.redact import redact, redact_url
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
-__all__ = ['NAME_RE', 'check_name', 'parse_ref', 'DatasetVersion', 'read_verified', 'snapshot_path', 'read_frame', 'normalize',
+__all__ = ['NAME_RE', 'check_name', 'parse_ref', 'table_hash', 'read_verified', 'snapshot_path', 'write_snapshot',
+           'repair_snapshot', 'read_frame', 'normalize', 'insert_version', 'DatasetVersion', 'DatasetCatalog',
            'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
@@ -39,6 +40,149 @@ def parse_ref(ref: str, what: str) -> tuple[str, int | None]:
         raise ValidationError(f"invalid {what} reference {ref!r}", hint="write NAME or NAME@VERSION, e.g. customers@2")
     return name, int(ver) if ver else None
 
+# %% ../../notebooks/11_datasets.ipynb #08a9e3f8
+def table_hash(t, frame=None) -> str:
+    """sha256 of a table's logical content: column names and Arrow types, then each column's values.
+    Values are hashed from the pandas view of the Arrow data (`frame`, if the caller has it already), so
+    physical layout — chunking, validity bitmaps, bytes under nulls, which differ between a table built in
+    memory and the same table read back from parquet — never changes the hash."""
+    import pandas as pd
+    h = hashlib.sha256(dumps([(f.name, str(f.type)) for f in t.schema]).encode())
+    frame = t.to_pandas() if frame is None else frame
+    import pyarrow as pa
+    for f, c in zip(t.schema, frame.columns):
+        if pa.types.is_nested(f.type):  # lists/structs (embeddings): hash a canonical JSON of the values
+            h.update(c.encode() + b"\0" + dumps(t.column(f.name).to_pylist()).encode())
+        else:
+            h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+# %% ../../notebooks/11_datasets.ipynb #672cbfb4
+def read_verified(path, content_hash: str, what: str, hint: str, sealer=None, context: str | None = None):
+    """A stored parquet file as a DataFrame, refused unless it still hashes to `content_hash` (missing or altered
+    files too). A sealed file (`.enc`) is decrypted in memory by `sealer` first; a tampered one never loads."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    from mlplat.errors import AuditIntegrityError
+    try:
+        src = str(path)
+        if src.endswith(".enc"):
+            if sealer is None: raise ValidationError(f"{what} is sealed and no key provider was given to open it")
+            src = pa.BufferReader(sealer.open_bytes(path, context, require_sealed=True))
+        t = pq.read_table(src); df = t.to_pandas(); ok = table_hash(t, df) == content_hash
+    except (OSError, ValueError):  # missing or unreadable file
+        ok = False
+    if not ok:
+        raise AuditIntegrityError(f"{what} does not match its content hash", hint=hint)
+    return df
+
+def snapshot_path(folder: Path, h: str, sealer=None) -> Path:
+    "Where a new snapshot of content hash `h` goes: `<h>.parquet`, or `<h>.parquet.enc` when encryption at rest is on."
+    return Path(folder)/(f"{h}.parquet" + (".enc" if sealer is not None and sealer.enabled else ""))
+
+def write_snapshot(t, dest: Path, sealer=None, context: str = "") -> Path:
+    """Write a parquet snapshot to `dest` atomically (temp file + rename): no reader ever sees half a file.
+    A `.enc` destination is sealed by `sealer`; the plaintext parquet then exists only in memory."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.name.endswith(".enc"):
+        buf = pa.BufferOutputStream(); pq.write_table(t, buf)
+        return sealer.seal_to(memoryview(buf.getvalue()), dest, context)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp"); os.close(fd)
+    try:
+        pq.write_table(t, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return dest
+
+def repair_snapshot(read, t, path, sealer=None, context: str = ""):
+    """When a stored version is reused: if `read()` finds its file missing or altered, rewrite the file at `path`
+    from table `t`, the identical data in hand."""
+    from mlplat.errors import AuditIntegrityError
+    try: read()
+    except AuditIntegrityError: write_snapshot(t, Path(path), sealer, context)
+
+# %% ../../notebooks/11_datasets.ipynb #962e4a81
+def read_frame(path) -> "pd.DataFrame":
+    "A parquet or CSV file as a DataFrame, with clear errors (for entity frames and event files)."
+    return _read_source(path, None, None)[0]
+
+def _read_source(source, sql: str | None, url: str | None):
+    "Load the source into a DataFrame; return (df, kind, description)."
+    import pandas as pd
+    if sql is not None:
+        if not url: raise ValidationError("a SQL source needs a database URL", hint="pass url='sqlite:///path.db' (any SQLAlchemy URL)")
+        import sqlalchemy as sa
+        safe = redact_url(url)
+        try:
+            eng = sa.create_engine(url)
+            with eng.connect() as c: df = pd.read_sql(sa.text(sql), c)
+        except Exception as e:  # the driver's own error text is what the user needs; never the URL's secrets
+            msg = redact(str(getattr(e, "orig", e)).replace(url, safe))
+            raise ValidationError(f"the SQL query failed on {safe}: {msg}",
+                                  hint="check the query and the URL; it must be a SELECT returning rows") from None
+        return df, "sql", f"{safe} :: {sql}"
+    if isinstance(source, pd.DataFrame): return source.copy(), "dataframe", f"DataFrame{tuple(source.shape)}"
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source).expanduser()
+        if not p.is_file(): raise NotFoundError(f"no such data file: {p}", hint="check the path (relative to the working directory)")
+        suffixes = "".join(p.suffixes[-2:]).lower()
+        try:
+            if p.suffix.lower() in (".parquet", ".pq"): df = pd.read_parquet(p)
+            elif suffixes.endswith((".csv", ".csv.gz")): df = pd.read_csv(p)
+            else: raise ValidationError(f"unsupported file type {p.suffix!r} for {p.name}", hint="use .parquet or .csv")
+        except (ValueError, OSError) as e:
+            if isinstance(e, ValidationError): raise
+            raise ValidationError(f"cannot read {p}: {e}", hint="is it a valid parquet/CSV file?") from None
+        return df, "file", str(p.resolve())
+    raise ValidationError(f"cannot register a source of type {type(source).__name__}",
+                          hint="pass a parquet/CSV path, a pandas DataFrame, or sql=... with url=...")
+
+# %% ../../notebooks/11_datasets.ipynb #0a06e504
+def normalize(df, timestamp_field: str | None):
+    "Plain string columns, default index, UTC timestamps: the canonical form that is hashed and stored."
+    import pandas as pd
+    if df.empty: raise ValidationError("the source has no rows", hint="register a non-empty dataset")
+    if not all(isinstance(c, str) for c in df.columns) or df.columns.duplicated().any():
+        raise ValidationError(f"column names must be unique strings, got {list(df.columns)}")
+    df = df.reset_index(drop=True)
+    for c in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df[c]):
+            df[c] = df[c].dt.tz_localize("UTC") if df[c].dt.tz is None else df[c].dt.tz_convert("UTC")
+            df[c] = df[c].astype("datetime64[us, UTC]")
+    if timestamp_field is not None:
+        if timestamp_field not in df.columns:
+            raise ValidationError(f"timestamp field {timestamp_field!r} is not a column",
+                                  hint=f"columns: {', '.join(df.columns)}")
+        if pd.api.types.is_numeric_dtype(df[timestamp_field]):
+            raise ValidationError(f"timestamp field {timestamp_field!r} holds numbers, not timestamps",
+                                  hint="convert it first, e.g. df[col] = pd.to_datetime(df[col], unit='s', utc=True)")
+        if not pd.api.types.is_datetime64_any_dtype(df[timestamp_field]):
+            try: df[timestamp_field] = pd.to_datetime(df[timestamp_field], utc=True).astype("datetime64[us, UTC]")
+            except (ValueError, TypeError) as e:
+                raise ValidationError(f"timestamp field {timestamp_field!r} is not parseable as timestamps: {e}") from None
+        if df[timestamp_field].isna().any():
+            raise ValidationError(f"timestamp field {timestamp_field!r} has {int(df[timestamp_field].isna().sum())} empty values",
+                                  hint="every row needs an event time for point-in-time joins")
+    return df
+
+# %% ../../notebooks/11_datasets.ipynb #3c2e4c23
+def insert_version(ws, table_name: str, name: str, write, what: str) -> int:
+    """Add version n+1 of `name` to table `table_name` and return n+1. `write(conn, version, now)` inserts the row,
+    and whatever must commit with it, in the same transaction."""
+    import sqlalchemy as sa
+    t = table(table_name)
+    for _ in range(20):
+        try:
+            with ws.engine.begin() as c:
+                v = (c.execute(sa.select(sa.func.max(t.c.version)).where(t.c.name == name)).scalar() or 0) + 1
+                write(c, v, utcnow())
+            return v
+        except sa.exc.IntegrityError:
+            continue  # a concurrent writer took this version number: take the next
+    raise ConflictError(f"could not allocate a version for {what} {name!r} (heavy contention)", hint="retry")
+
+# %% ../../notebooks/11_datasets.ipynb #c8280775
 @dataclass
 class DatasetVersion:
     "One immutable snapshot of a data source."
@@ -76,184 +220,10 @@ class DatasetVersion:
         dv = cls(**d); dv._sealer = sealer  # opens a sealed snapshot (not a field: never serialized)
         return dv
 
-# %% ../../notebooks/11_datasets.ipynb #08a9e3f8
-def _table_hash(t, frame=None) -> str:
-    """sha256 of a table's logical content: column names and Arrow types, then each column's values.
-    Values are hashed from the pandas view of the Arrow data (`frame`, if the caller has it already), so
-    physical layout — chunking, validity bitmaps, bytes under nulls, which differ between a table built in
-    memory and the same table read back from parquet — never changes the hash."""
-    import pandas as pd
-    h = hashlib.sha256(dumps([(f.name, str(f.type)) for f in t.schema]).encode())
-    frame = t.to_pandas() if frame is None else frame
-    import pyarrow as pa
-    for f, c in zip(t.schema, frame.columns):
-        if pa.types.is_nested(f.type):  # lists/structs (embeddings): hash a canonical JSON of the values
-            h.update(c.encode() + b"\0" + dumps(t.column(f.name).to_pylist()).encode())
-        else:
-            h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
-    return h.hexdigest()
-
-def read_verified(path, content_hash: str, what: str, hint: str, sealer=None, context: str | None = None):
-    """A stored parquet file as a DataFrame, refused unless it still hashes to `content_hash` (missing or altered
-    files too). A sealed file (`.enc`) is decrypted in memory by `sealer` first; a tampered one never loads."""
-    import pyarrow as pa, pyarrow.parquet as pq
-    from mlplat.errors import AuditIntegrityError
-    try:
-        src = str(path)
-        if src.endswith(".enc"):
-            if sealer is None: raise ValidationError(f"{what} is sealed and no key provider was given to open it")
-            src = pa.BufferReader(sealer.open_bytes(path, context, require_sealed=True))
-        t = pq.read_table(src); df = t.to_pandas(); ok = _table_hash(t, df) == content_hash
-    except (OSError, ValueError):  # missing or unreadable file
-        ok = False
-    if not ok:
-        raise AuditIntegrityError(f"{what} does not match its content hash", hint=hint)
-    return df
-
-def snapshot_path(folder: Path, h: str, sealer=None) -> Path:
-    "Where a new snapshot of content hash `h` goes: `<h>.parquet`, or `<h>.parquet.enc` when encryption at rest is on."
-    return Path(folder)/(f"{h}.parquet" + (".enc" if sealer is not None and sealer.enabled else ""))
-
-def _write_snapshot(t, dest: Path, sealer=None, context: str = "") -> Path:
-    """Write a parquet snapshot to `dest` atomically (temp file + rename): no reader ever sees half a file.
-    A `.enc` destination is sealed by `sealer`; the plaintext parquet then exists only in memory."""
-    import pyarrow as pa, pyarrow.parquet as pq
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.name.endswith(".enc"):
-        buf = pa.BufferOutputStream(); pq.write_table(t, buf)
-        return sealer.seal_to(memoryview(buf.getvalue()), dest, context)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp"); os.close(fd)
-    try:
-        pq.write_table(t, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return dest
-
-def read_frame(path) -> "pd.DataFrame":
-    "A parquet or CSV file as a DataFrame, with clear errors (for entity frames and event files)."
-    return _read_source(path, None, None)[0]
-
-def _read_source(source, sql: str | None, url: str | None):
-    "Load the source into a DataFrame; return (df, kind, description)."
-    import pandas as pd
-    if sql is not None:
-        if not url: raise ValidationError("a SQL source needs a database URL", hint="pass url='sqlite:///path.db' (any SQLAlchemy URL)")
-        import sqlalchemy as sa
-        safe = redact_url(url)
-        try:
-            eng = sa.create_engine(url)
-            with eng.connect() as c: df = pd.read_sql(sa.text(sql), c)
-        except Exception as e:  # the driver's own error text is what the user needs; never the URL's secrets
-            msg = redact(str(getattr(e, "orig", e)).replace(url, safe))
-            raise ValidationError(f"the SQL query failed on {safe}: {msg}",
-                                  hint="check the query and the URL; it must be a SELECT returning rows") from None
-        return df, "sql", f"{safe} :: {sql}"
-    if isinstance(source, pd.DataFrame): return source.copy(), "dataframe", f"DataFrame{tuple(source.shape)}"
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source).expanduser()
-        if not p.is_file(): raise NotFoundError(f"no such data file: {p}", hint="check the path (relative to the working directory)")
-        suffixes = "".join(p.suffixes[-2:]).lower()
-        try:
-            if p.suffix.lower() in (".parquet", ".pq"): df = pd.read_parquet(p)
-            elif suffixes.endswith((".csv", ".csv.gz")): df = pd.read_csv(p)
-            else: raise ValidationError(f"unsupported file type {p.suffix!r} for {p.name}", hint="use .parquet or .csv")
-        except (ValueError, OSError) as e:
-            if isinstance(e, ValidationError): raise
-            raise ValidationError(f"cannot read {p}: {e}", hint="is it a valid parquet/CSV file?") from None
-        return df, "file", str(p.resolve())
-    raise ValidationError(f"cannot register a source of type {type(source).__name__}",
-                          hint="pass a parquet/CSV path, a pandas DataFrame, or sql=... with url=...")
-
-def normalize(df, timestamp_field: str | None):
-    "Plain string columns, default index, UTC timestamps: the canonical form that is hashed and stored."
-    import pandas as pd
-    if df.empty: raise ValidationError("the source has no rows", hint="register a non-empty dataset")
-    if not all(isinstance(c, str) for c in df.columns) or df.columns.duplicated().any():
-        raise ValidationError(f"column names must be unique strings, got {list(df.columns)}")
-    df = df.reset_index(drop=True)
-    for c in df.columns:
-        if pd.api.types.is_datetime64_any_dtype(df[c]):
-            df[c] = df[c].dt.tz_localize("UTC") if df[c].dt.tz is None else df[c].dt.tz_convert("UTC")
-            df[c] = df[c].astype("datetime64[us, UTC]")
-    if timestamp_field is not None:
-        if timestamp_field not in df.columns:
-            raise ValidationError(f"timestamp field {timestamp_field!r} is not a column",
-                                  hint=f"columns: {', '.join(df.columns)}")
-        if pd.api.types.is_numeric_dtype(df[timestamp_field]):
-            raise ValidationError(f"timestamp field {timestamp_field!r} holds numbers, not timestamps",
-                                  hint="convert it first, e.g. df[col] = pd.to_datetime(df[col], unit='s', utc=True)")
-        if not pd.api.types.is_datetime64_any_dtype(df[timestamp_field]):
-            try: df[timestamp_field] = pd.to_datetime(df[timestamp_field], utc=True).astype("datetime64[us, UTC]")
-            except (ValueError, TypeError) as e:
-                raise ValidationError(f"timestamp field {timestamp_field!r} is not parseable as timestamps: {e}") from None
-        if df[timestamp_field].isna().any():
-            raise ValidationError(f"timestamp field {timestamp_field!r} has {int(df[timestamp_field].isna().sum())} empty values",
-                                  hint="every row needs an event time for point-in-time joins")
-    return df
-
-# %% ../../notebooks/11_datasets.ipynb #9d1f57f3
-class Datasets:
-    "Dataset versions of one workspace (reached as `ws.features.datasets` / `ws.features.register_source`)."
+# %% ../../notebooks/11_datasets.ipynb #4bf15702
+class DatasetCatalog:
+    "Reading dataset versions: by `name` or `name@version`, every version of a name, the latest of each."
     def __init__(self, ws): self.ws = ws
-
-    def register(self, name: str, source=None, *, classification: str, region: str | None = None,
-                 timestamp_field: str | None = None, sql: str | None = None, url: str | None = None) -> DatasetVersion:
-        """Snapshot `source` (path, DataFrame, or `sql` + `url`) as a version of dataset `name`.
-        `region` is where the source lives (default: the workspace region); the snapshot is stored in the
-        workspace region. The latest version is reused when data *and* metadata are identical."""
-        import pyarrow as pa
-        check_name(name, "dataset")
-        ws, gov = self.ws, self.ws.governance
-        region = region or ws.config.workspace.region
-        store_region = ws.config.workspace.region
-        gov.residency.validate_classification(classification)
-        with gov.operation("datasets.register", f"dataset:{name}", "datasets:register", store_region,
-                           classification, {"source_region": region}, also_regions=(region,)) as audit:
-            df, kind, desc = _read_source(source, sql, url)
-            df = normalize(df, timestamp_field)
-            try: t = pa.Table.from_pandas(df, preserve_index=False)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
-                raise ValidationError(f"a column has mixed or unsupported values: {e}", hint="give each column one type") from None
-            h = _table_hash(t)
-            latest = self._find(name)
-            if latest and (latest.content_hash, latest.classification, latest.timestamp_field, latest.source_region) == \
-                    (h, classification, timestamp_field, region):
-                self._ensure_file(latest, t)
-                audit.update(version=latest.version, content_hash=h, reused=True)
-                return latest
-            final = _write_snapshot(t, snapshot_path(ws.config.home/"data"/"datasets"/name, h, ws.crypto), ws.crypto, f"dataset:{name}")
-            schema = {f.name: str(f.type) for f in t.schema}
-            dv = self._insert(name, h, final, len(df), schema, timestamp_field, store_region, region, classification, kind, desc)
-            audit.update(version=dv.version, content_hash=h, rows=dv.rows)
-            return dv
-
-    def _ensure_file(self, dv: DatasetVersion, t):
-        "A reused version whose file went missing or was altered is rewritten from the identical data in hand."
-        from mlplat.errors import AuditIntegrityError
-        try: dv.to_df()
-        except AuditIntegrityError: _write_snapshot(t, Path(dv.path), self.ws.crypto, f"dataset:{dv.name}")
-
-    def _insert(self, name, h, path, rows, schema, ts, region, source_region, classification, kind, desc) -> DatasetVersion:
-        import sqlalchemy as sa
-        from sqlalchemy.exc import IntegrityError
-        t = table("datasets")
-        for _ in range(20):
-            try:
-                with self.ws.engine.begin() as c:
-                    v = (c.execute(sa.select(sa.func.max(t.c.version)).where(t.c.name == name)).scalar() or 0) + 1
-                    now = utcnow()
-                    c.execute(t.insert().values(
-                        name=name, version=v, content_hash=h, path=str(Path(path).relative_to(self.ws.config.home)), rows=rows,
-                        schema_json=dumps(schema), timestamp_field=ts, region=region, source_region=source_region,
-                        classification=classification, source_kind=kind, source_desc=desc,
-                        created_by=self.ws.principal.name, created_at=now))
-                    # the lineage edge commits with the version: a version never exists without its origin
-                    c.execute(table("lineage").insert().values(src=f"source:{kind}:{desc[:250]}", dst=f"dataset:{name}@{v}", created_at=now))
-                return self._find(name, v)
-            except IntegrityError:
-                continue  # a concurrent register took this version number: take the next
-        raise ConflictError(f"could not allocate a version for dataset {name!r} (heavy contention)", hint="retry")
 
     def _find(self, name: str, version: int | None = None) -> DatasetVersion | None:
         import sqlalchemy as sa
@@ -292,3 +262,48 @@ class Datasets:
         latest = sa.select(t.c.name, sa.func.max(t.c.version).label("v")).group_by(t.c.name).subquery()
         q = sa.select(t).join(latest, (t.c.name == latest.c.name) & (t.c.version == latest.c.v)).order_by(t.c.name)
         with self.ws.engine.connect() as c: return [DatasetVersion.from_row(r, self.ws.config.home, self.ws.crypto) for r in c.execute(q)]
+
+# %% ../../notebooks/11_datasets.ipynb #9d1f57f3
+class Datasets(DatasetCatalog):
+    "Dataset versions of one workspace (reached as `ws.features.datasets` / `ws.features.register_source`)."
+
+    def register(self, name: str, source=None, *, classification: str, region: str | None = None,
+                 timestamp_field: str | None = None, sql: str | None = None, url: str | None = None) -> DatasetVersion:
+        """Snapshot `source` (path, DataFrame, or `sql` + `url`) as a version of dataset `name`.
+        `region` is where the source lives (default: the workspace region); the snapshot is stored in the
+        workspace region. The latest version is reused when data *and* metadata are identical."""
+        import pyarrow as pa
+        check_name(name, "dataset")
+        ws, gov = self.ws, self.ws.governance
+        region = region or ws.config.workspace.region
+        store_region = ws.config.workspace.region
+        gov.residency.validate_classification(classification)
+        with gov.operation("datasets.register", f"dataset:{name}", "datasets:register", store_region,
+                           classification, {"source_region": region}, also_regions=(region,)) as audit:
+            df, kind, desc = _read_source(source, sql, url)
+            df = normalize(df, timestamp_field)
+            try: t = pa.Table.from_pandas(df, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+                raise ValidationError(f"a column has mixed or unsupported values: {e}", hint="give each column one type") from None
+            h = table_hash(t)
+            latest = self._find(name)
+            if latest and (latest.content_hash, latest.classification, latest.timestamp_field, latest.source_region) == \
+                    (h, classification, timestamp_field, region):
+                repair_snapshot(latest.to_df, t, latest.path, ws.crypto, f"dataset:{name}")
+                audit.update(version=latest.version, content_hash=h, reused=True)
+                return latest
+            final = write_snapshot(t, snapshot_path(ws.config.home/"data"/"datasets"/name, h, ws.crypto), ws.crypto, f"dataset:{name}")
+            schema = {f.name: str(f.type) for f in t.schema}
+            dv = self._insert(name, h, final, len(df), schema, timestamp_field, store_region, region, classification, kind, desc)
+            audit.update(version=dv.version, content_hash=h, rows=dv.rows)
+            return dv
+
+    def _insert(self, name, h, path, rows, schema, ts, region, source_region, classification, kind, desc) -> DatasetVersion:
+        def write(c, v, now):
+            c.execute(table("datasets").insert().values(
+                name=name, version=v, content_hash=h, path=str(Path(path).relative_to(self.ws.config.home)), rows=rows,
+                schema_json=dumps(schema), timestamp_field=ts, region=region, source_region=source_region,
+                classification=classification, source_kind=kind, source_desc=desc,
+                created_by=self.ws.principal.name, created_at=now))
+            c.execute(table("lineage").insert().values(src=f"source:{kind}:{desc[:250]}", dst=f"dataset:{name}@{v}", created_at=now))
+        return self._find(name, insert_version(self.ws, "datasets", name, write, "dataset"))

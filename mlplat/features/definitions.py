@@ -23,7 +23,7 @@ VALUE_TYPES = ("int64", "int32", "string")
 
 # %% auto #0
 __all__ = ['DTYPES', 'VALUE_TYPES', 'KINDS', 'FIELD_TYPES', 'Entity', 'Feature', 'FeatureView', 'FeatureService', 'Definitions',
-           'coerce_column', 'spec_dict', 'load_definitions', 'validate']
+           'coerce_column', 'spec_dict', 'spec_from_dict', 'load_definitions', 'validate']
 
 # %% ../../notebooks/12_definitions.ipynb #80b91fda
 @dataclass
@@ -78,6 +78,7 @@ class Definitions:
     feature_services: list = field(default_factory=list)
     def __len__(self): return len(self.entities) + len(self.feature_views) + len(self.feature_services)
 
+# %% ../../notebooks/12_definitions.ipynb #f2907f9e
 def coerce_column(col, dtype: str, what: str):
     "`col` converted to mlplat `dtype` (int64, float64, string, ...) or a ValidationError naming the bad value."
     import pandas as pd
@@ -102,6 +103,10 @@ def spec_dict(spec) -> dict:
     d = asdict(spec)
     if isinstance(spec, FeatureView): d["ttl"] = int(parse_duration(spec.ttl, "ttl", allow_zero=True).total_seconds())
     return d
+
+def spec_from_dict(kind: str, d: dict):
+    "A spec object back from its stored dict (the pinned dataset version stays as its source)."
+    return KINDS[kind](**{k: v for k, v in d.items() if k not in ("dataset", "view_versions")})
 
 # %% ../../notebooks/12_definitions.ipynb #a4447c60
 def _build(kind, items, path):
@@ -160,6 +165,13 @@ FIELD_TYPES = {"description": str, "owner": str, "tags": dict, "online": bool, "
                "value_type": str, "timestamp_field": str, "created_timestamp_field": str, "source": str,
                "entities": list, "features": list}
 
+def _by_kind(defs: Definitions):
+    return (("entity", defs.entities), ("feature_view", defs.feature_views), ("feature_service", defs.feature_services))
+
+def _problems(errors: list) -> ValidationError:
+    return ValidationError(f"{len(errors)} problem(s) in the feature definitions; nothing was applied:\n  - " + "\n  - ".join(errors),
+                           hint="fix them and apply again")
+
 def _field_types(kind, s, errors):
     for f, typ in FIELD_TYPES.items():
         v = getattr(s, f, None)
@@ -168,28 +180,24 @@ def _field_types(kind, s, errors):
     if isinstance(getattr(s, "tags", None), dict) and not all(isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in s.tags.items()):
         errors.append(f"{kind.replace('_', ' ')} {s.name!r}: tags must map names to plain values")
 
-def validate(defs: Definitions, datasets, applied: dict) -> dict:
-    """Check `defs` against registered `datasets` and `applied` ({kind: {name: spec_dict}});
-    return {kind: {name: resolved spec_dict}}. Raises one ValidationError listing every problem."""
-    errors, out = [], {k: {} for k in KINDS}
-    for kind, items in (("entity", defs.entities), ("feature_view", defs.feature_views), ("feature_service", defs.feature_services)):
-        for s in items: _field_types(kind, s, errors)
-    if errors:
-        raise ValidationError(f"{len(errors)} problem(s) in the feature definitions; nothing was applied:\n  - " + "\n  - ".join(errors),
-                              hint="fix them and apply again")
-    for kind, items in (("entity", defs.entities), ("feature_view", defs.feature_views), ("feature_service", defs.feature_services)):
+def _check_names(defs: Definitions, errors: list):
+    for kind, items in _by_kind(defs):
         seen = set()
         for s in items:
             try: check_name(s.name, kind.replace("_", " "))
             except ValidationError as e: errors.append(e.message); continue
             if s.name in seen: errors.append(f"duplicate {kind.replace('_', ' ')} name {s.name!r} in the definitions")
             seen.add(s.name)
-    entities = {**applied.get("entity", {}), **{e.name: spec_dict(e) for e in defs.entities}}
+
+# %% ../../notebooks/12_definitions.ipynb #5e39eea3
+def _check_entities(defs: Definitions, applied: dict, errors: list) -> dict:
+    "The batch's entities as spec dicts, after checking their types and keys."
+    out = {}
     for e in defs.entities:
         if e.value_type not in VALUE_TYPES: errors.append(f"entity {e.name!r}: value_type {e.value_type!r} is not one of {', '.join(VALUE_TYPES)}")
         try: check_name(e.join_key, "join key")
         except ValidationError as err: errors.append(f"entity {e.name!r}: {err.message}")
-        out["entity"][e.name] = spec_dict(e)
+        out[e.name] = spec_dict(e)
     in_batch = {fv.name for fv in defs.feature_views}
     for e in defs.entities:  # a changed join key or type must not strand views applied earlier
         old = applied.get("entity", {}).get(e.name)
@@ -198,37 +206,52 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
             if users:
                 errors.append(f"entity {e.name!r}: changing join_key/value_type from {old['join_key']}/{old['value_type']} "
                               f"to {e.join_key}/{e.value_type} would break feature view(s) {', '.join(users)}; apply them in the same batch")
-    views = dict(applied.get("feature_view", {}))
-    for fv in defs.feature_views:
-        where = f"feature view {fv.name!r}"
-        d = spec_dict(fv) if _ttl_ok(fv, where, errors) else None
-        if d is None: continue
-        if not fv.entities: errors.append(f"{where}: needs at least one entity")
-        if not fv.features: errors.append(f"{where}: needs at least one feature")
-        for en in fv.entities:
-            if en not in entities: errors.append(f"{where}: unknown entity {en!r} (known: {', '.join(entities) or 'none'})")
-        try: ds = datasets.get(fv.source)
-        except (NotFoundError, ValidationError) as e: errors.append(f"{where}: source {e.message}"); continue
-        # the snapshot's file path is looked up at apply time, not versioned: moving a workspace is no new definition
-        d["source"], d["dataset"] = ds.id, {"name": ds.name, "version": ds.version,
-                                            "classification": ds.classification, "region": ds.region}
-        cols = ds.schema
-        ts = fv.timestamp_field or ds.timestamp_field or ""
-        if not ts: errors.append(f"{where}: no timestamp field (dataset {ds.id} has none registered)")
-        elif ts not in cols: errors.append(f"{where}: timestamp field {ts!r} is not a column of {ds.id} (columns: {', '.join(cols)})")
-        elif not cols[ts].startswith("timestamp"): errors.append(f"{where}: timestamp field {ts!r} of {ds.id} is {cols[ts]}, not a timestamp")
-        d["timestamp_field"] = ts
-        if fv.created_timestamp_field and fv.created_timestamp_field not in cols:
-            errors.append(f"{where}: created timestamp field {fv.created_timestamp_field!r} is not a column of {ds.id}")
-        for en in (e for e in fv.entities if e in entities):
-            jk, vt = entities[en]["join_key"], entities[en]["value_type"]
-            if jk not in cols: errors.append(f"{where}: join key {jk!r} of entity {en!r} is not a column of {ds.id}")
-            elif cols[jk] not in DTYPES[vt]: errors.append(f"{where}: join key {jk!r} is {cols[jk]} in {ds.id} but entity {en!r} is {vt}")
-        for f in fv.features:
-            if f.dtype not in DTYPES: errors.append(f"{where}: feature {f.name!r} has unknown dtype {f.dtype!r} (use {', '.join(DTYPES)})")
-            elif f.name not in cols: errors.append(f"{where}: feature {f.name!r} is not a column of {ds.id} (columns: {', '.join(cols)})")
-            elif cols[f.name] not in DTYPES[f.dtype]: errors.append(f"{where}: feature {f.name!r} is declared {f.dtype} but is {cols[f.name]} in {ds.id}")
-        out["feature_view"][fv.name] = views[fv.name] = d
+    return out
+
+# %% ../../notebooks/12_definitions.ipynb #debc6dfb
+def _ttl_ok(fv, where, errors) -> bool:
+    try: parse_duration(fv.ttl, "ttl", allow_zero=True); return True   # 0: the values never expire
+    except ValidationError as e: errors.append(f"{where}: {e.message}"); return False
+
+def _check_columns(fv: FeatureView, where: str, ds, entities: dict, errors: list) -> str:
+    "Check the view's columns against the schema of dataset version `ds`; return the timestamp field it uses."
+    cols = ds.schema
+    ts = fv.timestamp_field or ds.timestamp_field or ""
+    if not ts: errors.append(f"{where}: no timestamp field (dataset {ds.id} has none registered)")
+    elif ts not in cols: errors.append(f"{where}: timestamp field {ts!r} is not a column of {ds.id} (columns: {', '.join(cols)})")
+    elif not cols[ts].startswith("timestamp"): errors.append(f"{where}: timestamp field {ts!r} of {ds.id} is {cols[ts]}, not a timestamp")
+    if fv.created_timestamp_field and fv.created_timestamp_field not in cols:
+        errors.append(f"{where}: created timestamp field {fv.created_timestamp_field!r} is not a column of {ds.id}")
+    for en in (e for e in fv.entities if e in entities):
+        jk, vt = entities[en]["join_key"], entities[en]["value_type"]
+        if jk not in cols: errors.append(f"{where}: join key {jk!r} of entity {en!r} is not a column of {ds.id}")
+        elif cols[jk] not in DTYPES[vt]: errors.append(f"{where}: join key {jk!r} is {cols[jk]} in {ds.id} but entity {en!r} is {vt}")
+    for f in fv.features:
+        if f.dtype not in DTYPES: errors.append(f"{where}: feature {f.name!r} has unknown dtype {f.dtype!r} (use {', '.join(DTYPES)})")
+        elif f.name not in cols: errors.append(f"{where}: feature {f.name!r} is not a column of {ds.id} (columns: {', '.join(cols)})")
+        elif cols[f.name] not in DTYPES[f.dtype]: errors.append(f"{where}: feature {f.name!r} is declared {f.dtype} but is {cols[f.name]} in {ds.id}")
+    return ts
+
+def _check_view(fv: FeatureView, entities: dict, datasets, errors: list) -> dict | None:
+    "The view's spec dict with its dataset version pinned, or None when it cannot be resolved at all."
+    where = f"feature view {fv.name!r}"
+    d = spec_dict(fv) if _ttl_ok(fv, where, errors) else None
+    if d is None: return None
+    if not fv.entities: errors.append(f"{where}: needs at least one entity")
+    if not fv.features: errors.append(f"{where}: needs at least one feature")
+    for en in fv.entities:
+        if en not in entities: errors.append(f"{where}: unknown entity {en!r} (known: {', '.join(entities) or 'none'})")
+    try: ds = datasets.get(fv.source)
+    except (NotFoundError, ValidationError) as e: errors.append(f"{where}: source {e.message}"); return None
+    # the snapshot's file path is looked up at apply time, not versioned: moving a workspace is no new definition
+    d["source"], d["dataset"] = ds.id, {"name": ds.name, "version": ds.version,
+                                        "classification": ds.classification, "region": ds.region}
+    d["timestamp_field"] = _check_columns(fv, where, ds, entities, errors)
+    return d
+
+# %% ../../notebooks/12_definitions.ipynb #29f83764
+def _check_services(defs: Definitions, views: dict, errors: list) -> dict:
+    out = {}
     for svc in defs.feature_services:
         where = f"feature service {svc.name!r}"
         if not svc.features: errors.append(f"{where}: needs at least one feature")
@@ -237,12 +260,24 @@ def validate(defs: Definitions, datasets, applied: dict) -> dict:
             if view not in views: errors.append(f"{where}: unknown feature view {view!r} (known: {', '.join(views) or 'none'})")
             elif feat and feat not in [f["name"] for f in views[view]["features"]]:
                 errors.append(f"{where}: feature view {view!r} has no feature {feat!r}")
-        out["feature_service"][svc.name] = spec_dict(svc)
-    if errors:
-        raise ValidationError(f"{len(errors)} problem(s) in the feature definitions; nothing was applied:\n  - " + "\n  - ".join(errors),
-                              hint="fix them and apply again")
+        out[svc.name] = spec_dict(svc)
     return out
 
-def _ttl_ok(fv, where, errors) -> bool:
-    try: parse_duration(fv.ttl, "ttl", allow_zero=True); return True   # 0: the values never expire
-    except ValidationError as e: errors.append(f"{where}: {e.message}"); return False
+def validate(defs: Definitions, datasets, applied: dict) -> dict:
+    """Check `defs` against registered `datasets` and `applied` ({kind: {name: spec_dict}});
+    return {kind: {name: resolved spec_dict}}. Raises one ValidationError listing every problem."""
+    errors = []
+    for kind, items in _by_kind(defs):
+        for s in items: _field_types(kind, s, errors)
+    if errors: raise _problems(errors)
+    _check_names(defs, errors)
+    out = {k: {} for k in KINDS}
+    out["entity"] = _check_entities(defs, applied, errors)
+    entities = {**applied.get("entity", {}), **out["entity"]}
+    views = dict(applied.get("feature_view", {}))
+    for fv in defs.feature_views:
+        d = _check_view(fv, entities, datasets, errors)
+        if d is not None: out["feature_view"][fv.name] = views[fv.name] = d
+    out["feature_service"] = _check_services(defs, views, errors)
+    if errors: raise _problems(errors)
+    return out

@@ -8,9 +8,11 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from ..errors import ValidationError
+
 # %% auto #0
-__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged', 'push_source_name',
-           'to_feast', 'to_feast_services']
+__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged', 'with_fresh_registry',
+           'push_source_name', 'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def feature_store_yaml(config) -> str:
@@ -100,6 +102,20 @@ class _NoMemoryUriWarnings(logging.Filter):
     def filter(self, record): return "memory://mlplat" not in record.getMessage()
 
 logging.getLogger("feast.infra.offline_stores.file_source").addFilter(_NoMemoryUriWarnings())
+
+# %% ../../notebooks/13_feast_repo.ipynb #7baa6ba5
+def with_fresh_registry(store, call):
+    """Run a Feast call; if `store`'s cached registry predates an apply made by another process
+    (the CLI, a pipeline), refresh it once and retry instead of failing."""
+    import_feast()
+    from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
+    try: return call()
+    except (FeatureViewNotFoundException, FeatureServiceNotFoundException):
+        store.refresh_registry()
+    try: return call()
+    except (FeatureViewNotFoundException, FeatureServiceNotFoundException) as e:
+        raise ValidationError(f"Feast's registry does not know what the workspace defines: {e}",
+                              hint="run `mlplat features sync` (ws.features.sync()) to re-apply the definitions") from None
 
 # %% ../../notebooks/13_feast_repo.ipynb #fb37bb7c
 def _value_type(name):

@@ -9,47 +9,14 @@ import contextlib
 import sys
 from datetime import datetime, timezone
 
-from ..errors import NotFoundError, ValidationError
+from ..errors import ValidationError
 from .definitions import coerce_column
-from .feast_repo import feast_uri, import_feast, push_source_name, staged
+from .feast_repo import feast_uri, import_feast, push_source_name, staged, with_fresh_registry
 
 # %% auto #0
-__all__ = ['materialize', 'with_fresh_registry', 'online_features', 'push']
+__all__ = ['materialize', 'online_features', 'push']
 
 # %% ../../notebooks/16_online.ipynb #446f2c12
-def materialize(features_api, views=None, end=None) -> dict:
-    """Materialize online feature views (all, or those named) up to `end` (default: now). Incremental for a
-    view whose current version was loaded before; a new view version (new snapshot, changed features) is
-    loaded in full from the start of its snapshot, so the online store never serves an older version."""
-    import pandas as pd
-    ws = features_api.ws
-    ws.governance.authorize("features:materialize", "online_store")
-    latest = features_api.latest("feature_view")
-    names = list(views) if views else [n for n, (_, s) in latest.items() if s["online"]]
-    for n in names:
-        if n not in latest: raise features_api._not_found("feature_view", n)
-        if not latest[n][1]["online"]: raise ValidationError(f"feature view {n!r} is offline-only (online: false)")
-    if not names: raise ValidationError("there is no online feature view to materialize", hint="apply definitions first")
-    try: end = pd.Timestamp(end or datetime.now(timezone.utc))
-    except (ValueError, TypeError) as e: raise ValidationError(f"invalid end time {end!r}: {e}") from None
-    end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).to_pydatetime()
-    region = ws.config.online_store_region
-    classification = ws.governance.residency.most_sensitive([latest[n][1]["dataset"]["classification"] for n in names])
-    features_api.check_sources({n: latest[n] for n in names})
-    loaded = _materialized_versions(ws)
-    full = [n for n in names if loaded.get(n) != latest[n][0]]
-    with ws.governance.operation("features.materialize", "online_store:" + ",".join(names)[:280], "features:materialize",
-                                 region, classification, {"views": names, "full": full, "end": end.isoformat()}):
-        sources = [features_api.datasets.get(latest[n][1]["source"]).path for n in names]
-        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources):  # Feast's progress bars are progress, not results
-            for n in full:
-                start = _snapshot_start(features_api, latest[n][1])
-                if start < end: features_api.store.materialize(start_date=start, end_date=end, feature_views=[n])
-            incremental = [n for n in names if n not in full]
-            if incremental: features_api.store.materialize_incremental(end_date=end, feature_views=incremental)
-        _record_materialized(ws, {n: latest[n][0] for n in names})
-    return {"views": names, "full": full, "end": end.isoformat(), "online_store": ws.config.feast.online_store, "region": region}
-
 def _store_key(ws) -> str:
     "Identifies the online store, so switching stores (SQLite -> Redis) reloads everything."
     f = ws.config.feast
@@ -81,19 +48,59 @@ def _snapshot_start(features_api, spec):
     lo = pc.min(col).as_py()
     return lo.replace(tzinfo=lo.tzinfo or timezone.utc) if lo else datetime.now(timezone.utc)
 
+# %% ../../notebooks/16_online.ipynb #b44ad7a1
+def _online_views(features_api, views, latest: dict) -> list:
+    "The views to materialize: those named, or every online view."
+    names = list(views) if views else [n for n, (_, s) in latest.items() if s["online"]]
+    for n in names:
+        if n not in latest: raise features_api.not_found("feature_view", n)
+        if not latest[n][1]["online"]: raise ValidationError(f"feature view {n!r} is offline-only (online: false)")
+    if not names: raise ValidationError("there is no online feature view to materialize", hint="apply definitions first")
+    return names
+
+def _end_time(end) -> datetime:
+    import pandas as pd
+    try: end = pd.Timestamp(end or datetime.now(timezone.utc))
+    except (ValueError, TypeError) as e: raise ValidationError(f"invalid end time {end!r}: {e}") from None
+    return (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).to_pydatetime()
+
+def materialize(features_api, views=None, end=None) -> dict:
+    """Materialize online feature views (all, or those named) up to `end` (default: now). Incremental for a
+    view whose current version was loaded before; a new view version (new snapshot, changed features) is
+    loaded in full from the start of its snapshot, so the online store never serves an older version."""
+    ws = features_api.ws
+    ws.governance.authorize("features:materialize", "online_store")
+    latest = features_api.latest("feature_view")
+    names = _online_views(features_api, views, latest)
+    end = _end_time(end)
+    region = ws.config.online_store_region
+    classification = ws.governance.residency.most_sensitive([latest[n][1]["dataset"]["classification"] for n in names])
+    features_api.check_sources({n: latest[n] for n in names})
+    loaded = _materialized_versions(ws)
+    full = [n for n in names if loaded.get(n) != latest[n][0]]
+    with ws.governance.operation("features.materialize", "online_store:" + ",".join(names)[:280], "features:materialize",
+                                 region, classification, {"views": names, "full": full, "end": end.isoformat()}):
+        sources = [features_api.datasets.get(latest[n][1]["source"]).path for n in names]
+        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources):  # Feast's progress bars are progress, not results
+            for n in full:
+                start = _snapshot_start(features_api, latest[n][1])
+                if start < end: features_api.store.materialize(start_date=start, end_date=end, feature_views=[n])
+            incremental = [n for n in names if n not in full]
+            if incremental: features_api.store.materialize_incremental(end_date=end, feature_views=incremental)
+        _record_materialized(ws, {n: latest[n][0] for n in names})
+    return {"views": names, "full": full, "end": end.isoformat(), "online_store": ws.config.feast.online_store, "region": region}
+
 # %% ../../notebooks/16_online.ipynb #c3ca5d32
-def with_fresh_registry(features_api, call):
-    """Run a Feast call; if Feast's cached registry predates an apply made by another process
-    (the CLI, a pipeline), refresh it once and retry instead of failing."""
-    import_feast()
-    from feast.errors import FeatureServiceNotFoundException, FeatureViewNotFoundException
-    try: return call()
-    except (FeatureViewNotFoundException, FeatureServiceNotFoundException):
-        features_api.store.refresh_registry()
-    try: return call()
-    except (FeatureViewNotFoundException, FeatureServiceNotFoundException) as e:
-        raise ValidationError(f"Feast's registry does not know what the workspace defines: {e}",
-                              hint="run `mlplat features sync` (ws.features.sync()) to re-apply the definitions") from None
+def _typed_row(row: dict, key_types: dict) -> dict:
+    "An entity row with its join keys converted to the entities' types ('42' -> 42 for int64 keys, 42 -> '42' for strings)."
+    missing = [k for k in key_types if k not in row]
+    if missing: raise ValidationError(f"entity row {row!r} lacks join key(s) {missing}")
+    out = dict(row)
+    for k, vt in key_types.items():
+        v = row[k]
+        try: out[k] = str(v) if vt == "string" else int(v) if not isinstance(v, int) or isinstance(v, bool) else v
+        except (TypeError, ValueError): raise ValidationError(f"join key {k}={v!r} is not a valid {vt}") from None
+    return out
 
 def online_features(features_api, entity_rows, features=None, service=None, as_frame: bool = False):
     "Latest online values for `entity_rows` (list of dicts, or dict of lists); dict of lists or a DataFrame."
@@ -109,35 +116,18 @@ def online_features(features_api, entity_rows, features=None, service=None, as_f
     if isinstance(entity_rows, dict): entity_rows = [dict(zip(entity_rows, vals)) for vals in zip(*entity_rows.values())]
     if not entity_rows: raise ValidationError("no entity rows given", hint="pass e.g. [{'customer_id': 1}]")
     entity_rows = [_typed_row(r, key_types) for r in entity_rows]
+    store = features_api.store
     try:
-        resp = with_fresh_registry(features_api, lambda: features_api.store.get_online_features(features=refs, entity_rows=entity_rows))
+        resp = with_fresh_registry(store, lambda: store.get_online_features(features=refs, entity_rows=entity_rows))
     except (KeyError, ValueError, TypeError) as e:
         cache.pop(key, None)
         raise ValidationError(f"online lookup failed: {e}", hint="entity rows must carry every join key of the requested views") from None
     return resp.to_df() if as_frame else resp.to_dict()
 
-def _typed_row(row: dict, key_types: dict) -> dict:
-    "An entity row with its join keys converted to the entities' types ('42' -> 42 for int64 keys, 42 -> '42' for strings)."
-    missing = [k for k in key_types if k not in row]
-    if missing: raise ValidationError(f"entity row {row!r} lacks join key(s) {missing}")
-    out = dict(row)
-    for k, vt in key_types.items():
-        v = row[k]
-        try: out[k] = str(v) if vt == "string" else int(v) if not isinstance(v, int) or isinstance(v, bool) else v
-        except (TypeError, ValueError): raise ValidationError(f"join key {k}={v!r} is not a valid {vt}") from None
-    return out
-
-def push(features_api, view: str, df) -> dict:
-    "Write events to the online store of a push-enabled view now (no batch materialization)."
+# %% ../../notebooks/16_online.ipynb #aed39759
+def _push_frame(spec: dict, entities: dict, view: str, df):
+    "The events as the view's columns, typed as declared."
     import pandas as pd
-    ws = features_api.ws
-    ws.governance.authorize("features:push", f"feature_view:{view}")
-    cur = features_api.latest("feature_view").get(view)
-    if not cur: raise features_api._not_found("feature_view", view)
-    spec = cur[1]
-    if not spec["push"]: raise ValidationError(f"feature view {view!r} does not accept pushes", hint="declare it with push: true and apply")
-    if not isinstance(df, pd.DataFrame) or df.empty: raise ValidationError("push needs a non-empty DataFrame of events")
-    entities = features_api.latest("entity")
     need = [entities[e][1]["join_key"] for e in spec["entities"]] + [spec["timestamp_field"]] + [f["name"] for f in spec["features"]]
     missing = [c for c in need if c not in df.columns]
     if missing: raise ValidationError(f"pushed events lack column(s) {missing} of view {view!r}", hint=f"expected columns: {need}")
@@ -150,6 +140,19 @@ def push(features_api, view: str, df) -> dict:
     for e in spec["entities"]:
         k = entities[e][1]["join_key"]; df[k] = coerce_column(df[k], entities[e][1]["value_type"], f"pushed {k!r}")
     for f in spec["features"]: df[f["name"]] = coerce_column(df[f["name"]], f["dtype"], f"pushed {f['name']!r}")
+    return df
+
+def push(features_api, view: str, df) -> dict:
+    "Write events to the online store of a push-enabled view now (no batch materialization)."
+    import pandas as pd
+    ws = features_api.ws
+    ws.governance.authorize("features:push", f"feature_view:{view}")
+    cur = features_api.latest("feature_view").get(view)
+    if not cur: raise features_api.not_found("feature_view", view)
+    spec = cur[1]
+    if not spec["push"]: raise ValidationError(f"feature view {view!r} does not accept pushes", hint="declare it with push: true and apply")
+    if not isinstance(df, pd.DataFrame) or df.empty: raise ValidationError("push needs a non-empty DataFrame of events")
+    df = _push_frame(spec, features_api.latest("entity"), view, df)
     region = ws.config.online_store_region
     with ws.governance.operation("features.push", f"feature_view:{view}", "features:push", region,
                                  spec["dataset"]["classification"], {"rows": len(df)}):

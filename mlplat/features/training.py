@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
-from ..db import dumps, table, utcnow
-from ..errors import AuditIntegrityError, ConflictError, NotFoundError, ValidationError
-from .datasets import _table_hash, _write_snapshot, check_name, parse_ref, read_verified, snapshot_path
+from ..db import dumps, table
+from ..errors import NotFoundError, ValidationError
+from .datasets import (check_name, insert_version, parse_ref, read_verified, repair_snapshot, snapshot_path,
+                                      table_hash, write_snapshot)
 from .definitions import coerce_column
-from .feast_repo import staged
-from .online import with_fresh_registry
+from .feast_repo import staged, with_fresh_registry
 
 ROW_ID = "__mlplat_row_id"
 
@@ -94,21 +92,95 @@ def _entity_frame(entity_df, timestamp_column: str, key_types: dict):
         df[k] = coerce_column(df[k], vt, f"entity_df[{k!r}]")
     return df
 
+def _check_output_names(refs: list, columns, full_feature_names: bool):
+    out_names = [r.replace(":", "__") if full_feature_names else r.split(":")[1] for r in refs]
+    clash = sorted(set(out_names) & set(columns)) or sorted({n for n in out_names if out_names.count(n) > 1})
+    if clash:
+        raise ValidationError(f"feature name(s) {clash} collide with entity_df columns or with each other",
+                              hint="pass full_feature_names=True (columns become view__feature) or rename the columns")
+
+# %% ../../notebooks/15_training.ipynb #626d7793
+def _distinct(q, cols: list):
+    "The distinct `cols` rows of `q`, tagged with a row id, and the row id of each row of `q`."
+    group = q.groupby(cols, sort=False).ngroup().to_numpy()  # numbered in order of first appearance
+    uq = q.loc[~q.duplicated(cols), cols].reset_index(drop=True)
+    uq[ROW_ID] = range(len(uq))
+    return uq, group
+
+def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: dict, entities: dict, full_feature_names: bool):
+    "`df` (a normalized entity frame) with the point-in-time values of `refs` added; returns it and the feature columns."
+    q = df.rename(columns={timestamp_column: "event_timestamp"})
+    result, feat_cols, distinct = df.copy(), [], {}
+    store = features_api.store
+    sources = [features_api.datasets.get(spec["source"]).path for _, spec in views.values()]
+    with staged(features_api.ws.crypto, sources):  # sealed snapshots are decrypted into memory for Feast, never to disk
+        for view, (_, spec) in views.items():
+            keys = tuple(entities[e][1]["join_key"] for e in spec["entities"])
+            if keys not in distinct: distinct[keys] = _distinct(q, ["event_timestamp", *keys])
+            uq, group = distinct[keys]
+            vrefs = [r for r in refs if r.split(":")[0] == view]
+            got = with_fresh_registry(store, lambda: store.get_historical_features(
+                entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
+            cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
+            got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
+            for c in cols: result[c] = got[c].to_numpy()[group]
+            feat_cols += cols
+    return result[[*df.columns, *feat_cols]], feat_cols
+
+# %% ../../notebooks/15_training.ipynb #66483d78
+def _find(ws, name, version=None) -> TrainingSet | None:
+    "A version of training set `name` (the latest when `version` is None)."
+    import sqlalchemy as sa
+    t = table("training_sets")
+    q = sa.select(t).where(t.c.name == name)
+    if version is not None: q = q.where(t.c.version == version)
+    with ws.engine.connect() as c:
+        row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
+    return TrainingSet.from_row(row, ws.config.home, ws.crypto) if row else None
+
+def _insert(ws, name, h, path, rows, schema, refs, lineage, ehash, region, classification) -> TrainingSet:
+    def write(c, v, now):
+        c.execute(table("training_sets").insert().values(
+            id=f"{name}@{v}", name=name, version=v, path=str(Path(path).relative_to(ws.config.home)), rows=rows,
+            schema_json=dumps(schema), features_json=dumps({"features": refs, "lineage": {**lineage, "content_hash": h}}),
+            entity_hash=ehash, region=region, classification=classification, created_by=ws.principal.name, created_at=now))
+        # lineage edges commit with the version: a training set never exists without its lineage
+        c.execute(table("lineage").insert(), [{"src": f"feature_view:{fv}@{ver}", "dst": f"training_set:{name}@{v}", "created_at": now}
+                                              for fv, ver in lineage["feature_views"].items()])
+    return _find(ws, name, version=insert_version(ws, "training_sets", name, write, "training set"))
+
+def _save(ws, name, result, feat_cols, refs, lineage, ehash, region, classification, audit) -> TrainingSet:
+    "Store `result` as the next version of `name`, or reuse the latest when it holds the same rows from the same views."
+    import pyarrow as pa
+    t = pa.Table.from_pandas(result, preserve_index=False)
+    frame = t.to_pandas()  # exactly what reading the stored file back gives
+    h = table_hash(t, frame)
+    latest = _find(ws, name)
+    if latest and latest.lineage.get("content_hash") == h and latest.classification == classification \
+            and latest.lineage.get("feature_views") == lineage["feature_views"]:
+        repair_snapshot(latest.to_df, t, latest.path, ws.crypto, f"training_set:{name}")
+        audit.update(id=latest.id, reused=True)
+        latest._frame = frame
+        return latest
+    final = write_snapshot(t, snapshot_path(ws.config.home/"data"/"training_sets"/name, h, ws.crypto), ws.crypto,
+                           f"training_set:{name}")
+    ts = _insert(ws, name, h, final, len(result), {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
+    ts._frame = frame  # to_df() of the set just built needs no re-read
+    audit.update(id=ts.id, rows_without_any_value=int(result[feat_cols].isna().all(axis=1).sum()))
+    return ts
+
+# %% ../../notebooks/15_training.ipynb #d58e382a
 def build_training_set(features_api, entity_df, features=None, service=None, name: str = "training_set",
                        timestamp_column: str = "event_timestamp", full_feature_names: bool = False) -> TrainingSet:
     "Build, store and return a training set (see the module docs)."
-    import pandas as pd, pyarrow as pa, pyarrow.parquet as pq
+    import pandas as pd
     ws = features_api.ws
     check_name(name, "training set")
     refs, views = features_api.resolve_features(features, service)
     entities = features_api.latest("entity")
     key_types = {entities[e][1]["join_key"]: entities[e][1]["value_type"] for _, spec in views.values() for e in spec["entities"]}
     df = _entity_frame(entity_df, timestamp_column, key_types)
-    out_names = [r.replace(":", "__") if full_feature_names else r.split(":")[1] for r in refs]
-    clash = sorted(set(out_names) & set(df.columns)) or sorted({n for n in out_names if out_names.count(n) > 1})
-    if clash:
-        raise ValidationError(f"feature name(s) {clash} collide with entity_df columns or with each other",
-                              hint="pass full_feature_names=True (columns become view__feature) or rename the columns")
+    _check_output_names(refs, df.columns, full_feature_names)
     classification = ws.governance.residency.most_sensitive([spec["dataset"]["classification"] for _, spec in views.values()])
     lineage = {"feature_views": {v: ver for v, (ver, _) in views.items()},
                "datasets": sorted({spec["source"] for _, spec in views.values()})}
@@ -121,81 +193,10 @@ def build_training_set(features_api, entity_df, features=None, service=None, nam
         if timestamp_column != "event_timestamp" and "event_timestamp" in df.columns:
             raise ValidationError("entity_df has both 'event_timestamp' and the chosen timestamp column",
                                   hint="drop one, or pass timestamp_column='event_timestamp'")
-        q = df.rename(columns={timestamp_column: "event_timestamp"})
-        result, feat_cols, distinct = df.copy(), [], {}
-        # Feast drops an entity row that has no value inside the TTL of *any* requested view (taking the
-        # other views' valid values with it) and collapses duplicate (entity, time) rows. So: one query per
-        # view over the distinct (keys, time) pairs, each tagged with its group number, and the answers
-        # spread back onto every input row by that number, which also keeps the caller's row order.
-        sources = [features_api.datasets.get(spec["source"]).path for _, spec in views.values()]
-        with staged(ws.crypto, sources):  # sealed snapshots are decrypted into memory for Feast, never to disk
-            for view, (_, spec) in views.items():
-                keys = tuple(entities[e][1]["join_key"] for e in spec["entities"])
-                if keys not in distinct:
-                    cols = ["event_timestamp", *keys]
-                    group = q.groupby(cols, sort=False).ngroup().to_numpy()  # numbered in order of first appearance
-                    uq = q.loc[~q.duplicated(cols), cols].reset_index(drop=True)
-                    uq[ROW_ID] = range(len(uq))
-                    distinct[keys] = (uq, group)
-                uq, group = distinct[keys]
-                vrefs = [r for r in refs if r.split(":")[0] == view]
-                got = with_fresh_registry(features_api, lambda: features_api.store.get_historical_features(
-                    entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
-                cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
-                got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
-                for c in cols: result[c] = got[c].to_numpy()[group]
-                feat_cols += cols
-        result = result[[*df.columns, *feat_cols]]
-        t = pa.Table.from_pandas(result, preserve_index=False)
-        frame = t.to_pandas()  # exactly what reading the stored file back gives
-        h = _table_hash(t, frame)
-        latest = _find(ws, name)
-        if latest and latest.lineage.get("content_hash") == h and latest.classification == classification \
-                and latest.lineage.get("feature_views") == lineage["feature_views"]:
-            try: intact = latest.to_df() is not None
-            except AuditIntegrityError: intact = False
-            if not intact: _write_snapshot(t, Path(latest.path), ws.crypto, f"training_set:{name}")  # repair from the rows in hand
-            audit.update(id=latest.id, reused=True)
-            latest._frame = frame
-            return latest
-        final = _write_snapshot(t, snapshot_path(ws.config.home/"data"/"training_sets"/name, h, ws.crypto), ws.crypto,
-                                f"training_set:{name}")
-        ts = _insert(ws, name, h, final, len(result), {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
-        ts._frame = frame  # to_df() of the set just built needs no re-read
-        audit.update(id=ts.id, rows_without_any_value=int(result[feat_cols].isna().all(axis=1).sum()))
-        return ts
+        result, feat_cols = _point_in_time(features_api, df, timestamp_column, refs, views, entities, full_feature_names)
+        return _save(ws, name, result, feat_cols, refs, lineage, ehash, region, classification, audit)
 
-# %% ../../notebooks/15_training.ipynb #66483d78
-def _insert(ws, name, h, path, rows, schema, refs, lineage, ehash, region, classification) -> TrainingSet:
-    import sqlalchemy as sa
-    t = table("training_sets")
-    for _ in range(20):
-        try:
-            with ws.engine.begin() as c:
-                v = (c.execute(sa.select(sa.func.max(t.c.version)).where(t.c.name == name)).scalar() or 0) + 1
-                now = utcnow()
-                c.execute(t.insert().values(id=f"{name}@{v}", name=name, version=v, path=str(Path(path).relative_to(ws.config.home)), rows=rows, schema_json=dumps(schema),
-                                            features_json=dumps({"features": refs, "lineage": {**lineage, "content_hash": h}}),
-                                            entity_hash=ehash, region=region, classification=classification,
-                                            created_by=ws.principal.name, created_at=now))
-                # lineage edges commit with the version: a training set never exists without its lineage
-                c.execute(table("lineage").insert(), [{"src": f"feature_view:{fv}@{ver}", "dst": f"training_set:{name}@{v}", "created_at": now}
-                                                      for fv, ver in lineage["feature_views"].items()])
-            return _find(ws, name, version=v)
-        except sa.exc.IntegrityError:
-            continue
-    raise ConflictError(f"could not allocate a version for training set {name!r}", hint="retry")
-
-def _find(ws, name, version=None) -> TrainingSet | None:
-    "A version of training set `name` (the latest when `version` is None)."
-    import sqlalchemy as sa
-    t = table("training_sets")
-    q = sa.select(t).where(t.c.name == name)
-    if version is not None: q = q.where(t.c.version == version)
-    with ws.engine.connect() as c:
-        row = c.execute(q.order_by(t.c.version.desc()).limit(1)).first()
-    return TrainingSet.from_row(row, ws.config.home, ws.crypto) if row else None
-
+# %% ../../notebooks/15_training.ipynb #f66905be
 def get_training_set(features_api, ref: str) -> TrainingSet:
     "A training set by `name` (latest) or `name@version`."
     features_api.ws.governance.authorize("training_sets:read")
