@@ -76,7 +76,7 @@ class Workspace:
 
     @functools.cached_property
     def models(self):
-        from mlplat.models.registry import Models
+        from mlplat.models.core import Models
         return Models(self)
 
     @functools.cached_property
