@@ -81,7 +81,7 @@ class Workspace:
 
     @functools.cached_property
     def serving(self):
-        from mlplat.serving.app import Serving
+        from mlplat.serving.core import Serving
         return Serving(self)
 
     @functools.cached_property
