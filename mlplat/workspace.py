@@ -76,12 +76,12 @@ class Workspace:
 
     @functools.cached_property
     def models(self):
-        from mlplat.models.registry import Models
+        from mlplat.models.core import Models
         return Models(self)
 
     @functools.cached_property
     def serving(self):
-        from mlplat.serving.app import Serving
+        from mlplat.serving.core import Serving
         return Serving(self)
 
     @functools.cached_property

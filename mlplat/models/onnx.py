@@ -19,8 +19,40 @@ NUMPY_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT6
                "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_, "BYTES": np.object_}
 
 # %% auto #0
-__all__ = ['OIP_TYPES', 'NUMPY_TYPES', 'framework_of', 'export_onnx', 'session', 'signature', 'reference_outputs',
+__all__ = ['OIP_TYPES', 'NUMPY_TYPES', 'session', 'signature', 'reference_outputs', 'framework_of', 'export_onnx',
            'flavor_requirements']
+
+# %% ../../notebooks/50_models_onnx.ipynb #066d3882
+def session(model, threads: int | None = None, providers: list | None = None):
+    "An ONNX Runtime session for ONNX bytes or a path; CPU unless `providers` asks for more."
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    if threads: opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    try: return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:
+        raise ValidationError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from None
+
+def signature(model) -> dict:
+    "Named inputs/outputs with OIP datatypes and shapes (-1 = any size) as ONNX Runtime sees them."
+    s = model if hasattr(model, "get_inputs") else session(model)
+    def spec(a): return {"name": a.name, "datatype": OIP_TYPES.get(a.type, a.type),
+                         "shape": [d if isinstance(d, int) else -1 for d in a.shape]}
+    return {"inputs": [spec(a) for a in s.get_inputs()], "outputs": [spec(a) for a in s.get_outputs()]}
+
+def reference_outputs(model, x: np.ndarray, output_names: list[str]) -> dict:
+    "What the framework model itself predicts for `x`, keyed like the ONNX outputs (for the parity gate)."
+    fw = framework_of(model)
+    if fw == "pytorch":
+        import torch
+        with torch.no_grad(): y = _as_module(model)(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+        return {output_names[0]: y}
+    out = {}
+    for n in output_names:
+        if n == "label": out[n] = model.predict(x)
+        elif n == "probabilities": out[n] = model.predict_proba(x)
+        elif n == "variable": out[n] = np.asarray(model.predict(x)).reshape(len(x), -1)
+    return out
 
 # %% ../../notebooks/50_models_onnx.ipynb #dbf727e3
 def framework_of(model) -> str:
@@ -78,38 +110,6 @@ def export_onnx(model, sample) -> bytes:
     data = _pytorch(model, sample) if fw == "pytorch" else _sklearn(model, sample)
     signature(data)  # fails here, not at serving time, if ONNX Runtime cannot load it
     return data
-
-# %% ../../notebooks/50_models_onnx.ipynb #066d3882
-def session(model, threads: int | None = None, providers: list | None = None):
-    "An ONNX Runtime session for ONNX bytes or a path; CPU unless `providers` asks for more."
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if threads: opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    try: return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:
-        raise ValidationError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from None
-
-def signature(model) -> dict:
-    "Named inputs/outputs with OIP datatypes and shapes (-1 = any size) as ONNX Runtime sees them."
-    s = model if hasattr(model, "get_inputs") else session(model)
-    def spec(a): return {"name": a.name, "datatype": OIP_TYPES.get(a.type, a.type),
-                         "shape": [d if isinstance(d, int) else -1 for d in a.shape]}
-    return {"inputs": [spec(a) for a in s.get_inputs()], "outputs": [spec(a) for a in s.get_outputs()]}
-
-def reference_outputs(model, x: np.ndarray, output_names: list[str]) -> dict:
-    "What the framework model itself predicts for `x`, keyed like the ONNX outputs (for the parity gate)."
-    fw = framework_of(model)
-    if fw == "pytorch":
-        import torch
-        with torch.no_grad(): y = _as_module(model)(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
-        return {output_names[0]: y}
-    out = {}
-    for n in output_names:
-        if n == "label": out[n] = model.predict(x)
-        elif n == "probabilities": out[n] = model.predict_proba(x)
-        elif n == "variable": out[n] = np.asarray(model.predict(x)).reshape(len(x), -1)
-    return out
 
 # %% ../../notebooks/50_models_onnx.ipynb #4a35ca0f
 def flavor_requirements(flavor: str, extra: list | None = None) -> list[str]:

@@ -16,16 +16,54 @@ ROLLOUT_DEFAULTS = {"steps": [10, 25, 50, 100], "interval_s": 60.0, "min_request
                     "max_error_rate_delta": 0.01, "max_p99_ratio": 1.5}
 
 # %% auto #0
-__all__ = ['SCALE_METRICS', 'ROLLOUT_DEFAULTS', 'SEALED_RUNTIME', 'Variant', 'Deployment', 'render_inference_service',
-           'storage_uri', 'render_for']
+__all__ = ['SCALE_METRICS', 'ROLLOUT_DEFAULTS', 'SEALED_RUNTIME', 'Variant', 'variant_problems', 'scaling_problems',
+           'rollout_problems', 'Deployment', 'render_inference_service', 'storage_uri', 'render_for']
 
-# %% ../../notebooks/57_serving_deployment.ipynb #26ed03e6
+# %% ../../notebooks/57_serving_deployment.ipynb #23c82ae3
 @dataclass
 class Variant:
     name: str
     uri: str
     weight: int = 100
 
+def variant_problems(variants: list, check_sum: bool = True) -> list[str]:
+    "What is wrong with a deployment's variants: duplicate names, weights outside 0..100 or (`check_sum`) not summing to 100."
+    p, names = [], [v.name for v in variants]
+    if len(set(names)) != len(names): p.append(f"variant names must be unique, got {names}")
+    for v in variants:
+        if not isinstance(v.weight, int) or isinstance(v.weight, bool) or not 0 <= v.weight <= 100:
+            p.append(f"variant {v.name!r}: weight must be an integer 0..100, got {v.weight!r}")
+    if check_sum and not p and sum(v.weight for v in variants) != 100:
+        p.append(f"variant weights must sum to 100, got {sum(v.weight for v in variants)}")
+    return p
+
+def scaling_problems(batching: dict, autoscaling: dict, resources: dict) -> list[str]:
+    "What is wrong with a deployment's batching, autoscaling and resources sections."
+    p, b, a = [], batching, autoscaling
+    if set(b) - {"max_batch_size", "max_queue_delay_ms", "max_queue"}: p.append(f"batching: unknown field(s) {sorted(set(b) - {'max_batch_size', 'max_queue_delay_ms', 'max_queue'})}")
+    if set(a) - {"min_replicas", "max_replicas", "metric", "target"}:
+        p.append(f"autoscaling: unknown field(s) {sorted(set(a) - {'min_replicas', 'max_replicas', 'metric', 'target'})}")
+    if a.get("metric", "concurrency") not in SCALE_METRICS: p.append(f"autoscaling.metric must be one of {SCALE_METRICS}")
+    if int(a.get("min_replicas", 1)) > int(a.get("max_replicas", max(1, int(a.get("min_replicas", 1))))):
+        p.append("autoscaling.min_replicas exceeds max_replicas")
+    if set(resources) - {"cpu", "memory", "gpus"}: p.append("resources takes cpu, memory and gpus")
+    return p
+
+def rollout_problems(rollout: dict, names: list) -> list[str]:
+    "What is wrong with a deployment's `rollout:` section, given its variant `names`."
+    p, r = [], rollout
+    if not r: return p
+    extra = set(r) - set(ROLLOUT_DEFAULTS) - {"variant"}
+    if extra: p.append(f"rollout: unknown field(s) {sorted(extra)}; known: variant, {', '.join(ROLLOUT_DEFAULTS)}")
+    if len(names) != 2: p.append("rollout needs exactly two variants (the baseline and the one rolled out)")
+    elif r.get("variant") not in names: p.append(f"rollout.variant must name one of the variants {names}")
+    steps = r.get("steps", ROLLOUT_DEFAULTS["steps"])
+    if not (isinstance(steps, list) and steps and all(isinstance(x, int) and 0 < x <= 100 for x in steps)
+            and steps == sorted(steps) and steps[-1] == 100):
+        p.append(f"rollout.steps must be increasing percentages ending at 100, got {steps!r}")
+    return p
+
+# %% ../../notebooks/57_serving_deployment.ipynb #26ed03e6
 @dataclass
 class Deployment:
     "What clients call (`name`), the variants traffic is split over, and how it is served and scaled."
@@ -71,34 +109,11 @@ class Deployment:
         p = []
         if not isinstance(self.name, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", self.name or ""):
             p.append(f"name {self.name!r} must be lowercase letters, digits and '-' (it becomes a URL path and a Kubernetes name)")
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names): p.append(f"variant names must be unique, got {names}")
-        for v in self.variants:
-            if not isinstance(v.weight, int) or isinstance(v.weight, bool) or not 0 <= v.weight <= 100:
-                p.append(f"variant {v.name!r}: weight must be an integer 0..100, got {v.weight!r}")
-        if not p and sum(v.weight for v in self.variants) != 100:
-            p.append(f"variant weights must sum to 100, got {sum(v.weight for v in self.variants)}")
+        p += variant_problems(self.variants, check_sum=not p)
         if self.sticky_key is not None and (not isinstance(self.sticky_key, str) or not self.sticky_key):
             p.append("sticky_key must be the name of a request parameter (or use the x-mlplat-key header)")
-        b = self.batching
-        if set(b) - {"max_batch_size", "max_queue_delay_ms", "max_queue"}: p.append(f"batching: unknown field(s) {sorted(set(b) - {'max_batch_size', 'max_queue_delay_ms', 'max_queue'})}")
-        a = self.autoscaling
-        if set(a) - {"min_replicas", "max_replicas", "metric", "target"}:
-            p.append(f"autoscaling: unknown field(s) {sorted(set(a) - {'min_replicas', 'max_replicas', 'metric', 'target'})}")
-        if a.get("metric", "concurrency") not in SCALE_METRICS: p.append(f"autoscaling.metric must be one of {SCALE_METRICS}")
-        if int(a.get("min_replicas", 1)) > int(a.get("max_replicas", max(1, int(a.get("min_replicas", 1))))):
-            p.append("autoscaling.min_replicas exceeds max_replicas")
-        if set(self.resources) - {"cpu", "memory", "gpus"}: p.append("resources takes cpu, memory and gpus")
-        r = self.rollout
-        if r:
-            extra = set(r) - set(ROLLOUT_DEFAULTS) - {"variant"}
-            if extra: p.append(f"rollout: unknown field(s) {sorted(extra)}; known: variant, {', '.join(ROLLOUT_DEFAULTS)}")
-            if len(self.variants) != 2: p.append("rollout needs exactly two variants (the baseline and the one rolled out)")
-            elif r.get("variant") not in names: p.append(f"rollout.variant must name one of the variants {names}")
-            steps = r.get("steps", ROLLOUT_DEFAULTS["steps"])
-            if not (isinstance(steps, list) and steps and all(isinstance(x, int) and 0 < x <= 100 for x in steps)
-                    and steps == sorted(steps) and steps[-1] == 100):
-                p.append(f"rollout.steps must be increasing percentages ending at 100, got {steps!r}")
+        p += scaling_problems(self.batching, self.autoscaling, self.resources)
+        p += rollout_problems(self.rollout, [v.name for v in self.variants])
         if p: raise ValidationError(f"{where} is invalid: " + "; ".join(p))
 
     def to_dict(self) -> dict: return asdict(self)

@@ -17,7 +17,7 @@ from .prediction_log import PredictionLog
 from .protocol import InferError, InferRequest
 
 # %% auto #0
-__all__ = ['Metrics', 'new_request_id', 'sticky_key', 'Dispatcher']
+__all__ = ['Metrics', 'new_request_id', 'sticky_key', 'Shadowing', 'Dispatcher']
 
 # %% ../../notebooks/54b_serving_dispatch.ipynb #79ee43e2
 class Metrics:
@@ -69,7 +69,29 @@ def sticky_key(route, parameters: dict, header: str | None) -> str | None:
         return str(parameters[route.sticky_key])
     return header
 
-class Dispatcher:
+# %% ../../notebooks/54b_serving_dispatch.ipynb #d65b7d92
+class Shadowing:
+    "Mirrors answered requests to a route's shadow version, off the response path."
+    def mirror(self, route, req: InferRequest, primary_outputs: dict):
+        "Run the shadow version on the same inputs off the response path; record its latency and its disagreement."
+        host, metrics = self.host, self.metrics
+        async def run():
+            m = host.current[route.shadow]
+            t0 = time.perf_counter()
+            try: outs = await host.infer(m, req.inputs, req.rows)
+            except InferError as e: self.series_error(route.name, m.version, "shadow", e.status); return
+            elapsed = time.perf_counter() - t0
+            metrics.series(metrics.requests, route.name, m.version, "shadow", "shadow").inc()
+            metrics.series(metrics.latency, route.name, m.version, "shadow").observe(elapsed)
+            diffs = [float(np.max(np.abs(np.asarray(outs[k], np.float64) - np.asarray(v, np.float64)), initial=0))
+                     for k, v in primary_outputs.items() if k in outs and np.asarray(v).dtype.kind in "fiu"]
+            if diffs: metrics.series(metrics.shadow_diff, route.name, m.version).observe(max(diffs))
+            self.plog.add(route.name, m.version, "shadow", req.id, elapsed, req.inputs, outs)
+        task = asyncio.get_running_loop().create_task(run())
+        self.shadow_tasks.add(task); task.add_done_callback(self.shadow_tasks.discard)
+
+# %% ../../notebooks/54b_serving_dispatch.ipynb #c2e07abe
+class Dispatcher(Shadowing):
     "Routes, admits, runs, counts, logs and mirrors decoded requests for both protocols."
     def __init__(self, host: ModelHost, predictions: PredictionLog | None = None, rollouts: dict | None = None, on_hostile=None):
         "`predictions`: the log to write (its writer starts here, for the served names; closed by `close`)."
@@ -113,23 +135,5 @@ class Dispatcher:
         self.plog.add(name, m.version, variant, req.id, elapsed, req.inputs, outputs)
         if route.shadow: self.mirror(route, req, outputs)
         return m, variant, outputs
-
-    def mirror(self, route, req: InferRequest, primary_outputs: dict):
-        "Run the shadow version on the same inputs off the response path; record its latency and its disagreement."
-        host, metrics = self.host, self.metrics
-        async def run():
-            m = host.current[route.shadow]
-            t0 = time.perf_counter()
-            try: outs = await host.infer(m, req.inputs, req.rows)
-            except InferError as e: self.series_error(route.name, m.version, "shadow", e.status); return
-            elapsed = time.perf_counter() - t0
-            metrics.series(metrics.requests, route.name, m.version, "shadow", "shadow").inc()
-            metrics.series(metrics.latency, route.name, m.version, "shadow").observe(elapsed)
-            diffs = [float(np.max(np.abs(np.asarray(outs[k], np.float64) - np.asarray(v, np.float64)), initial=0))
-                     for k, v in primary_outputs.items() if k in outs and np.asarray(v).dtype.kind in "fiu"]
-            if diffs: metrics.series(metrics.shadow_diff, route.name, m.version).observe(max(diffs))
-            self.plog.add(route.name, m.version, "shadow", req.id, elapsed, req.inputs, outs)
-        task = asyncio.get_running_loop().create_task(run())
-        self.shadow_tasks.add(task); task.add_done_callback(self.shadow_tasks.discard)
 
     def close(self): self.plog.close()

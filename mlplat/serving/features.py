@@ -12,32 +12,62 @@ from ..models.onnx import NUMPY_TYPES
 from .protocol import InferError
 
 # %% auto #0
-__all__ = ['FeatureInputs']
+__all__ = ['SPEC_FORM', 'check_spec', 'feature_columns', 'assemble', 'FeatureInputs']
 
-# %% ../../notebooks/54a_serving_features.ipynb #90a1ef94
+# %% ../../notebooks/54a_serving_features.ipynb #ef3797e7
+SPEC_FORM = "{service, inputs: {INPUT: [features]}, fill_value}"
+
+def check_spec(spec: dict, where: str = "features") -> dict:
+    "`spec` if it has the form of a deployment's `features:` section (a feature service and each input's features)."
+    bad = set(spec) - {"service", "inputs", "fill_value"}
+    if bad or not spec.get("service") or not isinstance(spec.get("inputs"), dict) or not spec["inputs"]:
+        raise ValidationError(f"{where} must be {SPEC_FORM}, got {spec!r}")
+    return spec
+
+def feature_columns(spec: dict, known: set, signature: dict, where: str = "features") -> dict:
+    """Model input -> (its features in column order, NumPy dtype), checked against the features the service serves
+    (`known`) and the model's signature: every input filled, each by a float [-1, n] tensor of its n features."""
+    by_name = {i["name"]: i for i in signature["inputs"]}
+    inputs = {}
+    for name, feats in spec["inputs"].items():
+        if name not in by_name: raise ValidationError(f"{where}: the model has no input {name!r}; it takes {sorted(by_name)}")
+        missing = [f for f in feats if f not in known]
+        if missing: raise ValidationError(f"{where}: feature service {spec['service']!r} has no feature(s) {missing}; it serves {sorted(known)}")
+        sig = by_name[name]
+        if sig["datatype"] not in ("FP32", "FP64") or len(sig["shape"]) != 2 or sig["shape"][1] not in (-1, len(feats)):
+            raise ValidationError(f"{where}: input {name!r} is {sig['datatype']}{sig['shape']}; {len(feats)} features fill a "
+                                  f"[-1, {len(feats)}] float input")
+        inputs[name] = (list(feats), np.dtype(NUMPY_TYPES[sig["datatype"]]))
+    if set(by_name) - set(inputs):
+        raise ValidationError(f"{where}: no features given for input(s) {sorted(set(by_name) - set(inputs))}")
+    return inputs
+
+# %% ../../notebooks/54a_serving_features.ipynb #a6b39ba3
+def assemble(values: dict, inputs: dict, fill: float, entities: list) -> dict:
+    """Model inputs from online feature values (`values`: feature -> one value per entity, as `ws.features.online`
+    returns them): a feature with no value inside its TTL becomes `fill`; anything but a number is refused."""
+    out = {}
+    for name, (feats, dtype) in inputs.items():
+        cols = []
+        for f in feats:
+            col = []
+            for i, v in enumerate(values[f]):
+                if v is None: col.append(fill)
+                elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool): col.append(float(v))
+                else: raise InferError(f"feature {f} of entity {entities[i]} is {v!r}, not a number")
+            cols.append(col)
+        out[name] = np.asarray(cols, dtype=dtype).T.copy()
+    return out
+
+# %% ../../notebooks/54a_serving_features.ipynb #7a35a2ca
 class FeatureInputs:
     "Builds model inputs for entity rows from the workspace's online store."
     def __init__(self, ws, spec: dict, signature: dict, where: str = "features"):
         if ws is None: raise ValidationError(f"{where}: feature-aware serving needs a workspace")
-        bad = set(spec) - {"service", "inputs", "fill_value"}
-        if bad or not spec.get("service") or not isinstance(spec.get("inputs"), dict) or not spec["inputs"]:
-            raise ValidationError(f"{where} must be {{service, inputs: {{INPUT: [features]}}, fill_value}}, got {spec!r}")
+        check_spec(spec, where)
         self.ws, self.service, self.fill = ws, spec["service"], float(spec.get("fill_value", 0.0))
         refs, _ = ws.features.resolve_features(None, self.service)
-        known = {r.split(":")[1] for r in refs}
-        by_name = {i["name"]: i for i in signature["inputs"]}
-        self.inputs = {}
-        for name, feats in spec["inputs"].items():
-            if name not in by_name: raise ValidationError(f"{where}: the model has no input {name!r}; it takes {sorted(by_name)}")
-            missing = [f for f in feats if f not in known]
-            if missing: raise ValidationError(f"{where}: feature service {self.service!r} has no feature(s) {missing}; it serves {sorted(known)}")
-            sig = by_name[name]
-            if sig["datatype"] not in ("FP32", "FP64") or len(sig["shape"]) != 2 or sig["shape"][1] not in (-1, len(feats)):
-                raise ValidationError(f"{where}: input {name!r} is {sig['datatype']}{sig['shape']}; {len(feats)} features fill a "
-                                      f"[-1, {len(feats)}] float input")
-            self.inputs[name] = (list(feats), np.dtype(NUMPY_TYPES[sig["datatype"]]))
-        if set(by_name) - set(self.inputs):
-            raise ValidationError(f"{where}: no features given for input(s) {sorted(set(by_name) - set(self.inputs))}")
+        self.inputs = feature_columns(spec, {r.split(":")[1] for r in refs}, signature, where)
 
     def build(self, entities) -> dict:
         "Model inputs for `entities` (a non-empty list of join-key dicts)."
@@ -45,15 +75,4 @@ class FeatureInputs:
             raise InferError("parameters.entities must be a non-empty list of objects with the entity keys, e.g. [{\"customer_id\": 42}]")
         try: values = self.ws.features.online(entities, service=self.service)
         except MlplatError as e: raise InferError(f"feature lookup failed: {e.message}") from None
-        out = {}
-        for name, (feats, dtype) in self.inputs.items():
-            cols = []
-            for f in feats:
-                col = []
-                for i, v in enumerate(values[f]):
-                    if v is None: col.append(self.fill)
-                    elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool): col.append(float(v))
-                    else: raise InferError(f"feature {f} of entity {entities[i]} is {v!r}, not a number")
-                cols.append(col)
-            out[name] = np.asarray(cols, dtype=dtype).T.copy()
-        return out
+        return assemble(values, self.inputs, self.fill, entities)

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from .protocol import DTYPE_NAMES, InferError, InferRequest, check_input
+from ..version import __version__
 
 SERVICE = "inference.GRPCInferenceService"
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -17,31 +18,53 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "BYTES": "bytes_contents"}
 
 # %% auto #0
-__all__ = ['SERVICE', 'CONTENTS', 'messages', 'decode_infer', 'encode_infer', 'Malformed', 'grpc_server']
+__all__ = ['SERVICE', 'CONTENTS', 'messages', 'decode_infer', 'encode_infer', 'grpc_codes', 'authorizer', 'info_methods',
+           'infer_method', 'Malformed', 'grpc_server']
+
+# %% ../../notebooks/56_serving_grpc.ipynb #b93404aa
+def _message(parent, name: str, fields=(), nested=(), oneof=None):
+    """Add message `name` to `parent` (a repeated `DescriptorProto` field). A field is (name, number, type, *extras):
+    'repeated', 'oneof' (the message's one oneof) or '.inference.Type' (a message field's type)."""
+    from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+    m = parent.add()
+    m.name = name
+    if oneof: m.oneof_decl.add().name = oneof
+    for f in fields:
+        fname, num, typ, *rest = f
+        fd = m.field.add(name=fname, number=num, type=typ,
+                         label=F.LABEL_REPEATED if "repeated" in rest else F.LABEL_OPTIONAL)
+        for r in rest:
+            if isinstance(r, str) and r.startswith("."): fd.type_name = r
+        if "oneof" in rest: fd.oneof_index = 0
+    for n in nested: n(m.nested_type)
+    return m
+
+def _map_entry(entry: str):
+    "A nested-type builder for a `map<string, InferParameter>` field's entry message."
+    from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+    def build(nested):
+        e = _message(nested, entry, [("key", 1, F.TYPE_STRING), ("value", 2, F.TYPE_MESSAGE, ".inference.InferParameter")])
+        e.options.map_entry = True
+    return build
+
+def _tensor(name: str, parent_full: str, with_contents: bool = True):
+    "A nested-type builder for a tensor message of `parent_full` (`with_contents=False`: a requested output)."
+    from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+    def build(nested):
+        fields = [("name", 1, F.TYPE_STRING)] + \
+            ([("datatype", 2, F.TYPE_STRING), ("shape", 3, F.TYPE_INT64, "repeated")] if with_contents else []) + \
+            [("parameters", 4 if with_contents else 2, F.TYPE_MESSAGE, "repeated", f".inference.{parent_full}.{name}.ParametersEntry")]
+        if with_contents: fields.append(("contents", 5, F.TYPE_MESSAGE, ".inference.InferTensorContents"))
+        _message(nested, name, fields, [_map_entry("ParametersEntry")])
+    return build
 
 # %% ../../notebooks/56_serving_grpc.ipynb #2f3f633d
 def _file_descriptor():
+    "KServe's grpc_predict_v2.proto as a `FileDescriptorProto` (field numbers as in the proto)."
     from google.protobuf import descriptor_pb2 as d
     F = d.FieldDescriptorProto
     fdp = d.FileDescriptorProto(name="mlplat/grpc_predict_v2.proto", package="inference", syntax="proto3")
-    def add(parent, name, fields=(), nested=(), oneof=None):
-        m = parent.add()
-        m.name = name
-        if oneof: m.oneof_decl.add().name = oneof
-        for f in fields:
-            fname, num, typ, *rest = f
-            fd = m.field.add(name=fname, number=num, type=typ,
-                             label=F.LABEL_REPEATED if "repeated" in rest else F.LABEL_OPTIONAL)
-            for r in rest:
-                if isinstance(r, str) and r.startswith("."): fd.type_name = r
-            if "oneof" in rest: fd.oneof_index = 0
-        for n in nested: n(m.nested_type)
-        return m
-    def map_entry(entry):
-        def build(nested):
-            e = add(nested, entry, [("key", 1, F.TYPE_STRING), ("value", 2, F.TYPE_MESSAGE, ".inference.InferParameter")])
-            e.options.map_entry = True
-        return build
+    add = _message
     S, B, I64, BOOL, MSG = F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_INT64, F.TYPE_BOOL, F.TYPE_MESSAGE
     M = fdp.message_type
     for n in ("ServerLiveRequest", "ServerReadyRequest", "ServerMetadataRequest"): add(M, n)
@@ -60,25 +83,18 @@ def _file_descriptor():
         ("int64_contents", 3, I64, "repeated"), ("uint_contents", 4, F.TYPE_UINT32, "repeated"),
         ("uint64_contents", 5, F.TYPE_UINT64, "repeated"), ("fp32_contents", 6, F.TYPE_FLOAT, "repeated"),
         ("fp64_contents", 7, F.TYPE_DOUBLE, "repeated"), ("bytes_contents", 8, B, "repeated")])
-    def tensor(name, parent_full, with_contents=True):
-        def build(nested):
-            fields = [("name", 1, S)] + ([("datatype", 2, S), ("shape", 3, I64, "repeated")] if with_contents else []) + \
-                [("parameters", 4 if with_contents else 2, MSG, "repeated", f".inference.{parent_full}.{name}.ParametersEntry")]
-            if with_contents: fields.append(("contents", 5, MSG, ".inference.InferTensorContents"))
-            add(nested, name, fields, [map_entry("ParametersEntry")])
-        return build
     add(M, "ModelInferRequest", [("model_name", 1, S), ("model_version", 2, S), ("id", 3, S),
         ("parameters", 4, MSG, "repeated", ".inference.ModelInferRequest.ParametersEntry"),
         ("inputs", 5, MSG, "repeated", ".inference.ModelInferRequest.InferInputTensor"),
         ("outputs", 6, MSG, "repeated", ".inference.ModelInferRequest.InferRequestedOutputTensor"),
         ("raw_input_contents", 7, B, "repeated")],
-        [map_entry("ParametersEntry"), tensor("InferInputTensor", "ModelInferRequest"),
-         tensor("InferRequestedOutputTensor", "ModelInferRequest", with_contents=False)])
+        [_map_entry("ParametersEntry"), _tensor("InferInputTensor", "ModelInferRequest"),
+         _tensor("InferRequestedOutputTensor", "ModelInferRequest", with_contents=False)])
     add(M, "ModelInferResponse", [("model_name", 1, S), ("model_version", 2, S), ("id", 3, S),
         ("parameters", 4, MSG, "repeated", ".inference.ModelInferResponse.ParametersEntry"),
         ("outputs", 5, MSG, "repeated", ".inference.ModelInferResponse.InferOutputTensor"),
         ("raw_output_contents", 6, B, "repeated")],
-        [map_entry("ParametersEntry"), tensor("InferOutputTensor", "ModelInferResponse")])
+        [_map_entry("ParametersEntry"), _tensor("InferOutputTensor", "ModelInferResponse")])
     return fdp
 
 def messages() -> dict:
@@ -137,27 +153,26 @@ def encode_infer(m, request: InferRequest, outputs: dict):
         msg.raw_output_contents.append(arr.tobytes())
     return msg
 
-# %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
-class Malformed:
-    "What a request body that does not parse as its message becomes (the handler refuses it)."
-    def __init__(self, message: str): self.message = message
-
-def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=None):
-    """A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop.
-    `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady."""
+# %% ../../notebooks/56_serving_grpc.ipynb #8fd61d1e
+def grpc_codes() -> dict:
+    "The gRPC status of each HTTP status an `InferError` carries."
     import grpc
-    from mlplat import __version__
-    host = dispatch.host
-    M = messages()
-    codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-             503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
 
+def authorizer(auth):
+    "`allowed(ctx, permission, resource)`: aborts the call (UNAUTHENTICATED / PERMISSION_DENIED) unless `auth` admits it."
+    import grpc
     async def allowed(ctx, permission: str, resource: str):
         if auth is None or not auth.required: return
         try: await auth.acheck(dict(ctx.invocation_metadata() or ()).get("authorization"), permission, resource)
         except InferError as e:
             await ctx.abort(grpc.StatusCode.UNAUTHENTICATED if e.status == 401 else grpc.StatusCode.PERMISSION_DENIED, e.message)
+    return allowed
 
+def info_methods(host, allowed, codes: dict) -> dict:
+    "The handlers of ServerLive, ServerReady, ServerMetadata, ModelReady and ModelMetadata for `host`'s models."
+    M = messages()
     async def server_live(req, ctx): return M["ServerLiveResponse"](live=True)
     async def server_ready(req, ctx): return M["ServerReadyResponse"](ready=bool(host.routes))
     async def server_metadata(req, ctx):
@@ -175,6 +190,15 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=Non
         return M["ModelMetadataResponse"](name=req.name, versions=[req.version] if req.version else host.versions(req.name),
                                           platform="onnxruntime_onnx", inputs=[T(**i) for i in m.signature["inputs"]],
                                           outputs=[T(**o) for o in m.signature["outputs"]])
+    return {"ServerLive": (server_live, "ServerLiveRequest"), "ServerReady": (server_ready, "ServerReadyRequest"),
+            "ModelReady": (model_ready, "ModelReadyRequest"), "ServerMetadata": (server_metadata, "ServerMetadataRequest"),
+            "ModelMetadata": (model_metadata, "ModelMetadataRequest")}
+
+# %% ../../notebooks/56_serving_grpc.ipynb #786a257a
+def infer_method(dispatch, allowed, codes: dict):
+    "The ModelInfer handler: decode, hand to the `Dispatcher` (as REST does), encode; refusals carry the OIP message."
+    import grpc
+    host = dispatch.host
     async def model_infer(req, ctx):
         t0 = time.perf_counter()
         name, version = req.model_name, req.model_version
@@ -196,25 +220,37 @@ def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=Non
         except InferError as e:
             await ctx.abort(codes.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
         return resp
+    return model_infer
 
-    def unary(fn, req):
-        cls = M[req]
-        def parse(data):
-            try: return cls.FromString(data)
-            except Exception: return Malformed(req)  # DecodeError, or RecursionError from absurd nesting
-        async def checked(r, ctx):
-            if isinstance(r, Malformed):  # INVALID_ARGUMENT (audited), not gRPC's UNKNOWN with a parser traceback
-                await allowed(ctx, "serving:predict" if req == "ModelInferRequest" else "serving:read", "model:?")
-                e = InferError(f"the request is not a valid inference.{req} protobuf message", 400, hostile=True)
-                dispatch.refused("?", e, "grpc", ctx.peer())
-                await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
-            return await fn(r, ctx)
-        return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=parse,
-                                                   response_serializer=lambda m: m.SerializeToString())
-    handler = grpc.method_handlers_generic_handler(SERVICE, {
-        "ServerLive": unary(server_live, "ServerLiveRequest"), "ServerReady": unary(server_ready, "ServerReadyRequest"),
-        "ModelReady": unary(model_ready, "ModelReadyRequest"), "ServerMetadata": unary(server_metadata, "ServerMetadataRequest"),
-        "ModelMetadata": unary(model_metadata, "ModelMetadataRequest"), "ModelInfer": unary(model_infer, "ModelInferRequest")})
+# %% ../../notebooks/56_serving_grpc.ipynb #188b61cb
+class Malformed:
+    "What a request body that does not parse as its message becomes (the handler refuses it)."
+    def __init__(self, message: str): self.message = message
+
+def _unary(fn, req: str, dispatch, allowed):
+    "A unary method handler for `fn` taking message `req`; a body that does not parse is refused and audited."
+    import grpc
+    cls = messages()[req]
+    def parse(data):
+        try: return cls.FromString(data)
+        except Exception: return Malformed(req)  # DecodeError, or RecursionError from absurd nesting
+    async def checked(r, ctx):
+        if isinstance(r, Malformed):  # INVALID_ARGUMENT (audited), not gRPC's UNKNOWN with a parser traceback
+            await allowed(ctx, "serving:predict" if req == "ModelInferRequest" else "serving:read", "model:?")
+            e = InferError(f"the request is not a valid inference.{req} protobuf message", 400, hostile=True)
+            dispatch.refused("?", e, "grpc", ctx.peer())
+            await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+        return await fn(r, ctx)
+    return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=parse,
+                                               response_serializer=lambda m: m.SerializeToString())
+
+def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=None):
+    """A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop.
+    `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady."""
+    import grpc
+    allowed, codes = authorizer(auth), grpc_codes()
+    methods = {**info_methods(dispatch.host, allowed, codes), "ModelInfer": (infer_method(dispatch, allowed, codes), "ModelInferRequest")}
+    handler = grpc.method_handlers_generic_handler(SERVICE, {n: _unary(fn, req, dispatch, allowed) for n, (fn, req) in methods.items()})
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 2**20)])
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_secure_port(f"{bind}:{port}", tls.grpc_credentials()) if tls else server.add_insecure_port(f"{bind}:{port}")

@@ -30,7 +30,8 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'read_model', 'Loaded', 'Batcher', 'Route', 'ModelHost']
+__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'read_model', 'Loaded', 'Batcher', 'Route', 'RoutePlan', 'plan_routes',
+           'Routing', 'AliasFollowing', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
@@ -64,6 +65,7 @@ def read_model(ws, uri: str) -> tuple[str, Path, bytes]:
     sealed = mv is not None and mv.sealed
     return version, path, ws.crypto.open_bytes(path, f"model:{mv.name}" if sealed else None, require_sealed=sealed)
 
+# %% ../../notebooks/54_serving_models.ipynb #6391f6c0
 @dataclass
 class Loaded:
     "One version of one model, ready to run."
@@ -155,30 +157,99 @@ class Route:
             if point < total: return name, mkey
         return self.variants[-1][0], self.variants[-1][2]
 
-class ModelHost:
+# %% ../../notebooks/54_serving_models.ipynb #7eaebf50
+@dataclass
+class RoutePlan:
+    "What a server serves, before anything loads: model keys -> URIs, routes by name, batching and per-name specs."
+    uris: dict = field(default_factory=dict)
+    routes: dict = field(default_factory=dict)
+    batching: dict = field(default_factory=dict)
+    rollout_specs: dict = field(default_factory=dict)
+    feature_specs: dict = field(default_factory=dict)
+
+def plan_routes(models: dict | None = None, batching: dict | None = None, deployments: list = ()) -> RoutePlan:
+    """Each model name routes to itself (variant `default`); each deployment to its variants, keyed `NAME:VARIANT`
+    (and `NAME:shadow`), with the deployment's batching for every one of them."""
+    p = RoutePlan()
+    for name, uri in (models or {}).items():
+        if not name or "/" in name or ":" in name: raise ValidationError(f"model name {name!r} is not valid in a URL")
+        p.uris[name] = uri
+        p.routes[name] = Route(name, [("default", 100, name)])
+    for name, b in (batching or {}).items(): p.batching[name] = b if isinstance(b, Batching) else Batching(**b)
+    for dep in deployments:
+        if dep.name in p.routes: raise ValidationError(f"{dep.name!r} is served twice")
+        keys = []
+        for v in dep.variants:
+            key = f"{dep.name}:{v.name}"; p.uris[key] = v.uri; keys.append((v.name, v.weight, key))
+        shadow = None
+        if dep.shadow: shadow = f"{dep.name}:shadow"; p.uris[shadow] = dep.shadow
+        for k in [k for *_, k in keys] + ([shadow] if shadow else []):
+            if dep.batching: p.batching[k] = Batching(**dep.batching)
+        p.routes[dep.name] = Route(dep.name, keys, dep.sticky_key, shadow, deployment=True)
+        if dep.rollout: p.rollout_specs[dep.name] = dep.rollout
+        if dep.features: p.feature_specs[dep.name] = dep.features
+    return p
+
+# %% ../../notebooks/54_serving_models.ipynb #07da7b3b
+class Routing:
+    "Name lookups of a host (`routes` by name, `current` version by model key): what serves one request."
+    def route(self, name: str) -> Route:
+        r = self.routes.get(name)
+        if r is None: raise InferError(f"no model named {name!r}; this server serves {sorted(self.routes)}", 404)
+        return r
+
+    def primary(self, name: str) -> Loaded:
+        "The variant with the most traffic (its signature and metadata stand for the name)."
+        r = self.route(name)
+        return self.current[max(r.variants, key=lambda v: v[1])[2]]
+
+    def versions(self, name: str) -> list[str]:
+        return list(dict.fromkeys(self.current[k].version for *_, k in self.route(name).variants))
+
+    def get(self, name: str, version: str | None = None, key: str | None = None) -> tuple[Loaded, str]:
+        "(model version, variant) serving one request: the asked version if given, else the route's pick."
+        r = self.route(name)
+        if version not in (None, ""):
+            for vname, _, mkey in r.variants:
+                if self.current[mkey].version == version: return self.current[mkey], vname
+            raise InferError(f"model {name!r} serves version(s) {self.versions(name)}, not {version!r}", 404)
+        vname, mkey = r.pick(key)
+        return self.current[mkey], vname
+
+# %% ../../notebooks/54_serving_models.ipynb #f79b564f
+class AliasFollowing:
+    "Hot swap for a host whose models are served through aliases (`models:/NAME@ALIAS`)."
+    def refresh(self) -> list[str]:
+        "Follow moved aliases: load the new version, swap it in; returns what changed. Never raises."
+        changed = []
+        for key, uri in self.uris.items():
+            if "@" not in uri: continue
+            try:
+                version, _ = resolve(self.ws, uri)
+                if version == self.current[key].version: continue
+                fresh = self._load(key, uri)
+                if fresh.signature["inputs"] != self.current[key].signature["inputs"]:
+                    raise ValidationError(f"version {version} takes different inputs than the served {self.current[key].version}")
+                with self.lock: old, self.current[key] = self.current[key], fresh
+                self._lineage(key)
+                self.errors.pop(key, None)
+                changed.append(f"{key}: {old.version} -> {fresh.version}")
+                log.warning("swapped %s from version %s to %s", key, old.version, fresh.version)
+            except Exception as e:  # keep serving the working version
+                self.errors[key] = f"{type(e).__name__}: {e}"
+                log.error("could not load the new version of %s (%s); still serving %s", key, e, self.current[key].version)
+        return changed
+
+# %% ../../notebooks/54_serving_models.ipynb #0dc10c5e
+class ModelHost(Routing, AliasFollowing):
     "The served models and routes by name; loads, batches, routes traffic, follows aliases."
     def __init__(self, ws, models: dict | None = None, batching: dict | None = None, threads: int | None = None,
                  providers: list | None = None, deployments: list = ()):
         from concurrent.futures import ThreadPoolExecutor
         self.ws, self.threads, self.providers = ws, threads, providers
-        self.uris, self.routes, self.batching, self.rollout_specs, self.feature_specs = {}, {}, {}, {}, {}
-        for name, uri in (models or {}).items():
-            if not name or "/" in name or ":" in name: raise ValidationError(f"model name {name!r} is not valid in a URL")
-            self.uris[name] = uri
-            self.routes[name] = Route(name, [("default", 100, name)])
-        for name, b in (batching or {}).items(): self.batching[name] = b if isinstance(b, Batching) else Batching(**b)
-        for dep in deployments:
-            if dep.name in self.routes: raise ValidationError(f"{dep.name!r} is served twice")
-            keys = []
-            for v in dep.variants:
-                key = f"{dep.name}:{v.name}"; self.uris[key] = v.uri; keys.append((v.name, v.weight, key))
-            shadow = None
-            if dep.shadow: shadow = f"{dep.name}:shadow"; self.uris[shadow] = dep.shadow
-            for k in [k for *_, k in keys] + ([shadow] if shadow else []):
-                if dep.batching: self.batching[k] = Batching(**dep.batching)
-            self.routes[dep.name] = Route(dep.name, keys, dep.sticky_key, shadow, deployment=True)
-            if dep.rollout: self.rollout_specs[dep.name] = dep.rollout
-            if dep.features: self.feature_specs[dep.name] = dep.features
+        p = plan_routes(models, batching, deployments)
+        self.uris, self.routes, self.batching, self.rollout_specs, self.feature_specs = \
+            p.uris, p.routes, p.batching, p.rollout_specs, p.feature_specs
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.uris)), thread_name_prefix="ort")
         self.current: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}
@@ -212,29 +283,6 @@ class ModelHost:
         try: self.ws.lineage.add(f"model:{parse_model_uri(uri)[0]}/{m.version}", f"deployment:{key.split(':')[0]}")
         except Exception as e: log.warning("could not record lineage for %s: %s", key, e)
 
-    def route(self, name: str) -> Route:
-        r = self.routes.get(name)
-        if r is None: raise InferError(f"no model named {name!r}; this server serves {sorted(self.routes)}", 404)
-        return r
-
-    def primary(self, name: str) -> Loaded:
-        "The variant with the most traffic (its signature and metadata stand for the name)."
-        r = self.route(name)
-        return self.current[max(r.variants, key=lambda v: v[1])[2]]
-
-    def versions(self, name: str) -> list[str]:
-        return list(dict.fromkeys(self.current[k].version for *_, k in self.route(name).variants))
-
-    def get(self, name: str, version: str | None = None, key: str | None = None) -> tuple[Loaded, str]:
-        "(model version, variant) serving one request: the asked version if given, else the route's pick."
-        r = self.route(name)
-        if version not in (None, ""):
-            for vname, _, mkey in r.variants:
-                if self.current[mkey].version == version: return self.current[mkey], vname
-            raise InferError(f"model {name!r} serves version(s) {self.versions(name)}, not {version!r}", 404)
-        vname, mkey = r.pick(key)
-        return self.current[mkey], vname
-
     async def infer(self, m: Loaded, inputs: dict, rows: int) -> dict:
         if m.batcher is not None: return await m.batcher.submit(inputs, rows)
         if m.waiting >= m.max_queue:
@@ -244,24 +292,3 @@ class ModelHost:
         finally: m.waiting -= 1
         try: return m.run(inputs)
         except Exception as e: raise InferError(f"inference failed: {str(e).splitlines()[0][:300]}") from None
-
-    def refresh(self) -> list[str]:
-        "Follow moved aliases: load the new version, swap it in; returns what changed. Never raises."
-        changed = []
-        for key, uri in self.uris.items():
-            if "@" not in uri: continue
-            try:
-                version, _ = resolve(self.ws, uri)
-                if version == self.current[key].version: continue
-                fresh = self._load(key, uri)
-                if fresh.signature["inputs"] != self.current[key].signature["inputs"]:
-                    raise ValidationError(f"version {version} takes different inputs than the served {self.current[key].version}")
-                with self.lock: old, self.current[key] = self.current[key], fresh
-                self._lineage(key)
-                self.errors.pop(key, None)
-                changed.append(f"{key}: {old.version} -> {fresh.version}")
-                log.warning("swapped %s from version %s to %s", key, old.version, fresh.version)
-            except Exception as e:  # keep serving the working version
-                self.errors[key] = f"{type(e).__name__}: {e}"
-                log.error("could not load the new version of %s (%s); still serving %s", key, e, self.current[key].version)
-        return changed

@@ -16,6 +16,10 @@ def _json(ref: str, description: str = "OK") -> dict:
 
 _DENIED = {"401": _error("no or invalid bearer credential"), "403": _error("the caller's roles do not allow it")}
 
+# %% auto #0
+__all__ = ['DATATYPES', 'openapi']
+
+# %% ../../notebooks/55a_serving_openapi.ipynb #6121e647
 _SCHEMAS = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
@@ -53,6 +57,7 @@ _SCHEMAS = {
     "RolloutStatus": {"type": "object"},
 }
 
+# %% ../../notebooks/55a_serving_openapi.ipynb #2e106c10
 def openapi(models: list, server_url: str | None = None, version: str = "", versions: list = ()) -> dict:
     """The OpenAPI 3.0 document of the serving REST API for `models` (names) and their `versions`, optionally with
     the server's own URL."""
@@ -96,6 +101,3 @@ def openapi(models: list, server_url: str | None = None, version: str = "", vers
     }
     if server_url: doc["servers"] = [{"url": server_url}]
     return doc
-
-# %% auto #0
-__all__ = ['DATATYPES', 'openapi']

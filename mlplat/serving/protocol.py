@@ -50,6 +50,32 @@ def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dty
     if shape and shape[0] > max_rows: raise InferError(f"input {name!r} has {shape[0]} rows; this server takes at most {max_rows}", 413)
     return DTYPES[dt], math.prod(shape)
 
+# %% ../../notebooks/53_serving_protocol.ipynb #ec469f50
+def _requested(doc: dict, signature: dict, all_binary: bool) -> tuple[list | None, dict]:
+    "The requested output names (None: all) and which of them go back binary."
+    known = [o["name"] for o in signature["outputs"]]
+    if doc.get("outputs") is None: return None, {n: all_binary for n in known}
+    if not isinstance(doc["outputs"], list): raise InferError("'outputs' must be a list")
+    outs, binary_out = [], {}
+    for o in doc["outputs"]:
+        if not isinstance(o, dict) or o.get("name") not in known:
+            raise InferError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; the model returns {known}")
+        oparams = o.get("parameters") or {}
+        if not isinstance(oparams, dict): raise InferError(f"output {o['name']!r}: 'parameters' must be an object")
+        outs.append(o["name"])
+        binary_out[o["name"]] = bool(oparams.get("binary_data", all_binary))
+    return outs, binary_out
+
+def _entities_request(doc: dict, params: dict, signature: dict, max_rows: int) -> InferRequest:
+    "A feature-aware request: entity keys in `parameters.entities` instead of inputs, which the caller builds."
+    ents = params["entities"]
+    rows = len(ents) if isinstance(ents, list) else 0
+    if rows > max_rows: raise InferError(f"{rows} entities; this server takes at most {max_rows}", 413)
+    outs = _requested(doc, signature, bool(params.get("binary_data_output", False)))
+    rid = doc.get("id")
+    return InferRequest({}, str(rid) if rid is not None else None, params, outs[0], outs[1], rows)
+
+# %% ../../notebooks/53_serving_protocol.ipynb #582232a1
 def decode_request(body: bytes, header_length: str | None, signature: dict, max_rows: int = 1_000_000,
                    entities: bool = False) -> InferRequest:
     """Parse and check an OIP infer request against `signature` (see `mlplat.models.onnx.signature`).
@@ -65,13 +91,7 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     given = doc.get("inputs")
     params = doc.get("parameters") or {}
     if not isinstance(params, dict): raise InferError("'parameters' must be an object")
-    if entities and not given and "entities" in params:
-        ents = params["entities"]
-        rows = len(ents) if isinstance(ents, list) else 0
-        if rows > max_rows: raise InferError(f"{rows} entities; this server takes at most {max_rows}", 413)
-        outs = _requested(doc, signature, bool(params.get("binary_data_output", False)))
-        rid = doc.get("id")
-        return InferRequest({}, str(rid) if rid is not None else None, params, outs[0], outs[1], rows)
+    if entities and not given and "entities" in params: return _entities_request(doc, params, signature, max_rows)
     if not isinstance(given, list) or not given: raise InferError("the request needs a non-empty 'inputs' list")
     expected = {i["name"]: i for i in signature["inputs"]}
     inputs, rows = {}, None
@@ -111,21 +131,6 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     outs, binary_out = _requested(doc, signature, bool(params.get("binary_data_output", False)))
     rid = doc.get("id")
     return InferRequest(inputs, str(rid) if rid is not None else None, params, outs, binary_out, rows or 0)
-
-def _requested(doc: dict, signature: dict, all_binary: bool) -> tuple[list | None, dict]:
-    "The requested output names (None: all) and which of them go back binary."
-    known = [o["name"] for o in signature["outputs"]]
-    if doc.get("outputs") is None: return None, {n: all_binary for n in known}
-    if not isinstance(doc["outputs"], list): raise InferError("'outputs' must be a list")
-    outs, binary_out = [], {}
-    for o in doc["outputs"]:
-        if not isinstance(o, dict) or o.get("name") not in known:
-            raise InferError(f"unknown output {o.get('name') if isinstance(o, dict) else o!r}; the model returns {known}")
-        oparams = o.get("parameters") or {}
-        if not isinstance(oparams, dict): raise InferError(f"output {o['name']!r}: 'parameters' must be an object")
-        outs.append(o["name"])
-        binary_out[o["name"]] = bool(oparams.get("binary_data", all_binary))
-    return outs, binary_out
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
 def encode_response(model: str, version: str, request: InferRequest, outputs: dict,

@@ -13,7 +13,7 @@ import numpy as np
 from .deployment import ROLLOUT_DEFAULTS
 
 # %% auto #0
-__all__ = ['Rollout']
+__all__ = ['judge', 'Rollout']
 
 # %% ../../notebooks/59_serving_rollout.ipynb #ed8248d1
 class _Window:
@@ -27,6 +27,15 @@ class _Window:
     @property
     def p99(self) -> float: return float(np.percentile(self.latencies, 99)) if self.latencies else 0.0
 
+def judge(new: _Window, base: _Window, cfg: dict) -> str | None:
+    "Why the new variant must be rolled back — more errors or a slower p99 than the baseline allows — or None."
+    too_many_errors = new.error_rate - base.error_rate > cfg["max_error_rate_delta"]
+    too_slow = base.latencies and new.p99 > cfg["max_p99_ratio"] * base.p99
+    if not (too_many_errors or too_slow): return None
+    return (f"error rate {new.error_rate:.3%} vs {base.error_rate:.3%}" if too_many_errors
+            else f"p99 {1000 * new.p99:.2f} ms vs {1000 * base.p99:.2f} ms (limit x{cfg['max_p99_ratio']:g})")
+
+# %% ../../notebooks/59_serving_rollout.ipynb #3b34cc55
 class Rollout:
     "Drives one route's weights through the rollout steps; `evaluate()` is called by the server every interval."
     def __init__(self, route, spec: dict, audit=None, clock=time.monotonic):
@@ -65,11 +74,8 @@ class Rollout:
             figures = {"weight": self.weight, "requests": {self.variant: new.requests, self.baseline: base.requests},
                        "error_rate": {self.variant: new.error_rate, self.baseline: base.error_rate},
                        "p99_ms": {self.variant: 1000 * new.p99, self.baseline: 1000 * base.p99}}
-            too_many_errors = new.error_rate - base.error_rate > self.cfg["max_error_rate_delta"]
-            too_slow = base.latencies and new.p99 > self.cfg["max_p99_ratio"] * base.p99
-            if too_many_errors or too_slow:
-                why = (f"error rate {new.error_rate:.3%} vs {base.error_rate:.3%}" if too_many_errors
-                       else f"p99 {1000 * new.p99:.2f} ms vs {1000 * base.p99:.2f} ms (limit x{self.cfg['max_p99_ratio']:g})")
+            why = judge(new, base, self.cfg)
+            if why:
                 self._set_weight(0)
                 self.state = "rolled_back"
                 self._log("rollback", f"{self.variant} rolled back: {why}", figures)
