@@ -16,7 +16,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 ORDER = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
 
 # %% auto #0
-__all__ = ['TERMINAL', 'ORDER', 'Observation', 'transition', 'update', 'append_log', 'JobBackend']
+__all__ = ['TERMINAL', 'ORDER', 'Observation', 'transition', 'update', 'append_log', 'mirror_log', 'archive_log', 'BackendHooks',
+           'JobBackend']
 
 # %% ../../notebooks/39_jobs_backend.ipynb #ec5f5b2f
 @dataclass
@@ -48,15 +49,33 @@ def append_log(rec, text: str):
     "Add mlplat's own lines (`[mlplat] ...`) to the job log."
     with open(rec.log_path, "a") as f: f.write("".join(f"[mlplat] {line}\n" for line in text.splitlines()))
 
-# %% ../../notebooks/39_jobs_backend.ipynb #2521797a
-class JobBackend:
-    "Base of every job backend: subclasses implement `launch`, `observe`, `stop`, `plan`; this class owns the lifecycle."
+# %% ../../notebooks/39_jobs_backend.ipynb #cb9b8fff
+# A remote log is the whole text of the current attempt; job.log = earlier attempts + mlplat's lines + it.
+def mirror_log(rec, text: str):
+    "Make the job's log its earlier attempts (kept in `job.head`) followed by `text`, the current attempt's whole log."
+    path = Path(rec.log_path)
+    head = path.with_suffix(".head")
+    prefix = head.read_text() if head.exists() else ""
+    if not head.exists():
+        prefix = path.read_text(errors="replace") if path.exists() else ""
+        head.write_text(prefix)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(prefix + text)
+    os.replace(tmp, path)  # a reader following job.log never sees it half-written
+
+def archive_log(rec):
+    "Keep the job's log as it is now as the head the next attempt's log is added to."
+    path = Path(rec.log_path)
+    path.with_suffix(".head").write_text(path.read_text(errors="replace") if path.exists() else "")
+
+# %% ../../notebooks/39_jobs_backend.ipynb #cc997f35
+class BackendHooks:
+    "What a backend implements: `launch`, `observe`, `stop`, `plan`; `hardware` and `check` when the defaults do not fit."
     name = "?"
     polled = True     # False: the backend records its own transitions (local supervisor)
 
     def __init__(self, ws): self.ws = ws
 
-    # ---- the protocol -------------------------------------------------------------------------
     def launch(self, rec, attempt: int) -> dict: raise NotImplementedError
     def observe(self, rec) -> Observation | None: raise NotImplementedError
     def stop(self, rec): raise NotImplementedError
@@ -70,7 +89,10 @@ class JobBackend:
     def check(self, job):
         "Refuse, before anything is recorded, a job this backend cannot run as configured."
 
-    # ---- the lifecycle ------------------------------------------------------------------------
+# %% ../../notebooks/39_jobs_backend.ipynb #2521797a
+class JobBackend(BackendHooks):
+    "Base of every job backend: subclasses implement the hooks (`BackendHooks`); this class owns the lifecycle."
+
     def start(self, rec) -> dict:
         "Launch the first attempt of a freshly recorded job; a launch that fails leaves the job `failed` with why."
         import sqlalchemy as sa
@@ -89,7 +111,7 @@ class JobBackend:
         if rec.done or not self.polled: return rec
         obs = self.observe(rec)
         if obs is None: return self.ws.jobs.get(rec.id)
-        if obs.log is not None: self._mirror_log(rec, obs.log)
+        if obs.log is not None: mirror_log(rec, obs.log)
         if obs.state == "failed" and rec.attempt <= rec.spec["retries"] and self.ws.jobs.get(rec.id).state != "cancelled":
             return self._retry(rec, obs)
         if obs.state == "running": transition(self.ws, rec.id, "running")
@@ -109,23 +131,7 @@ class JobBackend:
         attempt = rec.attempt + 1
         why = obs.message or f"exit code {obs.exit_code}"
         append_log(rec, f"attempt {rec.attempt} failed ({why}); retrying as attempt {attempt} (checkpoints resume the work)")
-        self._archive_log(rec)
+        archive_log(rec)
         ref = self.launch(rec, attempt)
         update(self.ws, rec.id, attempt=attempt, backend_ref=json.dumps(ref), message=f"attempt {rec.attempt} failed ({why}); retrying")
         return self.ws.jobs.get(rec.id)
-
-    # A remote log is the whole text of the current attempt; job.log = earlier attempts + mlplat's lines + it.
-    def _mirror_log(self, rec, text: str):
-        path = Path(rec.log_path)
-        head = path.with_suffix(".head")
-        prefix = head.read_text() if head.exists() else ""
-        if not head.exists():
-            prefix = path.read_text(errors="replace") if path.exists() else ""
-            head.write_text(prefix)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(prefix + text)
-        os.replace(tmp, path)
-
-    def _archive_log(self, rec):
-        path = Path(rec.log_path)
-        path.with_suffix(".head").write_text(path.read_text(errors="replace") if path.exists() else "")

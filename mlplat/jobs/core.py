@@ -17,7 +17,7 @@ from ..errors import NotFoundError, ValidationError
 from .spec import TrainingJob
 
 # %% auto #0
-__all__ = ['JobRecord', 'Jobs']
+__all__ = ['JobRecord', 'job_environment', 'job_spec', 'JobSubmission', 'JobReads', 'JobLogs', 'Jobs']
 
 # %% ../../notebooks/44_jobs_core.ipynb #4844d475
 @dataclass
@@ -62,16 +62,33 @@ class JobRecord:
         for k in ("submitted_at", "started_at", "finished_at"): d[k] = str(d[k]) if d[k] else None
         return cls(**d)
 
+# %% ../../notebooks/44_jobs_core.ipynb #a5a8fa11
+def job_environment(ws, job_id: str, folder: Path, run_id: str | None, hw, res, ts=None) -> dict:
+    "The variables mlplat gives every process of a job: what `mlplat.jobs.runtime.context()` reads, threads, caches."
+    cfg = ws.config
+    env = {"MLPLAT_JOB_ID": job_id, "MLPLAT_USER": ws.principal.name, "MLPLAT_HOME": str(cfg.home),
+           "MLPLAT_MLFLOW_RUN_ID": run_id, "MLPLAT_DEEPSPEED_CONFIG": str(folder/"deepspeed.json"),
+           "MLPLAT_CHECKPOINT_DIR": str(folder/"checkpoints"), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "OMP_NUM_THREADS": str(max(1, hw.cpus // max(1, res.processes_per_node))) if not hw.gpus else "4",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cfg.home/".cache"/"torch_extensions"))}
+    if cfg.source: env["MLPLAT_CONFIG"] = str(cfg.source)
+    if ts: env["MLPLAT_TRAINING_SET"] = ts.id
+    return env
+
+# %% ../../notebooks/44_jobs_core.ipynb #b085afd9
+def job_spec(job, folder: Path, res, hw, world: int, runtime_env: dict) -> dict:
+    "What the platform DB keeps of a job: the spec as submitted, what `auto` resolved to, its environment and command."
+    from mlplat.jobs.local import launch_command
+    spec = {"job": job.to_dict(), "entrypoint": str(job.script_path() or job.entrypoint), "args": list(job.args),
+            "env": dict(job.env), "retries": job.retries, "timeout_seconds": job.timeout_seconds,
+            "processes": world, "resources": asdict(res), "hardware": asdict(hw), "runtime_env": runtime_env,
+            "workdir": str(folder)}
+    spec["command"] = launch_command(spec, res.processes_per_node)
+    return spec
+
 # %% ../../notebooks/44_jobs_core.ipynb #aa291aea
-class Jobs:
-    "Training jobs of a workspace (`ws.jobs`)."
-    def __init__(self, ws): self.ws = ws
-
-    def backend(self, name: str):
-        "The backend object for `name`: `local`, `ray`, `kubernetes` or an installed plugin's (`mlplat.plugins`)."
-        from mlplat.plugins import job_backends
-        return job_backends.create(name, self.ws)
-
+class JobSubmission:
+    "Submitting a job (`ws.jobs.submit`): every check first, then the records, then the backend."
     def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False):
         """Validate and launch a `TrainingJob` (object, YAML path or dict); `wait=True` blocks until it ends.
         `dry_run=True` checks everything (spec, RBAC, residency) and returns what would be launched — for
@@ -100,31 +117,11 @@ class Jobs:
                 folder.mkdir(parents=True)
                 (folder/"deepspeed.json").write_text(json.dumps(ds_config, indent=2))
                 run_id = self._mlflow_run(job, job_id, ts)
-            runtime_env = {"MLPLAT_JOB_ID": job_id, "MLPLAT_USER": ws.principal.name, "MLPLAT_HOME": str(cfg.home),
-                           "MLPLAT_MLFLOW_RUN_ID": run_id, "MLPLAT_DEEPSPEED_CONFIG": str(folder/"deepspeed.json"),
-                           "MLPLAT_CHECKPOINT_DIR": str(folder/"checkpoints"), "MLFLOW_DISABLE_TELEMETRY": "true",
-                           "OMP_NUM_THREADS": str(max(1, hw.cpus // max(1, res.processes_per_node))) if not hw.gpus else "4",
-                           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cfg.home/".cache"/"torch_extensions"))}
-            if cfg.source: runtime_env["MLPLAT_CONFIG"] = str(cfg.source)
-            if ts: runtime_env["MLPLAT_TRAINING_SET"] = ts.id
-            from mlplat.jobs.local import launch_command
-            spec = {"job": job.to_dict(), "entrypoint": str(job.script_path() or job.entrypoint), "args": list(job.args),
-                    "env": dict(job.env), "retries": job.retries, "timeout_seconds": job.timeout_seconds,
-                    "processes": world, "resources": asdict(res), "hardware": asdict(hw), "runtime_env": runtime_env,
-                    "workdir": str(folder)}
-            spec["command"] = launch_command(spec, res.processes_per_node)
-            log_path = folder/"job.log"
+            spec = job_spec(job, folder, res, hw, world, job_environment(ws, job_id, folder, run_id, hw, res, ts))
             rec = JobRecord(job_id, job.name, backend_name, "queued", 0, None, None, ts.id if ts else None, run_id, region,
-                            str(log_path), ws.principal.name, str(utcnow()), None, None, spec, None)
+                            str(folder/"job.log"), ws.principal.name, str(utcnow()), None, None, spec, None)
             if dry_run: return backend.plan(rec)
-            log_path.touch()
-            with ws.engine.begin() as c:
-                c.execute(table("jobs").insert().values(
-                    id=job_id, name=job.name, backend=backend_name, state="queued", attempt=0, spec_json=dumps(spec),
-                    training_set=ts.id if ts else None, mlflow_run_id=run_id, region=region, log_path=str(log_path),
-                    submitted_by=ws.principal.name, submitted_at=utcnow()))
-                if ts: ws.lineage.add(ts.node, f"job:{job_id}", conn=c)
-                ws.lineage.add(f"job:{job_id}", f"mlflow_run:{run_id}", conn=c)
+            self._record(rec, ts)
             backend.start(self.get(job_id))
         return self.wait(job_id, timeout) if wait else self.get(job_id)
 
@@ -137,6 +134,19 @@ class Jobs:
         if ts: tags["mlplat.training_set"] = ts.id
         return client.create_run(exp_id, run_name=job_id, tags=tags).info.run_id
 
+    def _record(self, rec: JobRecord, ts):
+        Path(rec.log_path).touch()
+        with self.ws.engine.begin() as c:  # the job's row and its lineage, together or not at all
+            c.execute(table("jobs").insert().values(
+                id=rec.id, name=rec.name, backend=rec.backend, state="queued", attempt=0, spec_json=dumps(rec.spec),
+                training_set=rec.training_set, mlflow_run_id=rec.mlflow_run_id, region=rec.region, log_path=rec.log_path,
+                submitted_by=rec.submitted_by, submitted_at=utcnow()))
+            if ts: self.ws.lineage.add(ts.node, rec.node, conn=c)
+            self.ws.lineage.add(rec.node, f"mlflow_run:{rec.mlflow_run_id}", conn=c)
+
+# %% ../../notebooks/44_jobs_core.ipynb #43fe737e
+class JobReads:
+    "Reading jobs back (`get`, `status`, `list`, `wait`): any process re-attaches to a job by its id."
     def get(self, job_id: str) -> JobRecord:
         "The job as recorded (no backend call)."
         import sqlalchemy as sa
@@ -167,6 +177,9 @@ class Jobs:
             if rec.done or (end is not None and time.time() > end): return rec
             time.sleep(poll)
 
+# %% ../../notebooks/44_jobs_core.ipynb #cf8422e1
+class JobLogs:
+    "A job's log (`logs`, `log_chunk`): every rank's output, the launcher's and mlplat's own lines, in one file."
     def logs(self, job_id: str, follow: bool = False, tail: int | None = None):
         "The job's log lines (all ranks, launcher and mlplat's own lines); `follow` keeps yielding until the job ends."
         if tail is not None and not follow:
@@ -200,6 +213,16 @@ class Jobs:
         eof = end >= size or not data   # nothing complete to read now (an unfinished last line waits for its end)
         return {"job_id": job_id, "state": rec.state, "text": data.decode(errors="replace"), "offset": end, "eof": eof,
                 "done": rec.done and end >= size}
+
+# %% ../../notebooks/44_jobs_core.ipynb #393cd6db
+class Jobs(JobSubmission, JobReads, JobLogs):
+    "Training jobs of a workspace (`ws.jobs`)."
+    def __init__(self, ws): self.ws = ws
+
+    def backend(self, name: str):
+        "The backend object for `name`: `local`, `ray`, `kubernetes` or an installed plugin's (`mlplat.plugins`)."
+        from mlplat.plugins import job_backends
+        return job_backends.create(name, self.ws)
 
     def cancel(self, job_id: str) -> JobRecord:
         "Stop the job and every process it started; a finished job is left as it is."

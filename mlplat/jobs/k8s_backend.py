@@ -21,7 +21,7 @@ SNAPSHOT_MAX_BYTES, SNAPSHOT_MAX_FILES = 100 * 2**20, 2000
 
 # %% auto #0
 __all__ = ['GROUP', 'VERSION', 'PLURAL', 'SNAPSHOT_SKIP', 'SNAPSHOT_MAX_BYTES', 'SNAPSHOT_MAX_FILES', 'snapshot_code',
-           'KubernetesBackend']
+           'trainjob_observation', 'KubeClient', 'TrainJobManifests', 'TrainJobPods', 'KubernetesBackend']
 
 # %% ../../notebooks/48_jobs_k8s_backend.ipynb #a50c87f5
 def snapshot_code(script: Path, dest: Path, skip: tuple = ()) -> Path:
@@ -54,16 +54,26 @@ def _api_error(e, what: str) -> ValidationError:
     return ValidationError(f"Kubernetes refused to {what}: {e.status} {e.reason}{': ' + msg if msg else ''}",
                            hint=hints.get(e.status, "see the message from the API server"))
 
-# %% ../../notebooks/48_jobs_k8s_backend.ipynb #b31e7ac6
-class KubernetesBackend(JobBackend):
-    "Runs jobs as Kubeflow Trainer `TrainJob`s (deepspeed-distributed runtime)."
-    name = "kubernetes"
+# %% ../../notebooks/48_jobs_k8s_backend.ipynb #0bf611f5
+def trainjob_observation(status: dict, pods: list, log: str | None = None, code: int | None = None) -> Observation:
+    "What a TrainJob's `status` (its conditions and child jobs) and its pods say about the attempt."
+    true = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Failed" in true:
+        c = true["Failed"]
+        return Observation("failed", code, f"{c.get('reason', 'Failed')}: {c.get('message', '')}".strip(": "), log)
+    if "Complete" in true: return Observation("succeeded", 0 if code is None else code, None, log)
+    if "Suspended" in true:
+        c = true["Suspended"]
+        return Observation("queued", None, f"suspended ({c.get('reason', '')}: {c.get('message', '')})", log)
+    active = any(j.get("active", 0) or j.get("ready", 0) for j in status.get("jobsStatus") or [])
+    running = active or any(p.status and p.status.phase == "Running" for p in pods)
+    return Observation("running" if running else "queued", None, None, log)
 
+# %% ../../notebooks/48_jobs_k8s_backend.ipynb #4f62a5fd
+class KubeClient:
+    "The cluster: credentials from the configuration (or in-cluster), and API errors turned into readable ones."
     @property
     def settings(self): return self.ws.config.kubernetes
-
-    @property
-    def volume(self) -> WorkspaceVolume: return WorkspaceVolume.of(self.ws.config)
 
     def api(self):
         "An ApiClient from the configured kubeconfig, in-cluster credentials, or the default kubeconfig."
@@ -85,6 +95,12 @@ class KubernetesBackend(JobBackend):
         except urllib3.exceptions.HTTPError as e:
             raise ValidationError(f"cannot reach the Kubernetes API to {what}: {type(e).__name__}: {str(e)[:200]}",
                                   hint="check the cluster address in the kubeconfig and the network") from None
+
+# %% ../../notebooks/48_jobs_k8s_backend.ipynb #80583a74
+class TrainJobManifests:
+    "The job as a TrainJob manifest: what each node offers, the pods' environment, one object name per attempt."
+    @property
+    def volume(self) -> WorkspaceVolume: return WorkspaceVolume.of(self.ws.config)
 
     def hardware(self, job):
         "What the job asks of each node (the submitting machine says nothing about the cluster's nodes)."
@@ -117,6 +133,49 @@ class KubernetesBackend(JobBackend):
     @staticmethod
     def object_name(rec, attempt: int) -> str: return rec.id if attempt == 1 else f"{rec.id}-a{attempt}"
 
+    def plan(self, rec) -> str:
+        note = "" if self.volume.mounted else \
+            "# kubernetes.home_claim is not set: submitting needs it (the pods mount the workspace from it)\n"
+        return note + to_yaml(self.manifest(rec))
+
+# %% ../../notebooks/48_jobs_k8s_backend.ipynb #e7432289
+class TrainJobPods:
+    "The job's pods: the launcher's log (mpirun gathers every rank's output there) and its exit code."
+    def _pods(self, api_client, ref) -> list:
+        from kubernetes import client
+        pods = self._call("list the job's pods", client.CoreV1Api(api_client).list_namespaced_pod, ref["namespace"],
+                          label_selector=f"jobset.sigs.k8s.io/jobset-name={ref['name']}").items
+        return sorted(pods, key=lambda p: p.metadata.name)
+
+    @staticmethod
+    def _launchers(pods) -> list:
+        role = lambda p: (p.metadata.labels or {}).get("jobset.sigs.k8s.io/replicatedjob-name")
+        return [p for p in pods if role(p) == "launcher"] or pods
+
+    def _log(self, api_client, ref, pods) -> str | None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+        core, parts = client.CoreV1Api(api_client), []
+        launchers = self._launchers(pods)
+        for p in launchers:
+            # the raw body: the client's own decoding of this text endpoint returns the repr of bytes ("b'...'")
+            try: text = core.read_namespaced_pod_log(p.metadata.name, ref["namespace"], container="node",
+                                                     _preload_content=False).data.decode("utf-8", "replace")
+            except ApiException: continue  # not started yet (ContainerCreating) or already gone
+            parts.append(text if len(launchers) == 1 else "".join(f"[{p.metadata.name}] {l}\n" for l in text.splitlines()))
+        return "".join(parts) if parts else None
+
+    def _exit_code(self, pods) -> int | None:
+        for p in self._launchers(pods):
+            for cs in (p.status.container_statuses or []) if p.status else []:
+                if cs.state and cs.state.terminated: return cs.state.terminated.exit_code
+        return None
+
+# %% ../../notebooks/48_jobs_k8s_backend.ipynb #b31e7ac6
+class KubernetesBackend(KubeClient, TrainJobManifests, TrainJobPods, JobBackend):
+    "Runs jobs as Kubeflow Trainer `TrainJob`s (deepspeed-distributed runtime)."
+    name = "kubernetes"
+
     def check(self, job):
         if not (job.image or self.settings.image):
             raise ValidationError(f"job {job.name!r} needs a container image to run on Kubernetes",
@@ -148,51 +207,8 @@ class KubernetesBackend(JobBackend):
         except ApiException as e:
             if e.status == 404: return Observation("failed", message=f"TrainJob {ref['name']} was deleted outside mlplat")
             raise _api_error(e, f"read TrainJob {ref['name']}") from None
-        status = obj.get("status") or {}
-        true = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
         pods = self._pods(api_client, ref)
-        log = self._log(api_client, ref, pods)
-        code = self._exit_code(pods)
-        if "Failed" in true:
-            c = true["Failed"]
-            return Observation("failed", code, f"{c.get('reason', 'Failed')}: {c.get('message', '')}".strip(": "), log)
-        if "Complete" in true: return Observation("succeeded", 0 if code is None else code, None, log)
-        if "Suspended" in true:
-            c = true["Suspended"]
-            return Observation("queued", None, f"suspended ({c.get('reason', '')}: {c.get('message', '')})", log)
-        active = any(j.get("active", 0) or j.get("ready", 0) for j in status.get("jobsStatus") or [])
-        running = active or any(p.status and p.status.phase == "Running" for p in pods)
-        return Observation("running" if running else "queued", None, None, log)
-
-    def _pods(self, api_client, ref) -> list:
-        from kubernetes import client
-        pods = self._call("list the job's pods", client.CoreV1Api(api_client).list_namespaced_pod, ref["namespace"],
-                          label_selector=f"jobset.sigs.k8s.io/jobset-name={ref['name']}").items
-        return sorted(pods, key=lambda p: p.metadata.name)
-
-    @staticmethod
-    def _launchers(pods) -> list:
-        role = lambda p: (p.metadata.labels or {}).get("jobset.sigs.k8s.io/replicatedjob-name")
-        return [p for p in pods if role(p) == "launcher"] or pods
-
-    def _log(self, api_client, ref, pods) -> str | None:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-        core, parts = client.CoreV1Api(api_client), []
-        launchers = self._launchers(pods)
-        for p in launchers:
-            # the raw body: the client's own decoding of this text endpoint returns the repr of bytes ("b'...'")
-            try: text = core.read_namespaced_pod_log(p.metadata.name, ref["namespace"], container="node",
-                                                     _preload_content=False).data.decode("utf-8", "replace")
-            except ApiException: continue  # not started yet (ContainerCreating) or already gone
-            parts.append(text if len(launchers) == 1 else "".join(f"[{p.metadata.name}] {l}\n" for l in text.splitlines()))
-        return "".join(parts) if parts else None
-
-    def _exit_code(self, pods) -> int | None:
-        for p in self._launchers(pods):
-            for cs in (p.status.container_statuses or []) if p.status else []:
-                if cs.state and cs.state.terminated: return cs.state.terminated.exit_code
-        return None
+        return trainjob_observation(obj.get("status") or {}, pods, self._log(api_client, ref, pods), self._exit_code(pods))
 
     def _delete(self, api, name: str):
         from kubernetes import client
@@ -207,8 +223,3 @@ class KubernetesBackend(JobBackend):
         from kubernetes import client
         ref = rec.backend_ref or {}
         if ref.get("name"): self._delete(client.CustomObjectsApi(self.api()), ref["name"])
-
-    def plan(self, rec) -> str:
-        note = "" if self.volume.mounted else \
-            "# kubernetes.home_claim is not set: submitting needs it (the pods mount the workspace from it)\n"
-        return note + to_yaml(self.manifest(rec))

@@ -5,7 +5,6 @@
 # %% ../../notebooks/42_jobs_local.ipynb #d2d04082
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -14,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..db import table, utcnow
-from .backend import TERMINAL, JobBackend, transition, update
+from .backend import TERMINAL, JobBackend, transition
 
 # %% auto #0
-__all__ = ['SHM_DIR', 'SHM_PREFIX', 'launch_command', 'release_shm', 'LocalBackend', 'supervise']
+__all__ = ['SHM_DIR', 'SHM_PREFIX', 'launch_command', 'release_shm', 'pid_alive', 'kill_group', 'LocalBackend']
 
 # %% ../../notebooks/42_jobs_local.ipynb #0b4f6fca
 def _free_port() -> int:
@@ -48,16 +46,19 @@ def release_shm(command: list[str], shm_dir: Path = SHM_DIR) -> list[str]:
         except FileNotFoundError: pass
     return gone
 
-def _alive(pid: int | None) -> bool:
+# %% ../../notebooks/42_jobs_local.ipynb #a047ae2f
+def pid_alive(pid: int | None) -> bool:
+    "Whether process `pid` runs (a zombie, exited but not yet reaped by its parent, does not)."
     if not pid: return False
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except PermissionError: return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+    try:
         with open(f"/proc/{pid}/stat") as f: return f.read().split(")")[-1].split()[0] != "Z"
     except OSError: return True
 
-def _killpg(pgid: int | None, sig=signal.SIGTERM):
+def kill_group(pgid: int | None, sig=signal.SIGTERM):
+    "Send `sig` to process group `pgid`; a group that is already gone is no error."
     if not pgid: return
     try: os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError): pass
@@ -73,9 +74,8 @@ class LocalBackend(JobBackend):
         env = {**os.environ, "MLPLAT_HOME": str(self.ws.config.home)}
         if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
         log = open(rec.log_path, "ab")
-        code = "import sys; from mlplat.jobs.local import supervise; sys.exit(supervise(sys.argv[1]))"
-        p = subprocess.Popen([sys.executable, "-c", code, rec.id], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             env=env, start_new_session=True, cwd=str(Path(rec.log_path).parent))
+        p = subprocess.Popen([sys.executable, "-m", "mlplat.jobs.supervisor", rec.id], stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=log, env=env, start_new_session=True, cwd=str(Path(rec.log_path).parent))
         log.close()
         return {"supervisor_pid": p.pid}
 
@@ -88,7 +88,7 @@ class LocalBackend(JobBackend):
     def refresh(self, rec):
         "Notice a supervisor that vanished without recording an outcome (machine restart, kill -9)."
         ref = rec.backend_ref or {}
-        if rec.state not in TERMINAL and not _alive(ref.get("supervisor_pid")):
+        if rec.state not in TERMINAL and not pid_alive(ref.get("supervisor_pid")):
             time.sleep(0.2)
             transition(self.ws, rec.id, "failed",
                        message="the job's supervisor process is gone (machine restart or killed); resubmit the job")
@@ -99,66 +99,9 @@ class LocalBackend(JobBackend):
         "End every process of the job: the launcher's group (workers included) and the supervisor's."
         ref = rec.backend_ref or {}
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            _killpg(ref.get("launcher_pgid"), sig); _killpg(ref.get("supervisor_pid"), sig)
+            kill_group(ref.get("launcher_pgid"), sig); kill_group(ref.get("supervisor_pid"), sig)
             deadline = time.time() + 10
-            while time.time() < deadline and (_alive(ref.get("launcher_pgid")) or _alive(ref.get("supervisor_pid"))):
+            while time.time() < deadline and (pid_alive(ref.get("launcher_pgid")) or pid_alive(ref.get("supervisor_pid"))):
                 time.sleep(0.1)
-            if not (_alive(ref.get("launcher_pgid")) or _alive(ref.get("supervisor_pid"))): break
+            if not (pid_alive(ref.get("launcher_pgid")) or pid_alive(ref.get("supervisor_pid"))): break
         release_shm(rec.command)
-
-# %% ../../notebooks/42_jobs_local.ipynb #149e0127
-def supervise(job_id: str) -> int:
-    "The supervisor process: queue, launch, time out, retry, record. Runs detached from the submitter."
-    import sqlalchemy as sa
-    from mlplat.config import Config
-    from mlplat.workspace import Workspace
-    ws = Workspace(Config.load())
-    t = table("jobs")
-    rec = ws.jobs.get(job_id)
-    spec = rec.spec
-    launcher = {"proc": None}
-
-    def on_term(signum, frame):  # cancel: stop the launcher's group, then leave
-        if (proc := launcher["proc"]) is not None:
-            _killpg(proc.pid, signal.SIGTERM)
-            try: proc.wait(10)
-            except subprocess.TimeoutExpired: _killpg(proc.pid, signal.SIGKILL)
-            release_shm(rec.command)
-        os._exit(143)
-    signal.signal(signal.SIGTERM, on_term)
-
-    while True:  # wait for a slot; the UPDATE ... WHERE state='queued' makes taking it atomic
-        if ws.jobs.get(job_id).state != "queued": return 0
-        with ws.engine.begin() as c:
-            running = c.execute(sa.select(sa.func.count()).select_from(t).where((t.c.state == "running") & (t.c.backend == "local"))).scalar()
-            if running < ws.config.jobs.max_concurrent:
-                if c.execute(sa.update(t).where((t.c.id == job_id) & (t.c.state == "queued")).values(
-                        state="running", started_at=utcnow(), message=None)).rowcount: break
-        time.sleep(1.0)
-
-    env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}, **rec.runtime_env}
-    timeout = spec["timeout_seconds"]
-    for attempt in range(1, spec["retries"] + 2):
-        update(ws, job_id, attempt=attempt)
-        print(f"[mlplat] job {job_id} attempt {attempt}: {' '.join(rec.command)}", flush=True)
-        proc = subprocess.Popen(rec.command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr, env=env,
-                                start_new_session=True, cwd=rec.workdir)
-        launcher["proc"] = proc
-        update(ws, job_id, backend_ref=json.dumps({**(rec.backend_ref or {}), "supervisor_pid": os.getpid(), "launcher_pgid": proc.pid}))
-        try: code, msg = proc.wait(timeout=timeout), None
-        except subprocess.TimeoutExpired:
-            _killpg(proc.pid, signal.SIGTERM)
-            try: proc.wait(10)
-            except subprocess.TimeoutExpired: _killpg(proc.pid, signal.SIGKILL); proc.wait()
-            code, msg = -1, f"timed out after {timeout} s"
-        release_shm(rec.command)
-        if ws.jobs.get(job_id).state == "cancelled": return 0
-        if code == 0:
-            transition(ws, job_id, "succeeded", exit_code=0, message=None); return 0
-        msg = msg or f"exit code {code}"
-        if attempt <= spec["retries"]:
-            print(f"[mlplat] attempt {attempt} failed ({msg}); retrying (checkpoints resume the work)", flush=True)
-            update(ws, job_id, message=f"attempt {attempt} failed ({msg}); retrying")
-            continue
-        transition(ws, job_id, "failed", exit_code=code, message=f"{msg}; see `mlplat jobs logs {job_id}`")
-        return 1

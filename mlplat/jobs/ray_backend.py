@@ -17,13 +17,11 @@ STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "
 SNAPSHOT_EXCLUDES = [".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", "*.pyc", ".cache"]
 
 # %% auto #0
-__all__ = ['STATES', 'SNAPSHOT_EXCLUDES', 'RayBackend']
+__all__ = ['STATES', 'SNAPSHOT_EXCLUDES', 'RayConnection', 'RaySubmission', 'RayBackend']
 
-# %% ../../notebooks/47_jobs_ray.ipynb #9159ab54
-class RayBackend(JobBackend):
-    "Runs jobs on a Ray cluster through its Job Submission API."
-    name = "ray"
-
+# %% ../../notebooks/47_jobs_ray.ipynb #8a07cb4b
+class RayConnection:
+    "The cluster at `ray.address`: a Job Submission client, and submitting that waits out a starting job agent."
     @property
     def address(self) -> str:
         addr = self.ws.config.ray.address or os.environ.get("RAY_ADDRESS", "")
@@ -41,12 +39,22 @@ class RayBackend(JobBackend):
             raise ValidationError(f"cannot reach the Ray cluster at {addr}: {str(e).splitlines()[0]}",
                                   hint="check ray.address and that the cluster's dashboard (job API) is up: `ray status`") from None
 
-    def check(self, job):
-        if job.resources.nodes != 1:
-            raise ValidationError(f"the ray backend runs single-node jobs; {job.name!r} asks for {job.resources.nodes} nodes",
-                                  hint="use backend: kubernetes for multi-node jobs, or nodes: 1")
-        self.client()
+    def _submit(self, sid: str, patience: float = 60.0, pause: float = 2.0, **kw):
+        """Submit, waiting out "No available agent": Ray's head answers that while its job agent (re)starts, which
+        is seconds on a busy machine, and failing the job for it would be wrong."""
+        import time
+        end, retried = time.monotonic() + patience, False
+        while True:
+            try: return self.client().submit_job(submission_id=sid, **kw)
+            except Exception as e:
+                if retried and "already exists" in str(e): return sid  # an earlier try got through after all
+                if "No available agent" not in str(e) or time.monotonic() > end: raise
+            retried = True
+            time.sleep(pause)
 
+# %% ../../notebooks/47_jobs_ray.ipynb #1e1627a4
+class RaySubmission:
+    "What a job becomes on Ray: the entrypoint shell command and the runtime environment (`plan` shows both)."
     def entrypoint(self, rec) -> str:
         "The shell command Ray runs: the launcher under `timeout`, with the script relative to the uploaded working_dir."
         spec = rec.spec
@@ -68,6 +76,26 @@ class RayBackend(JobBackend):
             except ValueError: pass
             env["excludes"] = excludes
         return env
+
+    def plan(self, rec) -> str:
+        import yaml
+        res = rec.spec["resources"]
+        return yaml.safe_dump({"backend": "ray", "address": self.ws.config.ray.address or os.environ.get("RAY_ADDRESS", ""),
+                               "submission_id": f"{rec.id}-1", "entrypoint": self.entrypoint(rec),
+                               "entrypoint_num_cpus": 0 if res["gpus_per_node"] else res["processes_per_node"],
+                               "entrypoint_num_gpus": res["gpus_per_node"] or None, "runtime_env": self.runtime_env(rec)},
+                              sort_keys=False)
+
+# %% ../../notebooks/47_jobs_ray.ipynb #9159ab54
+class RayBackend(RayConnection, RaySubmission, JobBackend):
+    "Runs jobs on a Ray cluster through its Job Submission API."
+    name = "ray"
+
+    def check(self, job):
+        if job.resources.nodes != 1:
+            raise ValidationError(f"the ray backend runs single-node jobs; {job.name!r} asks for {job.resources.nodes} nodes",
+                                  hint="use backend: kubernetes for multi-node jobs, or nodes: 1")
+        self.client()
 
     def launch(self, rec, attempt: int) -> dict:
         res = rec.spec["resources"]
@@ -105,30 +133,8 @@ class RayBackend(JobBackend):
         except Exception: log = None
         return Observation(state, code, message, log)
 
-    def _submit(self, sid: str, patience: float = 60.0, pause: float = 2.0, **kw):
-        """Submit, waiting out "No available agent": Ray's head answers that while its job agent (re)starts, which
-        is seconds on a busy machine, and failing the job for it would be wrong."""
-        import time
-        end, retried = time.monotonic() + patience, False
-        while True:
-            try: return self.client().submit_job(submission_id=sid, **kw)
-            except Exception as e:
-                if retried and "already exists" in str(e): return sid  # an earlier try got through after all
-                if "No available agent" not in str(e) or time.monotonic() > end: raise
-            retried = True
-            time.sleep(pause)
-
     def stop(self, rec):
         sid = (rec.backend_ref or {}).get("submission_id")
         if sid: self.client().stop_job(sid)
         if self.address.split("//")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
             release_shm(rec.command)                     # a stopped entrypoint never reaches its own `rm`
-
-    def plan(self, rec) -> str:
-        import yaml
-        res = rec.spec["resources"]
-        return yaml.safe_dump({"backend": "ray", "address": self.ws.config.ray.address or os.environ.get("RAY_ADDRESS", ""),
-                               "submission_id": f"{rec.id}-1", "entrypoint": self.entrypoint(rec),
-                               "entrypoint_num_cpus": 0 if res["gpus_per_node"] else res["processes_per_node"],
-                               "entrypoint_num_gpus": res["gpus_per_node"] or None, "runtime_env": self.runtime_env(rec)},
-                              sort_keys=False)

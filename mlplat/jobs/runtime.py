@@ -14,11 +14,94 @@ from pathlib import Path
 from ..errors import ValidationError
 
 # %% auto #0
-__all__ = ['JobContext', 'context']
+__all__ = ['RunLogging', 'ModelLogging', 'Checkpoints', 'JobContext', 'context']
+
+# %% ../../notebooks/41_jobs_runtime.ipynb #a0764178
+class RunLogging:
+    "Parameters and metrics into the job's MLflow run, from rank 0 only (other ranks do nothing)."
+    def _client(self):
+        if not self.is_main or not self.run_id: return None
+        if "_mlflow" not in self.__dict__:
+            ws = self.workspace()
+            if ws is not None: self.__dict__["_mlflow"] = ws.mlflow_client()
+            else:
+                from mlflow.tracking import MlflowClient
+                self.__dict__["_mlflow"] = MlflowClient()
+        return self.__dict__["_mlflow"]
+
+    def log_params(self, params: dict):
+        "Parameters of the run (rank 0 only; other ranks do nothing)."
+        if not self.is_main: return
+        from mlplat.governance.redact import redact
+        params = redact(dict(params))  # a secret passed as a parameter never reaches MLflow (or the log)
+        c = self._client()
+        if c is None: print(f"[params] {params}", file=sys.stderr); return
+        from mlflow.entities import Param, RunTag
+        # MLflow params are immutable; a resumed job re-logs them: keep the first values and record changes as tags
+        have = c.get_run(self.run_id).data.params
+        new = {k: str(v)[:6000] for k, v in params.items()}
+        changed = {k: v for k, v in new.items() if k in have and have[k] != v}
+        if changed: print(f"[params] changed since the run started (kept as tags mlplat.resume.*): {changed}", file=sys.stderr)
+        c.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items() if k not in have],
+                    tags=[RunTag(f"mlplat.resume.{k}", v) for k, v in changed.items()])
+
+    def log_metrics(self, metrics: dict, step: int | None = None):
+        "Metrics at `step` (rank 0 only)."
+        if not self.is_main: return
+        c = self._client()
+        if c is None: print(f"[metrics step={step}] {metrics}", file=sys.stderr); return
+        import time
+        from mlflow.entities import Metric
+        ts = int(time.time() * 1000)
+        c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+
+# %% ../../notebooks/41_jobs_runtime.ipynb #21b22e96
+class ModelLogging:
+    "The trained model into the job's MLflow run (rank 0), with what the registry and monitoring need of it."
+    def log_model(self, model, input_example, name: str = "model", holdout=None, feature_names: list | None = None,
+                  pip_requirements: list | None = None, extra_pip_requirements: list | None = None):
+        """The trained PyTorch model as an MLflow artifact (rank 0), traced from `input_example` (a few real
+        input rows) so MLflow records its signature; the registry exports it to ONNX from there. `holdout`
+        (held-out rows of model input, e.g. the test split) is what the registry's parity gate compares on, and
+        monitoring's reference; `feature_names` names the input columns (drift is reported per feature).
+        The model's pip requirements are PyTorch's own (torch, cloudpickle, as installed) plus
+        `extra_pip_requirements`; `pip_requirements` replaces them all."""
+        if input_example is None: raise ValidationError("log_model needs an input_example (a few rows of real inputs)")
+        if pip_requirements is not None and extra_pip_requirements is not None:
+            raise ValidationError("give pip_requirements (the whole list) or extra_pip_requirements (added to PyTorch's), not both")
+        if not self.is_main or not self.run_id: return
+        import mlflow
+        from mlplat.models.onnx import flavor_requirements
+        ws = self.workspace()
+        if ws is not None: mlflow.set_tracking_uri(ws.config.tracking_uri)
+        import mlflow.pytorch
+        reqs = list(pip_requirements) if pip_requirements is not None else flavor_requirements("pytorch", extra_pip_requirements)
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=reqs)
+            if holdout is not None:
+                import numpy as np, tempfile
+                with tempfile.TemporaryDirectory() as d:
+                    np.save(Path(d)/"inputs.npy", np.asarray(holdout, dtype=np.float32)[:1024])
+                    mlflow.log_artifact(str(Path(d)/"inputs.npy"), artifact_path="holdout")
+            if feature_names is not None: mlflow.log_dict({"features": [str(f) for f in feature_names]}, "holdout/features.json")
+
+# %% ../../notebooks/41_jobs_runtime.ipynb #295762d7
+class Checkpoints:
+    "DeepSpeed checkpoints in the job's folder; every rank calls these (ZeRO state is sharded across ranks)."
+    def save_checkpoint(self, engine, step: int, **client_state):
+        "Save a DeepSpeed checkpoint tagged with `step`; `resume` restarts from the latest."
+        if not self.checkpoint_dir: return
+        engine.save_checkpoint(self.checkpoint_dir, tag=f"step{step}", client_state={"step": step, **client_state})
+
+    def resume(self, engine) -> dict:
+        "Load the latest checkpoint if there is one; returns its client state ({} when starting fresh)."
+        if not self.checkpoint_dir or not (Path(self.checkpoint_dir)/"latest").exists(): return {}
+        _, state = engine.load_checkpoint(self.checkpoint_dir)
+        return state or {}
 
 # %% ../../notebooks/41_jobs_runtime.ipynb #e944a3b6
 @dataclass
-class JobContext:
+class JobContext(RunLogging, ModelLogging, Checkpoints):
     "The running job as one process sees it."
     rank: int = 0
     world_size: int = 1
@@ -57,82 +140,7 @@ class JobContext:
         if ws is None: raise ValidationError("MLPLAT_TRAINING_SET is set but no workspace (MLPLAT_CONFIG/MLPLAT_HOME) is")
         return ws.features.get_training_set(self.training_set_ref).to_df()
 
-    # --- MLflow, rank 0 only ----------------------------------------------------------------
-    def _client(self):
-        if not self.is_main or not self.run_id: return None
-        if "_mlflow" not in self.__dict__:
-            ws = self.workspace()
-            if ws is not None: self.__dict__["_mlflow"] = ws.mlflow_client()
-            else:
-                from mlflow.tracking import MlflowClient
-                self.__dict__["_mlflow"] = MlflowClient()
-        return self.__dict__["_mlflow"]
-
-    def log_params(self, params: dict):
-        "Parameters of the run (rank 0 only; other ranks do nothing)."
-        if not self.is_main: return
-        from mlplat.governance.redact import redact
-        params = redact(dict(params))  # a secret passed as a parameter never reaches MLflow (or the log)
-        c = self._client()
-        if c is None: print(f"[params] {params}", file=sys.stderr); return
-        from mlflow.entities import Param, RunTag
-        # MLflow params are immutable; a resumed job re-logs them: keep the first values and record changes as tags
-        have = c.get_run(self.run_id).data.params
-        new = {k: str(v)[:6000] for k, v in params.items()}
-        changed = {k: v for k, v in new.items() if k in have and have[k] != v}
-        if changed: print(f"[params] changed since the run started (kept as tags mlplat.resume.*): {changed}", file=sys.stderr)
-        c.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items() if k not in have],
-                    tags=[RunTag(f"mlplat.resume.{k}", v) for k, v in changed.items()])
-
-    def log_metrics(self, metrics: dict, step: int | None = None):
-        "Metrics at `step` (rank 0 only)."
-        if not self.is_main: return
-        c = self._client()
-        if c is None: print(f"[metrics step={step}] {metrics}", file=sys.stderr); return
-        import time
-        from mlflow.entities import Metric
-        ts = int(time.time() * 1000)
-        c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
-
-    def log_model(self, model, input_example, name: str = "model", holdout=None, feature_names: list | None = None,
-                  pip_requirements: list | None = None, extra_pip_requirements: list | None = None):
-        """The trained PyTorch model as an MLflow artifact (rank 0), traced from `input_example` (a few real
-        input rows) so MLflow records its signature; the registry exports it to ONNX from there. `holdout`
-        (held-out rows of model input, e.g. the test split) is what the registry's parity gate compares on, and
-        monitoring's reference; `feature_names` names the input columns (drift is reported per feature).
-        The model's pip requirements are PyTorch's own (torch, cloudpickle, as installed) plus
-        `extra_pip_requirements`; `pip_requirements` replaces them all."""
-        if input_example is None: raise ValidationError("log_model needs an input_example (a few rows of real inputs)")
-        if pip_requirements is not None and extra_pip_requirements is not None:
-            raise ValidationError("give pip_requirements (the whole list) or extra_pip_requirements (added to PyTorch's), not both")
-        if not self.is_main or not self.run_id: return
-        import mlflow
-        from mlplat.models.onnx import flavor_requirements
-        ws = self.workspace()
-        if ws is not None: mlflow.set_tracking_uri(ws.config.tracking_uri)
-        import mlflow.pytorch
-        reqs = list(pip_requirements) if pip_requirements is not None else flavor_requirements("pytorch", extra_pip_requirements)
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=reqs)
-            if holdout is not None:
-                import numpy as np, tempfile
-                with tempfile.TemporaryDirectory() as d:
-                    np.save(Path(d)/"inputs.npy", np.asarray(holdout, dtype=np.float32)[:1024])
-                    mlflow.log_artifact(str(Path(d)/"inputs.npy"), artifact_path="holdout")
-            if feature_names is not None: mlflow.log_dict({"features": [str(f) for f in feature_names]}, "holdout/features.json")
-
-    # --- checkpoints (every rank calls these: ZeRO state is sharded) ---------------------------
-    def save_checkpoint(self, engine, step: int, **client_state):
-        "Save a DeepSpeed checkpoint tagged with `step`; `resume` restarts from the latest."
-        if not self.checkpoint_dir: return
-        engine.save_checkpoint(self.checkpoint_dir, tag=f"step{step}", client_state={"step": step, **client_state})
-
-    def resume(self, engine) -> dict:
-        "Load the latest checkpoint if there is one; returns its client state ({} when starting fresh)."
-        if not self.checkpoint_dir or not (Path(self.checkpoint_dir)/"latest").exists(): return {}
-        _, state = engine.load_checkpoint(self.checkpoint_dir)
-        return state or {}
-
+# %% ../../notebooks/41_jobs_runtime.ipynb #c66573c3
 def context() -> JobContext:
     "The current process's job context, from the launcher's environment."
     e = os.environ

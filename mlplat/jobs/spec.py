@@ -15,7 +15,7 @@ from ..durations import parse_duration
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'TrainingJob']
+__all__ = ['PRECISIONS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'JobChecks', 'JobFiles', 'TrainingJob']
 
 # %% ../../notebooks/40_jobs_spec.ipynb #32555f57
 @dataclass
@@ -125,54 +125,9 @@ class Resources:
             p.append(f"resources.memory {self.memory!r} is not a quantity like 16Gi")
         return p
 
-# %% ../../notebooks/40_jobs_spec.ipynb #ec30ccde
-@dataclass
-class TrainingJob:
-    "A training job: what to run, with which data, how wide, and under which policy."
-    name: str
-    entrypoint: str                        # script path, or package.module:function
-    args: list = field(default_factory=list)
-    training_set: str | None = None        # e.g. churn@1 (read inside the job with the runtime helper)
-    experiment: str | None = None          # MLflow experiment (default: the workspace project)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    resources: object = "auto"             # Resources or "auto"
-    backend: str | None = None             # local | ray | kubernetes; None: jobs.default_backend
-    region: str | None = None              # default: the workspace region (residency applies)
-    retries: int = 0
-    timeout: object = "24h"                # any mlplat.durations form: 600, "45m", "2h", "1d"
-    env: dict = field(default_factory=dict)
-    image: str | None = None               # container image (kubernetes)
-    priority_class: str | None = None      # kubernetes priority class
-    spot: bool = False                     # tolerate spot/preemptible nodes (checkpoint-resume survives preemption)
-    base_dir: str | None = field(default=None, repr=False)  # folder relative paths resolve from (the YAML's)
-
-    def __post_init__(self):
-        if isinstance(self.deepspeed, dict):
-            bad = set(self.deepspeed) - {f.name for f in fields(DeepSpeedSettings)}
-            if bad: raise ValidationError(f"job {self.name!r}: unknown deepspeed setting(s) {sorted(bad)}",
-                                          hint=f"known: {', '.join(f.name for f in fields(DeepSpeedSettings))}")
-            self.deepspeed = DeepSpeedSettings(**self.deepspeed)
-        if isinstance(self.resources, dict):
-            bad = set(self.resources) - {f.name for f in fields(Resources)}
-            if bad: raise ValidationError(f"job {self.name!r}: unknown resources key(s) {sorted(bad)}",
-                                          hint=f"known: {', '.join(f.name for f in fields(Resources))}")
-            self.resources = Resources(**self.resources)
-        elif self.resources == "auto": self.resources = Resources()
-        if isinstance(self.args, str): self.args = self.args.split()
-
-    @property
-    def timeout_seconds(self) -> int:
-        "The timeout in whole seconds, rounded up (launchers and Kubernetes' activeDeadlineSeconds take integers)."
-        return math.ceil(parse_duration(self.timeout, "timeout").total_seconds())
-
-    @property
-    def is_script(self) -> bool: return ":" not in self.entrypoint or self.entrypoint.endswith(".py")
-
-    def script_path(self) -> Path | None:
-        if not self.is_script: return None
-        p = Path(self.entrypoint).expanduser()
-        return (Path(self.base_dir or ".")/p).resolve() if not p.is_absolute() else p
-
+# %% ../../notebooks/40_jobs_spec.ipynb #2467d6cf
+class JobChecks:
+    "Validation of a `TrainingJob`: every problem of the spec at once, as sentences, before anything launches."
     def problems(self) -> list[str]:
         "Every problem with the spec itself (hardware-independent), as sentences."
         from mlplat.features.datasets import NAME_RE
@@ -205,6 +160,9 @@ class TrainingJob:
                                   hint="fix the job spec and submit again")
         return self
 
+# %% ../../notebooks/40_jobs_spec.ipynb #fb3f58eb
+class JobFiles:
+    "A `TrainingJob` from a YAML file or a plain dict, and back to a dict (what the platform DB keeps)."
     @classmethod
     def from_yaml(cls, path) -> "TrainingJob":
         "Load (and validate) a job from YAML; relative paths are relative to the file."
@@ -230,3 +188,51 @@ class TrainingJob:
     def to_dict(self) -> dict:
         d = asdict(self); d.pop("base_dir"); d["entrypoint"] = str(self.script_path() or self.entrypoint)
         return d
+
+# %% ../../notebooks/40_jobs_spec.ipynb #ec30ccde
+def _settings(value: dict, cls, job_name: str, what: str):
+    "A settings dataclass from a mapping; an unknown key is refused by name."
+    bad = set(value) - {f.name for f in fields(cls)}
+    if bad: raise ValidationError(f"job {job_name!r}: unknown {what} {sorted(bad)}",
+                                  hint=f"known: {', '.join(f.name for f in fields(cls))}")
+    return cls(**value)
+
+@dataclass
+class TrainingJob(JobChecks, JobFiles):
+    "A training job: what to run, with which data, how wide, and under which policy."
+    name: str
+    entrypoint: str                        # script path, or package.module:function
+    args: list = field(default_factory=list)
+    training_set: str | None = None        # e.g. churn@1 (read inside the job with the runtime helper)
+    experiment: str | None = None          # MLflow experiment (default: the workspace project)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+    resources: object = "auto"             # Resources or "auto"
+    backend: str | None = None             # local | ray | kubernetes; None: jobs.default_backend
+    region: str | None = None              # default: the workspace region (residency applies)
+    retries: int = 0
+    timeout: object = "24h"                # any mlplat.durations form: 600, "45m", "2h", "1d"
+    env: dict = field(default_factory=dict)
+    image: str | None = None               # container image (kubernetes)
+    priority_class: str | None = None      # kubernetes priority class
+    spot: bool = False                     # tolerate spot/preemptible nodes (checkpoint-resume survives preemption)
+    base_dir: str | None = field(default=None, repr=False)  # folder relative paths resolve from (the YAML's)
+
+    def __post_init__(self):
+        if isinstance(self.deepspeed, dict):
+            self.deepspeed = _settings(self.deepspeed, DeepSpeedSettings, self.name, "deepspeed setting(s)")
+        if isinstance(self.resources, dict): self.resources = _settings(self.resources, Resources, self.name, "resources key(s)")
+        elif self.resources == "auto": self.resources = Resources()
+        if isinstance(self.args, str): self.args = self.args.split()
+
+    @property
+    def timeout_seconds(self) -> int:
+        "The timeout in whole seconds, rounded up (launchers and Kubernetes' activeDeadlineSeconds take integers)."
+        return math.ceil(parse_duration(self.timeout, "timeout").total_seconds())
+
+    @property
+    def is_script(self) -> bool: return ":" not in self.entrypoint or self.entrypoint.endswith(".py")
+
+    def script_path(self) -> Path | None:
+        if not self.is_script: return None
+        p = Path(self.entrypoint).expanduser()
+        return (Path(self.base_dir or ".")/p).resolve() if not p.is_absolute() else p
