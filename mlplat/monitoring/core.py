@@ -103,7 +103,7 @@ def _accuracy(rows: list[dict], outcomes: dict) -> dict | None:
         res["auc"] = float(roc_auc_score(y, score))
     return res
 
-# %% ../../notebooks/71_monitoring_core.ipynb #d97bea67
+# %% ../../notebooks/71_monitoring_core.ipynb #422a220d
 def _drift(ref: dict, rows: list[dict], cfg) -> dict:
     "Per-feature and per-prediction drift of logged `rows` against a version's reference (`Monitoring.reference`)."
     # decoded in the model's own dtypes: the log holds the shortest text of each float32, which read as float64
@@ -136,6 +136,18 @@ def _alerts(versions: list[dict], min_accuracy: dict) -> list[dict]:
                 alerts.append({"kind": "accuracy", "version": v["version"], "metric": metric, "value": value,
                                "message": f"{metric} {value:.3f} is below {bound}"})
     return alerts
+
+def _raise_alerts(ws, rep: dict):
+    "Audit every alert; notify once per report, not once per drifted feature."
+    name, model = rep["name"], rep["model"]
+    for a in rep["alerts"]:
+        ws.governance.audit.append(ws.principal.name, "monitor.alert", f"model:{model}/{a['version']}", "alert",
+                                   ws.config.workspace.region, {**a, "served_as": name, "since": rep["since"], "until": rep["until"]})
+    if rep["alerts"]:
+        ws.notifier.send("monitoring.alert", f"{name}: {len(rep['alerts'])} monitoring alert(s)",
+                         {"served_as": name, "model": model, "since": rep["since"], "until": rep["until"],
+                          "alerts": [f"v{a['version']}: {a['message']}" for a in rep["alerts"]],
+                          "report": f"mlplat monitor report {name} --since {rep['since']} --until {rep['until']}"})
 
 # %% ../../notebooks/71_monitoring_core.ipynb #4246c741
 class _Traffic:
@@ -225,20 +237,8 @@ class Monitoring(_Traffic, _Judging):
         for version in _versions(recs):
             rep["versions"].append(self._version(model, version, [r for r in recs if r["version"] == version], outcomes, cfg))
         rep["alerts"] = _alerts(rep["versions"], cfg.min_accuracy)
-        if alert: self._raise(rep)
+        if alert: _raise_alerts(ws, rep)
         return rep
-
-    def _raise(self, rep: dict):
-        "Audit every alert; notify once per report, not once per drifted feature."
-        ws, name, model = self.ws, rep["name"], rep["model"]
-        for a in rep["alerts"]:
-            ws.governance.audit.append(ws.principal.name, "monitor.alert", f"model:{model}/{a['version']}", "alert",
-                                       ws.config.workspace.region, {**a, "served_as": name, "since": rep["since"], "until": rep["until"]})
-        if rep["alerts"]:
-            ws.notifier.send("monitoring.alert", f"{name}: {len(rep['alerts'])} monitoring alert(s)",
-                             {"served_as": name, "model": model, "since": rep["since"], "until": rep["until"],
-                              "alerts": [f"v{a['version']}: {a['message']}" for a in rep["alerts"]],
-                              "report": f"mlplat monitor report {name} --since {rep['since']} --until {rep['until']}"})
 
     def timeline(self, name: str, model: str | None = None, window: str = "7d", every: str = "1d", since=None, until=None) -> list[dict]:
         """Drift and accuracy per time bucket (`every`) over the window, oldest first: one row per bucket and served

@@ -98,9 +98,30 @@ class _Liveness:
                 c.execute(t.update().where((t.c.schedule == r.schedule) & (t.c.slot == r.slot)).values(
                     status="failed", detail=detail, finished_at=utcnow()))
 
-# %% ../../notebooks/63a_pipelines_scheduler.ipynb #f6e92598
+# %% ../../notebooks/63a_pipelines_scheduler.ipynb #96a8e4d6
 class _Firing:
-    "One claimed slot: apply the overlap policy, check the pipeline, then run it on a thread."
+    "A due slot: the misfire policy, the claim, then the overlap policy, the pipeline's check, and its run on a thread."
+    def _due(self, s: Schedule, now: datetime) -> list:
+        last = self._last_slot(s.name)
+        after = max(x for x in (s.active_since, last) if x is not None)
+        due = s.slots(after, now)
+        if not due: return []
+        newest, grace = due[-1], self.ws.config.scheduler.misfire_grace_seconds
+        late = (now - newest).total_seconds() > grace
+        missed = len(due) - 1 + (1 if late and s.misfire == "skip" else 0)
+        note = f"{missed} slot(s) up to {slot_key(due[-1] if late and s.misfire == 'skip' else due[-2])} missed while no scheduler ran" if missed else None
+        if late and s.misfire == "skip":
+            if not self._claim(s, newest, "missed", note): return []
+            self._notify("schedule.missed", s, newest, f"schedule {s.name}: {note}", {"policy": "misfire: skip"})
+            return [(s.name, slot_key(newest), "missed")]
+        if not self._claim(s, newest, "starting", note): return []   # another scheduler fired it
+        if missed: self._notify("schedule.missed", s, newest, f"schedule {s.name}: {note}",
+                                {"policy": f"misfire: {s.misfire}", "running_now": slot_key(newest)})
+        try: return [(s.name, slot_key(newest), self._fire(s, newest))]
+        except BaseException as e:  # claimed but not started: say so rather than leave it `starting`
+            self._update(s.name, slot_key(newest), "error", detail=f"{type(e).__name__}: {e}", finished=True)
+            raise
+
     def _fire(self, s: Schedule, slot: datetime) -> str:
         ws, key = self.ws, slot_key(slot)
         active = self._active_runs(s.name, key)
@@ -214,24 +235,3 @@ class Scheduler(_Fires, _Liveness, _Firing, _Runs):
             try: decided += self._due(s, now)
             except Exception as e: log.exception("schedule %s: %s", s.name, e)
         return decided
-
-    def _due(self, s: Schedule, now: datetime) -> list:
-        last = self._last_slot(s.name)
-        after = max(x for x in (s.active_since, last) if x is not None)
-        due = s.slots(after, now)
-        if not due: return []
-        newest, grace = due[-1], self.ws.config.scheduler.misfire_grace_seconds
-        late = (now - newest).total_seconds() > grace
-        missed = len(due) - 1 + (1 if late and s.misfire == "skip" else 0)
-        note = f"{missed} slot(s) up to {slot_key(due[-1] if late and s.misfire == 'skip' else due[-2])} missed while no scheduler ran" if missed else None
-        if late and s.misfire == "skip":
-            if not self._claim(s, newest, "missed", note): return []
-            self._notify("schedule.missed", s, newest, f"schedule {s.name}: {note}", {"policy": "misfire: skip"})
-            return [(s.name, slot_key(newest), "missed")]
-        if not self._claim(s, newest, "starting", note): return []   # another scheduler fired it
-        if missed: self._notify("schedule.missed", s, newest, f"schedule {s.name}: {note}",
-                                {"policy": f"misfire: {s.misfire}", "running_now": slot_key(newest)})
-        try: return [(s.name, slot_key(newest), self._fire(s, newest))]
-        except BaseException as e:  # claimed but not started: say so rather than leave it `starting`
-            self._update(s.name, slot_key(newest), "error", detail=f"{type(e).__name__}: {e}", finished=True)
-            raise
