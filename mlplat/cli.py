@@ -234,7 +234,7 @@ def cmd_schedule(args):
         _out(args, s.to_dict())
     elif a == "cronjob":
         import yaml
-        from mlplat.pipelines.schedule import cronjob, validate_cronjob
+        from mlplat.pipelines.cronjob import cronjob, validate_cronjob
         m = cronjob(ws, sc.get(args.name), args.image, args.namespace)
         validate_cronjob(m)
         print(f"note: once this CronJob runs the schedule, pause it here (mlplat schedule pause {args.name}), "
@@ -247,7 +247,7 @@ def cmd_scheduler(args):
     import logging
     import signal
     import threading
-    from mlplat.pipelines.schedule import Scheduler
+    from mlplat.pipelines.scheduler import Scheduler
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ws = _ws(args)
     stop = threading.Event()

@@ -31,6 +31,77 @@ MOVEMENTS = {
 __all__ = ['MOVEMENTS', 'build_report', 'render', 'render_html']
 
 # %% ../notebooks/75_compliance.ipynb #f6ff8d74
+def _datasets(ws) -> list[dict]:
+    "Every version of every registered source: classification, origin, where it is stored, encryption, what used it."
+    from mlplat.governance.crypto import is_sealed
+    out = []
+    for dv in [v for latest in ws.features.datasets.list() for v in ws.features.datasets.versions(latest.name)]:
+        derived = ws.lineage.of(dv.node)["downstream_nodes"]
+        out.append({"id": dv.id, "classification": dv.classification, "stored_in": dv.region,
+                    "source_region": dv.source_region, "source": dv.source_kind, "rows": dv.rows,
+                    "registered_by": dv.created_by, "registered_at": dv.created_at,
+                    "encrypted_at_rest": is_sealed(dv.path), "derived": derived})
+    return out
+
+def _training_sets(ws) -> list[dict]:
+    from mlplat.governance.crypto import is_sealed
+    return [{"id": ts.id, "classification": ts.classification, "stored_in": ts.region,
+             "datasets": ts.lineage.get("datasets", []), "built_by": ts.created_by, "built_at": ts.created_at,
+             "encrypted_at_rest": is_sealed(ts.path)} for ts in ws.features.training_sets()]
+
+def _models(ws) -> tuple[list, list]:
+    "(every model version with the datasets it was trained on, every alias move)."
+    models, aliases = [], []
+    for m in ws.models.list():
+        for mv in ws.models.versions(m["name"]):
+            up = ws.lineage.of(mv.node)["upstream_nodes"]
+            used = {n.split(":", 1)[1] for n in up if n.startswith("dataset:")}
+            ts_id = mv.tags.get("mlplat.training_set", "")
+            if ts_id:  # a run outside mlplat's jobs names its training set only in a tag
+                try: used |= set(ws.features.get_training_set(ts_id).lineage.get("datasets", []))
+                except NotFoundError: used.add(f"(training set {ts_id} is no longer known)")
+            models.append({"model": mv.name, "version": mv.version, "aliases": mv.aliases, "registered_at": mv.created_at,
+                           "registered_by": mv.tags.get("mlplat.registered_by", ""), "training_set": ts_id,
+                           "datasets": sorted(used),
+                           "encrypted_at_rest": mv.sealed})
+        aliases += [{"model": m["name"], **e} for e in ws.models.history(m["name"])]
+    return models, aliases
+
+# %% ../notebooks/75_compliance.ipynb #27559996
+def _audit_rows(records: list[dict]) -> tuple[list, list]:
+    "(the movements of data and models, the blocked attempts) among audit records."
+    def row(r): return {k: r[k] for k in ("seq", "ts", "principal", "action", "resource", "region", "outcome")} | \
+        {"details": r["details"]}
+    movements = [row(r) | {"what": MOVEMENTS[r["action"]]} for r in records if r["action"] in MOVEMENTS]
+    blocked = [row(r) | {"reason": (r["details"] or {}).get("reason") or (r["details"] or {}).get("error", "")}
+               for r in records if r["outcome"] == "denied"]
+    return movements, blocked
+
+def _collect(ws) -> dict:
+    gov, cfg = ws.governance, ws.config
+    records = list(gov.audit.records())
+    chain = gov.audit.verify().to_dict()
+    datasets, training_sets = _datasets(ws), _training_sets(ws)
+    models, aliases = _models(ws)
+    movements, blocked = _audit_rows(records)
+    return {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "generated_by": ws.principal.name,
+        "workspace": {"home": str(cfg.home), "project": cfg.workspace.project, "region": cfg.workspace.region,
+                      "identity_provider": cfg.identity.provider, "online_store_region": cfg.online_store_region,
+                      "artifact_region": cfg.models.artifact_region or cfg.workspace.region},
+        "residency_rules": cfg.residency.rules,
+        "encryption": {"at_rest": cfg.encryption.at_rest, "key_provider": cfg.encryption.key_provider,
+                       "keys": ws.keys.list()},
+        "audit_chain": chain, "datasets": datasets, "training_sets": training_sets, "models": models,
+        "alias_history": aliases, "movements": movements, "blocked": blocked,
+        "summary": {"datasets": len(datasets), "personal_datasets": sum(d["classification"] == "personal" for d in datasets),
+                    "unencrypted_files": sum(not d["encrypted_at_rest"] for d in datasets + training_sets)
+                                         + sum(not m["encrypted_at_rest"] for m in models),
+                    "model_versions": len(models), "movements": len(movements), "blocked_attempts": len(blocked),
+                    "audit_chain_intact": chain["ok"]},
+    }
+
+# %% ../notebooks/75_compliance.ipynb #bfe51872
 def build_report(ws, fmt: str = "json", path=None) -> dict:
     """The compliance report of workspace `ws` as a dict (see the module docs), also written to `path` as `fmt`
     (`html` or `json`) when given; audited, needs `audit:export`."""
@@ -51,58 +122,6 @@ def render(report: dict, fmt: str) -> str:
     "The report as a self-contained HTML page or as JSON."
     return render_html(report) if fmt == "html" else json.dumps(report, indent=1, default=str)
 
-def _collect(ws) -> dict:
-    from mlplat.governance.crypto import is_sealed
-    gov, cfg = ws.governance, ws.config
-    records = list(gov.audit.records())
-    chain = gov.audit.verify().to_dict()
-    datasets = []
-    for dv in [v for latest in ws.features.datasets.list() for v in ws.features.datasets.versions(latest.name)]:
-        derived = ws.lineage.of(dv.node)["downstream_nodes"]
-        datasets.append({"id": dv.id, "classification": dv.classification, "stored_in": dv.region,
-                         "source_region": dv.source_region, "source": dv.source_kind, "rows": dv.rows,
-                         "registered_by": dv.created_by, "registered_at": dv.created_at,
-                         "encrypted_at_rest": is_sealed(dv.path), "derived": derived})
-    training_sets = [{"id": ts.id, "classification": ts.classification, "stored_in": ts.region,
-                      "datasets": ts.lineage.get("datasets", []), "built_by": ts.created_by, "built_at": ts.created_at,
-                      "encrypted_at_rest": is_sealed(ts.path)} for ts in ws.features.training_sets()]
-    models, aliases = [], []
-    for m in ws.models.list():
-        for mv in ws.models.versions(m["name"]):
-            up = ws.lineage.of(mv.node)["upstream_nodes"]
-            used = {n.split(":", 1)[1] for n in up if n.startswith("dataset:")}
-            ts_id = mv.tags.get("mlplat.training_set", "")
-            if ts_id:  # a run outside mlplat's jobs names its training set only in a tag
-                try: used |= set(ws.features.get_training_set(ts_id).lineage.get("datasets", []))
-                except NotFoundError: used.add(f"(training set {ts_id} is no longer known)")
-            models.append({"model": mv.name, "version": mv.version, "aliases": mv.aliases, "registered_at": mv.created_at,
-                           "registered_by": mv.tags.get("mlplat.registered_by", ""), "training_set": ts_id,
-                           "datasets": sorted(used),
-                           "encrypted_at_rest": mv.sealed})
-        aliases += [{"model": m["name"], **e} for e in ws.models.history(m["name"])]
-    def row(r): return {k: r[k] for k in ("seq", "ts", "principal", "action", "resource", "region", "outcome")} | \
-        {"details": r["details"]}
-    movements = [row(r) | {"what": MOVEMENTS[r["action"]]} for r in records if r["action"] in MOVEMENTS]
-    blocked = [row(r) | {"reason": (r["details"] or {}).get("reason") or (r["details"] or {}).get("error", "")}
-               for r in records if r["outcome"] == "denied"]
-    report = {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "generated_by": ws.principal.name,
-        "workspace": {"home": str(cfg.home), "project": cfg.workspace.project, "region": cfg.workspace.region,
-                      "identity_provider": cfg.identity.provider, "online_store_region": cfg.online_store_region,
-                      "artifact_region": cfg.models.artifact_region or cfg.workspace.region},
-        "residency_rules": cfg.residency.rules,
-        "encryption": {"at_rest": cfg.encryption.at_rest, "key_provider": cfg.encryption.key_provider,
-                       "keys": ws.keys.list()},
-        "audit_chain": chain, "datasets": datasets, "training_sets": training_sets, "models": models,
-        "alias_history": aliases, "movements": movements, "blocked": blocked,
-        "summary": {"datasets": len(datasets), "personal_datasets": sum(d["classification"] == "personal" for d in datasets),
-                    "unencrypted_files": sum(not d["encrypted_at_rest"] for d in datasets + training_sets)
-                                         + sum(not m["encrypted_at_rest"] for m in models),
-                    "model_versions": len(models), "movements": len(movements), "blocked_attempts": len(blocked),
-                    "audit_chain_intact": chain["ok"]},
-    }
-    return report
-
 # %% ../notebooks/75_compliance.ipynb #52d17e31
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}p.why{color:#555;margin-top:-.4em}
@@ -122,23 +141,28 @@ def _table(rows: list, cols: list, empty: str) -> str:
     body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(key))}</td>" for key, _ in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
-def render_html(report: dict) -> str:
-    "A self-contained HTML page of `report` (every value escaped)."
+def _summary(report: dict) -> list[str]:
+    "The page's head: title, who made it for which workspace, and the summary table."
     s, w, chain = report["summary"], report["workspace"], report["audit_chain"]
     status = (f'<span class="ok">intact</span> — {chain["records"]} records, head <code>{chain["head"][:16]}…</code>'
               if chain["ok"] else f'<span class="bad">BROKEN</span> — {html.escape(chain["message"])}')
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Compliance report — {html.escape(w['project'])}</title>"
-             f"<style>{_CSS}</style></head><body>",
-             f"<h1>Compliance report: {html.escape(w['project'])}</h1>",
-             f"<p>Generated {html.escape(report['generated_at'])} by {html.escape(report['generated_by'])} for the workspace "
-             f"in region <strong>{html.escape(w['region'])}</strong> (identity provider: {html.escape(w['identity_provider'])}).</p>",
-             "<table class='summary'>",
-             f"<tr><td>Audit trail</td><td>{status}</td></tr>",
-             f"<tr><td>Datasets (of which personal data)</td><td>{s['datasets']} ({s['personal_datasets']})</td></tr>",
-             f"<tr><td>Files not encrypted at rest</td><td>{s['unencrypted_files']}</td></tr>",
-             f"<tr><td>Model versions</td><td>{s['model_versions']}</td></tr>",
-             f"<tr><td>Recorded movements of data and models</td><td>{s['movements']}</td></tr>",
-             f"<tr><td>Blocked attempts</td><td>{s['blocked_attempts']}</td></tr></table>",
+    return [f"<!doctype html><html><head><meta charset='utf-8'><title>Compliance report — {html.escape(w['project'])}</title>"
+            f"<style>{_CSS}</style></head><body>",
+            f"<h1>Compliance report: {html.escape(w['project'])}</h1>",
+            f"<p>Generated {html.escape(report['generated_at'])} by {html.escape(report['generated_by'])} for the workspace "
+            f"in region <strong>{html.escape(w['region'])}</strong> (identity provider: {html.escape(w['identity_provider'])}).</p>",
+            "<table class='summary'>",
+            f"<tr><td>Audit trail</td><td>{status}</td></tr>",
+            f"<tr><td>Datasets (of which personal data)</td><td>{s['datasets']} ({s['personal_datasets']})</td></tr>",
+            f"<tr><td>Files not encrypted at rest</td><td>{s['unencrypted_files']}</td></tr>",
+            f"<tr><td>Model versions</td><td>{s['model_versions']}</td></tr>",
+            f"<tr><td>Recorded movements of data and models</td><td>{s['movements']}</td></tr>",
+            f"<tr><td>Blocked attempts</td><td>{s['blocked_attempts']}</td></tr></table>"]
+
+# %% ../notebooks/75_compliance.ipynb #456b9230
+def render_html(report: dict) -> str:
+    "A self-contained HTML page of `report` (every value escaped)."
+    parts = _summary(report) + [
              "<h2>Residency rules</h2><p class='why'>Where each classification of data may be stored and processed.</p>",
              _table(report["residency_rules"], [("classification", "classification"), ("allowed_regions", "allowed regions"),
                                                 ("description", "why")], "No residency rules are configured."),

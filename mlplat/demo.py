@@ -73,7 +73,7 @@ def run_demo(home: str = "mlplat-demo", customers: int = 1000, days: int = 90, s
     "Run the churn pipeline in workspace `home`, then print its summary (or the JSON report)."
     import threading
     from mlplat.errors import ResidencyViolation
-    from mlplat.pipelines.runner import Pipelines
+    from mlplat.pipelines.core import Pipelines
     from mlplat.workspace import init
     t_all = time.perf_counter()
     ws = init(home, quiet=True)

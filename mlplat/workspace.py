@@ -86,12 +86,12 @@ class Workspace:
 
     @functools.cached_property
     def monitoring(self):
-        from mlplat.monitoring.monitor import Monitor
-        return Monitor(self)
+        from mlplat.monitoring.core import Monitoring
+        return Monitoring(self)
 
     @functools.cached_property
     def pipelines(self):
-        from mlplat.pipelines.runner import Pipelines
+        from mlplat.pipelines.core import Pipelines
         return Pipelines(self)
 
     @functools.cached_property
@@ -101,7 +101,7 @@ class Workspace:
 
     @functools.cached_property
     def schedules(self):
-        from mlplat.pipelines.schedule import Schedules
+        from mlplat.pipelines.schedules import Schedules
         return Schedules(self)
 
     @functools.cached_property

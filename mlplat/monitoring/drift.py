@@ -38,6 +38,7 @@ def _category_psi(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
     p, q = np.clip(p, eps, None), np.clip(q, eps, None)
     return float(np.sum((q - p) * np.log(q / p)))
 
+# %% ../../notebooks/70_monitoring_drift.ipynb #813f1a6a
 @dataclass
 class FeatureDrift:
     feature: str

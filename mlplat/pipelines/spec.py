@@ -127,7 +127,7 @@ def notebook_parameters(path: Path) -> dict[str, NotebookParam]:
         out[name] = NotebookParam(name, typ, default, p.get("help", "").strip().lower().startswith("required"), p.get("help", ""))
     return out
 
-# %% ../../notebooks/60_pipelines_spec.ipynb #1e031d3f
+# %% ../../notebooks/60_pipelines_spec.ipynb #82930c63
 @dataclass
 class PipelineParam:
     name: str
@@ -147,55 +147,58 @@ class Step:
     kernel: str | None = None
     region: str | None = None
 
-@dataclass
-class Pipeline:
-    "A validated pipeline: parameters, steps (a DAG of notebooks), and how many steps may run at once."
-    name: str
-    steps: list
-    parameters: dict = field(default_factory=dict)   # name -> PipelineParam
-    max_parallel: int = 2
-    source: Path | None = None
+def _step(doc, i: int, base: Path) -> Step:
+    if not isinstance(doc, dict): raise ValidationError(f"steps[{i}] must be a mapping with name and notebook")
+    known = {"name", "notebook", "parameters", "depends_on", "retries", "backoff", "timeout", "kernel", "region"}
+    unknown = set(doc) - known
+    if unknown: raise ValidationError(f"steps[{i}]: unknown field(s) {sorted(unknown)}; fields: {sorted(known)}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValidationError(f"steps[{i}]: name {name!r} must be a word of letters, digits, _ or - (up to 63)")
+    nb = doc.get("notebook")
+    if not isinstance(nb, str) or not nb.endswith(".ipynb"): raise ValidationError(f"step {name}: notebook must be an .ipynb path")
+    path = (base/nb).resolve()
+    # a relative path may not climb out of the pipeline's folder (`../../x.ipynb`); an absolute one is explicit
+    if not Path(nb).is_absolute() and not path.is_relative_to(Path(base).resolve()):
+        raise ValidationError(f"step {name}: notebook {nb!r} is outside the pipeline's folder {base}",
+                              hint="keep a pipeline's notebooks in its folder (or below it), or give an absolute path")
+    if not path.is_file(): raise ValidationError(f"step {name}: notebook {path} does not exist")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict): raise ValidationError(f"step {name}: parameters must map identifiers to values")
+    for k in params: check_param_name(k, f"step {name}: parameter")
+    deps = doc.get("depends_on") or []
+    if isinstance(deps, str): deps = [deps]
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise ValidationError(f"step {name}: depends_on must be a list of step names")
+    def number(key, default, minimum, integer=False):
+        v = doc.get(key, default)
+        if v is None and default is None: return None
+        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if not ok or isinstance(v, bool) or v < minimum: raise ValidationError(f"step {name}: {key} must be a number >= {minimum}, got {v!r}")
+        return v
+    return Step(name, path, params, deps, number("retries", 0, 0, True), number("backoff", 2.0, 0), number("timeout", None, 1),
+                doc.get("kernel"), doc.get("region"))
 
-    @classmethod
-    def from_yaml(cls, path) -> "Pipeline":
-        import yaml
-        path = Path(path).expanduser().resolve()
-        if not path.is_file(): raise ValidationError(f"pipeline file {path} does not exist")
-        try: doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e: raise ValidationError(f"{path} is not valid YAML: {e}") from None
-        return cls.from_dict(doc, path.parent, source=path)
+# %% ../../notebooks/60_pipelines_spec.ipynb #982bda19
+def _parameters(doc: dict) -> dict:
+    "The pipeline's `parameters:` mapping -> {name: PipelineParam}: `n: 10` (a default, typed by it) or `n: {type, default, required}`."
+    params = {}
+    for pname, spec in doc.items():
+        check_param_name(pname, "pipeline parameter")
+        if isinstance(spec, dict) and set(spec) <= {"type", "default", "required"} and ("type" in spec or "required" in spec):
+            typ = spec.get("type")
+            if typ is not None and typ not in TYPES:
+                raise ValidationError(f"parameter {pname}: type {typ!r} is not one of {sorted(TYPES)}")
+            p = PipelineParam(pname, typ, spec.get("default"), bool(spec.get("required", "default" not in spec)))
+        else: p = PipelineParam(pname, type_name(spec) if type_name(spec) in TYPES else None, spec)
+        check_data(p.default, f"parameter {pname}")
+        if not fits(p.default, p.type): raise ValidationError(f"parameter {pname}: default {p.default!r} is not {p.type}")
+        params[pname] = p
+    return params
 
-    @classmethod
-    def from_dict(cls, doc: dict, base: Path | str = ".", source: Path | None = None) -> "Pipeline":
-        "Build and validate a pipeline from its YAML shape; notebook paths are relative to `base`."
-        if not isinstance(doc, dict): raise ValidationError("a pipeline is a mapping with name, parameters and steps")
-        unknown = set(doc) - {"name", "parameters", "steps", "max_parallel", "description"}
-        if unknown: raise ValidationError(f"unknown pipeline field(s) {sorted(unknown)}",
-                                          hint="fields: name, description, parameters, max_parallel, steps")
-        name = doc.get("name")
-        if not isinstance(name, str) or not NAME.fullmatch(name):
-            raise ValidationError(f"pipeline name {name!r} must be a word of letters, digits, _ or - (up to 63)")
-        params = {}
-        for pname, spec in (doc.get("parameters") or {}).items():
-            check_param_name(pname, "pipeline parameter")
-            if isinstance(spec, dict) and set(spec) <= {"type", "default", "required"} and ("type" in spec or "required" in spec):
-                typ = spec.get("type")
-                if typ is not None and typ not in TYPES:
-                    raise ValidationError(f"parameter {pname}: type {typ!r} is not one of {sorted(TYPES)}")
-                p = PipelineParam(pname, typ, spec.get("default"), bool(spec.get("required", "default" not in spec)))
-            else: p = PipelineParam(pname, type_name(spec) if type_name(spec) in TYPES else None, spec)
-            check_data(p.default, f"parameter {pname}")
-            if not fits(p.default, p.type): raise ValidationError(f"parameter {pname}: default {p.default!r} is not {p.type}")
-            params[pname] = p
-        steps_doc = doc.get("steps")
-        if not isinstance(steps_doc, list) or not steps_doc: raise ValidationError("a pipeline needs a non-empty list of steps")
-        steps = [_step(s, i, Path(base)) for i, s in enumerate(steps_doc)]
-        mp = doc.get("max_parallel", 2)
-        if not isinstance(mp, int) or isinstance(mp, bool) or mp < 1: raise ValidationError(f"max_parallel must be >= 1, got {mp!r}")
-        p = cls(name, steps, params, mp, source)
-        p.validate()
-        return p
-
+# %% ../../notebooks/60_pipelines_spec.ipynb #c807faf2
+class _Dag:
+    "The graph questions about a pipeline's `steps`, asked by its checks and by the executor."
     def step(self, name: str) -> Step:
         for s in self.steps:
             if s.name == name: return s
@@ -210,8 +213,18 @@ class Pipeline:
             for n in ready: done.add(n); order.append(n); todo.remove(n)
         return order
 
+    def upstream(self, name: str) -> set:
+        "Every step `name` depends on, directly or not."
+        seen, todo = set(), list(self.step(name).depends_on)
+        while todo:
+            n = todo.pop()
+            if n not in seen: seen.add(n); todo.extend(self.step(n).depends_on)
+        return seen
+
+# %% ../../notebooks/60_pipelines_spec.ipynb #ef8a5dc0
+class _Checks:
+    "Everything that can be checked before a kernel starts (see the top of this page)."
     def validate(self):
-        "Everything that can be checked before a kernel starts (see the top of this page)."
         names = [s.name for s in self.steps]
         dup = {n for n in names if names.count(n) > 1}
         if dup: raise ValidationError(f"step name(s) {sorted(dup)} appear more than once")
@@ -247,13 +260,44 @@ class Pipeline:
         missing = [n for n, p in declared.items() if p.required and n not in s.parameters]
         if missing: raise ValidationError(f"step {s.name}: {s.notebook.name} requires parameter(s) {missing}")
 
-    def upstream(self, name: str) -> set:
-        "Every step `name` depends on, directly or not."
-        seen, todo = set(), list(self.step(name).depends_on)
-        while todo:
-            n = todo.pop()
-            if n not in seen: seen.add(n); todo.extend(self.step(n).depends_on)
-        return seen
+# %% ../../notebooks/60_pipelines_spec.ipynb #ca22aabd
+@dataclass
+class Pipeline(_Dag, _Checks):
+    "A validated pipeline: parameters, steps (a DAG of notebooks), and how many steps may run at once."
+    name: str
+    steps: list
+    parameters: dict = field(default_factory=dict)   # name -> PipelineParam
+    max_parallel: int = 2
+    source: Path | None = None
+
+    @classmethod
+    def from_yaml(cls, path) -> "Pipeline":
+        import yaml
+        path = Path(path).expanduser().resolve()
+        if not path.is_file(): raise ValidationError(f"pipeline file {path} does not exist")
+        try: doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e: raise ValidationError(f"{path} is not valid YAML: {e}") from None
+        return cls.from_dict(doc, path.parent, source=path)
+
+    @classmethod
+    def from_dict(cls, doc: dict, base: Path | str = ".", source: Path | None = None) -> "Pipeline":
+        "Build and validate a pipeline from its YAML shape; notebook paths are relative to `base`."
+        if not isinstance(doc, dict): raise ValidationError("a pipeline is a mapping with name, parameters and steps")
+        unknown = set(doc) - {"name", "parameters", "steps", "max_parallel", "description"}
+        if unknown: raise ValidationError(f"unknown pipeline field(s) {sorted(unknown)}",
+                                          hint="fields: name, description, parameters, max_parallel, steps")
+        name = doc.get("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValidationError(f"pipeline name {name!r} must be a word of letters, digits, _ or - (up to 63)")
+        params = _parameters(doc.get("parameters") or {})
+        steps_doc = doc.get("steps")
+        if not isinstance(steps_doc, list) or not steps_doc: raise ValidationError("a pipeline needs a non-empty list of steps")
+        steps = [_step(s, i, Path(base)) for i, s in enumerate(steps_doc)]
+        mp = doc.get("max_parallel", 2)
+        if not isinstance(mp, int) or isinstance(mp, bool) or mp < 1: raise ValidationError(f"max_parallel must be >= 1, got {mp!r}")
+        p = cls(name, steps, params, mp, source)
+        p.validate()
+        return p
 
     def resolve_params(self, given: dict | None) -> dict:
         "The pipeline's parameter values: defaults overridden by `given`, typed, required ones present."
@@ -276,38 +320,6 @@ class Pipeline:
                 "steps": [{"name": s.name, "notebook": str(s.notebook), "parameters": s.parameters, "depends_on": s.depends_on,
                            "retries": s.retries, "backoff": s.backoff, "timeout": s.timeout, "kernel": s.kernel, "region": s.region}
                           for s in self.steps]}
-
-def _step(doc, i: int, base: Path) -> Step:
-    if not isinstance(doc, dict): raise ValidationError(f"steps[{i}] must be a mapping with name and notebook")
-    known = {"name", "notebook", "parameters", "depends_on", "retries", "backoff", "timeout", "kernel", "region"}
-    unknown = set(doc) - known
-    if unknown: raise ValidationError(f"steps[{i}]: unknown field(s) {sorted(unknown)}; fields: {sorted(known)}")
-    name = doc.get("name")
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ValidationError(f"steps[{i}]: name {name!r} must be a word of letters, digits, _ or - (up to 63)")
-    nb = doc.get("notebook")
-    if not isinstance(nb, str) or not nb.endswith(".ipynb"): raise ValidationError(f"step {name}: notebook must be an .ipynb path")
-    path = (base/nb).resolve()
-    # a relative path may not climb out of the pipeline's folder (`../../x.ipynb`); an absolute one is explicit
-    if not Path(nb).is_absolute() and not path.is_relative_to(Path(base).resolve()):
-        raise ValidationError(f"step {name}: notebook {nb!r} is outside the pipeline's folder {base}",
-                              hint="keep a pipeline's notebooks in its folder (or below it), or give an absolute path")
-    if not path.is_file(): raise ValidationError(f"step {name}: notebook {path} does not exist")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict): raise ValidationError(f"step {name}: parameters must map identifiers to values")
-    for k in params: check_param_name(k, f"step {name}: parameter")
-    deps = doc.get("depends_on") or []
-    if isinstance(deps, str): deps = [deps]
-    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-        raise ValidationError(f"step {name}: depends_on must be a list of step names")
-    def number(key, default, minimum, integer=False):
-        v = doc.get(key, default)
-        if v is None and default is None: return None
-        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if not ok or isinstance(v, bool) or v < minimum: raise ValidationError(f"step {name}: {key} must be a number >= {minimum}, got {v!r}")
-        return v
-    return Step(name, path, params, deps, number("retries", 0, 0, True), number("backoff", 2.0, 0), number("timeout", None, 1),
-                doc.get("kernel"), doc.get("region"))
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #1c0aa3a7
 def notebook_pipeline(notebook, params: dict | None = None) -> Pipeline:
