@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export DS_BUILD_OPS := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test install sync-check nbtest pytest bench clean-demo lab dashboards openapi
+.PHONY: demo test install sync-check nbtest pytest bench clean-demo lab dashboards openapi docs
 
 demo: install ## run the main job on the embedded default workspace (./mlplat-demo)
 	mlplat demo
@@ -78,6 +78,9 @@ nbtest: install
 
 pytest: install ## two workers, one test file per worker (servers, Ray and the demo's workspace stay within a file)
 	pytest -n 2 --dist loadfile --durations=15 tests/
+
+docs: install ## the documentation site: notebooks/*.qmd pages + every notebook, rendered offline -> _docs/index.html
+	python notebooks/_render_docs.py
 
 bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT cost and pipeline benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py

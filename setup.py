@@ -1,4 +1,5 @@
 """Packaging for mlplat: everything is read from settings.ini (nbdev 2), no pkg_resources."""
+import ast
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def _data_files():
     return files
 
 
+def _plugin_entry_points():
+    """mlplat's built-in plugins as entry points. mlplat/plugins.py's BUILTINS is the one list; it is read, not
+    imported (a build has none of mlplat's dependencies), and mlplat works without these from a plain checkout."""
+    tree = ast.parse((HERE / "mlplat" / "plugins.py").read_text(encoding="utf-8"))
+    builtins = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "BUILTINS" for t in node.targets))
+    return {group: [f"{name} = {target}" for name, target in plugins.items()] for group, plugins in builtins.items()}
+
+
 readme = HERE / "README.md"
 setuptools.setup(
     name=cfg["lib_name"],
@@ -54,7 +64,8 @@ setuptools.setup(
         "postgres": _reqs("postgres_requirements"),
         "ray": _reqs("ray_requirements"),
     },
-    entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+    entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+                  **_plugin_entry_points()},
     data_files=_data_files(),
     zip_safe=False,
     classifiers=[

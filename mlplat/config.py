@@ -287,8 +287,9 @@ class Config:
             raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
         if t.prediction_retention_days < 0: raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) or more")
         if self.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
-        if self.jobs.default_backend not in ("local", "ray", "kubernetes"):
-            raise ConfigError(f"jobs.default_backend must be local, ray or kubernetes, got {self.jobs.default_backend!r}")
+        from mlplat.plugins import job_backends
+        if self.jobs.default_backend not in job_backends:
+            raise ConfigError(f"jobs.default_backend must be one of {', '.join(job_backends.names())}, got {self.jobs.default_backend!r}")
         if self.feast.online_store not in ("sqlite", "redis"):
             raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {self.feast.online_store!r}")
         n = self.notifications

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from email.message import EmailMessage
+from typing import Protocol
 
 from .db import utcnow
 from .governance.redact import redact_url
@@ -18,7 +19,7 @@ from .governance.redact import redact_url
 log = logging.getLogger("mlplat.notify")
 
 # %% auto #0
-__all__ = ['log', 'Notifier']
+__all__ = ['log', 'NotificationChannel', 'WebhookChannel', 'EmailChannel', 'Notifier']
 
 # %% ../notebooks/09_notify.ipynb #b6c7d799
 def _body(event: str, subject: str, details: dict, cfg) -> dict:
@@ -36,55 +37,46 @@ def _email(body: dict, cfg) -> EmailMessage:
     msg.set_content("\n".join(lines) + "\n")
     return msg
 
-class Notifier:
-    "Sends workspace events to the configured webhooks and e-mail addresses (`ws.notifier`)."
-    def __init__(self, ws): self.ws = ws
+class NotificationChannel(Protocol):
+    """One way events reach people, constructed with the workspace `Config`. `destinations` are `(label, destination)`
+    pairs, none when the channel is not configured; the label names a destination in results, logs and the audit
+    trail, so it carries no secret. `deliver` sends one event body to one destination and raises if it could not."""
+    name: str
+    def destinations(self) -> list[tuple[str, object]]: ...
+    def deliver(self, destination, body: dict) -> None: ...
 
-    def wanted(self, event: str) -> bool:
-        n = self.ws.config.notifications
-        return event in n.events and bool(n.webhooks or n.email_to)
+# %% ../notebooks/09_notify.ipynb #0fb4f0a1
+class WebhookChannel:
+    "Each event as an HTTP POST with a JSON body to every URL in `notifications.webhooks`."
+    name = "webhook"
+    def __init__(self, config): self.config = config
 
-    def send(self, event: str, subject: str, details: dict) -> dict:
-        """Deliver one event; returns `{channel: "sent" | error}`. Never raises: failures are logged and audited."""
-        if not self.wanted(event): return {}
-        cfg = self.ws.config
-        body = _body(event, subject, details, cfg)
-        results = {}
-        for i, url in enumerate(cfg.notifications.webhooks, 1):
-            # scheme://host/… only: a webhook's path and query often are its secret (Slack, Teams)
-            results[f"webhook #{i} {redact_url(url, keep_path=False)}"] = self._attempts(lambda: self._post(url, body))
-        if cfg.notifications.email_to:
-            results[f"email {', '.join(cfg.notifications.email_to)}"] = self._attempts(lambda: self._mail(body))
-        for channel, outcome in results.items():
-            if outcome == "sent": continue
-            log.warning("notification %s to %s failed: %s", event, channel, outcome)
-            try:
-                self.ws.governance.audit.append(self.ws.principal.name, "notification.send", channel, "failure",
-                                                cfg.workspace.region, {"event": event, "subject": subject, "error": outcome})
-            except Exception as e: log.error("could not audit the failed notification: %s", e)
-        return results
+    def destinations(self) -> list[tuple[str, str]]:
+        # scheme://host/… only: a webhook's path and query often are its secret (Slack, Teams)
+        return [(f"webhook #{i} {redact_url(url, keep_path=False)}", url) for i, url in enumerate(self.config.notifications.webhooks, 1)]
 
-    def _attempts(self, deliver, tries: int = 3) -> str:
-        error = None
-        for i in range(tries):
-            try: deliver(); return "sent"
-            except Exception as e: error = f"{type(e).__name__}: {e}"[:500]
-            if i < tries - 1: time.sleep(0.5 * 2 ** i)
-        return error
-
-    def _post(self, url: str, body: dict):
+    def deliver(self, url: str, body: dict):
         import urllib.error
         import urllib.request
         req = urllib.request.Request(url, json.dumps(body, default=str).encode(), method="POST", headers={
             "Content-Type": "application/json", "User-Agent": "mlplat-notify", "X-Mlplat-Event": body["event"]})
         try:
-            with urllib.request.urlopen(req, timeout=self.ws.config.notifications.timeout_seconds) as r: r.read()
+            with urllib.request.urlopen(req, timeout=self.config.notifications.timeout_seconds) as r: r.read()
         except urllib.error.HTTPError as e: raise RuntimeError(f"HTTP {e.code} {e.read()[:200]!r}") from None
 
-    def _mail(self, body: dict):
+class EmailChannel:
+    "Each event as one e-mail to all `notifications.email_to` addresses, through `smtp_host`."
+    name = "email"
+    def __init__(self, config): self.config = config
+
+    def destinations(self) -> list[tuple[str, list]]:
+        to = self.config.notifications.email_to
+        return [(f"email {', '.join(to)}", to)] if to else []
+
+    def deliver(self, to: list, body: dict):
         import smtplib
         import ssl
-        n = self.ws.config.notifications
+        n = self.config.notifications
         tls = ssl.create_default_context()  # verify the server: the login must not go to whoever answers
         conn = (smtplib.SMTP_SSL(n.smtp_host, n.smtp_port, timeout=n.timeout_seconds, context=tls) if n.smtp_ssl
                 else smtplib.SMTP(n.smtp_host, n.smtp_port, timeout=n.timeout_seconds))
@@ -94,4 +86,51 @@ class Notifier:
                 password = os.environ.get(n.smtp_password_env)
                 if password is None: raise RuntimeError(f"{n.smtp_password_env} is not set (notifications.smtp_password_env)")
                 s.login(n.smtp_user, password)
-            s.send_message(_email(body, self.ws.config))
+            s.send_message(_email(body, self.config))
+
+# %% ../notebooks/09_notify.ipynb #ed24463a
+class Notifier:
+    "Sends workspace events through every notification channel that has somewhere to send them (`ws.notifier`)."
+    def __init__(self, ws): self.ws = ws
+
+    def wanted(self, event: str) -> bool:
+        if event not in self.ws.config.notifications.events: return False
+        deliveries, broken = self._deliveries()
+        return bool(deliveries or broken)
+
+    def send(self, event: str, subject: str, details: dict) -> dict:
+        """Deliver one event; returns `{destination: "sent" | error}`. Never raises: failures are logged and audited."""
+        cfg = self.ws.config
+        if event not in cfg.notifications.events: return {}
+        deliveries, broken = self._deliveries()
+        if not (deliveries or broken): return {}
+        body = _body(event, subject, details, cfg)
+        results = {label: self._attempts(lambda: channel.deliver(dest, body)) for label, channel, dest in deliveries}
+        results.update(broken)
+        for channel, outcome in results.items():
+            if outcome == "sent": continue
+            log.warning("notification %s to %s failed: %s", event, channel, outcome)
+            try:
+                self.ws.governance.audit.append(self.ws.principal.name, "notification.send", channel, "failure",
+                                                cfg.workspace.region, {"event": event, "subject": subject, "error": outcome})
+            except Exception as e: log.error("could not audit the failed notification: %s", e)
+        return results
+
+    def _deliveries(self) -> tuple[list, dict]:
+        "([(label, channel, destination)], {channel: error} for a channel that could not be loaded or configured)."
+        from mlplat.plugins import notification_channels
+        deliveries, broken = [], {}
+        for name in notification_channels.names():
+            try:
+                channel = notification_channels.create(name, self.ws.config)
+                deliveries += [(label, channel, dest) for label, dest in channel.destinations()]
+            except Exception as e: broken[f"channel {name}"] = f"{type(e).__name__}: {e}"[:500]
+        return deliveries, broken
+
+    def _attempts(self, deliver, tries: int = 3) -> str:
+        error = None
+        for i in range(tries):
+            try: deliver(); return "sent"
+            except Exception as e: error = f"{type(e).__name__}: {e}"[:500]
+            if i < tries - 1: time.sleep(0.5 * 2 ** i)
+        return error

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import json
 import logging
@@ -27,8 +26,8 @@ TAG = 16
 ALG = "AES-256-GCM"
 
 # %% auto #0
-__all__ = ['log', 'MAGIC', 'CHUNK', 'TAG', 'ALG', 'KEY_PROVIDERS', 'LocalKeyProvider', 'key_provider', 'is_sealed', 'Sealer',
-           'sealed_files', 'KeysApi']
+__all__ = ['log', 'MAGIC', 'CHUNK', 'TAG', 'ALG', 'LocalKeyProvider', 'key_provider', 'is_sealed', 'Sealer', 'sealed_files',
+           'KeysApi']
 
 # %% ../../notebooks/07b_crypto.ipynb #b2b2b427
 def _b64(b: bytes) -> str: return base64.b64encode(b).decode()
@@ -138,18 +137,11 @@ class LocalKeyProvider:
         data = self._load(create=False)
         return [{"id": k["id"], "created_at": k["created_at"], "current": k["id"] == data["current"]} for k in data["keys"]]
 
-KEY_PROVIDERS = {"local": LocalKeyProvider}
-
+# %% ../../notebooks/07b_crypto.ipynb #73e67570
 def key_provider(config):
-    "The provider named by `encryption.key_provider`: `local` or `package.module:Class` (constructed with the config)."
-    spec = config.encryption.key_provider
-    if spec in KEY_PROVIDERS: return KEY_PROVIDERS[spec](config)
-    mod, _, cls = spec.partition(":")
-    if not cls:
-        raise ConfigError(f"unknown key provider {spec!r}", hint=f"use {sorted(KEY_PROVIDERS)} or 'package.module:ClassName'")
-    try: return getattr(importlib.import_module(mod), cls)(config)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load key provider {spec!r}: {e}", hint="check the module path and class name") from None
+    "The provider named by `encryption.key_provider` (`mlplat.plugins.key_providers`: a name or `module:Class`)."
+    from mlplat.plugins import key_providers
+    return key_providers.create(config.encryption.key_provider, config)
 
 # %% ../../notebooks/07b_crypto.ipynb #c6d1dee1
 def _nonce(prefix: bytes, i: int, last: bool) -> bytes: return prefix + struct.pack(">I", i) + (b"\1" if last else b"\0")

@@ -6,15 +6,12 @@
 from __future__ import annotations
 
 import getpass
-import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import ConfigError
-
 # %% auto #0
-__all__ = ['PROVIDERS', 'Principal', 'IdentityProvider', 'LocalIdentityProvider', 'identity_provider']
+__all__ = ['Principal', 'IdentityProvider', 'LocalIdentityProvider', 'identity_provider']
 
 # %% ../../notebooks/03_identity.ipynb #6ba749f1
 @dataclass(frozen=True)
@@ -42,17 +39,7 @@ def _os_user() -> str:
     try: return getpass.getuser()
     except (KeyError, OSError): return f"uid-{os.getuid()}"
 
-PROVIDERS = {"local": LocalIdentityProvider, "oidc": "mlplat.governance.oidc:OidcIdentityProvider"}
-
 def identity_provider(config) -> IdentityProvider:
-    "The provider named by `identity.provider`: a registered name or `module:Class`."
-    spec = config.identity.provider
-    if spec in PROVIDERS and not isinstance(PROVIDERS[spec], str): return PROVIDERS[spec](config)
-    spec = PROVIDERS.get(spec, spec)  # built-in providers with heavier imports are named by path
-    mod, _, cls = spec.partition(":")
-    if not cls:
-        raise ConfigError(f"unknown identity provider {spec!r}",
-                          hint=f"use one of {sorted(PROVIDERS)} or 'package.module:ClassName'")
-    try: return getattr(importlib.import_module(mod), cls)(config)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load identity provider {spec!r}: {e}", hint="check the module path and class name") from None
+    "The provider named by `identity.provider` (`mlplat.plugins.identity_providers`: a name or `module:Class`)."
+    from mlplat.plugins import identity_providers
+    return identity_providers.create(config.identity.provider, config)

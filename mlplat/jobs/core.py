@@ -16,11 +16,8 @@ from ..db import dumps, table, utcnow
 from ..errors import NotFoundError, ValidationError
 from .spec import TrainingJob
 
-BACKEND_CLASSES = {"local": "mlplat.jobs.local:LocalBackend", "ray": "mlplat.jobs.ray_backend:RayBackend",
-                   "kubernetes": "mlplat.jobs.k8s_backend:KubernetesBackend"}
-
 # %% auto #0
-__all__ = ['BACKEND_CLASSES', 'JobRecord', 'Jobs']
+__all__ = ['JobRecord', 'Jobs']
 
 # %% ../../notebooks/44_jobs_core.ipynb #4844d475
 @dataclass
@@ -71,12 +68,9 @@ class Jobs:
     def __init__(self, ws): self.ws = ws
 
     def backend(self, name: str):
-        "The backend object for `name` (`local`, `ray`, `kubernetes`)."
-        import importlib
-        if name not in BACKEND_CLASSES:
-            raise ValidationError(f"unknown job backend {name!r}", hint=f"use one of {', '.join(BACKEND_CLASSES)}")
-        module, cls = BACKEND_CLASSES[name].split(":")
-        return getattr(importlib.import_module(module), cls)(self.ws)
+        "The backend object for `name`: `local`, `ray`, `kubernetes` or an installed plugin's (`mlplat.plugins`)."
+        from mlplat.plugins import job_backends
+        return job_backends.create(name, self.ws)
 
     def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False):
         """Validate and launch a `TrainingJob` (object, YAML path or dict); `wait=True` blocks until it ends.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from ..errors import ValidationError
+from ..k8s_volume import WorkspaceVolume
 
 TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
 SPOT_TOLERATIONS = [
@@ -25,11 +26,11 @@ def _pod_patch(job_names, pod_spec: dict) -> dict:
         {"name": n, "template": {"spec": {"template": {"spec": pod_spec}}}} for n in job_names]}}}}
 
 def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = "default",
-                    runtime: str = "deepspeed-distributed", home_claim: str | None = None, home: str | None = None,
+                    runtime: str = "deepspeed-distributed", volume: WorkspaceVolume | None = None,
                     code_dir: str | None = None) -> dict:
     """The `TrainJob` manifest (a dict) for `job`. `env` adds the job's runtime environment (MLPLAT_* variables);
-    `home_claim` mounts the workspace's PersistentVolumeClaim at `home` in every pod; `code_dir` is where the
-    job's script snapshot lives in the pods (default `/workspace`, i.e. baked into the image)."""
+    a mounted `volume` puts the workspace home in every pod; `code_dir` is where the job's script snapshot lives in
+    the pods (default `/workspace`, i.e. baked into the image)."""
     if not job.image:
         raise ValidationError(f"job {job.name!r} needs an image to run on Kubernetes",
                               hint="set image: in the job spec, or kubernetes.image in mlplat.toml")
@@ -57,11 +58,9 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     spec = {"runtimeRef": {"name": runtime}, "trainer": trainer}
     spec["activeDeadlineSeconds"] = job.timeout_seconds
     patches = []
-    if home_claim:
-        if not home: raise ValidationError("home_claim needs the workspace home path to mount it at")
+    if volume and volume.mounted:
         patches.append({"manager": "mlplat.dev/home", **_pod_patch(["node", "launcher"], {
-            "volumes": [{"name": "mlplat-home", "persistentVolumeClaim": {"claimName": home_claim}}],
-            "containers": [{"name": "node", "volumeMounts": [{"name": "mlplat-home", "mountPath": str(home)}]}]})})
+            "volumes": [volume.volume()], "containers": [{"name": "node", "volumeMounts": [volume.mount()]}]})})
     if job.spot:
         patches.append({"manager": "mlplat.dev/spot", **_pod_patch(["node", "launcher"], {
             "tolerations": SPOT_TOLERATIONS, "nodeSelector": {"mlplat.dev/capacity": "spot"}})})

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import ValidationError
 from .backend import JobBackend, Observation
 from .k8s import render_trainjob, to_yaml
+from ..k8s_volume import WorkspaceVolume
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 SNAPSHOT_SKIP = {".git", ".venv", "venv", "__pycache__", ".ipynb_checkpoints", ".cache", "node_modules"}
@@ -61,6 +62,9 @@ class KubernetesBackend(JobBackend):
     @property
     def settings(self): return self.ws.config.kubernetes
 
+    @property
+    def volume(self) -> WorkspaceVolume: return WorkspaceVolume.of(self.ws.config)
+
     def api(self):
         "An ApiClient from the configured kubeconfig, in-cluster credentials, or the default kubeconfig."
         from kubernetes import client, config
@@ -101,13 +105,12 @@ class KubernetesBackend(JobBackend):
     def manifest(self, rec, attempt: int = 1) -> dict:
         k = self.settings
         job = self.job(rec)
-        code = str(Path(rec.workdir)/"code") if job.is_script and k.home_claim else None
-        home = self.ws.config.home
+        volume = self.volume
+        code = str(Path(rec.workdir)/"code") if job.is_script and volume.mounted else None
         # paths of the submitting machine mean nothing in a pod unless they are on the mounted workspace
-        env = {n: v for n, v in rec.runtime_env.items()
-               if n not in ("MLPLAT_CONFIG", "TORCH_EXTENSIONS_DIR") or Path(v).is_relative_to(home)}
+        env = {n: v for n, v in rec.runtime_env.items() if n not in ("MLPLAT_CONFIG", "TORCH_EXTENSIONS_DIR") or volume.holds(v)}
         m = render_trainjob(job, self.object_name(rec, attempt), env=env, namespace=k.namespace,
-                            runtime=k.runtime, home_claim=k.home_claim or None, home=str(home), code_dir=code)
+                            runtime=k.runtime, volume=volume, code_dir=code)
         m["metadata"]["labels"].update({"mlplat.dev/job-id": rec.id, "mlplat.dev/attempt": str(attempt)})
         return m
 
@@ -118,10 +121,7 @@ class KubernetesBackend(JobBackend):
         if not (job.image or self.settings.image):
             raise ValidationError(f"job {job.name!r} needs a container image to run on Kubernetes",
                                   hint="set image: in the job spec, or kubernetes.image in mlplat.toml")
-        if not self.settings.home_claim:
-            raise ValidationError("Kubernetes jobs need the workspace on a volume the pods can mount",
-                                  hint=f"set kubernetes.home_claim to a ReadWriteMany PersistentVolumeClaim holding "
-                                       f"{self.ws.config.home}; `mlplat jobs submit --dry-run` shows the TrainJob without it")
+        self.volume.require("Kubernetes jobs", hint="`mlplat jobs submit --dry-run` shows the TrainJob without it")
         from kubernetes import client
         self._call(f"list TrainJobs in namespace {self.settings.namespace!r}",
                    client.CustomObjectsApi(self.api()).list_namespaced_custom_object,
@@ -209,6 +209,6 @@ class KubernetesBackend(JobBackend):
         if ref.get("name"): self._delete(client.CustomObjectsApi(self.api()), ref["name"])
 
     def plan(self, rec) -> str:
-        note = "" if self.settings.home_claim else \
+        note = "" if self.volume.mounted else \
             "# kubernetes.home_claim is not set: submitting needs it (the pods mount the workspace from it)\n"
         return note + to_yaml(self.manifest(rec))

@@ -15,7 +15,7 @@ from ..durations import parse_duration
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'BACKENDS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'TrainingJob']
+__all__ = ['PRECISIONS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'TrainingJob']
 
 # %% ../../notebooks/40_jobs_spec.ipynb #32555f57
 @dataclass
@@ -126,8 +126,6 @@ class Resources:
         return p
 
 # %% ../../notebooks/40_jobs_spec.ipynb #ec30ccde
-BACKENDS = ("local", "ray", "kubernetes")
-
 @dataclass
 class TrainingJob:
     "A training job: what to run, with which data, how wide, and under which policy."
@@ -190,7 +188,8 @@ class TrainingJob:
         if not all(isinstance(a, (str, int, float)) for a in self.args): p.append("args must be a list of strings")
         if self.training_set is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,127}(@\d+)?", str(self.training_set)):
             p.append(f"training_set {self.training_set!r} must be NAME or NAME@VERSION")
-        if self.backend is not None and self.backend not in BACKENDS: p.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        from mlplat.plugins import job_backends
+        if self.backend is not None and self.backend not in job_backends: p.append(f"backend must be one of {', '.join(job_backends.names())}, got {self.backend!r}")
         if not isinstance(self.retries, int) or self.retries < 0: p.append(f"retries must be >= 0, got {self.retries!r}")
         try: self.timeout_seconds
         except ValidationError as e: p.append(e.message)

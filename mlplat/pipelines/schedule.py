@@ -431,18 +431,16 @@ def cronjob(ws, s: Schedule, image: str | None = None, namespace: str | None = N
     k = ws.config.kubernetes
     image = image or k.image
     if not image: raise ValidationError("no container image for the CronJob", hint="set kubernetes.image in mlplat.toml or pass --image")
-    if not k.home_claim:
-        raise ValidationError("kubernetes.home_claim is empty: the pod could not reach the workspace (DB, MLflow, outputs)",
-                              hint="name a ReadWriteMany PersistentVolumeClaim holding the home in [kubernetes] home_claim")
+    from mlplat.k8s_volume import WorkspaceVolume
+    volume = WorkspaceVolume.of(ws.config).require("scheduled pipeline pods")
     if len(s.cron.split()) != 5 and not s.cron.startswith("@"):
         raise ValidationError(f"Kubernetes CronJobs take five-field cron expressions; {s.cron!r} has seconds")
-    home = str(ws.config.home)
     args = ["pipelines", "run", s.pipeline] + [a for k_, v in s.parameters.items() for a in ("-p", f"{k_}={_yaml_value(v)}")]
     name = re.sub(r"[^a-z0-9-]", "-", f"mlplat-{s.name}".lower())[:52].strip("-")
     container = {"name": "pipeline", "image": image, "command": ["mlplat"], "args": args,
-                 "env": [{"name": "MLPLAT_HOME", "value": home}, {"name": "MLPLAT_SCHEDULE", "value": s.name},
+                 "env": [*volume.env(), {"name": "MLPLAT_SCHEDULE", "value": s.name},
                          {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"}],
-                 "volumeMounts": [{"name": "home", "mountPath": home}]}
+                 "volumeMounts": [volume.mount("home")]}
     if ws.config.source: container["env"].append({"name": "MLPLAT_CONFIG", "value": str(ws.config.source)})
     spec = {"schedule": s.cron, "timeZone": s.timezone, "suspend": s.paused,
             "concurrencyPolicy": {"forbid": "Forbid", "allow": "Allow", "replace": "Replace"}[s.overlap],
@@ -451,7 +449,7 @@ def cronjob(ws, s: Schedule, image: str | None = None, namespace: str | None = N
                             "spec": {"backoffLimit": 0, "template": {
                                 "metadata": {"labels": {"mlplat/schedule": name}},
                                 "spec": {"restartPolicy": "Never", "containers": [container],
-                                         "volumes": [{"name": "home", "persistentVolumeClaim": {"claimName": k.home_claim}}]}}}}}
+                                         "volumes": [volume.volume("home")]}}}}}
     if s.misfire == "skip":  # a start later than this counts as missed; without it Kubernetes runs one missed slot
         spec["startingDeadlineSeconds"] = max(10, int(ws.config.scheduler.misfire_grace_seconds))  # under 10 s Kubernetes may never start it
     return {"apiVersion": "batch/v1", "kind": "CronJob",

@@ -153,8 +153,9 @@ def storage_uri(ws, uri: str) -> str:
         location = str(Path(uri).resolve())
     if "://" in location and not location.startswith("file://"): return location  # s3://, gs://, ... as stored
     local = Path(location.removeprefix("file://")).resolve()
-    claim, home = ws.config.kubernetes.home_claim, ws.config.home
-    if claim and local.is_relative_to(home): return f"pvc://{claim}/{local.relative_to(home)}"
+    from mlplat.k8s_volume import WorkspaceVolume
+    on_claim = WorkspaceVolume.of(ws.config).storage_uri(local)
+    if on_claim: return on_claim
     raise ValidationError(f"{uri} lives in a local folder ({local}) a cluster cannot read",
                           hint="set kubernetes.home_claim (the workspace's PVC) or an object-store mlflow.artifact_root")
 
