@@ -37,7 +37,7 @@ def cmd_audit(args):
         recs = ws.audit.records(args.limit)
         show(args, recs, recs, ["seq", "ts", "principal", "action", "resource", "region", "outcome"])
 
-# %% ../../notebooks/30i_cli_governance.ipynb #cb27666b
+# %% ../../notebooks/30i_cli_governance.ipynb #7a98f4fa
 TOKEN_COLS = ["id", "principal", "roles", "expires_at", "active", "last_used_at"]
 
 def cmd_tokens(args):
@@ -55,7 +55,7 @@ def cmd_tokens(args):
         t = ws.tokens.revoke(args.id)
         show(args, t, [t], TOKEN_COLS)
 
-# %% ../../notebooks/30i_cli_governance.ipynb #245c7bba
+# %% ../../notebooks/30i_cli_governance.ipynb #cf22106c
 def cmd_keys(args):
     ws = open_workspace(args)
     if args.action == "list":
@@ -76,7 +76,7 @@ def cmd_compliance(args):
         print(f"the audit chain does not verify: {report['audit_chain']['message']}", file=sys.stderr)
         return 4
 
-# %% ../../notebooks/30i_cli_governance.ipynb #cf22106c
+# %% ../../notebooks/30i_cli_governance.ipynb #90e7ec1e
 def add_audit_commands(c):
     "`lineage` and `audit` on `c` (a `mlplat.cli.base.Commands`)."
     s = c.command("lineage", cmd_lineage, "upstream and downstream of a node, e.g. training_set:churn@1"); s.add_argument("node")
@@ -88,7 +88,7 @@ def add_audit_commands(c):
     au.add_parser("list", help="newest records").add_argument("--limit", type=int, default=20)
     c.leaves(au)
 
-# %% ../../notebooks/30i_cli_governance.ipynb #90e7ec1e
+# %% ../../notebooks/30i_cli_governance.ipynb #d597fb90
 def add_security_commands(c):
     "`tokens`, `keys` and `compliance` on `c` (a `mlplat.cli.base.Commands`)."
     ts = c.actions(c.command("tokens", cmd_tokens, "service-account API tokens: create (admins), list, revoke", json_flag=False))
