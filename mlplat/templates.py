@@ -32,8 +32,9 @@ CATALOG = {
 
 def templates_dir() -> Path:
     "The `templates/` folder: next to the package in a source checkout, under `<prefix>/share/mlplat` when installed."
-    import mlplat
-    for d in (Path(mlplat.__file__).resolve().parent.parent/"templates", Path(sys.prefix)/"share"/"mlplat"/"templates"):
+    from importlib.util import find_spec
+    package = Path(find_spec("mlplat").origin).resolve().parent  # found, not imported: this module stays a leaf
+    for d in (package.parent/"templates", Path(sys.prefix)/"share"/"mlplat"/"templates"):
         if (d/"training").is_dir(): return d
     raise NotFoundError("the mlplat templates folder is missing", hint="reinstall mlplat (the wheel ships them under share/mlplat)")
 

@@ -16,7 +16,7 @@ from .errors import ConfigError, PermissionDenied
 # %% auto #0
 __all__ = ['AuditApi', 'Workspace', 'init', 'connect']
 
-# %% ../notebooks/20_workspace.ipynb #5c970c09
+# %% ../notebooks/20_workspace.ipynb #91ade394
 class AuditApi:
     "`ws.audit`: read, verify and export the audit trail (permissions `audit:read` / `audit:export`)."
     def __init__(self, ws): self.ws = ws
@@ -39,31 +39,9 @@ class AuditApi:
                                           hint="choose a writable file path") from None
         return out
 
-class Workspace:
-    "An mlplat workspace as seen by one principal."
-    def __init__(self, config: Config, principal=None):
-        self.config = config
-        self._principal = principal
-
-    @functools.cached_property
-    def engine(self):
-        from mlplat.db import open_engine
-        return open_engine(self.config.db_url)
-
-    @property
-    def principal(self):
-        """Who acts: the principal given, else the bearer of `MLPLAT_TOKEN` (an API token, or a JWT under
-        `identity.provider = "oidc"`), else the configured provider's (the OS user, for `local`)."""
-        if self._principal is None:
-            from mlplat.governance.tokens import authenticate
-            self._principal = authenticate(self.config, self.engine, os.environ.get("MLPLAT_TOKEN"), "sdk", trust_local=True)
-        return self._principal
-
-    @functools.cached_property
-    def governance(self):
-        from mlplat.governance.guard import Governance
-        return Governance(self.config, self.engine, self.principal)
-
+# %% ../notebooks/20_workspace.ipynb #5c970c09
+class _Capabilities:
+    "The core's namespaces on a workspace, each built on first use (Feast, MLflow and ONNX Runtime load only then)."
     @functools.cached_property
     def features(self):
         from mlplat.features.core import Features
@@ -109,6 +87,9 @@ class Workspace:
         from mlplat.lineage import Lineage
         return Lineage(self)
 
+# %% ../notebooks/20_workspace.ipynb #5bcf7e09
+class _GovernanceApis:
+    "Governance on a workspace: the audit trail, API tokens, encryption at rest and its keys, the compliance report, dashboards."
     @functools.cached_property
     def audit(self) -> AuditApi: return AuditApi(self)
 
@@ -140,6 +121,15 @@ class Workspace:
         from mlplat.compliance import build_report
         return build_report(self, format, path)
 
+    @functools.cached_property
+    def dashboards(self):
+        "The Voila dashboards (`list`, `server`, `serve`), for principals allowed `monitoring:read`."
+        from mlplat.dashboards import Dashboards
+        return Dashboards(self)
+
+# %% ../notebooks/20_workspace.ipynb #5dafb5ee
+class _Acting:
+    "Who a workspace acts as: a proven credential (servers), or a chosen user (local identity only)."
     def authenticate(self, credentials: str | None, surface: str = "api") -> "Workspace":
         """The same workspace acting as whoever `credentials` prove (an API token, or a bearer JWT under OIDC);
         `AuthenticationError` (audited) when they prove nothing. Servers call this once per request."""
@@ -160,6 +150,32 @@ class Workspace:
             raise ConfigError(f"choosing the acting user is only possible with the local identity provider, "
                               f"not {self.config.identity.provider!r}", hint="authenticate through the configured provider")
         return self._sibling(Principal(name))
+
+# %% ../notebooks/20_workspace.ipynb #168f61f8
+class Workspace(_Capabilities, _GovernanceApis, _Acting):
+    "An mlplat workspace as seen by one principal."
+    def __init__(self, config: Config, principal=None):
+        self.config = config
+        self._principal = principal
+
+    @functools.cached_property
+    def engine(self):
+        from mlplat.db import open_engine
+        return open_engine(self.config.db_url)
+
+    @property
+    def principal(self):
+        """Who acts: the principal given, else the bearer of `MLPLAT_TOKEN` (an API token, or a JWT under
+        `identity.provider = "oidc"`), else the configured provider's (the OS user, for `local`)."""
+        if self._principal is None:
+            from mlplat.governance.tokens import authenticate
+            self._principal = authenticate(self.config, self.engine, os.environ.get("MLPLAT_TOKEN"), "sdk", trust_local=True)
+        return self._principal
+
+    @functools.cached_property
+    def governance(self):
+        from mlplat.governance.guard import Governance
+        return Governance(self.config, self.engine, self.principal)
 
     def mlflow_client(self):
         "An `MlflowClient` on the workspace's tracking and registry URIs (the store is created on first use)."
@@ -214,6 +230,7 @@ def init(home: str | os.PathLike | None = None, region: str | None = None, admin
     if mlflow: _init_mlflow(cfg)
     return ws
 
+# %% ../notebooks/20_workspace.ipynb #e94ad77d
 def _init_mlflow(cfg: Config):
     "An MlflowClient; creates the MLflow store and the project's experiment on the workspace artifact root once."
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -237,6 +254,7 @@ def _init_mlflow(cfg: Config):
         marker.write_text(key)
     return client
 
+# %% ../notebooks/20_workspace.ipynb #4e9945ba
 def connect(home: str | os.PathLike | None = None, user: str | None = None) -> Workspace:
     """Open the workspace in force (see `mlplat.config` for how it is found); a folder with no
     configuration yet is initialized first, with the current user as admin."""

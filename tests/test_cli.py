@@ -116,3 +116,38 @@ def test_errors_are_clear_and_exit_nonzero(home, tmp_path):
     (home / "mlplat.toml").write_text("[feast]\nonline_store = 'cassandra'\n")
     p = run_cli("info", check=2)
     assert "feast.online_store must be 'sqlite' or 'redis'" in p.stderr
+
+
+def test_config_show_hides_secrets(home):
+    home.mkdir()
+    (home / "mlplat.toml").write_text('[platform_db]\nurl = "postgresql+psycopg://app:s3cret@db:5432/mlplat"\n'
+                                      '[mlflow]\ntracking_uri = "http://ml:pw2@mlflow:5000"\n'
+                                      '[feast]\nredis_connection_string = "redis:6379,password=hunter2,ssl=true"\n')
+    p = run_cli("config", "show", check=0)
+    for secret in ("s3cret", "pw2", "hunter2"):
+        assert secret not in p.stdout, secret
+    shown = j(p)
+    assert shown["platform_db"]["url"] == "postgresql+psycopg://app:***@db:5432/mlplat"
+    assert shown["mlflow"]["tracking_uri"] == "http://ml:***@mlflow:5000"
+    assert shown["feast"]["redis_connection_string"] == "redis:6379,password=***,ssl=true"
+    assert j(run_cli("config", "show", "--json", check=0)) == shown
+
+
+def test_cli_and_notebooks_get_the_same_refusals(home, tmp_path):
+    "Authorization lives in the core calls the CLI makes, so the Python API refuses the same principal the same way."
+    import mlplat
+    import pytest
+    from mlplat.errors import PermissionDenied
+    from mlplat.serving.deployment import Deployment, render_for
+    run_cli("init", check=0)
+    spec = tmp_path / "dep.yaml"
+    spec.write_text("name: churn-live\nvariants:\n- uri: missing.onnx\n")
+    assert "'guest' (roles: none) may not serving:run" in run_cli("--user", "guest", "deployments", "render", spec, check=3).stderr
+    assert "'guest' (roles: none) may not monitoring:read" in run_cli("--user", "guest", "dashboards", "serve", check=3).stderr
+    guest = mlplat.connect(home, user="guest")
+    with pytest.raises(PermissionDenied, match="may not serving:run"):
+        render_for(guest, Deployment.from_yaml(spec))
+    with pytest.raises(PermissionDenied, match="may not monitoring:read"):
+        guest.dashboards.serve()
+    denied = [r["action"] for r in mlplat.connect(home).audit.records(10) if r["outcome"] == "denied"]
+    assert denied.count("serving:run") == 2 and denied.count("monitoring:read") == 2

@@ -176,6 +176,7 @@ def storage_uri(ws, uri: str) -> str:
 
 def render_for(ws, dep: Deployment) -> dict:
     "`render_inference_service` with storage URIs resolved from the registry and the workspace's Kubernetes settings."
+    ws.governance.authorize("serving:run", dep.name)  # here, so a notebook is refused as the CLI is
     return render_inference_service(dep, {v.name: storage_uri(ws, v.uri) for v in dep.variants},
                                      namespace=ws.config.kubernetes.namespace,
                                      runtime=SEALED_RUNTIME if any(_sealed(ws, v.uri) for v in dep.variants) else None)
