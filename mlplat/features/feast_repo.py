@@ -47,10 +47,19 @@ def open_store(config):
 def _unchecked(target=None, **options):
     return (lambda t: t) if target is None else target
 
+_PROMETHEUS_DIRS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
 def import_feast():
-    "Import Feast (once per process) without typeguard's import-time instrumentation of its functions."
+    """Import Feast (once per process) without typeguard's import-time instrumentation of its functions, and without
+    letting it switch the process's Prometheus metrics to multi-process mode."""
+    import os
     import sys
     if "feast" in sys.modules: return sys.modules["feast"]
+    # Imported first, Feast points prometheus_client at a temporary folder of memory-mapped files: every metric of the
+    # process (a server's) would live there, shared by all registries, and children would inherit the folder through
+    # the environment. prometheus_client picks its storage when imported, so import it first and take the variables back.
+    import prometheus_client  # noqa: F401
+    before = {k: os.environ.get(k) for k in _PROMETHEUS_DIRS}
     try: import typeguard
     except ImportError: typeguard = None
     original = getattr(typeguard, "typechecked", None)
@@ -59,6 +68,9 @@ def import_feast():
         import feast
     finally:
         if typeguard is not None: typeguard.typechecked = original
+        for k, v in before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
     return feast
 
 # %% ../../notebooks/13_feast_repo.ipynb #4295b39b
