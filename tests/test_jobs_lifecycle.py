@@ -8,12 +8,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, TEMPLATE, run_cli
+from helpers import REPO, TEMPLATE, run_cli
 from mlplat.errors import PermissionDenied, ResidencyViolation
 from mlplat.jobs.backend import TERMINAL
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.services)])
 def backend(request, home, monkeypatch):
     "Every job of the test runs on this backend (jobs.default_backend), for the API and the CLI alike."
     if request.param == "ray":

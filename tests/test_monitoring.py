@@ -6,8 +6,11 @@ from datetime import datetime, timezone
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import configure, X, Y, register_version, run_cli
+from helpers import configure, X, Y, register_version, run_cli
+
+pytestmark = pytest.mark.services   # every test runs `mlplat serve`
 
 
 def send(url, rows, prefix):
