@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import process_guard
 from helpers import ARTIFACTS, BIN, CHROMIUM_ARGS, clear_mlplat_env, free_port, pg_bin, start_process, stop_process, wait_http, wait_port
-from process_guard import every_process_stopped, pytest_fixture_setup, pytest_runtest_setup, pytest_runtest_teardown  # noqa: F401  (the plugin)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -235,9 +235,15 @@ def jupyter_lab(tmp_path):
         stop_process(p)
 
 
+def pytest_configure(config):
+    "The process guard as a plugin of the whole run: a conftest's own hooks would miss session-scoped fixtures."
+    if not config.pluginmanager.has_plugin("process_guard"):      # `-p process_guard` may have loaded it
+        config.pluginmanager.register(process_guard, "process_guard")
+
+
 # A test using one of these fixtures must carry the marker (pyproject.toml registers them), or `-m "not services"` would
 # start servers; a test that starts a server or Chromium by itself is marked by hand.
-MARKER_OF_FIXTURES = {"services": {"server", "redis_url", "postgres_url", "ray_address", "jupyter_lab", "jp_serverapp"},
+MARKER_OF_FIXTURES = {"services": {"server", "redis_url", "postgres_url", "ray_address", "jupyter_lab", "jp_fetch", "jp_serverapp"},
                       "browser": {"browser"}}
 
 

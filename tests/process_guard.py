@@ -1,11 +1,15 @@
-"""Every test stops what it starts, checked: a pytest plugin (tests/conftest.py imports its hooks and fixture).
+"""Every test stops what it starts, checked: a pytest plugin (tests/conftest.py registers it).
 
-Each process a test starts inherits an environment variable naming its owner: the test (`<session> test <nodeid>`),
-or a fixture wider than a test (`<session> session-scoped fixture redis_url`). After a test's teardown no process
-owned by that test may be alive; after the session's, no process owned by the session, and no child of ours (what an
-explicit `env=` without our variable started) — bar multiprocessing's forkserver and resource tracker, which end with
-us. Survivors fail the test (or the session's last test) with their command lines and are killed, so a leak is
-reported once, where it happened, and never outlives the run. Linux only (/proc); elsewhere the check is a no-op.
+After a test's teardown, no process the test started may still run. Two ways to know what it started:
+- our descendants: any that is not a wider fixture's (started while a module- or session-scoped fixture was set
+  up, or a descendant of one) belongs to the test, since its function-scoped fixtures are gone by then;
+- the environment: each process inherits a variable naming its owner (`<session> test <nodeid>`,
+  `<session> session-scoped fixture redis_url`), which still tells when a process left our tree (its parent
+  exited and it was re-parented) — unless it rewrote its environment, as setproctitle does (Redis, PostgreSQL).
+After the session's last teardown, nothing may be left at all. Survivors fail the test (an error at its teardown,
+or at the session's last one) with their command lines, and are killed: a leak is reported once, where it
+happened, and never outlives the run. multiprocessing's forkserver and resource tracker end with us and do not
+count. Linux only (/proc); elsewhere the check is a no-op.
 """
 import os
 import signal
@@ -19,38 +23,53 @@ OWNER = "TESTS_PROCESS_OWNER"                 # not MLPLAT_*: tests clear those 
 SESSION = f"pytest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 GRACE_S = float(os.environ.get("TESTS_PROCESS_GRACE_S", 15))   # a stopped server's children may take a moment to exit
 ENDS_WITH_US = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+FIXTURE_OWNED: set[int] = set()               # pids that a module- or session-scoped fixture's setup started
 
 
-def owned_by(owner) -> list[psutil.Process]:
-    "Live processes (not zombies, not us) whose owner variable passes `owner(value)`, bar our multiprocessing helpers."
-    me, found = os.getpid(), []
+def alive(p: psutil.Process) -> bool:
+    "Running (not a zombie), and not one of our multiprocessing helpers."
+    try:
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not (p.ppid() == os.getpid() and any(h in " ".join(p.cmdline()) for h in ENDS_WITH_US))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def owner_of(p: psutil.Process) -> str:
+    try:
+        return p.environ().get(OWNER, "")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def descendants() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def fixture_owned(p: psutil.Process) -> bool:
+    try:
+        return p.pid in FIXTURE_OWNED or any(a.pid in FIXTURE_OWNED for a in p.parents())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def left_by_test(tag: str) -> list[psutil.Process]:
+    "Live processes the test tagged `tag` started: our descendants that no wider fixture owns, and any carrying the tag."
+    found = {pid: p for pid, p in descendants().items() if alive(p) and not fixture_owned(p)}
     for p in psutil.process_iter():
-        try:
-            if p.pid == me or p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if not owner(p.environ().get(OWNER, "")):
-                continue
-            if p.ppid() == me and any(h in " ".join(p.cmdline()) for h in ENDS_WITH_US):
-                continue
-            found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+        if p.pid not in found and p.pid != os.getpid() and owner_of(p) == tag and alive(p):
+            found[p.pid] = p
+    return list(found.values())
 
 
-def stray_children() -> list[psutil.Process]:
-    "Our live descendants, whatever their environment, bar our multiprocessing helpers."
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if p.ppid() == os.getpid() and any(h in " ".join(p.cmdline()) for h in ENDS_WITH_US):
-                continue
-            found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
+def left_by_session() -> list[psutil.Process]:
+    "Live processes the session started: all our descendants, and any carrying the session's tag."
+    found = {pid: p for pid, p in descendants().items() if alive(p)}
+    for p in psutil.process_iter():
+        if p.pid not in found and p.pid != os.getpid() and owner_of(p).startswith(SESSION) and alive(p):
+            found[p.pid] = p
+    return list(found.values())
 
 
 def survivors(find, grace: float = GRACE_S) -> list[psutil.Process]:
@@ -61,12 +80,12 @@ def survivors(find, grace: float = GRACE_S) -> list[psutil.Process]:
     return found
 
 
-def describe_and_kill(procs: list[psutil.Process]) -> str:
+def describe_and_kill(procs: list[psutil.Process], started_by: str) -> str:
     "One line per process (pid, owner, command line), then SIGKILL to it, and to its group if it leads one of its own."
     lines, our_group = [], os.getpgid(0)
     for p in procs:
         try:
-            owner = p.environ().get(OWNER, "?").removeprefix(SESSION + " ")
+            owner = owner_of(p).removeprefix(SESSION + " ") or started_by
             lines.append(f"  pid {p.pid} (owner: {owner}): {' '.join(p.cmdline())[:300]}")
             pgid = os.getpgid(p.pid)
             if pgid == p.pid and pgid != our_group: os.killpg(pgid, signal.SIGKILL)
@@ -89,16 +108,17 @@ def pytest_runtest_setup(item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(fixturedef, request):
-    "Processes a module- or session-scoped fixture starts belong to the fixture, not to the test that first asked for it."
-    if fixturedef.scope == "function":
+    "What a module- or session-scoped fixture starts is the fixture's, not the test's that first asked for it."
+    if fixturedef.scope == "function" or not enabled():
         return (yield)
-    before = os.environ.get(OWNER)
+    before, tag = set(descendants()), os.environ.get(OWNER)
     os.environ[OWNER] = f"{SESSION} {fixturedef.scope}-scoped fixture {fixturedef.argname}"
     try:
         return (yield)
     finally:
-        if before is None: os.environ.pop(OWNER, None)
-        else: os.environ[OWNER] = before
+        FIXTURE_OWNED.update(set(descendants()) - before)
+        if tag is None: os.environ.pop(OWNER, None)
+        else: os.environ[OWNER] = tag
 
 
 @pytest.hookimpl(wrapper=True)
@@ -106,21 +126,19 @@ def pytest_runtest_teardown(item, nextitem):
     try:
         return (yield)
     finally:
+        tag = f"{SESSION} test {item.nodeid}"
         os.environ[OWNER] = f"{SESSION} outside any test"
-        if enabled():
-            tag = f"{SESSION} test {item.nodeid}"
-            left = survivors(lambda: owned_by(tag.__eq__))
-            if left:
-                pytest.fail(f"{item.nodeid} left {len(left)} process(es) running after its teardown (now killed):\n"
-                            + describe_and_kill(left), pytrace=False)
+        left = survivors(lambda: left_by_test(tag)) if enabled() else []
+        if left:
+            pytest.fail(f"{item.nodeid} left {len(left)} process(es) running after its teardown (now killed):\n"
+                        + describe_and_kill(left, f"test {item.nodeid}"), pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def every_process_stopped():
     "Set up first, torn down last: after every other fixture, nothing the session started may still run."
     yield
-    if enabled():
-        left = survivors(lambda: list({p.pid: p for p in owned_by(lambda o: o.startswith(SESSION)) + stray_children()}.values()))
-        if left:
-            pytest.fail(f"{len(left)} process(es) outlived the fixtures that started them (now killed):\n"
-                        + describe_and_kill(left), pytrace=False)
+    left = survivors(left_by_session) if enabled() else []
+    if left:
+        pytest.fail(f"{len(left)} process(es) outlived the fixtures that started them (now killed):\n"
+                    + describe_and_kill(left, "a fixture"), pytrace=False)

@@ -22,6 +22,7 @@ def backend(request, home, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 def test_churn_job_trains_and_is_tracked(backend, churn_ws, churn_set, home):
     from mlplat.jobs.spec import TrainingJob
     job = TrainingJob("churn-mlp", str(TEMPLATE), args=["--epochs", "3"], training_set=churn_set.id,
@@ -50,6 +51,7 @@ def test_churn_job_trains_and_is_tracked(backend, churn_ws, churn_set, home):
     assert "test_auc" in logs and ("[mlplat] job" in logs if backend == "local" else "Running entrypoint" in logs)
 
 
+@pytest.mark.slow
 def test_crashing_script_fails_with_its_traceback(backend, churn_ws, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
@@ -67,6 +69,7 @@ def test_crashing_script_fails_with_its_traceback(backend, churn_ws, tmp_path):
     assert '"state": "failed"' in st
 
 
+@pytest.mark.slow
 def test_cancel_ends_every_process(backend, churn_ws, tmp_path):
     code = tmp_path / "code"
     code.mkdir()

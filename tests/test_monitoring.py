@@ -22,6 +22,7 @@ def send(url, rows, prefix):
             assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
 def test_drift_is_alerted_only_for_shifted_traffic(ws, home, server, webhook):
     import time
     v = register_version(ws, 1.0)

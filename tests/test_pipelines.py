@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from helpers import BIN, run_cli, write_notebook, write_pipeline
 
@@ -15,6 +16,7 @@ def times(rec, name):
     return s.started_at, s.finished_at
 
 
+@pytest.mark.slow
 def test_outputs_flow_downstream_and_independent_steps_run_in_parallel(ws, tmp_path):
     write_notebook(tmp_path / "source.ipynb", "n: int = 10", "import mlplat.pipelines as pl\npl.output('total', n * 2)")
     write_notebook(tmp_path / "slow.ipynb", "x = 0\nlabel = 'a'",
@@ -58,6 +60,7 @@ def test_outputs_flow_downstream_and_independent_steps_run_in_parallel(ws, tmp_p
     assert audit and audit[-1]["outcome"] == "success" and audit[-1]["resource"] == f"pipeline_run:{rec['id']}"
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_retried_blocks_its_dependents_and_resume_finishes(ws, tmp_path):
     flag, counter = tmp_path / "fail-now", tmp_path / "executions.txt"
     flag.touch()
@@ -100,6 +103,7 @@ def test_a_failing_step_is_retried_blocks_its_dependents_and_resume_finishes(ws,
     run_cli("pipelines", "resume", rec["id"], check=1)  # a succeeded run has nothing to resume
 
 
+@pytest.mark.slow
 def test_parameter_values_are_data_never_code(ws, tmp_path):
     pwned = tmp_path / "pwned"
     nasty = [f'"; open({str(pwned)!r}, "w").write("x"); "', f"\\\"; open({str(pwned)!r}, 'w'); #",
@@ -150,6 +154,7 @@ def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):
     assert json.loads(run_cli("pipelines", "list", "--json", check=0).stdout) == []  # nothing was recorded
 
 
+@pytest.mark.slow
 def test_a_step_past_its_timeout_is_stopped_with_its_kernel(ws, tmp_path):
     import psutil
     write_notebook(tmp_path / "hang.ipynb", "seconds = 600", "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\n"
@@ -163,6 +168,7 @@ def test_a_step_past_its_timeout_is_stopped_with_its_kernel(ws, tmp_path):
     assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow
 def test_ctrl_c_or_cancel_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path, processes):
     import os
     import signal

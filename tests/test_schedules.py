@@ -32,6 +32,7 @@ def wait_for(cond, timeout, what):
 
 
 @pytest.mark.services
+@pytest.mark.slow
 def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, home, tmp_path, webhook, processes):
     url, got = webhook
     configure(home, url, ["pipeline.succeeded", "pipeline.failed", "schedule.skipped"])
@@ -79,6 +80,7 @@ def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, ho
 
 
 @pytest.mark.services
+@pytest.mark.slow
 def test_overlap_replace_cancels_the_running_run(ws, home, tmp_path, processes):
     write_notebook(tmp_path / "slow.ipynb", "seconds = 120",
                    "import os, time\nopen(f\"kernel-{os.environ['MLPLAT_PIPELINE_RUN']}-{os.getpid()}.pid\", 'w').write('')\ntime.sleep(seconds)")

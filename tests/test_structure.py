@@ -71,13 +71,13 @@ def imports(name: str, path: Path, mods: dict[str, Path]):
 
 
 def import_graph(package: Path = PACKAGE):
-    "{module: {imported module: (file:line, statement)}} for the whole package (self-imports left out)."
+    "{module: {imported module: [(file:line, statement), ...]}} for the whole package (self-imports left out)."
     mods = module_files(package)
     graph = {m: {} for m in mods}
     for m, f in mods.items():
         for target, node, _ in imports(m, f, mods):
             if target != m:
-                graph[m].setdefault(target, (f"{f.relative_to(package.parent)}:{node.lineno}", ast.unparse(node)))
+                graph[m].setdefault(target, []).append((f"{f.relative_to(package.parent)}:{node.lineno}", ast.unparse(node)))
     return graph
 
 
@@ -128,11 +128,20 @@ def shortest_cycle(graph, group: list[str]) -> list[str]:
     return group
 
 
+def where(sites: list[tuple[str, str]]) -> str:
+    "The first import of a module by another, and the lines of the others."
+    (loc, stmt), more = sites[0], [loc.rpartition(":")[2] for loc, _ in sites[1:]]
+    return f"({loc}: {stmt}" + (f"; again at line{'s' * (len(more) > 1)} {', '.join(more)}" if more else "") + ")"
+
+
 def describe_cycle(graph, group: list[str]) -> str:
     cycle = shortest_cycle(graph, group)
-    steps = [f"    {a} imports {b}   ({graph[a][b][0]}: {graph[a][b][1]})" for a, b in zip(cycle, cycle[1:])]
-    return (f"  cycle {' -> '.join(cycle)}\n" + "\n".join(steps)
-            + (f"\n    (the same knot holds {len(group)} modules: {', '.join(group)})" if len(group) > len(cycle) - 1 else ""))
+    steps = [f"    {a} imports {b}   {where(graph[a][b])}" for a, b in zip(cycle, cycle[1:])]
+    text = f"  cycle {' -> '.join(cycle)}\n" + "\n".join(steps)
+    if len(group) > len(cycle) - 1:     # more modules in the knot than on this cycle: every import that ties it
+        ties = [f"      {a} -> {b}   {where(graph[a][b])}" for a in group for b in sorted(graph[a]) if b in group]
+        text += f"\n    the same knot holds {len(group)} modules, tied by these imports:\n" + "\n".join(ties)
+    return text
 
 
 def test_no_import_cycles_inside_mlplat():
@@ -165,7 +174,7 @@ def test_the_cycle_finder_finds_cycles(tmp_path):
         "    pkg.a imports pkg.b   (pkg/a.py:1: from pkg import b)",
         "    pkg.b imports pkg.sub.c   (pkg/b.py:1: import pkg.sub.c)",
         "    pkg.sub.c imports pkg.a   (pkg/sub/c.py:2: from ..a import thing)"]
-    assert graph["pkg.d"] == {"pkg.a": ("pkg/d.py:1", "from .a import thing")} and graph["pkg.e"] == {}
+    assert graph["pkg.d"] == {"pkg.a": [("pkg/d.py:1", "from .a import thing")]} and graph["pkg.e"] == {}
 
 
 def test_no_module_over_the_line_limit():

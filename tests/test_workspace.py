@@ -7,7 +7,6 @@ import pytest
 from helpers import run_cli
 
 
-@pytest.mark.slow
 def test_moved_workspace_keeps_versions_and_reapply_refreshes_feast(tmp_path, monkeypatch, churn):
     import mlplat
     from mlplat.demo import churn_definitions
