@@ -64,9 +64,8 @@ def redis_url(tmp_path_factory):
     if not exe:
         pytest.skip("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
     port, d = free_port(), tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(port, proc)
+    proc = start_process([exe, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d], d / "redis.log")
+    wait_port(port, proc, log=d / "redis.log")
     yield f"127.0.0.1:{port}"
     stop_process(proc)
 
@@ -90,9 +89,9 @@ def postgres_url(tmp_path_factory):
             os.chmod(parent, os.stat(parent).st_mode | 0o011)  # let postgres traverse to its folder
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlplat"], check=True, capture_output=True)
-    proc = subprocess.Popen([*as_user, str(pg / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(d)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_port(port, proc)
+    log = tmp_path_factory.mktemp("pg-log") / "postgres.log"     # outside the data folder's parent, which postgres owns
+    proc = start_process([*as_user, pg / "postgres", "-D", data, "-p", port, "-h", "127.0.0.1", "-k", d], log)
+    wait_port(port, proc, log=log)
     for _ in range(50):
         r = subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlplat", "platform"], capture_output=True)
         if r.returncode == 0:

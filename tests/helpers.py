@@ -56,12 +56,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port, proc, timeout=30):
-    "Wait until something listens on 127.0.0.1:`port`; fail if `proc` exits first."
+def wait_port(port, proc, timeout=30, log: Path | None = None):
+    "Wait until something listens on 127.0.0.1:`port`; fail if `proc` exits first (with the end of its `log`)."
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"server exited with {proc.returncode}" + (f":\n{log.read_text()[-3000:]}" if log else ""))
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
