@@ -13,7 +13,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export DS_BUILD_OPS := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test install sync-check nbtest pytest bench clean-demo lab dashboards openapi docs
+.PHONY: demo test test-fast install sync-check nbtest pytest pytest-fast bench clean-demo lab dashboards openapi docs
 
 demo: install ## run the main job on the embedded default workspace (./mlplat-demo)
 	mlplat demo
@@ -22,6 +22,15 @@ test: install ## nbdev sync check + notebook tests + pytest
 	$(MAKE) --no-print-directory sync-check
 	$(MAKE) --no-print-directory nbtest
 	$(MAKE) --no-print-directory pytest
+
+# The tier a developer runs while changing code: no servers or daemons, no browser, no long end-to-end run
+# (markers registered in pyproject.toml); `make test` still runs everything.
+FAST := not services and not browser and not slow
+
+test-fast: install ## nbdev sync check + notebook tests + the fast pytest tier
+	$(MAKE) --no-print-directory sync-check
+	$(MAKE) --no-print-directory nbtest
+	$(MAKE) --no-print-directory pytest-fast
 
 # The JupyterLab extension: TypeScript types generated from extension/openapi.json, built into mlplat/labextension
 # (the wheel ships it); the editable install links it and enables the server extension in the venv.
@@ -78,6 +87,9 @@ nbtest: install
 
 pytest: install ## two workers, one test file per worker (servers, Ray and the demo's workspace stay within a file)
 	pytest -n 2 --dist loadfile --durations=15 tests/
+
+pytest-fast: install
+	pytest -n 2 --dist loadfile --durations=15 -m "$(FAST)" tests/
 
 docs: install ## the documentation site: notebooks/*.qmd pages + every notebook, rendered offline -> _docs/index.html
 	python notebooks/_render_docs.py

@@ -18,7 +18,9 @@ from urllib.parse import parse_qs, urlparse
 import jsonschema
 import yaml
 
-CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "k8s" / "trainer.kubeflow.org_trainjobs.yaml"
+from helpers import crd_schema
+
+TRAINJOB_CRD = "trainer.kubeflow.org_trainjobs.yaml"   # in tests/fixtures/crds
 TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?$")
 
@@ -37,9 +39,7 @@ class KubeApiDouble:
         self.token = token
         self.trainjobs, self.pods, self.logs, self.requests = {}, {}, {}, []
         self.lock = threading.Lock()
-        self.schema = None
-        if CRD.exists():
-            self.schema = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        self.schema = crd_schema(TRAINJOB_CRD)
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,13 +122,12 @@ class KubeApiDouble:
 
     def _trainjobs(self, method, ns, name, query, body):
         if method == "POST" and name is None:
-            if self.schema is not None:
-                try:
-                    jsonschema.validate(body, self.schema)
-                except jsonschema.ValidationError as e:
-                    where = ".".join(map(str, e.absolute_path))
-                    return 422, _status(422, "Invalid", f'TrainJob.trainer.kubeflow.org "{body.get("metadata", {}).get("name")}" '
-                                                        f'is invalid: {where}: {e.message}'), False
+            try:
+                jsonschema.validate(body, self.schema)
+            except jsonschema.ValidationError as e:
+                where = ".".join(map(str, e.absolute_path))
+                return 422, _status(422, "Invalid", f'TrainJob.trainer.kubeflow.org "{body.get("metadata", {}).get("name")}" '
+                                                    f'is invalid: {where}: {e.message}'), False
             key = (ns, body["metadata"]["name"])
             if key in self.trainjobs:
                 return 409, _status(409, "AlreadyExists", f'trainjobs.trainer.kubeflow.org "{key[1]}" already exists'), False
@@ -160,8 +159,7 @@ class KubeApiDouble:
                  for t, reason, message in conditions]
         jobs = [{"name": "launcher", "active": active, "failed": failed, "ready": active, "succeeded": succeeded, "suspended": 0}]
         status = {"conditions": conds, "jobsStatus": jobs}
-        if self.schema is not None:
-            jsonschema.validate(status, self.schema["properties"]["status"])
+        jsonschema.validate(status, self.schema["properties"]["status"])
         self.trainjobs[(ns, name)]["status"] = status
 
     def set_pod(self, trainjob, role, index=0, phase="Running", log="", exit_code=None, ns="default"):

@@ -2,11 +2,10 @@
 import json
 import sqlite3
 import subprocess
-from pathlib import Path
 
-from conftest import BIN, run_cli
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import BIN, REPO, run_cli
 
 
 def j(p):
@@ -25,6 +24,7 @@ def test_init_is_idempotent_and_info(home):
     assert "MLPLAT_MLFLOW_TRACKING_URI" in run_cli("config", "docs", check=0).stdout
 
 
+@pytest.mark.slow
 def test_feature_store_workflow(home, churn, tmp_path):
     churn.customers.to_csv(tmp_path / "customers.csv", index=False)
     churn.transactions.to_parquet(tmp_path / "transactions.parquet")

@@ -7,14 +7,15 @@ dashboard. Screenshots go to tests/.artifacts/."""
 import json
 import os
 import re
-import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ARTIFACTS, BIN, REPO, clear_mlplat_env, free_port, parameters_notebook, run_cli, run_first_cell, start_process, stop_process, wait_http
+from helpers import ARTIFACTS, BIN, REPO, clear_mlplat_env, free_port, parameters_notebook, run_cli, run_first_cell, start_process, stop_process, wait_http
+
+pytestmark = pytest.mark.slow   # the demo's pipeline (DeepSpeed trainings, kernels), then JupyterLab and Voila on its workspace
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +113,8 @@ def _job_script(folder: Path) -> Path:
     return script
 
 
+@pytest.mark.services
+@pytest.mark.browser
 def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, home, browser, jupyter_lab, tmp_path):
     """A real `jupyter lab` on the demo's workspace, driven in Chromium: the sidebar lists the demo's models; Promote moves
     the alias (checked through the core) and the move shows in the alias history; a running job's log streams; "Run with
@@ -201,6 +204,8 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     page.close()
 
 
+@pytest.mark.services
+@pytest.mark.browser
 def test_dashboards_render_demo_data_without_source(demo, home, browser, tmp_path):
     """`mlplat dashboards serve` (Voila) on the demo's workspace: the monitoring and feature catalog dashboards show its
     data, and no code, no traceback; without the token there is no dashboard."""

@@ -5,7 +5,7 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from mlplat.errors import PermissionDenied, ResidencyViolation
 
 

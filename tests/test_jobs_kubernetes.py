@@ -8,12 +8,9 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import run_cli
-from k8s_api_double import CRD, KubeApiDouble
+from helpers import crd_schema, run_cli, undeclared_fields
+from k8s_api_double import TRAINJOB_CRD, KubeApiDouble
 from mlplat.errors import ValidationError
-
-pytestmark = pytest.mark.skipif(not CRD.exists(), reason=f"{CRD} is not present (the shared schemas sit beside the repository)")
-
 
 @pytest.fixture
 def kube(home, monkeypatch, tmp_path):
@@ -111,7 +108,8 @@ def test_dry_run_prints_a_valid_trainjob(kube, churn_ws, script, tmp_path, monke
     out = run_cli("jobs", "submit", spec, "--dry-run", check=0).stdout
     assert out.startswith("# kubernetes.home_claim is not set")
     manifest = yaml.safe_load(out)
-    jsonschema.validate(manifest, yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    jsonschema.validate(manifest, crd_schema(TRAINJOB_CRD))
+    assert undeclared_fields(manifest, crd_schema(TRAINJOB_CRD)) == []
     assert manifest["kind"] == "TrainJob" and manifest["spec"]["trainer"]["numNodes"] == 2
     assert not kube.trainjobs and churn_ws.jobs.list() == []
     refused = run_cli("jobs", "submit", spec, check=1)

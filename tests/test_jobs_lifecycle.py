@@ -8,12 +8,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, TEMPLATE, run_cli
+from helpers import REPO, TEMPLATE, run_cli
 from mlplat.errors import PermissionDenied, ResidencyViolation
 from mlplat.jobs.backend import TERMINAL
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.services)])
 def backend(request, home, monkeypatch):
     "Every job of the test runs on this backend (jobs.default_backend), for the API and the CLI alike."
     if request.param == "ray":
@@ -22,6 +22,7 @@ def backend(request, home, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 def test_churn_job_trains_and_is_tracked(backend, churn_ws, churn_set, home):
     from mlplat.jobs.spec import TrainingJob
     job = TrainingJob("churn-mlp", str(TEMPLATE), args=["--epochs", "3"], training_set=churn_set.id,
@@ -50,6 +51,7 @@ def test_churn_job_trains_and_is_tracked(backend, churn_ws, churn_set, home):
     assert "test_auc" in logs and ("[mlplat] job" in logs if backend == "local" else "Running entrypoint" in logs)
 
 
+@pytest.mark.slow
 def test_crashing_script_fails_with_its_traceback(backend, churn_ws, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
@@ -67,6 +69,7 @@ def test_crashing_script_fails_with_its_traceback(backend, churn_ws, tmp_path):
     assert '"state": "failed"' in st
 
 
+@pytest.mark.slow
 def test_cancel_ends_every_process(backend, churn_ws, tmp_path):
     code = tmp_path / "code"
     code.mkdir()

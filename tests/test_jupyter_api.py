@@ -4,16 +4,14 @@ every response valid against the OpenAPI models, a job's log streamed while it r
 parameters through the pipeline runner, a notebook scheduled, a template copied."""
 import asyncio
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 from jupyter_server.auth.identity import IdentityProvider, User
 from pydantic import TypeAdapter
 from tornado.httpclient import HTTPClientError
 
-from conftest import REPO, clear_mlplat_env, parameters_notebook, register_version
+from helpers import REPO, clear_mlplat_env, parameters_notebook, register_version
 from mlplat.jupyter.openapi import openapi
 from mlplat.jupyter.routes import match
 
@@ -83,6 +81,7 @@ async def error(fetch, *parts, **kw):
     return e.value.code, json.loads(e.value.response.body) if e.value.response.body else {}
 
 
+@pytest.mark.services
 async def test_unauthenticated_and_cross_site_requests_are_refused(jp_fetch, ws):
     before = ws.models.history("risk")
     code, _ = await error(jp_fetch, "mlplat", "api", "models", headers={"Authorization": ""})
@@ -97,6 +96,7 @@ async def test_unauthenticated_and_cross_site_requests_are_refused(jp_fetch, ws)
 
 
 @pytest.mark.identity("bearer")
+@pytest.mark.services
 async def test_bearer_identity_acts_as_the_credential_of_each_request(jp_fetch, ws):
     viewer = ws.tokens.create("dash", ["viewer"])["token"]
     engineer = ws.tokens.create("ci", ["ml-engineer"])
@@ -118,6 +118,7 @@ async def test_bearer_identity_acts_as_the_credential_of_each_request(jp_fetch, 
 
 
 @pytest.mark.identity("jupyter")
+@pytest.mark.services
 async def test_a_viewer_cannot_promote_and_rbac_follows_the_jupyter_user(jp_fetch, ws):
     me = body(await jp_fetch("mlplat", "api", "me", headers=as_user("vera")))
     assert (me["principal"], me["roles"]) == ("vera", ["viewer"])
@@ -143,6 +144,7 @@ async def test_a_viewer_cannot_promote_and_rbac_follows_the_jupyter_user(jp_fetc
     assert audit and audit[0]["principal"] == "mo"
 
 
+@pytest.mark.services
 async def test_models_promote_rollback_and_errors(jp_fetch, ws):
     api_ = ("mlplat", "api")
     valid("/models", "GET", body(await jp_fetch(*api_, "models")))
@@ -173,6 +175,7 @@ async def test_models_promote_rollback_and_errors(jp_fetch, ws):
     assert "/mlplat/api/models/{name}/promote" in doc["paths"]
 
 
+@pytest.mark.services
 async def test_a_job_log_streams_while_the_job_runs(jp_fetch, ws, tmp_path):
     script = tmp_path / "code" / "slow.py"
     script.parent.mkdir()
@@ -197,6 +200,7 @@ async def test_a_job_log_streams_while_the_job_runs(jp_fetch, ws, tmp_path):
     assert code == 404
 
 
+@pytest.mark.services
 async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws, jp_root_dir):
     parameters_notebook(jp_root_dir / "report.ipynb")
     params = body(await jp_fetch("mlplat", "api", "notebooks", "parameters", params={"path": "report.ipynb"}))
@@ -223,6 +227,7 @@ async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws,
     assert f"pipeline_run:{run['id']}" in ws.lineage.of(f"jupyter:{ws.principal.name}")["downstream_nodes"]
 
 
+@pytest.mark.services
 async def test_schedule_a_notebook_and_copy_a_template(jp_fetch, ws, jp_root_dir):
     parameters_notebook(jp_root_dir / "report.ipynb")
     s = valid("/schedules", "POST", body(await jp_fetch("mlplat", "api", "schedules", method="POST", body=json.dumps(

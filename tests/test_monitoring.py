@@ -6,8 +6,11 @@ from datetime import datetime, timezone
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import configure, X, Y, register_version, run_cli
+from helpers import configure, X, Y, register_version, run_cli
+
+pytestmark = pytest.mark.services   # every test runs `mlplat serve`
 
 
 def send(url, rows, prefix):
@@ -19,6 +22,7 @@ def send(url, rows, prefix):
             assert r.status_code == 200, r.text
 
 
+@pytest.mark.slow
 def test_drift_is_alerted_only_for_shifted_traffic(ws, home, server, webhook):
     import time
     v = register_version(ws, 1.0)

@@ -6,28 +6,9 @@ from datetime import datetime
 from pathlib import Path
 
 import nbformat
-import yaml
+import pytest
 
-from conftest import run_cli
-
-PARAMS = "parameters"
-
-
-def notebook(path: Path, params: str, *cells: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    first = nbformat.v4.new_code_cell(params)
-    first.metadata["tags"] = [PARAMS]
-    nb.cells = [first] + [nbformat.v4.new_code_cell(c) for c in cells]
-    nbformat.write(nb, str(path))
-    return path
-
-
-def pipeline(folder: Path, doc: dict) -> Path:
-    path = folder / f"{doc['name']}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+from helpers import BIN, run_cli, write_notebook, write_pipeline
 
 
 def times(rec, name):
@@ -35,12 +16,13 @@ def times(rec, name):
     return s.started_at, s.finished_at
 
 
+@pytest.mark.slow
 def test_outputs_flow_downstream_and_independent_steps_run_in_parallel(ws, tmp_path):
-    notebook(tmp_path / "source.ipynb", "n: int = 10", "import mlplat.pipelines as pl\npl.output('total', n * 2)")
-    notebook(tmp_path / "slow.ipynb", "x = 0\nlabel = 'a'",
-             "import time, mlplat.pipelines as pl\ntime.sleep(4)\npl.output('seen', f'{label}:{x}')")
-    notebook(tmp_path / "join.ipynb", "left = ''\nright = ''", "import mlplat.pipelines as pl\npl.output('both', [left, right])")
-    spec = pipeline(tmp_path, {
+    write_notebook(tmp_path / "source.ipynb", "n: int = 10", "import mlplat.pipelines as pl\npl.output('total', n * 2)")
+    write_notebook(tmp_path / "slow.ipynb", "x = 0\nlabel = 'a'",
+                   "import time, mlplat.pipelines as pl\ntime.sleep(4)\npl.output('seen', f'{label}:{x}')")
+    write_notebook(tmp_path / "join.ipynb", "left = ''\nright = ''", "import mlplat.pipelines as pl\npl.output('both', [left, right])")
+    spec = write_pipeline(tmp_path, {
         "name": "fanout", "parameters": {"n": 10}, "max_parallel": 2,
         "steps": [
             {"name": "source", "notebook": "source.ipynb", "parameters": {"n": "{{ params.n }}"}},
@@ -78,16 +60,17 @@ def test_outputs_flow_downstream_and_independent_steps_run_in_parallel(ws, tmp_p
     assert audit and audit[-1]["outcome"] == "success" and audit[-1]["resource"] == f"pipeline_run:{rec['id']}"
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_retried_blocks_its_dependents_and_resume_finishes(ws, tmp_path):
     flag, counter = tmp_path / "fail-now", tmp_path / "executions.txt"
     flag.touch()
     count = f"open({str(counter)!r}, 'a').write(step + '\\n')"
-    notebook(tmp_path / "ok.ipynb", "step = 'ok'", count, "import mlplat.pipelines as pl\npl.output('value', 7)")
-    notebook(tmp_path / "flaky.ipynb", "step = 'flaky'\nvalue = 0", count,
-             f"import os\nif os.path.exists({str(flag)!r}): raise RuntimeError('injected failure')",
-             "import mlplat.pipelines as pl\npl.output('double', value * 2)")
-    notebook(tmp_path / "after.ipynb", "step = 'after'\nx = 0", count)
-    spec = pipeline(tmp_path, {
+    write_notebook(tmp_path / "ok.ipynb", "step = 'ok'", count, "import mlplat.pipelines as pl\npl.output('value', 7)")
+    write_notebook(tmp_path / "flaky.ipynb", "step = 'flaky'\nvalue = 0", count,
+                   f"import os\nif os.path.exists({str(flag)!r}): raise RuntimeError('injected failure')",
+                   "import mlplat.pipelines as pl\npl.output('double', value * 2)")
+    write_notebook(tmp_path / "after.ipynb", "step = 'after'\nx = 0", count)
+    spec = write_pipeline(tmp_path, {
         "name": "flaky", "steps": [
             {"name": "ok", "notebook": "ok.ipynb", "parameters": {"step": "ok"}},
             {"name": "flaky", "notebook": "flaky.ipynb", "depends_on": ["ok"], "retries": 1, "backoff": 0.5,
@@ -120,16 +103,17 @@ def test_a_failing_step_is_retried_blocks_its_dependents_and_resume_finishes(ws,
     run_cli("pipelines", "resume", rec["id"], check=1)  # a succeeded run has nothing to resume
 
 
+@pytest.mark.slow
 def test_parameter_values_are_data_never_code(ws, tmp_path):
     pwned = tmp_path / "pwned"
     nasty = [f'"; open({str(pwned)!r}, "w").write("x"); "', f"\\\"; open({str(pwned)!r}, 'w'); #",
              f"'''\nopen({str(pwned)!r}, 'w')\n'''", "line1\nline2\r\n\ttab \\ backslash {{ not a template }}", "ünïcødé ☃"]
     out = tmp_path / "seen.json"
-    notebook(tmp_path / "echo.ipynb", "texts = []\nmapping = {}",
-             f"import json\njson.dump({{'texts': texts, 'mapping': mapping}}, open({str(out)!r}, 'w'))")
-    spec = pipeline(tmp_path, {"name": "inject", "parameters": {"texts": {"type": "list", "default": []}},
-                               "steps": [{"name": "echo", "notebook": "echo.ipynb",
-                                          "parameters": {"texts": "{{ params.texts }}", "mapping": {"k": nasty[0]}}}]})
+    write_notebook(tmp_path / "echo.ipynb", "texts = []\nmapping = {}",
+                   f"import json\njson.dump({{'texts': texts, 'mapping': mapping}}, open({str(out)!r}, 'w'))")
+    spec = write_pipeline(tmp_path, {"name": "inject", "parameters": {"texts": {"type": "list", "default": []}},
+                                     "steps": [{"name": "echo", "notebook": "echo.ipynb",
+                                                "parameters": {"texts": "{{ params.texts }}", "mapping": {"k": nasty[0]}}}]})
     from mlplat.pipelines.spec import TEMPLATE
     assert TEMPLATE.search(nasty[3])  # a template-looking text inside a value is data too: it is not a reference...
     rec = ws.pipelines.run(spec, {"texts": nasty[:3] + nasty[4:]})
@@ -138,8 +122,8 @@ def test_parameter_values_are_data_never_code(ws, tmp_path):
     assert seen == {"texts": nasty[:3] + nasty[4:], "mapping": {"k": nasty[0]}}
     assert not pwned.exists()
     # ...so it is refused when it is a step parameter, where templates are read
-    bad = pipeline(tmp_path, {"name": "inject2", "steps": [{"name": "echo", "notebook": "echo.ipynb",
-                                                            "parameters": {"texts": [nasty[3]]}}]})
+    bad = write_pipeline(tmp_path, {"name": "inject2", "steps": [{"name": "echo", "notebook": "echo.ipynb",
+                                                                  "parameters": {"texts": [nasty[3]]}}]})
     r = run_cli("pipelines", "check", bad, check=1)
     assert "is not a reference" in r.stderr
     r = run_cli("pipelines", "run", spec, "-p", "texts=[1, 2]", "-p", "nope=1", check=1)
@@ -147,7 +131,7 @@ def test_parameter_values_are_data_never_code(ws, tmp_path):
 
 
 def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):
-    notebook(tmp_path / "a.ipynb", "n: int = 1  # how many\nrun_id = None  # required: the training run", "x = n")
+    write_notebook(tmp_path / "a.ipynb", "n: int = 1  # how many\nrun_id = None  # required: the training run", "x = n")
     base = {"name": "bad", "steps": [{"name": "a", "notebook": "a.ipynb", "parameters": {"run_id": "r", "n": 2}}]}
     cases = [
         ({"parameters": {"run_id": "r", "n": "two"}}, "the notebook expects int"),
@@ -163,18 +147,19 @@ def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):
     ]
     for change, message in cases:
         doc = {**base, "steps": [{**base["steps"][0], **change}]}
-        r = run_cli("pipelines", "run", pipeline(tmp_path, doc), check=1)
+        r = run_cli("pipelines", "run", write_pipeline(tmp_path, doc), check=1)
         assert message in r.stderr, (change, r.stderr)
-    r = run_cli("pipelines", "run", pipeline(tmp_path, base), "--max-parallel", "0", check=1)
+    r = run_cli("pipelines", "run", write_pipeline(tmp_path, base), "--max-parallel", "0", check=1)
     assert "max_parallel must be a whole number >= 1, got 0" in r.stderr, r.stderr
     assert json.loads(run_cli("pipelines", "list", "--json", check=0).stdout) == []  # nothing was recorded
 
 
+@pytest.mark.slow
 def test_a_step_past_its_timeout_is_stopped_with_its_kernel(ws, tmp_path):
     import psutil
-    notebook(tmp_path / "hang.ipynb", "seconds = 600", "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\n"
-             "time.sleep(seconds)")
-    spec = pipeline(tmp_path, {"name": "hang", "steps": [{"name": "hang", "notebook": "hang.ipynb", "timeout": 8}]})
+    write_notebook(tmp_path / "hang.ipynb", "seconds = 600", "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\n"
+                   "time.sleep(seconds)")
+    spec = write_pipeline(tmp_path, {"name": "hang", "steps": [{"name": "hang", "notebook": "hang.ipynb", "timeout": 8}]})
     rec = ws.pipelines.run(spec)
     s = rec.steps["hang"]
     assert rec.status == "failed" and s.status == "failed" and "timed out after 8 s" in s.error
@@ -183,23 +168,24 @@ def test_a_step_past_its_timeout_is_stopped_with_its_kernel(ws, tmp_path):
     assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
 
 
-def test_ctrl_c_or_cancel_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_or_cancel_stops_the_running_steps_and_their_kernels_and_resume_finishes(ws, tmp_path, processes):
     import os
     import signal
     import subprocess
     import time
 
     import psutil
-    from conftest import BIN
     flag = tmp_path / "hang-now"
     flag.touch()
-    notebook(tmp_path / "slow.ipynb", "seconds = 600",
-             "import os, time\nopen(f'kernel-{os.getpid()}.pid', 'w').write('')\n"
-             f"while os.path.exists({str(flag)!r}) and seconds > 0: time.sleep(0.5); seconds -= 0.5")
-    notebook(tmp_path / "after.ipynb", "x = 0", "y = x")
-    spec = pipeline(tmp_path, {"name": "interrupt", "steps": [
+    write_notebook(tmp_path / "slow.ipynb", "seconds = 600",
+                   "import os, time\nopen(f'kernel-{os.getpid()}.pid', 'w').write('')\n"
+                   f"while os.path.exists({str(flag)!r}) and seconds > 0: time.sleep(0.5); seconds -= 0.5")
+    write_notebook(tmp_path / "after.ipynb", "x = 0", "y = x")
+    spec = write_pipeline(tmp_path, {"name": "interrupt", "steps": [
         {"name": "slow", "notebook": "slow.ipynb"}, {"name": "after", "notebook": "after.ipynb", "depends_on": ["slow"]}]})
     p = subprocess.Popen([str(BIN / "mlplat"), "pipelines", "run", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(p)
     end = time.time() + 120
     while not list(tmp_path.glob("kernel-*.pid")):
         assert p.poll() is None and time.time() < end, p.communicate()
@@ -216,6 +202,7 @@ def test_ctrl_c_or_cancel_stops_the_running_steps_and_their_kernels_and_resume_f
     # resumed, then cancelled from another process: its runner stops the step and the kernel within seconds
     for f in tmp_path.glob("kernel-*.pid"): f.unlink()
     p = subprocess.Popen([str(BIN / "mlplat"), "pipelines", "resume", rec.id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(p)
     while not list(tmp_path.glob("kernel-*.pid")):
         assert p.poll() is None and time.time() < end + 120, p.communicate()
         time.sleep(0.3)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import X, onnx_chain, run_cli
+from helpers import X, onnx_chain, run_cli
 from mlplat.serving.prediction_log import outcomes_folder, predictions_folder, read_predictions
 
 
@@ -38,6 +38,7 @@ def logged(ws, name, n):
     return recs
 
 
+@pytest.mark.services
 def test_ab_report_reads_the_log_while_the_server_appends(ws, server, tmp_path):
     url = serve_shop(server, tmp_path)
     with httpx.Client() as c:
@@ -101,6 +102,7 @@ def test_outcomes_for_a_name_that_climbs_out_are_refused(ws, home, tmp_path):
     assert not (tmp_path / "x").exists() and not (home / "x").exists() and not (home / "outcomes").exists()
 
 
+@pytest.mark.services
 def test_server_applies_the_retention_and_refuses_a_name_that_climbs_out(ws, server, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="is not a valid served name"):
         server(f"..={onnx_chain(tmp_path / 'm.onnx')}")

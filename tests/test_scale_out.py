@@ -1,13 +1,14 @@
 """Scale-out is configuration only: a Redis online store, a PostgreSQL platform DB, an MLflow tracking server."""
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
-from conftest import BIN, free_port
+from helpers import BIN, free_port, stop_process
+
+pytestmark = pytest.mark.services   # Redis, PostgreSQL, an MLflow tracking server
 
 
 def test_redis_online_store(home, churn, redis_url, monkeypatch):
@@ -71,4 +72,4 @@ def test_mlflow_tracking_server(home, tmp_path, monkeypatch):
         assert MlflowClient(url).get_experiment_by_name(ws.config.workspace.project).experiment_id == exp.experiment_id
         assert not (home / "mlflow.db").exists()
     finally:
-        os.killpg(proc.pid, 15); proc.wait(30)
+        stop_process(proc, timeout=30)

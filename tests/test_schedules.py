@@ -1,7 +1,6 @@
 """Schedules fired by real `mlplat scheduler` processes running real pipelines: two schedulers never fire a slot twice,
 schedules survive a scheduler restart, overlap policies hold, and notifications reach a local webhook."""
 import json
-import os
 import signal
 import subprocess
 import time
@@ -9,12 +8,14 @@ import time
 import psutil
 import pytest
 
-from conftest import BIN, configure, run_cli
-from test_pipelines import notebook, pipeline
+from helpers import BIN, configure, run_cli, write_notebook, write_pipeline
 
 
-def scheduler(log):
-    return subprocess.Popen([str(BIN / "mlplat"), "scheduler", "--tick", "0.5"], stdout=log, stderr=subprocess.STDOUT)
+def scheduler(log, processes):
+    "A `mlplat scheduler` process, appended to the test's `processes` (stopped at its end if it still runs)."
+    p = subprocess.Popen([str(BIN / "mlplat"), "scheduler", "--tick", "0.5"], stdout=log, stderr=subprocess.STDOUT)
+    processes.append(p)
+    return p
 
 
 def stop(p, timeout=90):
@@ -30,32 +31,30 @@ def wait_for(cond, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, home, tmp_path, webhook):
+@pytest.mark.services
+@pytest.mark.slow
+def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, home, tmp_path, webhook, processes):
     url, got = webhook
     configure(home, url, ["pipeline.succeeded", "pipeline.failed", "schedule.skipped"])
     runs = tmp_path / "runs.txt"
-    notebook(tmp_path / "tick.ipynb", "label = ''",
-             f"import os\nwith open({str(runs)!r}, 'a') as f: f.write(os.environ['MLPLAT_PIPELINE_RUN'] + ' ' + label + '\\n')")
-    spec = pipeline(tmp_path, {"name": "tick", "parameters": {"label": "x"},
-                               "steps": [{"name": "tick", "notebook": "tick.ipynb", "parameters": {"label": "{{ params.label }}"}}]})
+    write_notebook(tmp_path / "tick.ipynb", "label = ''",
+                   f"import os\nwith open({str(runs)!r}, 'a') as f: f.write(os.environ['MLPLAT_PIPELINE_RUN'] + ' ' + label + '\\n')")
+    spec = write_pipeline(tmp_path, {"name": "tick", "parameters": {"label": "x"},
+                                     "steps": [{"name": "tick", "notebook": "tick.ipynb", "parameters": {"label": "{{ params.label }}"}}]})
     run_cli("schedule", "add", "every4s", "--pipeline", spec, "--cron", "* * * * * */4", "-p", "label=scheduled", check=0)
     log = open(tmp_path / "schedulers.log", "w")
-    a, b = scheduler(log), scheduler(log)
-    try:
-        wait_for(lambda: sum(f["status"] == "succeeded" for f in ws.schedules.history("every4s")) >= 2, 120,
-                 "two runs from two schedulers")
-        assert stop(a) == 0
-        # a restart: a new process finds the schedule in the DB and goes on
-        c = scheduler(log)
-        before = {f["slot"] for f in ws.schedules.history("every4s")}
-        wait_for(lambda: any(f["scheduler"].split(":")[1] == str(c.pid) for f in ws.schedules.history("every4s")), 60,
-                 "a fire by the restarted scheduler")
-        run_cli("schedule", "pause", "every4s", check=0)
-        time.sleep(1)
-        assert stop(b) == 0 and stop(c) == 0
-    finally:
-        for p in (a, b):
-            if p.poll() is None: p.kill()
+    a, b = scheduler(log, processes), scheduler(log, processes)
+    wait_for(lambda: sum(f["status"] == "succeeded" for f in ws.schedules.history("every4s")) >= 2, 120,
+             "two runs from two schedulers")
+    assert stop(a) == 0
+    # a restart: a new process finds the schedule in the DB and goes on
+    c = scheduler(log, processes)
+    before = {f["slot"] for f in ws.schedules.history("every4s")}
+    wait_for(lambda: any(f["scheduler"].split(":")[1] == str(c.pid) for f in ws.schedules.history("every4s")), 60,
+             "a fire by the restarted scheduler")
+    run_cli("schedule", "pause", "every4s", check=0)
+    time.sleep(1)
+    assert stop(b) == 0 and stop(c) == 0
     fires = ws.schedules.history("every4s", limit=1000)
     assert {f["slot"] for f in fires} > before
     slots = [f["slot"] for f in fires]
@@ -80,29 +79,26 @@ def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, ho
     assert listed["schedules"][0]["paused"] is True and listed["schedulers"] == []
 
 
-def test_overlap_replace_cancels_the_running_run(ws, home, tmp_path):
-    notebook(tmp_path / "slow.ipynb", "seconds = 120",
-             "import os, time\nopen(f\"kernel-{os.environ['MLPLAT_PIPELINE_RUN']}-{os.getpid()}.pid\", 'w').write('')\ntime.sleep(seconds)")
-    spec = pipeline(tmp_path, {"name": "slow", "steps": [{"name": "slow", "notebook": "slow.ipynb"}]})
+@pytest.mark.services
+@pytest.mark.slow
+def test_overlap_replace_cancels_the_running_run(ws, home, tmp_path, processes):
+    write_notebook(tmp_path / "slow.ipynb", "seconds = 120",
+                   "import os, time\nopen(f\"kernel-{os.environ['MLPLAT_PIPELINE_RUN']}-{os.getpid()}.pid\", 'w').write('')\ntime.sleep(seconds)")
+    spec = write_pipeline(tmp_path, {"name": "slow", "steps": [{"name": "slow", "notebook": "slow.ipynb"}]})
     ws.schedules.add("replace", spec, "* * * * * */10", overlap="replace")
-    log = open(tmp_path / "scheduler.log", "w")
-    s = scheduler(log)
-    try:
-        wait_for(lambda: len([f for f in ws.schedules.history("replace") if f["run_id"]]) >= 2, 150, "a second run")
-        ws.schedules.pause("replace")
-        first, second = sorted((f for f in ws.schedules.history("replace") if f["run_id"]), key=lambda f: f["slot"])[:2]
-        def stopped(run_id):
-            try: return ws.pipelines.get(run_id).status != "running"
-            except Exception: return False                    # its record is still being written
-        wait_for(lambda: stopped(first["run_id"]), 150, "the first run to stop")
-        assert ws.pipelines.get(first["run_id"]).status == "cancelled"
-        assert "replaced by the run of slot" in ws.pipelines.get(first["run_id"]).steps["slow"].error
-        wait_for(lambda: list(tmp_path.glob(f"kernel-{second['run_id']}-*.pid")), 90, "the second run's kernel")
-        kernels = [int(f.stem.rsplit("-", 1)[1]) for f in tmp_path.glob("kernel-*.pid")]   # the first run's, if it started
-        assert stop(s) == 0                                   # stopping cancels the second run too
-        s = None
-    finally:
-        if s is not None and s.poll() is None: s.kill()
+    s = scheduler(open(tmp_path / "scheduler.log", "w"), processes)
+    wait_for(lambda: len([f for f in ws.schedules.history("replace") if f["run_id"]]) >= 2, 150, "a second run")
+    ws.schedules.pause("replace")
+    first, second = sorted((f for f in ws.schedules.history("replace") if f["run_id"]), key=lambda f: f["slot"])[:2]
+    def stopped(run_id):
+        try: return ws.pipelines.get(run_id).status != "running"
+        except Exception: return False                        # its record is still being written
+    wait_for(lambda: stopped(first["run_id"]), 150, "the first run to stop")
+    assert ws.pipelines.get(first["run_id"]).status == "cancelled"
+    assert "replaced by the run of slot" in ws.pipelines.get(first["run_id"]).steps["slow"].error
+    wait_for(lambda: list(tmp_path.glob(f"kernel-{second['run_id']}-*.pid")), 90, "the second run's kernel")
+    kernels = [int(f.stem.rsplit("-", 1)[1]) for f in tmp_path.glob("kernel-*.pid")]   # the first run's, if it started
+    assert stop(s) == 0                                       # stopping cancels the second run too
     time.sleep(1)
     for pid in kernels:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -113,9 +109,9 @@ def test_overlap_replace_cancels_the_running_run(ws, home, tmp_path):
 
 
 def test_bad_schedules_are_refused_and_cronjob_validates(ws, home, tmp_path):
-    notebook(tmp_path / "a.ipynb", "n = 1", "m = n")
-    spec = pipeline(tmp_path, {"name": "p", "parameters": {"n": 1},
-                               "steps": [{"name": "a", "notebook": "a.ipynb", "parameters": {"n": "{{ params.n }}"}}]})
+    write_notebook(tmp_path / "a.ipynb", "n = 1", "m = n")
+    spec = write_pipeline(tmp_path, {"name": "p", "parameters": {"n": 1},
+                                     "steps": [{"name": "a", "notebook": "a.ipynb", "parameters": {"n": "{{ params.n }}"}}]})
     r = run_cli("schedule", "add", "nightly", "--pipeline", spec, "--cron", "0 2 * * 8", check=1)
     assert "not a cron expression" in r.stderr
     r = run_cli("schedule", "add", "nightly", "--pipeline", spec, "--cron", "0 2 * * *", "-p", "n=many", check=1)

@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import X, register_version
+from helpers import X, register_version
+
+pytestmark = pytest.mark.services   # every test runs `mlplat serve`
 
 
 def test_tritonclient_http_matches_in_process_ort(ws, server):

@@ -4,9 +4,11 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 from mlplat.errors import ValidationError
 from mlplat.models.onnx import flavor_requirements
+
+pytestmark = pytest.mark.services   # a server on a port, in this process
 
 FEATURES = ["monthly_fee", "age", "spend_7d", "transactions_7d", "tickets_7d"]
 

@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, X, free_port, register_version
+from helpers import REPO, X, free_port, register_version
+
+pytestmark = pytest.mark.services   # `mlplat serve` with gRPC
 
 CLIENT_VENV = REPO / ".cache" / "grpc-client-venv"
 CLIENT = """

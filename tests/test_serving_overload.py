@@ -6,8 +6,9 @@ import re
 import time
 
 import httpx
+import pytest
 
-from conftest import onnx_chain, run_cli
+from helpers import onnx_chain, run_cli
 
 CLIENTS, SECONDS = 48, 4
 
@@ -47,6 +48,7 @@ def median(xs):
     return sorted(xs)[len(xs) // 2]
 
 
+@pytest.mark.services
 def test_overload_is_refused_fast_and_admitted_latency_holds(server, tmp_path):
     model = onnx_chain(tmp_path / "slow.onnx", matmuls=8)  # a few ms per request: 48 callers are far beyond one core
     bounded = server(f"slow={model}", "--max-queue=slow=4")

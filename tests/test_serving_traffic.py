@@ -9,9 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import REPO, X, onnx_chain, register_version, run_cli
-
-KSERVE_CRD = REPO.parent / "shared" / "schemas" / "k8s" / "serving.kserve.io_inferenceservices.yaml"
+from helpers import REPO, X, crd_schema, onnx_chain, register_version, run_cli, undeclared_fields
 
 
 @pytest.fixture
@@ -29,6 +27,7 @@ def body(i, customer=None, rid=None):
     return doc
 
 
+@pytest.mark.services
 def test_canary_ab_and_shadow(ws, two_versions, server, tmp_path):
     v1, v2 = two_versions
     spec = tmp_path / "risk.yaml"
@@ -90,8 +89,6 @@ def test_canary_ab_and_shadow(ws, two_versions, server, tmp_path):
 
 
 def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions, tmp_path, monkeypatch):
-    if not KSERVE_CRD.exists():
-        pytest.skip(f"{KSERVE_CRD} is not present (the shared schemas sit beside the repository)")
     spec = tmp_path / "risk.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "risk-live", "resources": {"cpu": "1", "memory": "2Gi"},
@@ -102,8 +99,9 @@ def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions
     assert "kubernetes.home_claim" in refused.stderr and "Traceback" not in refused.stderr
     out = run_cli("deployments", "render", spec, env_extra={"MLPLAT_KUBERNETES_HOME_CLAIM": "ws-home"}, check=0).stdout
     isvc = yaml.safe_load(out)
-    crd = yaml.safe_load(KSERVE_CRD.read_text())
-    jsonschema.validate(isvc, next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"])
+    schema = crd_schema("serving.kserve.io_inferenceservices.yaml", "v1beta1")
+    jsonschema.validate(isvc, schema)
+    assert undeclared_fields(isvc, schema) == []
     p = isvc["spec"]["predictor"]
     assert p["canaryTrafficPercent"] == 10 and p["model"]["protocolVersion"] == "v2" and p["model"]["modelFormat"]["name"] == "onnx"
     assert p["model"]["storageUri"].startswith("pvc://ws-home/") and (p["minReplicas"], p["maxReplicas"], p["scaleMetric"]) == (1, 6, "rps")
@@ -113,6 +111,7 @@ def test_deployment_renders_as_a_valid_kserve_inference_service(ws, two_versions
 
 
 @pytest.mark.parametrize("case", ["healthy", "slow"])
+@pytest.mark.services
 def test_guarded_rollout_advances_or_rolls_back(ws, server, tmp_path, case):
     base_model = onnx_chain(tmp_path / "base.onnx")
     new_model = onnx_chain(tmp_path / "new.onnx", matmuls=150 if case == "slow" else 0)

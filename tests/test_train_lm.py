@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 LM = REPO / "templates" / "training" / "train_lm.py"
 
@@ -39,6 +39,7 @@ def test_attention_is_causal(lm):
     assert torch.allclose(block(x2)[:, :6], y[:, :6], atol=1e-6) and not torch.allclose(block(x2)[:, 6:], y[:, 6:])
 
 
+@pytest.mark.slow
 def test_tiny_lm_trains_as_a_deepspeed_job(ws):
     rec = ws.jobs.submit({"name": "lm-tiny", "entrypoint": str(LM), "args": ["--preset", "tiny", "--steps", "40"],
                           "experiment": "lm", "deepspeed": {"zero_stage": 2, "micro_batch_size": 8},

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO, TEMPLATE, free_port
+from helpers import BIN, REPO, TEMPLATE, free_port
+
+pytestmark = pytest.mark.slow   # DeepSpeed launches
 
 
 def _deepspeed(args, env, cwd):

@@ -2,8 +2,9 @@
 import shutil
 
 import pandas as pd
+import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_moved_workspace_keeps_versions_and_reapply_refreshes_feast(tmp_path, monkeypatch, churn):
@@ -29,7 +30,6 @@ def test_moved_workspace_keeps_versions_and_reapply_refreshes_feast(tmp_path, mo
     assert moved.config.home == new_proj / ".mlplat"
     assert moved.features.datasets.get("customers@1").path.startswith(str(new_proj))
     pd.testing.assert_frame_equal(moved.features.get_training_set("t@1").to_df(), before)
-    import pytest
     from mlplat.errors import ValidationError
     with pytest.raises(ValidationError, match="was the workspace moved"):  # Feast still points at the old place
         moved.features.training_set(churn.labels.head(40), service="churn_v1", name="t")

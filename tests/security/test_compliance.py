@@ -7,7 +7,7 @@ import sqlite3
 import mlflow
 import pytest
 
-from conftest import REPO, X, Y, run_cli
+from helpers import REPO, X, Y, run_cli
 from mlplat.errors import ResidencyViolation
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import X, register_version, run_cli
+from helpers import X, Y, onnx_chain, register_version, run_cli
 from mlplat.errors import AuditIntegrityError
 from mlplat.governance.crypto import MAGIC, is_sealed
 
@@ -28,6 +28,7 @@ def _body(path: Path) -> bytes:
     return data[len(MAGIC) + 4 + int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big"):]
 
 
+@pytest.mark.services
 def test_sealed_model_is_served_but_not_loadable_from_disk(ws, server):
     import onnxruntime as ort
     mv = register_version(ws, 1.0)
@@ -45,7 +46,6 @@ def test_sealed_model_is_served_but_not_loadable_from_disk(ws, server):
     r = httpx.post(f"http://{rest}/v2/models/risk/infer", json=body)
     assert r.status_code == 200, r.text
     from sklearn.linear_model import LogisticRegression
-    from conftest import Y
     expected = LogisticRegression(C=1.0).fit(X, Y).predict(X[:3])
     labels = next(o for o in r.json()["outputs"] if o["name"] == "label")["data"]
     assert labels == expected.tolist()
@@ -61,7 +61,6 @@ def test_tampered_model_never_loads_and_is_audited(ws):
     refused = [r for r in ws.audit.records(limit=None) if r["action"] == "crypto.open"]
     assert refused and refused[0]["outcome"] == "denied" and "model.onnx" in refused[0]["resource"]
     # replaced by an unencrypted (attacker's) model: refused as well, the version was registered sealed
-    from conftest import onnx_chain
     import shutil
     shutil.rmtree(ws.config.home / "serving-cache", ignore_errors=True)
     onnx_chain(stored)

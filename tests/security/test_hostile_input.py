@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import free_port, onnx_chain
+from helpers import free_port, onnx_chain
 from mlplat.errors import NotFoundError, ValidationError
 
 
@@ -27,6 +27,7 @@ def infer_body(data="[1, 2, 3, 4]"):
     return '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ' + data + "}]}"
 
 
+@pytest.mark.services
 def test_rest_refuses_oversized_and_malformed_bodies(ws, served):
     rest, _, token, tmp_path = served
     url = f"http://{rest}/v2/models/relu/infer"
@@ -59,6 +60,7 @@ def test_rest_refuses_oversized_and_malformed_bodies(ws, served):
     assert "over 64 MB" in rejects[-1]["details"]["reason"] and rejects[-1]["details"]["client"].startswith("127.0.0.1:")
 
 
+@pytest.mark.services
 def test_grpc_refuses_malformed_and_oversized_messages(ws, served):
     import tritonclient.grpc as tg
     _, target, token, tmp_path = served
@@ -84,6 +86,7 @@ def test_grpc_refuses_malformed_and_oversized_messages(ws, served):
     assert len(rejects) == 1 and "protobuf" in rejects[0]["details"]["reason"]      # three refusals, one record so far
 
 
+@pytest.mark.services
 def test_credentials_never_reach_the_servers_log(ws, served):
     rest, _, token, tmp_path = served
     url = f"http://{rest}/v2/models/relu/infer"

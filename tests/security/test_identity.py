@@ -8,7 +8,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import run_cli
+from helpers import run_cli
 from mlplat.errors import AuthenticationError, PermissionDenied
 from oidc_issuer import Issuer
 

@@ -3,9 +3,14 @@ valid and invalid, every documented operation, other methods on the same paths â
 response (status, content type, body, `Allow` on a 405) is as the document says."""
 import subprocess
 
-from conftest import BIN, onnx_chain
+import pytest
+
+from helpers import BIN, onnx_chain
+
+pytestmark = pytest.mark.services   # `mlplat serve` under schemathesis
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(ws, server, tmp_path):
     model = onnx_chain(tmp_path / "relu.onnx")
     rest = server(f"relu={model}", refresh="0", auth="required")

@@ -3,10 +3,10 @@ and whatever the values hold, the cell papermill injects is assignments of liter
 nastiest values through real kernels is tests/test_pipelines.py::test_parameter_values_are_data_never_code.)"""
 import ast
 
-import nbformat
 import pytest
 import yaml
 
+from helpers import run_cli, write_notebook
 from mlplat.errors import ValidationError
 from mlplat.pipelines.spec import Pipeline
 
@@ -14,21 +14,15 @@ NASTY = ['"; __import__("os").system("touch /tmp/pwned"); "', "'''\nimport os\n'
          "{{ params.x }}", "\x00\r\n\u2028", "ünïcødé ☃", "${HOME} $(id) `id`"]
 
 
-def write_notebook(path):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    cell = nbformat.v4.new_code_cell("text = ''\nitems = []\nmapping = {}")
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell, nbformat.v4.new_code_cell("print(text)")]
-    nbformat.write(nb, str(path))
-    return path
+def echo_notebook(path):
+    "A notebook with parameters text, items and mapping that prints `text`."
+    return write_notebook(path, "text = ''\nitems = []\nmapping = {}", "print(text)")
 
 
 def test_injected_parameters_are_literal_assignments_only(tmp_path):
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
-    nb = load_notebook_node(str(write_notebook(tmp_path / "echo.ipynb")))     # as papermill loads it for a run
+    nb = load_notebook_node(str(echo_notebook(tmp_path / "echo.ipynb")))     # as papermill loads it for a run
     values = {"text": NASTY[0], "items": NASTY, "mapping": {k: k for k in NASTY}}
     out = parameterize_notebook(nb, values)
     injected = next(c for c in out.cells if "injected-parameters" in c.metadata.get("tags", []))
@@ -45,7 +39,7 @@ def test_injected_parameters_are_literal_assignments_only(tmp_path):
     ("__import__('os')", "is not a Python identifier"), ("db_password", "looks like a secret"),
     ("API_KEY", "looks like a secret"), ("hf_token", "looks like a secret")])
 def test_parameter_names_are_plain_and_never_secrets(tmp_path, name, message):
-    write_notebook(tmp_path / "echo.ipynb")
+    echo_notebook(tmp_path / "echo.ipynb")
     doc = {"name": "p", "steps": [{"name": "s", "notebook": "echo.ipynb", "parameters": {name: 1}}]}
     with pytest.raises(ValidationError, match=message):
         Pipeline.from_dict(doc, tmp_path)
@@ -53,6 +47,5 @@ def test_parameter_names_are_plain_and_never_secrets(tmp_path, name, message):
     with pytest.raises(ValidationError, match=message):
         Pipeline.from_dict(doc, tmp_path)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
-    from conftest import run_cli
     p = run_cli("pipelines", "check", tmp_path / "p.yaml", check=1)
     assert message in p.stderr and "Traceback" not in p.stderr

@@ -6,7 +6,9 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import free_port, onnx_chain
+from helpers import free_port, onnx_chain
+
+pytestmark = pytest.mark.services   # every test runs `mlplat serve`
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """TLS in transit: with a certificate and key, `mlplat serve` speaks only TLS on its REST and gRPC ports; with a client
 CA, gRPC demands a client certificate signed by it (mutual TLS). Bad TLS files are refused at start, clearly."""
 import ssl
-import subprocess
-import time
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import BIN, free_port, onnx_chain, run_cli, stop_process
+from helpers import BIN, free_port, onnx_chain, run_cli, start_process, stop_process, wait_http
 
 trustme = pytest.importorskip("trustme")
 
@@ -27,6 +25,7 @@ def pki(tmp_path):
     return files
 
 
+@pytest.mark.services
 def test_rest_and_mutual_tls_grpc(ws, pki, tmp_path):
     import tritonclient.grpc as tg
     from tritonclient.utils import InferenceServerException
@@ -34,20 +33,12 @@ def test_rest_and_mutual_tls_grpc(ws, pki, tmp_path):
     port, grpc_port = free_port(), free_port()
     token = ws.tokens.create("scorer", ["inference-client"])["token"]
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen([str(BIN / "mlplat"), "serve", "--model", f"relu={model}", "--port", str(port), "--grpc-port",
-                             str(grpc_port), "--refresh", "0", "--tls-cert", str(pki["server_cert"]), "--tls-key",
-                             str(pki["server_key"]), "--tls-client-ca", str(pki["ca"])],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = start_process([BIN / "mlplat", "serve", "--model", f"relu={model}", "--port", port, "--grpc-port", grpc_port,
+                          "--refresh", "0", "--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"],
+                          "--tls-client-ca", pki["ca"]], log)
     try:
         base = f"https://127.0.0.1:{port}"
-        end = time.time() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/v2/health/ready", verify=ssl.create_default_context(cafile=pki["ca"])).status_code == 200: break
-            except httpx.TransportError:
-                assert time.time() < end, log.read_text()
-                time.sleep(0.2)
+        wait_http(f"{base}/v2/health/ready", proc, log, timeout=60, verify=ssl.create_default_context(cafile=pki["ca"]))
         assert "https://127.0.0.1" in log.read_text() and "mutual TLS" in log.read_text()
         x = np.arange(8, dtype=np.float32).reshape(2, 4) - 3
         body = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
