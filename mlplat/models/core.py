@@ -12,7 +12,7 @@ from .registry import (GateFailed, ModelVersion, alias_history, check_alias, che
                                     read_sample, record_alias_move, store_gate, stored_gates, version_tags)
 
 # %% auto #0
-__all__ = ['ModelReads', 'ModelRegistration', 'Models']
+__all__ = ['ModelReads', 'ModelRegistration', 'PromotionGates', 'Models']
 
 # %% ../../notebooks/52a_models_core.ipynb #c42f434f
 class ModelReads:
@@ -82,9 +82,9 @@ class ModelRegistration(ModelReads):
             audit.update({"version": version, "gates": {r.gate: r.passed for r in results}})
         return self.get(name, version)
 
-# %% ../../notebooks/52a_models_core.ipynb #f29c1807
-class Models(ModelRegistration):
-    "Registered models of a workspace (`ws.models`): reading, registering, and gated alias moves (`models:promote`)."
+# %% ../../notebooks/52a_models_core.ipynb #a1c0e7d2
+class PromotionGates(ModelRegistration):
+    "The gate report for promoting a version now (`models:promote`): what `promote` decides on and the Promote dialog shows."
     def check(self, name: str, version: int, region: str | None = None) -> list[G.GateResult]:
         "The gates for promoting `version` now: stored parity/latency, fresh metric thresholds and residency."
         self.ws.governance.authorize("models:promote", f"model:{name}/{version}")
@@ -101,6 +101,9 @@ class Models(ModelRegistration):
         results.append(G.GateResult("rbac", True, f"{self.ws.principal.name} holds models:promote"))
         return results
 
+# %% ../../notebooks/52a_models_core.ipynb #f29c1807
+class Models(PromotionGates):
+    "Registered models of a workspace (`ws.models`): reading, registering, and gated alias moves (`models:promote`)."
     def promote(self, name: str, version: int, alias: str, reason: str = "", region: str | None = None) -> ModelVersion:
         "Point `alias` at `version` once every gate passes (else `GateFailed` with the report); recorded in the history."
         mv = self.get(name, version)
