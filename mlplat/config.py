@@ -112,7 +112,8 @@ def _check_services(cfg):
         raise ConfigError("serving.tls_cert and serving.tls_key go together", hint="set both (PEM files) or neither")
     if t.tls_client_ca and not t.tls_cert:
         raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
-    if t.prediction_retention_days < 0: raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) or more")
+    if not 0 <= t.prediction_retention_days <= 36_500:  # a century: the cutoff date of a longer one does not exist
+        raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) to 36500 days")
     if cfg.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
     from mlplat.plugins import job_backends
     if cfg.jobs.default_backend not in job_backends:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def coerce_column(col, dtype: str, what: str):
 def spec_dict(spec) -> dict:
     "Canonical dict of a spec (ttl in seconds), the form that is hashed and versioned."
     d = asdict(spec)
-    if isinstance(spec, FeatureView): d["ttl"] = int(parse_duration(spec.ttl, "ttl", allow_zero=True).total_seconds())
+    if isinstance(spec, FeatureView):  # rounded up: a fraction of a second must not become 0, "never expires"
+        d["ttl"] = math.ceil(parse_duration(spec.ttl, "ttl", allow_zero=True).total_seconds())
     return d
 
 def spec_from_dict(kind: str, d: dict):

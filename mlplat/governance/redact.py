@@ -15,7 +15,7 @@ SECRET_NAME = re.compile(r"""(?x)
     (?: password | passwd | passphrase | secret | token | credentials? | authorization | cookie
       | (?: api | private | secret | access | account | signing | encryption | master | hmac ) _? key
     ) (?: _? \d+ )? $                          # the name ends in a secret word: sslpassword, hf_token, api_key_2
-  | (?: ^ | _ ) (?: pwd | pass | sig ) (?: _? \d+ )? $   # short words only whole: db_pass, PWD, a SAS URL's sig""")
+  | (?: ^ | _ ) pwd (?: _? \d+ )? $         # a short word only whole: db_pwd, PWD (not OLDPWD)""")
 
 def _words(name: str) -> str:
     "`X-Api-Key`, `accessToken`, `AWS.Secret` -> `x_api_key`, `access_token`, `aws_secret`: one spelling to match."
@@ -29,11 +29,12 @@ def is_secret_name(name) -> bool:
 _NAME = r"-{0,2}[A-Za-z_][\w.-]*"
 _TEXT = [(re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{16,}"), r"\1***"),                # any bearer credential
          (re.compile(r"(mlp_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), r"\1***"),                       # mlplat API tokens
-         (re.compile(r"eyJ[A-Za-z0-9_-]{8,512}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+"), "***jwt***"),  # JWTs
+         (re.compile(r"eyJ[A-Za-z0-9_-]{8,8192}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+"), "***jwt***"),  # JWTs
          # a URL's password: the user may be empty (redis://:pw@host), the password may hold '@' or '/' (SQLAlchemy
          # takes them raw); digits then '/', '?' or the end are a port (http://host:8080/a@b), not a password
          (re.compile(r"(://[^/?#@\s:]*+:)(?!\d*+(?:[/?#\s]|$))[^\s@]{0,1024}+(?:@[^\s@/?#]*+(?=@))*+@"), r"\1***@")]
 _ASSIGNED = re.compile(rf"(?<![\w.-])({_NAME})(\s*=\s*[\"']?)([^&;,\s'\"=][^&;,\s'\"]*)")  # password=x, ?sslpassword=x
+_URL_WORD = re.compile(r"(?:^|_)(?:pass|sig)(?:_?\d+)?$")                     # ?pass=x, a SAS URL's &sig=x
 _QUOTED = re.compile(rf"([\"'])({_NAME})\1(\s*:\s*[\"'])([^\"']+)")                        # "password": "x"
 
 def _holds_something(v) -> bool:
@@ -47,7 +48,7 @@ def redact(value):
     if isinstance(value, (list, tuple)): return [redact(v) for v in value]
     if not isinstance(value, str): return value
     for pattern, repl in _TEXT: value = pattern.sub(repl, value)
-    value = _ASSIGNED.sub(lambda m: f"{m[1]}{m[2]}***" if is_secret_name(m[1]) else m[0], value)
+    value = _ASSIGNED.sub(lambda m: f"{m[1]}{m[2]}***" if is_secret_name(m[1]) or _URL_WORD.search(_words(m[1])) else m[0], value)
     return _QUOTED.sub(lambda m: f"{m[1]}{m[2]}{m[1]}{m[3]}***" if is_secret_name(m[2]) else m[0], value)
 
 # %% ../../notebooks/05a_redact.ipynb #f01b94f6
@@ -55,7 +56,8 @@ def redact_url(url, keep_path: bool = True) -> str:
     "`url` (any URL or connection string) safe to store, show, log and audit; `keep_path=False`: `scheme://host:port/…`."
     if keep_path: return redact(str(url))
     from urllib.parse import urlsplit
-    u = urlsplit(str(url))
+    try: u = urlsplit(str(url))
+    except ValueError: return f"{str(url).partition(':')[0][:20]}://…"  # e.g. an unclosed '[': nothing more is safe to show
     try: port = u.port
     except ValueError: port = None  # a malformed port: the origin without it, never an exception
     return f"{u.scheme}://{u.hostname or ''}{f':{port}' if port else ''}/…"

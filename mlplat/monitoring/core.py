@@ -33,7 +33,9 @@ def _when(value) -> datetime | None:
 def _span(window: str, since=None, until=None) -> tuple[datetime, datetime]:
     "(since, until): `until` defaults to now, `since` to `window` before it."
     until = _when(until) or datetime.now(timezone.utc)
-    return _when(since) or until - parse_window(window), until
+    try: return _when(since) or until - parse_window(window), until
+    except OverflowError:
+        raise ValidationError(f"window {window!r} reaches back before the year 1", hint="use a shorter window") from None
 
 def _columns(arrays: dict, names: dict) -> dict:
     "{column name: 1-D values} from {tensor name: [rows, ...] array}; 2-D tensors give one column per feature."

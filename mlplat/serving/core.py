@@ -87,6 +87,8 @@ class Serving(ServingRecords):
         guard = ServingAuth(ws, auth)
         tls = Tls.from_config(ws.config, tls_cert, tls_key, tls_client_ca)
         ws.governance.authorize("serving:run", ",".join(names))
+        if ws.config.serving.prediction_retention_days:  # the server deletes old day files on its starter's behalf
+            ws.governance.authorize("predictions:prune", ",".join(names))
         mh = ModelHost(ws, models, batching, threads, providers, deps)
         audit, reject, pruned = server_audit(ws)
         plog = PredictionLog(ws.config.home, retention_days=ws.config.serving.prediction_retention_days, on_prune=pruned)

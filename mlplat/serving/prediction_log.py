@@ -21,8 +21,9 @@ from .protocol import dumps
 log = logging.getLogger("mlplat.prediction_log")
 
 # %% auto #0
-__all__ = ['log', 'NAME', 'check_name', 'predictions_folder', 'outcomes_folder', 'logged_names', 'day_files', 'read_predictions',
-           'last_prediction', 'append_outcomes', 'read_outcomes', 'prune', 'DayFiles', 'PredictionLog']
+__all__ = ['log', 'NAME', 'MAX_RETENTION_DAYS', 'check_name', 'predictions_folder', 'outcomes_folder', 'logged_names',
+           'day_files', 'read_predictions', 'last_prediction', 'append_outcomes', 'read_outcomes', 'prune', 'DayFiles',
+           'PredictionLog']
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #74dc58b0
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -132,11 +133,13 @@ def _end_torn_line(f):
             if r.read(1) != b"\n": f.write(b"\n")
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #74636c4f
+MAX_RETENTION_DAYS = 36_500  # a century: beyond it, the cutoff date would not exist
+
 def prune(home, keep_days: int, names=None, today: date | None = None) -> dict:
     """Delete the prediction-log and outcome day files of `names` (default: every name) older than `keep_days` full
     UTC days. Returns what went: {name: {"predictions": [days], "outcomes": [days]}} (names with nothing gone left out)."""
-    if not isinstance(keep_days, int) or isinstance(keep_days, bool) or keep_days < 1:
-        raise ValidationError(f"keep_days must be a whole number of days, at least 1; got {keep_days!r}",
+    if not isinstance(keep_days, int) or isinstance(keep_days, bool) or not 1 <= keep_days <= MAX_RETENTION_DAYS:
+        raise ValidationError(f"keep_days must be a whole number of days from 1 to {MAX_RETENTION_DAYS}; got {keep_days!r}",
                               hint="serving.prediction_retention_days = 0 means keep forever: there is nothing to prune")
     home = Path(home)
     cutoff = (today or datetime.now(timezone.utc).date()) - timedelta(days=keep_days)
