@@ -12,11 +12,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
-# The options are declared in mlplat.options; callers have always imported them from here, so they stay importable.
-from .options import (
-    ALIASES, DEFAULT_RESIDENCY_RULES, DEFAULT_ROLES, NOTIFY_EVENTS, SECTIONS, EncryptionConfig, FeastConfig, IdentityConfig,
-    JobsConfig, KubernetesConfig, MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig,
-    RayConfig, RbacConfig, ResidencyConfig, SchedulerConfig, ServingConfig, WorkspaceConfig, options_markdown)
+from .options import (  # the sections and their options are declared there, with their documentation
+    ALIASES, NOTIFY_EVENTS, SECTIONS, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
+    MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig, RayConfig, RbacConfig,
+    ResidencyConfig, SchedulerConfig, ServingConfig, WorkspaceConfig)
 
 # %% auto #0
 __all__ = ['find_config_file', 'Config', 'render_toml']

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .features.definitions import Entity, Feature, FeatureService, FeatureView
-from .templates import templates_dir  # the pipeline notebooks import it from here
+from .templates import templates_dir
 
 # %% auto #0
 __all__ = ['churn_definitions', 'definitions_yaml', 'summary_lines', 'where_to_look', 'run_demo']

@@ -95,11 +95,6 @@ class Notifier:
     "Sends workspace events through every notification channel that has somewhere to send them (`ws.notifier`)."
     def __init__(self, ws): self.ws = ws
 
-    def wanted(self, event: str) -> bool:
-        if event not in self.ws.config.notifications.events: return False
-        deliveries, broken = self._deliveries()
-        return bool(deliveries or broken)
-
     def send(self, event: str, subject: str, details: dict) -> dict:
         """Deliver one event; returns `{destination: "sent" | error}`. Never raises: failures are logged and audited."""
         cfg = self.ws.config

@@ -99,7 +99,7 @@ class FeastConfig:
 @dataclass
 class JobsConfig:
     max_concurrent: int = _opt(2, "Local backend: jobs running at once; more wait in the queue.")
-    default_backend: str = _opt("local", "Backend for jobs that do not name one: `local`, `ray` or `kubernetes`.")
+    default_backend: str = _opt("local", "Backend for jobs that do not name one: `local`, `ray`, `kubernetes` or an installed job-backend plugin.")
 
 @dataclass
 class RayConfig:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, find_config_file, render_toml
-from .errors import ConfigError, PermissionDenied
+from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['AuditApi', 'Workspace', 'init', 'connect']

@@ -39,7 +39,7 @@ def renderer():
 
 
 def test_operators_page_documents_every_option():
-    from mlplat.config import options_markdown
+    from mlplat.options import options_markdown
     assert options_markdown() in (NBS / "operators.qmd").read_text(), (
         "the option table in notebooks/operators.qmd is stale: replace it with the output of `mlplat config docs`")
 

@@ -46,7 +46,7 @@ def add_commands(c):
     js = c.actions(c.command("jobs", cmd_jobs, "submit and watch training jobs", json_flag=False))
     x = js.add_parser("submit", help="validate and launch a job spec (YAML)"); x.add_argument("spec")
     x.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's outcome")
-    x.add_argument("--backend", choices=["local", "ray", "kubernetes"], help="override the spec's backend")
+    x.add_argument("--backend", metavar="NAME", help="override the spec's backend: local, ray, kubernetes or an installed plugin")
     x.add_argument("--dry-run", action="store_true", help="check everything and print what would run (Kubernetes: the TrainJob YAML)")
     x = js.add_parser("list", help="recent jobs"); x.add_argument("--state"); x.add_argument("--limit", type=int, default=50)
     js.add_parser("status", help="one job's state").add_argument("id")

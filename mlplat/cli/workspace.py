@@ -19,7 +19,8 @@ def cmd_init(args):
 def cmd_info(args): show(args, open_workspace(args).info())
 
 def cmd_config(args):
-    from mlplat.config import Config, options_markdown
+    from mlplat.config import Config
+    from mlplat.options import options_markdown
     from mlplat.governance.redact import redact
     if args.action == "docs": return print(options_markdown())
     cfg = Config.load(args.home)

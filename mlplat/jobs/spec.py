@@ -207,7 +207,7 @@ class TrainingJob(JobChecks, JobFiles):
     experiment: str | None = None          # MLflow experiment (default: the workspace project)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
     resources: object = "auto"             # Resources or "auto"
-    backend: str | None = None             # local | ray | kubernetes; None: jobs.default_backend
+    backend: str | None = None             # local | ray | kubernetes | a plugin; None: jobs.default_backend
     region: str | None = None              # default: the workspace region (residency applies)
     retries: int = 0
     timeout: object = "24h"                # any mlplat.durations form: 600, "45m", "2h", "1d"
