@@ -9,10 +9,11 @@ __all__ = ['connect', 'init']
 __version__ = "0.1.0"
 from .errors import MlplatError
 
-def connect(home=None, user=None):
-    "Open (or create) the workspace in force; see `mlplat.workspace.connect`."
+def connect(home=None, user=None, url=None, token=None):
+    """Open (or create) the workspace in force, or reach the platform service: `connect("https://platform:8443")`
+    (team mode, acting as the bearer of `token` or `MLPLAT_TOKEN`); see `mlplat.workspace.connect`."""
     from mlplat.workspace import connect as _connect
-    return _connect(home, user)
+    return _connect(home, user, url=url, token=token)
 
 def init(home=None, region=None, admin=None):
     "Create the workspace; see `mlplat.workspace.init`."

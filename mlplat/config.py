@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .options import (  # the sections and their options are declared there, with their documentation
     ALIASES, NOTIFY_EVENTS, SECTIONS, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
     MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig, RayConfig, RbacConfig,
-    ResidencyConfig, SchedulerConfig, ServingConfig, WorkspaceConfig)
+    ResidencyConfig, SchedulerConfig, ServiceConfig, ServingConfig, WorkspaceConfig)
 
 # %% auto #0
 __all__ = ['find_config_file', 'Config', 'render_toml']
@@ -95,7 +95,8 @@ def _apply_env(cfg: Config, env: dict):
 def _resolve_paths(cfg, base: Path):
     "Make the home and the key and TLS files absolute, relative to `base`."
     cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
-    for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca")):
+    for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca"),
+                     ("service", "tls_cert"), ("service", "tls_key"), ("service", "ca_bundle"), ("service", "root")):
         value = getattr(getattr(cfg, sec), key)  # relative paths are relative to mlplat.toml, like the home
         if value: setattr(getattr(cfg, sec), key, str((base/Path(value).expanduser()).resolve()))
 
@@ -111,6 +112,11 @@ def _check_services(cfg):
         raise ConfigError("serving.tls_cert and serving.tls_key go together", hint="set both (PEM files) or neither")
     if t.tls_client_ca and not t.tls_cert:
         raise ConfigError("serving.tls_client_ca (mutual TLS) needs serving.tls_cert and serving.tls_key")
+    v = cfg.service
+    if bool(v.tls_cert) != bool(v.tls_key):
+        raise ConfigError("service.tls_cert and service.tls_key go together", hint="set both (PEM files) or neither")
+    if v.workers < 1 or not 1 <= v.port <= 65535 or v.max_body_mb < 1:
+        raise ConfigError("service: workers and max_body_mb must be at least 1 and port within 1..65535")
     if not 0 <= t.prediction_retention_days <= 36_500:  # a century: the cutoff date of a longer one does not exist
         raise ConfigError("serving.prediction_retention_days must be 0 (keep forever) to 36500 days")
     if cfg.jobs.max_concurrent < 1: raise ConfigError("jobs.max_concurrent must be at least 1")
@@ -213,6 +219,7 @@ class Config(_DerivedSettings):
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @classmethod

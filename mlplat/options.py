@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 __all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'RbacConfig',
            'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig',
            'RayConfig', 'KubernetesConfig', 'EncryptionConfig', 'ModelsConfig', 'MonitoringConfig', 'ServingConfig',
-           'NotificationsConfig', 'SchedulerConfig', 'options_markdown']
+           'NotificationsConfig', 'SchedulerConfig', 'ServiceConfig', 'options_markdown']
 
 # %% ../notebooks/01b_options.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -183,14 +183,32 @@ class SchedulerConfig:
 
 NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert")
 
+# %% ../notebooks/01b_options.ipynb #ebd95d75
+@dataclass
+class ServiceConfig:
+    url: str = _opt("", "Team mode: the platform service (`mlplat server`) this client reaches, e.g. `https://platform:8443`. "
+                        "Set, `mlplat.connect()` returns a remote workspace that holds this URL and a token (`MLPLAT_TOKEN`) "
+                        "only; `http://` is refused except on loopback.")
+    ca_bundle: str = _opt("", "PEM CA bundle a client trusts for the service's certificate; empty: the system's trust store.")
+    host: str = _opt("127.0.0.1", "Address `mlplat server` listens on; any other than loopback needs `tls_cert` and `tls_key`.")
+    port: int = _opt(8443, "Port `mlplat server` listens on.")
+    tls_cert: str = _opt("", "PEM certificate (chain) of `mlplat server`; with `tls_key`.")
+    tls_key: str = _opt("", "PEM private key of `tls_cert`.")
+    workers: int = _opt(1, "Processes of `mlplat server`; more than one needs a PostgreSQL platform DB.")
+    root: str = _opt("", "Folder whose notebooks, pipelines and templates the service's routes work in (request paths "
+                         "are relative to it); empty: the folder of mlplat.toml.")
+    max_body_mb: int = _opt(16, "Largest request body `mlplat server` accepts (413 beyond).")
+
 # %% ../notebooks/01b_options.ipynb #5fda6a93
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,
             "residency": ResidencyConfig, "platform_db": PlatformDbConfig, "mlflow": MlflowConfig,
             "feast": FeastConfig, "jobs": JobsConfig, "ray": RayConfig, "kubernetes": KubernetesConfig,
             "models": ModelsConfig, "monitoring": MonitoringConfig, "notifications": NotificationsConfig,
-            "scheduler": SchedulerConfig, "encryption": EncryptionConfig, "serving": ServingConfig}
+            "scheduler": SchedulerConfig, "encryption": EncryptionConfig, "serving": ServingConfig,
+            "service": ServiceConfig}
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
-           "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url")}
+           "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url"),
+           "MLPLAT_URL": ("service", "url")}
 
 # %% ../notebooks/01b_options.ipynb #c848cc70
 def _cell(text: str) -> str: return text.replace("|", "\\|")   # a literal `|` inside a Markdown table cell

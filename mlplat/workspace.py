@@ -14,7 +14,7 @@ from .config import Config, find_config_file, render_toml
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['AuditApi', 'Workspace', 'init', 'connect']
+__all__ = ['AuditApi', 'Workspace', 'init', 'connect_local', 'connect']
 
 # %% ../notebooks/20_workspace.ipynb #91ade394
 class AuditApi:
@@ -255,9 +255,9 @@ def _init_mlflow(cfg: Config):
     return client
 
 # %% ../notebooks/20_workspace.ipynb #4e9945ba
-def connect(home: str | os.PathLike | None = None, user: str | None = None) -> Workspace:
-    """Open the workspace in force (see `mlplat.config` for how it is found); a folder with no
-    configuration yet is initialized first, with the current user as admin."""
+def connect_local(home: str | os.PathLike | None = None, user: str | None = None) -> Workspace:
+    """The embedded workspace: the core runs in this process on the workspace in force (see `mlplat.config` for how
+    it is found); a folder with no configuration yet is initialized first, with the current user as admin."""
     env = dict(os.environ)
     if home is not None: env["MLPLAT_HOME"] = str(home)
     if find_config_file(env) is None:
@@ -267,3 +267,25 @@ def connect(home: str | os.PathLike | None = None, user: str | None = None) -> W
     else:
         ws = Workspace(Config.load(home))
     return ws.as_user(user) if user else ws
+
+def connect(home: str | os.PathLike | None = None, user: str | None = None, url: str | None = None,
+            token: str | None = None):
+    """The workspace in force. Team mode — `url` given, `MLPLAT_URL` set, or `[service] url` in mlplat.toml — is a
+    remote workspace on the platform service (`mlplat server`) acting as the bearer of `token` (default:
+    `MLPLAT_TOKEN`): the same API, typed errors and CLI, and no database, key or MLflow store in this process.
+    Otherwise the embedded workspace (`connect_local`), exactly as for one person on one machine.
+    `connect("https://platform:8443")` is `connect(url="https://platform:8443")`."""
+    if isinstance(home, str) and home.startswith(("https://", "http://")): home, url = None, home
+    cfg = None
+    if not url and not os.environ.get("MLPLAT_URL"):
+        env = dict(os.environ)
+        if home is not None: env["MLPLAT_HOME"] = str(home)
+        if find_config_file(env) is None: return connect_local(home, user)
+        cfg = Config.load(home)
+        if not cfg.service.url: return connect_local(home, user)
+    if user:
+        raise ConfigError("choosing the acting user (--user, user=) is for an embedded workspace; in team mode you act as "
+                          "your token's principal", hint="set MLPLAT_TOKEN to your token, or drop --user")
+    cfg = cfg or Config.load(home)
+    from mlplat.service.remote import RemoteWorkspace
+    return RemoteWorkspace(url or cfg.service.url, token, ca_bundle=cfg.service.ca_bundle or None)

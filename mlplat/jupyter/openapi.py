@@ -10,6 +10,7 @@ import re
 from pydantic import BaseModel
 
 from .models import ErrorBody
+from . import routes_governance  # noqa: F401 -- its routes join ROUTES when imported
 from .routes import ROUTES
 
 # %% auto #0
@@ -39,7 +40,7 @@ def openapi(version: str = "") -> dict:
                             + [{"name": n, "in": "query", "required": False, "description": d,
                                 "schema": {"type": "integer" if t is int else "string", **({"default": dv} if dv is not None else {})}}
                                for n, (t, dv, d) in r.query.items()],
-              "responses": {"400": err, "403": err, "404": err, "409": err}}
+              "responses": {"400": err, "401": err, "403": err, "404": err, "409": err}}
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(r.body, defs)}}}
         if r.stream: op["responses"]["200"] = {"description": "the log text, chunk by chunk", "content": {"text/plain": {"schema": {"type": "string"}}}}

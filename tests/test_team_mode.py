@@ -1,0 +1,184 @@
+"""Team mode end to end: `mlplat server` (two processes on PostgreSQL, TLS) governs the workspace; clients hold the
+service's URL and a token only, and reach it through `mlplat.connect(URL)` and the CLI. Identities come from the local
+OIDC issuer (roles from its `groups` claim); every escalation is refused and audited under the caller."""
+import json
+import ssl
+
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import free_port, register_version, run_cli, start_process, stop_process, tls_files, wait_http
+from tests.oidc_issuer import Issuer
+
+pytestmark = pytest.mark.services
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    "A new, empty database on the test cluster: this module's audit chain and tables are its own."
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c: c.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory, postgres_url):
+    from mlplat.config import Config
+    from mlplat.governance.identity import Principal
+    from mlplat.workspace import Workspace
+    root = tmp_path_factory.mktemp("team")
+    issuer = Issuer()
+    config = root / "mlplat.toml"
+    config.write_text(f"""
+[workspace]
+home = ".mlplat"
+[platform_db]
+url = "{fresh_database(postgres_url, "team_mode")}"
+[identity]
+provider = "oidc"
+oidc_issuer = "{issuer.url}"
+oidc_audience = "mlplat"
+roles_claim = "groups"
+step_up = ["models.promote@champion", "tokens.create"]
+[identity.role_map]
+ds = "data-scientist"
+mle = "ml-engineer"
+view = "viewer"
+edge = "inference-client"
+ops = "admin"
+""")
+    # the operator seeds the workspace on the service's host, in process (the embedded core, as an admin with MFA)
+    cfg = Config.load(env={"MLPLAT_CONFIG": str(config)})
+    operator = Workspace(cfg, Principal("operator", ("admin",), {"amr": ["mfa"]}))
+    register_version(operator, 1.0)
+    register_version(operator, 0.5)
+    operator.models.promote("risk", 1, "champion", "first release")
+    ca, cert, key = tls_files(root / "tls")
+    port = free_port()
+    log = root / "server.log"
+    proc = start_process(["mlplat", "server", "--port", port, "--workers", 2, "--tls-cert", cert, "--tls-key", key],
+                         log, env={"MLPLAT_CONFIG": str(config)}, cwd=root)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health/ready", proc, log, verify=ssl.create_default_context(cafile=str(ca)))
+        yield {"url": url, "ca": str(ca), "issuer": issuer, "operator": operator, "log": log}
+    finally:
+        stop_process(proc)
+        operator.engine.dispose()
+
+
+def as_(team, *groups, **claims):
+    "A remote workspace acting as the bearer of a fresh JWT with these groups and claims."
+    import mlplat
+    return mlplat.connect(team["url"], token=team["issuer"].token(groups=list(groups), **claims))
+
+
+@pytest.fixture(autouse=True)
+def trust(team, monkeypatch):
+    monkeypatch.setenv("MLPLAT_SERVICE_CA_BUNDLE", team["ca"])
+    monkeypatch.delenv("MLPLAT_TOKEN", raising=False)
+
+
+def audited(team, outcome, principal=None, permission=None, action=None):
+    "Audit records (newest first) with this outcome, and the principal, permission and action when given."
+    return [r for r in team["operator"].audit.records(limit=500) if r["outcome"] == outcome
+            and principal in (None, r["principal"]) and action in (None, r["action"])
+            and permission in (None, (r["details"] or {}).get("permission"))]
+
+
+def test_a_client_holds_a_url_and_a_token_only(team):
+    ws = as_(team, "ds", sub="ds-1")
+    assert ws.info()["mode"] == "team" and ws.principal.roles == ("data-scientist",)
+    for secret in ("engine", "config", "governance", "crypto"):
+        with pytest.raises(Exception, match="not offered by the platform service"):
+            getattr(ws, secret)
+    assert {m["name"] for m in ws.models.list()} == {"risk"}
+    assert [v.version for v in ws.models.versions("risk")] == [2, 1]
+
+
+def test_a_data_scientist_cannot_promote_and_the_audit_names_them(team):
+    from mlplat.errors import PermissionDenied
+    ws = as_(team, "ds", sub="ds-2")
+    with pytest.raises(PermissionDenied, match="may not models:promote"):
+        ws.models.promote("risk", 2, "champion", "sneaky")
+    assert audited(team, "denied", ws.principal.name, "models:promote")
+    assert [h["to_version"] for h in team["operator"].models.history("risk", "champion")] == [1]
+
+
+def test_an_ml_engineer_promotes_only_with_step_up(team):
+    from mlplat.errors import PermissionDenied
+    with pytest.raises(PermissionDenied, match="multi-factor"):
+        as_(team, "mle", sub="mle-1", amr=["pwd"]).models.promote("risk", 2, "champion", "better AUC")
+    ws = as_(team, "mle", sub="mle-1", amr=["pwd", "mfa"])
+    v = ws.models.promote("risk", 2, "champion", "better AUC")
+    assert v.version == 2 and "champion" in v.aliases
+    moves = ws.models.history("risk", "champion")
+    assert moves[-1]["to_version"] == 2 and moves[-1]["principal"] == ws.principal.name
+    assert audited(team, "success", ws.principal.name, action="models.promote")
+    ws.models.rollback("risk", "champion", "restore for the next tests")
+
+
+def test_a_viewer_reads_models_not_the_audit_tokens_or_keys(team):
+    from mlplat.errors import PermissionDenied
+    ws = as_(team, "view", sub="viewer-1")
+    assert ws.models.list() and ws.features.list() == []
+    for read in (lambda: ws.audit.records(), lambda: ws.tokens.list(), lambda: ws.keys.list()):
+        with pytest.raises(PermissionDenied):
+            read()
+
+
+def test_an_inference_client_reads_no_pipeline_runs_or_schedules(team):
+    from mlplat.errors import PermissionDenied
+    ws = as_(team, "edge", sub="edge-1")
+    for read in (lambda: ws.pipelines.list(), lambda: ws.schedules.list(), lambda: ws.jobs.list()):
+        with pytest.raises(PermissionDenied):
+            read()
+
+
+def test_tokens_are_minted_by_the_service_and_revocation_is_immediate(team):
+    from mlplat.errors import AuthenticationError, PermissionDenied
+    admin = as_(team, "ops", sub="ops-1", amr=["mfa"])
+    made = admin.tokens.create("ci", ["data-scientist"], "1h")
+    import mlplat
+    ci = mlplat.connect(team["url"], token=made["token"])
+    assert ci.principal.name == "sa:ci" and ci.models.list()
+    with pytest.raises(PermissionDenied):   # a data scientist cannot mint tokens, even for roles it holds
+        ci.tokens.create("ci2", ["data-scientist"], "1h")
+    admin.tokens.revoke(made["id"])
+    with pytest.raises(AuthenticationError, match="revoked"):
+        mlplat.connect(team["url"], token=made["token"]).models.list()
+
+
+def test_requests_without_a_valid_credential_are_refused_and_audited(team):
+    import httpx
+    r = httpx.get(team["url"] + "/mlplat/api/models", verify=ssl.create_default_context(cafile=team["ca"]))
+    assert r.status_code == 401 and r.json()["error"] == "AuthenticationError"
+    forged = team["issuer"].token(groups=["ops"], aud="someone-else")
+    r = httpx.get(team["url"] + "/mlplat/api/models", verify=ssl.create_default_context(cafile=team["ca"]), headers={"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401 and "audience" in r.json()["message"]
+    assert len(audited(team, "denied", "anonymous", action="auth.login")) >= 2
+
+
+def test_the_cli_is_the_same_in_team_mode(team, tmp_path):
+    token = team["issuer"].token(groups=["ds"], sub="ds-cli")
+    env = {"MLPLAT_URL": team["url"], "MLPLAT_TOKEN": token, "MLPLAT_SERVICE_CA_BUNDLE": team["ca"], "MLPLAT_CONFIG": ""}
+    out = run_cli("models", "list", "--json", env_extra=env, cwd=tmp_path, check=0)
+    assert [m["name"] for m in json.loads(out.stdout)] == ["risk"]
+    p = run_cli("models", "promote", "risk", "2", "--alias", "champion", env_extra=env, cwd=tmp_path)
+    assert p.returncode != 0 and "may not models:promote" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "mlplat.toml").exists() and not (tmp_path / ".mlplat").exists()   # no local workspace was made
+    p = run_cli("models", "list", env_extra={**env, "MLPLAT_SERVICE_CA_BUNDLE": ""}, cwd=tmp_path)
+    assert p.returncode == 2 and "not trusted" in p.stderr
+
+
+def test_plain_http_to_a_network_address_is_refused():
+    import mlplat
+    from mlplat.errors import ConfigError
+    with pytest.raises(ConfigError, match="in clear"):
+        mlplat.connect("http://platform.example:8443", token="x")
+
+
+def test_the_service_logs_one_json_line_per_request_without_credentials(team):
+    lines = [json.loads(x) for x in team["log"].read_text().splitlines() if x.startswith("{")]
+    assert lines and {"request_id", "principal", "method", "path", "status", "ms"} <= set(lines[-1])
+    assert "Bearer" not in team["log"].read_text() and "eyJ" not in team["log"].read_text()
