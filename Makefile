@@ -85,7 +85,12 @@ sync-check: install
 nbtest: install
 	nbdev_test --n_workers 2 --timing
 
-pytest: install ## two workers, one test file per worker (servers, Ray and the demo's workspace stay within a file)
+# JupyterHub's proxy (npm), for the team-mode tests that start a real hub
+CHP := .cache/chp/node_modules/.bin/configurable-http-proxy
+$(CHP):
+	npm install --no-audit --no-fund --prefix .cache/chp --cache $(CURDIR)/.cache/npm configurable-http-proxy@5.3.0
+
+pytest: install $(CHP) ## two workers, one test file per worker (servers, Ray and the demo's workspace stay within a file)
 	pytest -n 2 --dist loadfile --durations=15 tests/
 
 pytest-fast: install

@@ -78,6 +78,10 @@ class IdentityConfig:
     role_map: dict = _opt({}, "Claim value -> mlplat role (or list of roles). Values not listed grant nothing.")
     step_up: list = _opt([], "Actions that need a token proving MFA (`amr` contains `mfa`), as glob patterns: "
                              "`models.promote@champion`, `models.rollback@*`, `tokens.create`.")
+    jupyterhub_api_url: str = _opt("", "With `provider = \"jupyterhub\"`: the hub's API (e.g. https://hub.example.com/hub/api); "
+                                       "empty: `JUPYTERHUB_API_URL`. Principals are `hub:NAME`; hub groups map through `role_map`.")
+    jupyterhub_cache_seconds: int = _opt(5, "How long the hub's answer for a token is reused (a revoked hub token stops "
+                                            "working within this time).")
 
 # %% ../notebooks/01b_options.ipynb #dee2f76e
 @dataclass

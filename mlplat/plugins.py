@@ -19,7 +19,8 @@ BUILTINS = {
     "mlplat.job_backends": {"local": "mlplat.jobs.local:LocalBackend", "ray": "mlplat.jobs.ray_backend:RayBackend",
                             "kubernetes": "mlplat.jobs.k8s_backend:KubernetesBackend"},
     "mlplat.identity_providers": {"local": "mlplat.governance.identity:LocalIdentityProvider",
-                                  "oidc": "mlplat.governance.oidc:OidcIdentityProvider"},
+                                  "oidc": "mlplat.governance.oidc:OidcIdentityProvider",
+                                  "jupyterhub": "mlplat.governance.jupyterhub:JupyterHubIdentityProvider"},
     "mlplat.key_providers": {"local": "mlplat.governance.crypto:LocalKeyProvider"},
     "mlplat.notification_channels": {"webhook": "mlplat.notify:WebhookChannel", "email": "mlplat.notify:EmailChannel"},
 }

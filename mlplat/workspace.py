@@ -154,6 +154,8 @@ class _Acting:
 # %% ../notebooks/20_workspace.ipynb #168f61f8
 class Workspace(_Capabilities, _GovernanceApis, _Acting):
     "An mlplat workspace as seen by one principal."
+    mode = "embedded"   # the core runs in this process (`RemoteWorkspace.mode` is "team")
+
     def __init__(self, config: Config, principal=None):
         self.config = config
         self._principal = principal

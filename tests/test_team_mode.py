@@ -7,8 +7,8 @@ import ssl
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import free_port, register_version, run_cli, start_process, stop_process, tls_files, wait_http
-from tests.oidc_issuer import Issuer
+from helpers import BIN, free_port, register_version, run_cli, start_process, stop_process, wait_http
+from oidc_issuer import Issuer
 
 pytestmark = pytest.mark.services
 
@@ -19,6 +19,17 @@ def fresh_database(server_url: str, name: str) -> str:
     with engine.connect() as c: c.execute(sa.text(f"CREATE DATABASE {name}"))
     engine.dispose()
     return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def tls_files(folder):
+    "A throw-away CA and the service's certificate for 127.0.0.1, as PEM files: (ca, cert, key)."
+    import trustme
+    ca, paths = trustme.CA(), (folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    issued = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(paths[0])
+    issued.cert_chain_pems[0].write_to_path(paths[1])
+    issued.private_key_pem.write_to_path(paths[2])
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +64,10 @@ ops = "admin"
     register_version(operator, 1.0)
     register_version(operator, 0.5)
     operator.models.promote("risk", 1, "champion", "first release")
-    ca, cert, key = tls_files(root / "tls")
+    ca, cert, key = tls_files(root)
     port = free_port()
     log = root / "server.log"
-    proc = start_process(["mlplat", "server", "--port", port, "--workers", 2, "--tls-cert", cert, "--tls-key", key],
+    proc = start_process([BIN / "mlplat", "server", "--port", port, "--workers", 2, "--tls-cert", cert, "--tls-key", key],
                          log, env={"MLPLAT_CONFIG": str(config)}, cwd=root)
     url = f"https://127.0.0.1:{port}"
     try:

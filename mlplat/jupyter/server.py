@@ -43,6 +43,10 @@ def jsonable(x):
     return x
 
 # %% ../../notebooks/81_jupyter_server.ipynb #aa23ef46
+def _config_file(ws):
+    "The mlplat.toml an embedded workspace was read from (None in team mode: the platform service holds it)."
+    return None if ws is None or getattr(ws, "mode", "embedded") == "team" else ws.config.source
+
 class MlplatServer(Configurable):
     "Settings and shared state of the extension: the workspace, the identity mode, the worker threads."
     home = Unicode(None, allow_none=True, config=True, help="the mlplat workspace (default: found from the working folder)")
@@ -63,11 +67,11 @@ class MlplatServer(Configurable):
         its mlplat.toml changes (a revoked role takes effect at once, without restarting Jupyter)."""
         import mlplat
         with self._lock:   # the sidebar's first requests arrive together, on several threads
-            src = self._ws.config.source if self._ws is not None else None
+            src = _config_file(self._ws)
             stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             if self._ws is None or stamp != self._stamp:
                 self._ws, self._as = mlplat.connect(self.home), {}
-                src = self._ws.config.source
+                src = _config_file(self._ws)
                 self._stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             ws = self._ws
             if self.identity == "jupyter":
