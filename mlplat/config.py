@@ -21,6 +21,17 @@ from .options import (  # the sections and their options are declared there, wit
 __all__ = ['find_config_file', 'Config', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #6854e87f
+def _foreign_owner(path: Path, trusted: tuple | None = None) -> str | None:
+    "Who owns `path` (the link, its target) or its folder, when that is neither this user nor root; else None."
+    trusted = (0, os.getuid()) if trusted is None else trusted
+    for st in (path.lstat(), path.stat(), path.parent.stat()):
+        if st.st_uid not in trusted:
+            try:
+                import pwd
+                return f"{pwd.getpwuid(st.st_uid).pw_name} (uid {st.st_uid})"
+            except (ImportError, KeyError): return f"uid {st.st_uid}"
+    return None
+
 def find_config_file(env: dict | None = None) -> Path | None:
     "The mlplat.toml in force, by the precedence documented above, or None."
     env = os.environ if env is None else env
@@ -34,8 +45,17 @@ def find_config_file(env: dict | None = None) -> Path | None:
         p = Path(env["MLPLAT_HOME"]).expanduser()/"mlplat.toml"
         if p.is_file(): return p.resolve()
         return None
-    for d in [Path.cwd(), *Path.cwd().parents]:
-        if (d/"mlplat.toml").is_file(): return (d/"mlplat.toml").resolve()
+    cwd = Path.cwd()
+    for d in [cwd, *cwd.parents]:
+        p = d/"mlplat.toml"
+        if not p.is_file(): continue
+        owner = _foreign_owner(p) if d != cwd else None
+        if owner:
+            raise ConfigError(f"{p}, found in a parent folder of {cwd}, belongs to {owner}, not to you: another user's "
+                              "file could relax roles, residency or encryption for whatever you run here",
+                              hint=f"move your work out from under {d} (or ask {owner.split()[0]} to remove the file), or name "
+                                   "your configuration explicitly: MLPLAT_CONFIG=/path/to/mlplat.toml or MLPLAT_HOME")
+        return p.resolve()
     return None
 
 def _read_toml(path: Path) -> dict:
@@ -81,12 +101,18 @@ def _coerce(value: str, default, name: str):
     if isinstance(default, list): return [v.strip() for v in value.split(",") if v.strip()]
     return value
 
+def _refuse_policy_variable(var: str, option: str):
+    raise ConfigError(f"{var} is set, but {option} is policy: it is set in mlplat.toml only, never by an environment variable",
+                      hint=f"unset {var}; to change {option}, edit the workspace's mlplat.toml (see `mlplat config docs`)")
+
 def _apply_env(cfg: Config, env: dict):
     for name in SECTIONS:
         sec = getattr(cfg, name)
         for f in fields(sec):
             var = f"MLPLAT_{name}_{f.name}".upper()
-            if var in env and not isinstance(getattr(sec, f.name), dict):
+            if var not in env: continue
+            if f.metadata.get("policy"): _refuse_policy_variable(var, f"{name}.{f.name}")
+            if not isinstance(getattr(sec, f.name), dict):
                 setattr(sec, f.name, _coerce(env[var], getattr(sec, f.name), var))
     for var, (name, opt) in ALIASES.items():
         if env.get(var): setattr(getattr(cfg, name), opt, _coerce(env[var], getattr(getattr(cfg, name), opt), var))
@@ -149,10 +175,18 @@ def _check_access(cfg):
         if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
             raise ConfigError(f"rbac.roles.{role} must be a list of permission strings")
     i = cfg.identity
+    if ":" in i.user:
+        raise ConfigError(f"identity.user {i.user!r} contains ':'", hint="':' is reserved for service accounts (sa:NAME) and "
+                                                                        "OIDC principals (oidc:...); use a plain user name")
     if i.provider == "oidc":
-        if not i.oidc_issuer.startswith(("https://", "http://")) or not i.oidc_audience:
-            raise ConfigError("identity.provider = 'oidc' needs identity.oidc_issuer (an http(s) URL) and identity.oidc_audience",
+        if not i.oidc_issuer or not i.oidc_audience:
+            raise ConfigError("identity.provider = 'oidc' needs identity.oidc_issuer (an https URL) and identity.oidc_audience",
                               hint="set both under [identity] in mlplat.toml")
+        from mlplat.governance.oidc import require_secure_url
+        require_secure_url(i.oidc_issuer, "identity.oidc_issuer")
+        if i.oidc_jwks_uri: require_secure_url(i.oidc_jwks_uri, "identity.oidc_jwks_uri")
+        if i.oidc_jwks_cache_seconds < 1 or i.oidc_leeway_seconds < 0:
+            raise ConfigError("identity.oidc_jwks_cache_seconds must be at least 1 and oidc_leeway_seconds at least 0")
         weak = [a for a in i.oidc_algorithms if not str(a).startswith(("RS", "ES", "PS", "Ed"))]
         if weak or not i.oidc_algorithms:
             raise ConfigError(f"identity.oidc_algorithms must list asymmetric algorithms only, got {i.oidc_algorithms}",
@@ -265,8 +299,8 @@ def render_toml(cfg: Config) -> str:
             continue
         if name == "rbac":
             out += ["# Roles -> permissions; principals -> roles. Deny by default.", "[rbac.roles]"]
-            out += [f'"{r}" = {val(p)}' for r, p in sec.roles.items()] + ["", "[rbac.bindings]"]
-            out += [f'"{u}" = {val(r)}' for u, r in sec.bindings.items()] + [""]
+            out += [f'{val(r)} = {val(p)}' for r, p in sec.roles.items()] + ["", "[rbac.bindings]"]
+            out += [f'{val(u)} = {val(r)}' for u, r in sec.bindings.items()] + [""]
             continue
         out.append(f"[{name}]")
         for f in fields(kind):

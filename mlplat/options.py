@@ -9,10 +9,11 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 # %% auto #0
-__all__ = ['DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'RbacConfig',
-           'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig',
-           'RayConfig', 'KubernetesConfig', 'EncryptionConfig', 'ModelsConfig', 'MonitoringConfig', 'ServingConfig',
-           'NotificationsConfig', 'SchedulerConfig', 'ServiceConfig', 'options_markdown']
+__all__ = ['CORE_READS', 'WORK_READS', 'DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES',
+           'WorkspaceConfig', 'RbacConfig', 'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig', 'MlflowConfig',
+           'FeastConfig', 'JobsConfig', 'RayConfig', 'KubernetesConfig', 'EncryptionConfig', 'ModelsConfig',
+           'MonitoringConfig', 'ServingConfig', 'NotificationsConfig', 'SchedulerConfig', 'ServiceConfig',
+           'options_markdown']
 
 # %% ../notebooks/01b_options.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -22,13 +23,17 @@ def _opt(default, doc: str, **kw):
     return field(default=default, metadata={"doc": doc, **kw})
 
 # %% ../notebooks/01b_options.ipynb #3a1ac047
+CORE_READS = ["models:read", "features:read", "datasets:read", "training_sets:read", "lineage:read", "serving:read",
+              "monitoring:read"]  # what the work needs; the audit log, tokens and keys are read only when granted
+WORK_READS = ["jobs:read", "pipelines:read"]  # jobs carry env values, pipeline runs their parameters and notebooks
+
 DEFAULT_ROLES = {
-    "viewer": ["*:read"],
+    "viewer": [*CORE_READS],
     "inference-client": ["serving:predict", "serving:read"],
-    "data-scientist": ["*:read", "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
+    "data-scientist": [*CORE_READS, *WORK_READS, "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
                        "models:register", "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule",
                        "monitoring:run"],
-    "ml-engineer": ["*:read", "datasets:register", "features:apply", "training_sets:create",
+    "ml-engineer": [*CORE_READS, *WORK_READS, "datasets:register", "features:apply", "training_sets:create",
                     "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "models:promote",
                     "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
     "auditor": ["*:read", "audit:export"],
@@ -50,38 +55,49 @@ class WorkspaceConfig:
 
 @dataclass
 class RbacConfig:
-    roles: dict = _opt(DEFAULT_ROLES, "Role -> permission patterns (`resource:action`, `*` wildcards).")
-    bindings: dict = _opt({}, "Principal -> list of roles. Anyone not bound is denied (deny by default).")
+    roles: dict = _opt(DEFAULT_ROLES, "Role -> permission patterns (`resource:action`, `*` wildcards).", policy=True)
+    bindings: dict = _opt({}, "Principal -> list of roles. Anyone not bound is denied (deny by default). OIDC principals "
+                              "are named `oidc:<issuer>#<sub>`, service accounts `sa:<name>`.", policy=True)
 
 @dataclass
 class ResidencyConfig:
     rules: list = _opt(DEFAULT_RESIDENCY_RULES,
                        "List of `{classification, allowed_regions (globs), description}`; "
-                       "data of a listed classification may only be stored or processed in matching regions.")
+                       "data of a listed classification may only be stored or processed in matching regions.", policy=True)
 
 # %% ../notebooks/01b_options.ipynb #712abb04
 @dataclass
 class IdentityConfig:
     provider: str = _opt("local", "Identity provider: `local` (OS user or `user`), `oidc` (bearer JWTs from `oidc_issuer`) "
-                                  "or `module:Class`. Service-account API tokens (`mlplat tokens create`) work with every provider.")
-    user: str = _opt("", "Principal for the local provider; empty means the OS user (alias `MLPLAT_USER`).")
-    oidc_issuer: str = _opt("", "OIDC issuer URL; tokens must carry it as `iss` (e.g. https://login.example.com/realms/ml).")
-    oidc_audience: str = _opt("", "Audience tokens must carry in `aud`: the client id this platform is registered under.")
-    oidc_jwks_uri: str = _opt("", "JWKS URL; empty: read from the issuer's `/.well-known/openid-configuration`.")
-    oidc_algorithms: list = _opt(["RS256", "ES256"], "Signature algorithms accepted (asymmetric only).")
-    oidc_leeway_seconds: int = _opt(30, "Clock skew tolerated on `exp`, `nbf` and `iat`.")
-    oidc_jwks_cache_seconds: int = _opt(300, "How long fetched signing keys are reused; an unknown `kid` refetches at "
-                                             "once (key rotation), at most every 10 s.")
-    user_claim: str = _opt("preferred_username", "Claim naming the principal (falls back to `sub`).")
+                                  "or `module:Class`. Service-account API tokens (`mlplat tokens create`) work with every provider.",
+                         policy=True)
+    user: str = _opt("", "Principal for the local provider; empty means the OS user (alias `MLPLAT_USER`). No `:` "
+                         "(reserved for `sa:` and `oidc:` principals).")
+    oidc_issuer: str = _opt("", "OIDC issuer URL; tokens must carry it as `iss` (e.g. https://login.example.com/realms/ml). "
+                                "https only (http on 127.0.0.1, ::1 or localhost, for tests).", policy=True)
+    oidc_audience: str = _opt("", "Audience tokens must carry in `aud`: the client id this platform is registered under.", policy=True)
+    oidc_jwks_uri: str = _opt("", "JWKS URL (https, as the issuer); empty: read from the issuer's "
+                                  "`/.well-known/openid-configuration`.", policy=True)
+    oidc_algorithms: list = _opt(["RS256", "ES256"], "Signature algorithms accepted (asymmetric only).", policy=True)
+    oidc_leeway_seconds: int = _opt(30, "Clock skew tolerated on `exp`, `nbf` and `iat`.", policy=True)
+    oidc_jwks_cache_seconds: int = _opt(300, "How long a fetched signing key is trusted: after that the key set is fetched "
+                                             "again, so a retired key stops verifying. An unknown `kid` refetches at once "
+                                             "(key rotation), at most every 10 s.", policy=True)
+    oidc_principal_claim: str = _opt("", "Claim that names OIDC principals (`oidc:<value>`) instead of the issuer and `sub` "
+                                         "(`oidc:<issuer>#<sub>`). Set it only to a claim the identity provider keeps unique "
+                                         "and users cannot edit (e.g. `email`, `oid`).", policy=True)
+    user_claim: str = _opt("preferred_username", "Claim kept as the principal's display name (`display_name` in its "
+                                                 "claims); it never names the principal.", policy=True)
     roles_claim: str = _opt("roles", "Claim with the caller's groups or roles; a dotted path reaches nested claims "
-                                     "(`realm_access.roles`).")
-    role_map: dict = _opt({}, "Claim value -> mlplat role (or list of roles). Values not listed grant nothing.")
+                                     "(`realm_access.roles`).", policy=True)
+    role_map: dict = _opt({}, "Claim value -> mlplat role (or list of roles). Values not listed grant nothing.", policy=True)
     step_up: list = _opt([], "Actions that need a token proving MFA (`amr` contains `mfa`), as glob patterns: "
-                             "`models.promote@champion`, `models.rollback@*`, `tokens.create`.")
-    jupyterhub_api_url: str = _opt("", "With `provider = \"jupyterhub\"`: the hub's API (e.g. https://hub.example.com/hub/api); "
-                                       "empty: `JUPYTERHUB_API_URL`. Principals are `hub:NAME`; hub groups map through `role_map`.")
+                             "`models.promote@champion`, `models.rollback@*`, `tokens.create`.", policy=True)
+    jupyterhub_api_url: str = _opt("", "With `provider = \"jupyterhub\"`: the hub's API (https, or http on loopback), "
+                                       "e.g. https://hub.example.com/hub/api. Principals are `hub:NAME`; hub groups map "
+                                       "through `role_map`.", policy=True)
     jupyterhub_cache_seconds: int = _opt(5, "How long the hub's answer for a token is reused (a revoked hub token stops "
-                                            "working within this time).")
+                                            "working within this time).", policy=True)
 
 # %% ../notebooks/01b_options.ipynb #dee2f76e
 @dataclass
@@ -124,11 +140,12 @@ class KubernetesConfig:
 @dataclass
 class EncryptionConfig:
     at_rest: bool = _opt(True, "Seal model artifacts (ONNX), dataset snapshots and training sets with AES-256-GCM "
-                               "envelope encryption; reading decrypts transparently. Files written earlier stay readable.")
+                               "envelope encryption; reading decrypts transparently. Files written earlier stay readable.",
+                         policy=True)
     key_provider: str = _opt("local", "Where key-encryption keys live: `local` (a key file) or `package.module:Class` "
-                                      "for a KMS or Vault provider.")
+                                      "for a KMS or Vault provider.", policy=True)
     key_file: str = _opt("", "The local provider's key file (created mode 0600 on first use); empty: `HOME/keys/kek.json`. "
-                             "Back it up: sealed data cannot be read without it.")
+                             "Back it up: sealed data cannot be read without it.", policy=True)
 
 # %% ../notebooks/01b_options.ipynb #c91c4e06
 @dataclass
@@ -224,7 +241,8 @@ def options_markdown() -> str:
     for name, kind in SECTIONS.items():
         for f in fields(kind):
             d = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            var = f"MLPLAT_{name}_{f.name}".upper() if not isinstance(d, dict) else "(file only)"
+            var = ("(file only: policy)" if f.metadata.get("policy") else "(file only)" if isinstance(d, dict)
+                   else f"MLPLAT_{name}_{f.name}".upper())
             if (name, f.name) in alias: var += f" / {alias[(name, f.name)]}"
             shown = "(see `mlplat config docs`)" if isinstance(d, (dict, list)) and len(str(d)) > 40 else repr(d)
             rows.append(f"| `{name}.{f.name}` | `{var}` | {_cell(shown)} | {_cell(f.metadata['doc'])} |")

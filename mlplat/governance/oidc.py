@@ -7,13 +7,28 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 
 from ..errors import AuthenticationError, ConfigError
 from .identity import Principal
 
 # %% auto #0
-__all__ = ['OidcVerifier', 'principal_from_claims', 'verifier', 'OidcIdentityProvider']
+__all__ = ['LOOPBACK', 'require_secure_url', 'SigningKeys', 'OidcVerifier', 'principal_name', 'principal_from_claims', 'verifier',
+           'OidcIdentityProvider']
+
+# %% ../../notebooks/03a_oidc.ipynb #5e1c0a7d
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+def require_secure_url(url: str, option: str) -> str:
+    "`url` when it is https (or http on loopback); else a `ConfigError` naming `option`."
+    from urllib.parse import urlsplit
+    try: parts = urlsplit(url); host = parts.hostname
+    except ValueError: parts, host = None, None
+    if host and (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)): return url
+    raise ConfigError(f"{option} {url!r} is not an https URL",
+                      hint="the issuer and its keys are reached over https only, so nobody on the network path can swap "
+                           "the signing keys; plain http is accepted on 127.0.0.1, ::1 and localhost (tests)")
 
 # %% ../../notebooks/03a_oidc.ipynb #d9f1dddc
 def _jwks_uri(issuer: str) -> str:
@@ -30,7 +45,7 @@ def _jwks_uri(issuer: str) -> str:
                           hint="set identity.oidc_issuer to exactly the issuer's own value")
     if not isinstance(doc.get("jwks_uri"), str):
         raise AuthenticationError(f"the discovery document at {url} has no jwks_uri", hint="set identity.oidc_jwks_uri")
-    return doc["jwks_uri"]
+    return require_secure_url(doc["jwks_uri"], f"the jwks_uri of the discovery document at {url}")
 
 # %% ../../notebooks/03a_oidc.ipynb #ea590401
 def _refusal(e, audience: str, issuer: str) -> AuthenticationError:
@@ -51,22 +66,53 @@ def _refusal(e, audience: str, issuer: str) -> AuthenticationError:
         return AuthenticationError("the token's signature does not verify: it was altered or forged", hint="sign in again")
     return AuthenticationError(f"the token is invalid: {e}", hint="sign in again for a fresh token")
 
+# %% ../../notebooks/03a_oidc.ipynb #4d0e8b1f
+class SigningKeys:
+    "An issuer's signing keys by `kid`, each trusted for `max_age` seconds after the fetch that brought it."
+    def __init__(self, fetch, max_age: float, cooldown: float = 10.0, clock=time.monotonic):
+        self.fetch, self.max_age, self.cooldown, self.clock = fetch, max_age, cooldown, clock  # fetch() -> {kid: key}
+        self.fetches, self._keys, self._fetched, self._tried, self._error = 0, {}, None, None, None
+        self._lock = threading.Lock()
+
+    def _refetch(self, now: float):
+        self._tried, self.fetches = now, self.fetches + 1
+        try: self._keys, self._fetched, self._error = dict(self.fetch()), now, None
+        except Exception as e:
+            self._error = e
+            raise
+
+    def get(self, kid):
+        "The key `kid`, or None when the issuer does not publish it; raises what the fetch raised when it cannot tell."
+        with self._lock:
+            now = self.clock()
+            if self._fetched is None or now - self._fetched >= self.max_age:   # never fetched, or too old to trust
+                self._keys = {}
+                if self._error is not None and now - self._tried < self.cooldown: raise self._error.with_traceback(None)
+                self._refetch(now)
+            elif kid not in self._keys and now - self._tried >= self.cooldown:  # a rotated key? one look per cooldown
+                self._refetch(now)
+            return self._keys.get(kid)
+
 # %% ../../notebooks/03a_oidc.ipynb #70fb68b5
 class OidcVerifier:
-    "Checks bearer JWTs of one issuer and audience; keeps that issuer's signing keys cached."
-    def __init__(self, identity_config):
+    "Checks bearer JWTs of one issuer and audience; keeps that issuer's signing keys for `oidc_jwks_cache_seconds`."
+    def __init__(self, identity_config, fetch=None):
         i = identity_config
         self.issuer, self.audience, self.algorithms = i.oidc_issuer, i.oidc_audience, list(i.oidc_algorithms)
-        self.leeway, self.cache_seconds, self.jwks_uri = i.oidc_leeway_seconds, i.oidc_jwks_cache_seconds, i.oidc_jwks_uri
-        self._client, self._lock = None, threading.Lock()
+        self.leeway, self.jwks_uri = i.oidc_leeway_seconds, i.oidc_jwks_uri
+        self.keys = SigningKeys(fetch or self.fetch_keys, max_age=i.oidc_jwks_cache_seconds, cooldown=10.0)
 
-    def client(self):
+    def fetch_keys(self) -> dict:
+        "Every signing key the issuer publishes now, by `kid`."
         import jwt
-        with self._lock:
-            if self._client is None:
-                self._client = jwt.PyJWKClient(self.jwks_uri or _jwks_uri(self.issuer), cache_keys=True, max_cached_keys=16,
-                                               lifespan=self.cache_seconds, timeout=5, cooldown_duration=10)
-            return self._client
+        self.jwks_uri = self.jwks_uri or _jwks_uri(self.issuer)
+        try: found = jwt.PyJWKClient(self.jwks_uri, cache_jwk_set=False, timeout=5).get_signing_keys()
+        except jwt.PyJWKClientConnectionError as e:
+            raise AuthenticationError(f"cannot fetch the issuer's signing keys: {e}", hint="the identity provider may be down; retry") from None
+        except jwt.PyJWTError as e:
+            raise AuthenticationError(f"the issuer's key set at {self.jwks_uri} is unusable: {e}",
+                                      hint="check identity.oidc_jwks_uri or the identity provider's keys") from None
+        return {k.key_id: k for k in found}
 
     def verify(self, token: str) -> dict:
         "The token's claims, or `AuthenticationError` saying exactly what is wrong with it."
@@ -77,12 +123,12 @@ class OidcVerifier:
         if header.get("alg") not in self.algorithms:
             raise AuthenticationError(f"tokens signed with {header.get('alg')!r} are not accepted",
                                       hint=f"the platform accepts {', '.join(self.algorithms)}")
-        try: key = self.client().get_signing_key(header.get("kid"))
-        except jwt.PyJWKClientConnectionError as e:
-            raise AuthenticationError(f"cannot fetch the issuer's signing keys: {e}", hint="the identity provider may be down; retry") from None
-        except jwt.PyJWKClientError:
+        if not isinstance(header.get("kid"), str):
+            raise AuthenticationError("the token names no signing key (no 'kid' in its header)", hint="send the access token your identity provider issued")
+        key = self.keys.get(header["kid"])
+        if key is None:
             raise AuthenticationError(f"no signing key {header.get('kid')!r} at the issuer: the token is forged or its key was retired",
-                                      hint="sign in again for a fresh token") from None
+                                      hint="sign in again for a fresh token")
         try:
             return jwt.decode(token, key, algorithms=self.algorithms, audience=self.audience, issuer=self.issuer,
                               leeway=self.leeway, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
@@ -96,12 +142,23 @@ def _claim(claims: dict, path: str):
         v = v.get(part) if isinstance(v, dict) else None
     return v
 
+def principal_name(claims: dict, identity_config) -> str:
+    "`oidc:<issuer>#<sub>`, or `oidc:<value>` of `identity.oidc_principal_claim` (a claim the operator declared unique)."
+    claim = identity_config.oidc_principal_claim
+    if claim:
+        value = _claim(claims, claim)
+        if not isinstance(value, str) or not value:
+            raise AuthenticationError(f"the token has no {claim!r} claim, which names principals here (identity.oidc_principal_claim)",
+                                      hint="the identity provider must include it in this audience's access tokens")
+        return f"oidc:{value}"
+    iss, sub = claims.get("iss"), claims.get("sub")
+    if not (isinstance(iss, str) and iss and isinstance(sub, str) and sub):
+        raise AuthenticationError("the token names nobody (no 'iss' and 'sub' claims)")
+    return f"oidc:{iss}#{sub}"
+
 def principal_from_claims(claims: dict, identity_config) -> Principal:
     "The principal a verified token stands for."
     i = identity_config
-    name = claims.get(i.user_claim) or claims.get("sub")
-    if not isinstance(name, str) or not name:
-        raise AuthenticationError(f"the token names nobody (no {i.user_claim!r} or 'sub' claim)")
     values = _claim(claims, i.roles_claim) or []
     values = values.split() if isinstance(values, str) else values if isinstance(values, list) else []
     roles = []
@@ -109,9 +166,11 @@ def principal_from_claims(claims: dict, identity_config) -> Principal:
         mapped = i.role_map.get(str(v), [])
         roles += [mapped] if isinstance(mapped, str) else list(mapped)
     amr = claims.get("amr") or []
+    display = claims.get(i.user_claim)
     kept = {"sub": claims.get("sub"), "iss": claims.get("iss"), "exp": claims.get("exp"),
-            "amr": [str(a) for a in amr] if isinstance(amr, list) else [str(amr)]}
-    return Principal(name=name, roles=tuple(dict.fromkeys(roles)), claims=kept, provider="oidc")
+            "amr": [str(a) for a in amr] if isinstance(amr, list) else [str(amr)],
+            "display_name": display if isinstance(display, str) else None}
+    return Principal(name=principal_name(claims, i), roles=tuple(dict.fromkeys(roles)), claims=kept, provider="oidc")
 
 # %% ../../notebooks/03a_oidc.ipynb #d6c22cdf
 _VERIFIERS: dict = {}
