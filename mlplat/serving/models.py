@@ -245,12 +245,13 @@ class AliasGovernance:
         if self.ws is None or not uri.startswith("models:/") or "@" not in uri: return uri, None
         from mlplat.models.registry import parse_model_uri
         name, alias = parse_model_uri(uri)
-        try: moved = self.ws.models.get(name, alias).version
-        except NotFoundError: moved = None              # the alias was deleted in MLflow
         governed = self.ws.models.governed(name, alias, required=key not in self.current)  # an alias mlplat never moved
         served = governed if governed is not None else int(self.current[key].version)
+        # MLflow's alias is only compared: unreadable (deleted, or MLflow down) changes nothing and reports nothing
+        try: moved = self.ws.models.get(name, alias).version
+        except NotFoundError: moved = served
         if moved == governed: self.ungoverned.pop((name, alias), None)
-        elif self._first_sight(name, alias, moved, now): self._refuse(name, alias, moved, served)
+        elif moved != served and self._first_sight(name, alias, moved, now): self._refuse(name, alias, moved, served)
         return f"models:/{name}/{served}", str(served)
 
     def _first_sight(self, name: str, alias: str, moved, now: bool) -> bool:
