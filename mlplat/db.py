@@ -102,6 +102,18 @@ def _job_and_model_tables(sa, md):
              sa.Column("reason", sa.Text),
              sa.Column("at", sa.DateTime(timezone=True), nullable=False))
 
+# %% ../notebooks/02_db.ipynb #4f0d2a61
+def _model_artifact_tables(sa, md):
+    "The ONNX file each model version must load: its digest and its sealing, by (model, version)."
+    sa.Table("model_artifacts", md,
+             sa.Column("model", sa.String(200), primary_key=True),
+             sa.Column("version", sa.Integer, primary_key=True),
+             sa.Column("sha256", sa.String(64), nullable=False),      # of the plaintext ONNX file (a key rotation keeps it)
+             sa.Column("sealed", sa.Boolean, nullable=False),
+             sa.Column("sealed_as", sa.String(300)),                  # the context its payload is bound to (AEAD data)
+             sa.Column("registered_by", sa.String(200), nullable=False),
+             sa.Column("at", sa.DateTime(timezone=True), nullable=False))
+
 # %% ../notebooks/02_db.ipynb #83fbfab6
 def _pipeline_tables(sa, md):
     "Pipeline runs, their steps and cancel requests."
@@ -201,7 +213,8 @@ def metadata():
     "The table definitions (built once, on first use, so `import mlplat` stays light)."
     import sqlalchemy as sa
     md = sa.MetaData()
-    for tables in (_version_tables, _job_and_model_tables, _pipeline_tables, _schedule_tables, _governance_tables):
+    for tables in (_version_tables, _job_and_model_tables, _pipeline_tables, _schedule_tables, _governance_tables,
+                   _model_artifact_tables):
         tables(sa, md)
     return md
 

@@ -180,9 +180,9 @@ class ServingConfig:
 # %% ../notebooks/01b_options.ipynb #867c6819
 @dataclass
 class NotificationsConfig:
-    events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert"],
+    events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert", "serving.alias_refused"],
                         "Events that notify: `pipeline.failed`, `pipeline.succeeded`, `schedule.missed`, `schedule.skipped`, "
-                        "`monitoring.alert`.")
+                        "`monitoring.alert`, `serving.alias_refused` (an alias moved outside mlplat, not served).")
     webhooks: list = _opt([], "URLs that receive each event as an HTTP POST with a JSON body.")
     email_to: list = _opt([], "Addresses that receive each event by e-mail (needs `smtp_host`).")
     email_from: str = _opt("mlplat@localhost", "Sender address of notification e-mails.")
@@ -202,7 +202,8 @@ class SchedulerConfig:
                                                "was running): a schedule's misfire policy decides whether it still runs.")
     max_running: int = _opt(4, "Scheduled pipeline runs one scheduler process runs at once; more wait for a free place.")
 
-NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert")
+NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert",
+                 "serving.alias_refused")
 
 # %% ../notebooks/01b_options.ipynb #ebd95d75
 @dataclass

@@ -5,11 +5,12 @@
 # %% ../../notebooks/52a_models_core.ipynb #ba112030
 from __future__ import annotations
 
-from ..errors import NotFoundError, ValidationError
+from ..errors import NotFoundError, PermissionDenied, ValidationError
 from . import gates as G
-from .registry import (GateFailed, ModelVersion, alias_history, check_alias, check_name, create_version,
-                                    feature_names, find_run, get_version, load_model, log_onnx, log_reference, measure,
-                                    read_sample, record_alias_move, store_gate, stored_gates, version_tags)
+from .registry import (GateFailed, ModelVersion, alias_history, alias_target, artifact_record, check_alias,
+                                    check_name, create_version, feature_names, find_run, get_version, load_model, log_onnx,
+                                    log_reference, measure, read_sample, record_alias_move, record_artifact, store_gate,
+                                    stored_gates, version_tags)
 
 # %% auto #0
 __all__ = ['ModelReads', 'ModelRegistration', 'PromotionGates', 'Models']
@@ -44,6 +45,25 @@ class ModelReads:
         "Every stored gate result of a version, oldest first."
         return stored_gates(self.ws.engine, name, version)
 
+    def governed(self, name: str, alias: str, required: bool = False) -> int | None:
+        """The version `alias` points at by mlplat's alias history (None, or `PermissionDenied` if `required`: never
+        moved through mlplat). Servers serve it, whatever MLflow's alias says: a move in MLflow skipped the gates."""
+        version = alias_target(self.ws.engine, name, alias)
+        if version is None and required:
+            raise PermissionDenied(f"models:/{name}@{alias} is not served: mlplat's alias history records no move of "
+                                   f"{name}@{alias} (it was set outside mlplat, e.g. with MlflowClient, or never set)",
+                                   hint=f"promote a version through mlplat (`mlplat models promote {name} VERSION --alias "
+                                        f"{alias}`), or serve a pinned version (models:/{name}/VERSION)")
+        return version
+
+    def for_serving(self, name: str, ref: str) -> ModelVersion:
+        "The version a server serves for `ref`: a version number as is, an alias at its governed version."
+        return self.get(name, ref if str(ref).isdigit() else self.governed(name, ref, required=True))
+
+    def artifact(self, name: str, version: int) -> dict | None:
+        "What version `version`'s ONNX file must be (`sha256`, `sealed`, `sealed_as`), as recorded when it was registered."
+        return artifact_record(self.ws.engine, name, version)
+
     def history(self, name: str, alias: str | None = None) -> list[dict]:
         "Every alias move of `name` (optionally one alias), oldest first."
         self.ws.governance.authorize("models:read")
@@ -71,13 +91,14 @@ class ModelRegistration(ModelReads):
             model, framework = load_model(run_id, artifact)
             x = read_sample(run_id, artifact, sample, cfg.tracking_uri)
             onnx_bytes, sig, results = measure(model, x, cfg.models)
-            model_uri, sealed = log_onnx(client, ws.crypto, run, name, onnx_bytes, sig)
-            tags = version_tags(run, framework, sig, sealed, ws.principal.name, ts, results,
+            model_uri, onnx_file = log_onnx(client, ws.crypto, run, name, onnx_bytes, sig)
+            tags = version_tags(run, framework, sig, onnx_file["sealed"], ws.principal.name, ts, results,
                                 feature_names(client, run_id, sample, x.shape[1]))
             version = create_version(client, name, model_uri, run_id, tags)
             log_reference(client, run_id, version, x)
             with ws.engine.begin() as c:
                 for r in results: store_gate(c, name, version, r, "register", ws.principal.name)
+                record_artifact(c, name, version, onnx_file, ws.principal.name)
                 ws.lineage.add(f"mlflow_run:{run_id}", f"model:{name}/{version}", conn=c)
             audit.update({"version": version, "gates": {r.gate: r.passed for r in results}})
         return self.get(name, version)
@@ -120,7 +141,7 @@ class Models(PromotionGates):
 
     def rollback(self, name: str, alias: str, reason: str = "") -> ModelVersion:
         "Point `alias` back at the version that held it before the current holder was promoted."
-        current = self.get(name, alias)
+        current = self.get(name, self._holder(name, alias) or alias)
         promos = [e for e in self.history(name, alias) if e["action"] == "promote" and e["to_version"] == current.version]
         if not promos or promos[-1]["from_version"] is None:
             raise ValidationError(f"{name}@{alias} (version {current.version}) has no earlier holder to roll back to",
@@ -133,12 +154,18 @@ class Models(PromotionGates):
         if not res.passed: raise GateFailed(G.report([res], f"cannot roll {name}@{alias} back to {target.version}:"), [res])
         return self._move(target, alias, "rollback", reason, None, [res])
 
+    def _holder(self, name: str, alias: str) -> int | None:
+        "Who holds `alias`: its history's latest target (not a move made in MLflow behind mlplat's back), else MLflow's."
+        held = self.governed(name, alias)
+        if held is not None: return held
+        try: return self.get(name, alias).version
+        except NotFoundError: return None
+
     def _move(self, mv, alias, action, reason, region, results):
         "Move `alias` to `mv` (MFA first where `identity.step_up` asks): the history row commits only if MLflow took it."
         check_alias(alias)
         ws = self.ws
-        try: before = self.get(mv.name, alias).version
-        except NotFoundError: before = None
+        before = self._holder(mv.name, alias)
         ws.governance.step_up(f"models.{action}@{alias}", mv.node, region or ws.config.workspace.region)
         with ws.governance.operation(f"models.{action}", mv.node, "models:promote", region or ws.config.workspace.region,
                                      details={"alias": alias, "from_version": before, "reason": reason}):

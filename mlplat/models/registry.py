@@ -5,6 +5,7 @@
 # %% ../../notebooks/52_models_registry.ipynb #38efd7a9
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,8 +21,9 @@ from . import gates as G
 
 # %% auto #0
 __all__ = ['GateFailed', 'ModelVersion', 'parse_model_uri', 'check_name', 'check_alias', 'find_run', 'get_version', 'load_model',
-           'read_sample', 'feature_names', 'measure', 'log_onnx', 'log_reference', 'version_tags', 'create_version',
-           'store_gate', 'stored_gates', 'record_alias_move', 'alias_history']
+           'read_sample', 'feature_names', 'measure', 'sealed_context', 'log_onnx', 'log_reference', 'version_tags',
+           'create_version', 'store_gate', 'stored_gates', 'record_alias_move', 'alias_target', 'alias_history',
+           'record_artifact', 'artifact_record']
 
 # %% ../../notebooks/52_models_registry.ipynb #338baee4
 class GateFailed(MlplatError):
@@ -45,7 +47,7 @@ class ModelVersion:
     @property
     def node(self) -> str: return f"model:{self.name}/{self.version}"
     @property
-    def sealed(self) -> bool: return bool(self.tags.get("mlplat.sealed"))  # its ONNX file is encrypted at rest
+    def sealed(self) -> bool: return bool(self.tags.get("mlplat.sealed"))  # as MLflow says: loading trusts the platform DB
 
 # %% ../../notebooks/52_models_registry.ipynb #96fa4016
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -146,11 +148,15 @@ def measure(model, x: np.ndarray, m) -> tuple[bytes, dict, list]:
     return onnx_bytes, sig, results
 
 # %% ../../notebooks/52_models_registry.ipynb #382ce72a
-def log_onnx(client, sealer, run, name: str, onnx_bytes: bytes, sig: dict) -> tuple[str, bool]:
+def sealed_context(name: str, artifact_id: str) -> str:
+    "What a model file's sealed payload is bound to (its AEAD associated data): the model and its MLflow logged model."
+    return f"model:{name}/{artifact_id}"
+
+def log_onnx(client, sealer, run, name: str, onnx_bytes: bytes, sig: dict) -> tuple[str, dict]:
     """Log the ONNX model as an MLflow logged model of `run` (ONNX flavor, signature, requirements) and return
-    (its `models:/` URI, whether it is sealed). With encryption at rest (`sealer`, the workspace's `crypto`) the
-    `model.onnx` in the artifact store is sealed; it is written to a memory-backed folder first, so the plaintext
-    never reaches a disk either."""
+    (its `models:/` URI, what its file must be: `{sha256, sealed, sealed_as}`, for `record_artifact`). With encryption
+    at rest (`sealer`, the workspace's `crypto`) the `model.onnx` in the artifact store is sealed, bound to `name` and
+    the logged model's id; it is written to a memory-backed folder first, so the plaintext never reaches a disk either."""
     import tempfile, mlflow, onnx
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
@@ -162,14 +168,19 @@ def log_onnx(client, sealer, run, name: str, onnx_bytes: bytes, sig: dict) -> tu
         mlflow.onnx.save_model(onnx.load_from_string(onnx_bytes), str(local), save_as_external_data=False,
                                signature=ModelSignature(schema(sig["inputs"]), schema(sig["outputs"])),
                                pip_requirements=flavor_requirements("onnx"))
-        if sealer.enabled: sealer.seal_file(local/"model.onnx", f"model:{name}")
+        digest = hashlib.sha256((local/"model.onnx").read_bytes()).hexdigest()
         lm = client.create_logged_model(experiment_id=run.info.experiment_id, name="onnx", source_run_id=run.info.run_id,
                                         tags={"mlplat.sealed": "aes-256-gcm"} if sealer.enabled else None)
-        try: client.log_model_artifacts(lm.model_id, str(local))
+        # the version number does not exist before the file is uploaded; the logged model's id, tied to
+        # (name, version) by the platform DB's record, does
+        sealed_as = sealed_context(name, lm.model_id) if sealer.enabled else None
+        try:
+            if sealed_as: sealer.seal_file(local/"model.onnx", sealed_as)
+            client.log_model_artifacts(lm.model_id, str(local))
         except BaseException:
             client.finalize_logged_model(lm.model_id, "FAILED"); raise
         client.finalize_logged_model(lm.model_id, "READY")
-    return f"models:/{lm.model_id}", sealer.enabled
+    return f"models:/{lm.model_id}", {"sha256": digest, "sealed": sealed_as is not None, "sealed_as": sealed_as}
 
 def log_reference(client, run_id: str, version: int, x: np.ndarray):
     "The rows the gates ran on, kept with the version: monitoring compares production traffic against them."
@@ -219,6 +230,13 @@ def record_alias_move(conn, name: str, alias: str, before: int | None, version: 
         model=name, alias=alias, from_version=before, to_version=version, action=action,
         principal=principal, reason=reason or None, at=utcnow()))
 
+def alias_target(engine, name: str, alias: str) -> int | None:
+    "The version the latest recorded move of `alias` pointed at (None: mlplat never moved it): what serving serves."
+    import sqlalchemy as sa
+    t = table("model_alias_events")
+    q = sa.select(t.c.to_version).where((t.c.model == name) & (t.c.alias == alias)).order_by(t.c.id.desc()).limit(1)
+    with engine.connect() as c: return c.execute(q).scalar()
+
 def alias_history(engine, name: str, alias: str | None = None) -> list[dict]:
     "Every alias move of `name` (optionally one alias), oldest first."
     import sqlalchemy as sa
@@ -226,3 +244,18 @@ def alias_history(engine, name: str, alias: str | None = None) -> list[dict]:
     q = sa.select(t).where(t.c.model == name).order_by(t.c.id)
     if alias: q = q.where(t.c.alias == alias)
     with engine.connect() as c: return [dict(r._mapping) for r in c.execute(q)]
+
+# %% ../../notebooks/52_models_registry.ipynb #6b1e93c4
+def record_artifact(conn, name: str, version: int, artifact: dict, principal: str):
+    "Keep what version `version`'s ONNX file must be (`log_onnx`'s digest and sealing): loading checks it, not MLflow's tags."
+    conn.execute(table("model_artifacts").insert().values(model=name, version=int(version), sha256=artifact["sha256"],
+                                                          sealed=bool(artifact["sealed"]), sealed_as=artifact["sealed_as"],
+                                                          registered_by=principal, at=utcnow()))
+
+def artifact_record(engine, name: str, version: int) -> dict | None:
+    "What version `version`'s ONNX file must be, as recorded at registration (None: registered before it was recorded)."
+    import sqlalchemy as sa
+    t = table("model_artifacts")
+    with engine.connect() as c:
+        row = c.execute(sa.select(t).where((t.c.model == name) & (t.c.version == int(version)))).first()
+    return dict(row._mapping) if row else None

@@ -161,7 +161,7 @@ def storage_uri(ws, uri: str) -> str:
     from mlplat.serving.models import resolve
     if uri.startswith("models:/"):
         from mlplat.models.registry import parse_model_uri
-        mv = ws.models.get(*parse_model_uri(uri))
+        mv = ws.models.for_serving(*parse_model_uri(uri))  # an alias: the version mlplat moved it to
         location = ws.mlflow_client().get_model_version_download_uri(mv.name, str(mv.version))
     else:
         resolve(ws, uri)  # checks the file exists
@@ -188,5 +188,7 @@ def _sealed(ws, uri: str) -> bool:
     from mlplat.governance.crypto import is_sealed
     if uri.startswith("models:/"):
         from mlplat.models.registry import parse_model_uri
-        return ws.models.get(*parse_model_uri(uri)).sealed
+        mv = ws.models.for_serving(*parse_model_uri(uri))
+        rec = ws.models.artifact(mv.name, mv.version)   # the platform DB's record; MLflow's tag for older versions
+        return rec["sealed"] if rec else mv.sealed
     return is_sealed(Path(uri).expanduser())

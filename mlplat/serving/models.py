@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import NotFoundError, ValidationError
+from ..errors import AuditIntegrityError, NotFoundError, ValidationError
 from .protocol import InferError
 
 log = logging.getLogger("mlplat.serving")
@@ -30,8 +30,8 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'read_model', 'Loaded', 'Batcher', 'Route', 'RoutePlan', 'plan_routes',
-           'Routing', 'AliasFollowing', 'ModelHost']
+__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'verified_bytes', 'read_model', 'Loaded', 'Batcher', 'Route', 'RoutePlan',
+           'plan_routes', 'Routing', 'AliasGovernance', 'AliasFollowing', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
@@ -57,13 +57,32 @@ def _resolve(ws, uri: str):
         raise ValidationError(f"{uri!r} is neither a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) nor an .onnx file")
     return "1", path, None
 
+
+# %% ../../notebooks/54_serving_models.ipynb #a51c7d0e
+def verified_bytes(ws, mv, path: Path) -> bytes:
+    """The plaintext of registry version `mv`'s ONNX file at `path`, checked against the platform DB's record of it:
+    sealed as recorded, and of the recorded SHA-256. A mismatch is audited and refused (`AuditIntegrityError`)."""
+    rec = ws.models.artifact(mv.name, mv.version)
+    if rec is None:  # registered before records were kept: the model-wide sealing mlplat used then, when on
+        at_rest = ws.config.encryption.at_rest
+        log.warning("%s was registered before mlplat recorded model digests: its file is checked %s only; re-register "
+                    "its run to bind it to its version", mv.node, "for its model's sealing" if at_rest else "for nothing")
+        return ws.crypto.open_bytes(path, f"model:{mv.name}" if at_rest else None, require_sealed=at_rest)
+    data = ws.crypto.open_bytes(path, rec["sealed_as"] if rec["sealed"] else None, require_sealed=rec["sealed"])
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
+        why = "is not the model registered as this version (its SHA-256 differs from the platform DB's record)"
+        ws.governance.audit.append(ws.principal.name, "models.load", mv.node, "denied", ws.config.workspace.region,
+                                   {"path": str(path)[:300], "reason": why})
+        raise AuditIntegrityError(f"the file {path} of {mv.node} {why}; it was not loaded",
+                                  hint="restore the version's artifact from a backup, or register the model again")
+    return data
+
 def read_model(ws, uri: str) -> tuple[str, Path, bytes]:
-    """(version, local path, ONNX bytes) for `uri`. A sealed file is decrypted and authenticated in memory; a
-    registry version registered sealed must still be (a file swapped for an unencrypted one never loads)."""
+    """(version, local path, ONNX bytes) for `uri`: a sealed file is decrypted and authenticated in memory, a registry
+    version's file must be what was registered as that version (`verified_bytes`)."""
     version, path, mv = _resolve(ws, uri)
     if ws is None: return version, path, path.read_bytes()
-    sealed = mv is not None and mv.sealed
-    return version, path, ws.crypto.open_bytes(path, f"model:{mv.name}" if sealed else None, require_sealed=sealed)
+    return version, path, ws.crypto.open_bytes(path) if mv is None else verified_bytes(ws, mv, path)
 
 # %% ../../notebooks/54_serving_models.ipynb #6391f6c0
 @dataclass
@@ -216,20 +235,59 @@ class Routing:
         vname, mkey = r.pick(key)
         return self.current[mkey], vname
 
+# %% ../../notebooks/54_serving_models.ipynb #c3e0b6a2
+class AliasGovernance:
+    """Which version an alias serves: the one mlplat's alias history last recorded (`ws.models.governed`), never a move
+    made in MLflow behind mlplat's back (which skipped the gates, RBAC, step-up and the audit log). Such a move is
+    refused — the governed version keeps serving — and audited (`serving.alias_refused`) and notified once per move."""
+    def _governed(self, key: str, uri: str, now: bool = False) -> tuple[str, str | None]:
+        "(URI to load, its version) for `uri`: `models:/NAME/V` of an alias's governed version V; other URIs as they are."
+        if self.ws is None or not uri.startswith("models:/") or "@" not in uri: return uri, None
+        from mlplat.models.registry import parse_model_uri
+        name, alias = parse_model_uri(uri)
+        governed = self.ws.models.governed(name, alias, required=key not in self.current)  # an alias mlplat never moved
+        served = governed if governed is not None else int(self.current[key].version)
+        # MLflow's alias is only compared: unreadable (deleted, or MLflow down) changes nothing and reports nothing
+        try: moved = self.ws.models.get(name, alias).version
+        except NotFoundError: moved = served
+        if moved == governed: self.ungoverned.pop((name, alias), None)
+        elif moved != served and self._first_sight(name, alias, moved, now): self._refuse(name, alias, moved, served)
+        return f"models:/{name}/{served}", str(served)
+
+    def _first_sight(self, name: str, alias: str, moved, now: bool) -> bool:
+        """Whether to report the ungoverned move of `alias` to `moved` now: once per move, on the second poll in a row
+        that sees it (`now`: at once). A governed move commits its history row just after MLflow's alias moves, so a
+        single poll can fall in between."""
+        seen = self.ungoverned.get((name, alias))
+        if seen == (moved, True): return False
+        report = now or seen == (moved, False)
+        self.ungoverned[(name, alias)] = (moved, report)
+        return report
+
+    def _refuse(self, name: str, alias: str, moved, served: int):
+        ws = self.ws
+        details = {"model": name, "alias": alias, "ungoverned_version": moved, "served_version": served}
+        log.error("refused the move of %s@%s to version %s made outside mlplat; serving version %s", name, alias, moved, served)
+        try: ws.governance.audit.append(ws.principal.name, "serving.alias_refused", f"model:{name}@{alias}", "denied",
+                                        ws.config.workspace.region, details)
+        except Exception as e: log.error("could not audit the refused alias move: %s", e)
+        subject = f"{name}@{alias}: a move to version {moved} made outside mlplat was refused; version {served} serves"
+        threading.Thread(target=ws.notifier.send, args=("serving.alias_refused", subject, details), name="notify", daemon=True).start()
+
 # %% ../../notebooks/54_serving_models.ipynb #f79b564f
-class AliasFollowing:
-    "Hot swap for a host whose models are served through aliases (`models:/NAME@ALIAS`)."
+class AliasFollowing(AliasGovernance):
+    "Hot swap for a host whose models are served through aliases (`models:/NAME@ALIAS`): governed moves only."
     def refresh(self) -> list[str]:
-        "Follow moved aliases: load the new version, swap it in; returns what changed. Never raises."
+        "Follow governed alias moves: load the new version, swap it in; returns what changed. Never raises."
         changed = []
         for key, uri in self.uris.items():
             if "@" not in uri: continue
             try:
-                version, _ = resolve(self.ws, uri)
-                if version == self.current[key].version: continue
-                fresh = self._load(key, uri)
+                target, version = self._governed(key, uri)
+                if (version or resolve(self.ws, uri)[0]) == self.current[key].version: continue
+                fresh = self._load(key, uri, target)
                 if fresh.signature["inputs"] != self.current[key].signature["inputs"]:
-                    raise ValidationError(f"version {version} takes different inputs than the served {self.current[key].version}")
+                    raise ValidationError(f"version {fresh.version} takes different inputs than the served {self.current[key].version}")
                 with self.lock: old, self.current[key] = self.current[key], fresh
                 self._lineage(key)
                 self.errors.pop(key, None)
@@ -242,7 +300,7 @@ class AliasFollowing:
 
 # %% ../../notebooks/54_serving_models.ipynb #0dc10c5e
 class ModelHost(Routing, AliasFollowing):
-    "The served models and routes by name; loads, batches, routes traffic, follows aliases."
+    "The served models and routes by name; loads, batches, routes traffic, follows governed alias moves."
     def __init__(self, ws, models: dict | None = None, batching: dict | None = None, threads: int | None = None,
                  providers: list | None = None, deployments: list = ()):
         from concurrent.futures import ThreadPoolExecutor
@@ -253,8 +311,9 @@ class ModelHost(Routing, AliasFollowing):
         self.executor = ThreadPoolExecutor(max_workers=max(2, len(self.uris)), thread_name_prefix="ort")
         self.current: dict[str, Loaded] = {}
         self.errors: dict[str, str] = {}
+        self.ungoverned: dict[tuple, tuple] = {}   # (model, alias) -> (version MLflow's alias names, reported)
         self.lock = threading.Lock()
-        for key, uri in self.uris.items(): self.current[key] = self._load(key, uri)
+        for key, uri in self.uris.items(): self.current[key] = self._load(key, uri, self._governed(key, uri, now=True)[0])
         for key in self.current: self._lineage(key)
         from mlplat.serving.features import FeatureInputs
         self.feature_inputs = {n: FeatureInputs(ws, spec, self.primary(n).signature, f"deployment {n}: features")
@@ -264,9 +323,10 @@ class ModelHost(Routing, AliasFollowing):
             if len({repr(v) for v in sigs.values()}) > 1:
                 raise ValidationError(f"the variants of {r.name!r} take different inputs: {sigs}")
 
-    def _load(self, key: str, uri: str) -> Loaded:
+    def _load(self, key: str, uri: str, source: str | None = None) -> Loaded:
+        "Load `source` (default `uri`: what an alias resolves to) as the model served under `key` for `uri`."
         from mlplat.models.onnx import session, signature
-        version, path, data = read_model(self.ws, uri)
+        version, path, data = read_model(self.ws, source or uri)
         # one intra-op thread by default: requests run side by side, and a thread pool per call only spins on small models
         sess = session(data, threads=self.threads or 1, providers=self.providers)
         m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
