@@ -39,10 +39,18 @@ def team(tmp_path_factory, postgres_url):
     from mlplat.workspace import Workspace
     root = tmp_path_factory.mktemp("team")
     issuer = Issuer()
+    mlflow_port, mlflow_log = free_port(), root / "mlflow.log"
+    # MLflow's tracking server with its artifact proxy: clients log runs there, never into a backend store
+    mlflow = start_process([BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", mlflow_port, "--workers", 1,
+                            "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
+                            "--artifacts-destination", root / "mlartifacts"], mlflow_log, cwd=root)
     config = root / "mlplat.toml"
     config.write_text(f"""
 [workspace]
 home = ".mlplat"
+[mlflow]
+tracking_uri = "http://127.0.0.1:{mlflow_port}"
+artifact_root = "mlflow-artifacts:"
 [platform_db]
 url = "{fresh_database(postgres_url, "team_mode")}"
 [identity]
@@ -58,6 +66,7 @@ view = "viewer"
 edge = "inference-client"
 ops = "admin"
 """)
+    wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow, mlflow_log)
     # the operator seeds the workspace on the service's host, in process (the embedded core, as an admin with MFA)
     cfg = Config.load(env={"MLPLAT_CONFIG": str(config)})
     operator = Workspace(cfg, Principal("operator", ("admin",), {"amr": ["mfa"]}))
@@ -72,9 +81,11 @@ ops = "admin"
     url = f"https://127.0.0.1:{port}"
     try:
         wait_http(url + "/health/ready", proc, log, verify=ssl.create_default_context(cafile=str(ca)))
-        yield {"url": url, "ca": str(ca), "issuer": issuer, "operator": operator, "log": log}
+        yield {"url": url, "ca": str(ca), "issuer": issuer, "operator": operator, "log": log,
+               "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     finally:
         stop_process(proc)
+        stop_process(mlflow)
         operator.engine.dispose()
 
 
@@ -127,6 +138,24 @@ def test_an_ml_engineer_promotes_only_with_step_up(team):
     assert moves[-1]["to_version"] == 2 and moves[-1]["principal"] == ws.principal.name
     assert audited(team, "success", ws.principal.name, action="models.promote")
     ws.models.rollback("risk", "champion", "restore for the next tests")
+
+
+def test_a_data_scientist_trains_and_registers_through_the_service(team):
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+    from helpers import X, Y
+    from mlplat.models.onnx import flavor_requirements
+    ws = as_(team, "ds", sub="ds-3")
+    client = ws.mlflow_client()
+    assert client.tracking_uri == team["mlflow"]
+    mlflow.set_tracking_uri(client.tracking_uri)
+    exp = client.get_experiment_by_name("risk-team") or client.get_experiment(client.create_experiment("risk-team"))
+    with mlflow.start_run(experiment_id=exp.experiment_id) as run:
+        mlflow.sklearn.log_model(LogisticRegression(C=0.2).fit(X, Y), name="model", input_example=X[:5],
+                                 pip_requirements=flavor_requirements("sklearn"))
+    v = ws.models.register(run.info.run_id, "risk", sample=X[:64])
+    assert v.version == 3 and v.run_id == run.info.run_id
+    assert audited(team, "success", ws.principal.name, action="models.register")
 
 
 def test_a_viewer_reads_models_not_the_audit_tokens_or_keys(team):

@@ -10,7 +10,7 @@ import re
 from pydantic import BaseModel
 
 from .models import ErrorBody
-from . import routes_governance  # noqa: F401 -- its routes join ROUTES when imported
+from . import routes_governance, routes_work  # noqa: F401 -- their routes join ROUTES when imported
 from .routes import ROUTES
 
 # %% auto #0

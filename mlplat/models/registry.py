@@ -207,7 +207,9 @@ def create_version(client, name: str, model_uri: str, run_id: str, tags: dict) -
     "Register `model_uri` as the next version of `name` (the registered model is created on first use)."
     try: client.create_registered_model(name, description="registered by mlplat")
     except Exception: pass  # exists already
-    return int(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
+    # a logged model (`models:/m-<id>`) is named by id too: MLflow's tracking server checks that the two agree
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    return int(client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id).version)
 
 # %% ../../notebooks/52_models_registry.ipynb #24c3534d
 def store_gate(conn, name: str, version: int, result: G.GateResult, stage: str, principal: str):
