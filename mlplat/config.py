@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .options import (  # the sections and their options are declared there, with their documentation
-    ALIASES, NOTIFY_EVENTS, SECTIONS, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
+    ALIASES, NOTIFY_EVENTS, SECTIONS, AuditConfig, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
     MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig, RayConfig, RbacConfig,
     ResidencyConfig, SchedulerConfig, ServingConfig, WorkspaceConfig)
 
@@ -95,7 +95,8 @@ def _apply_env(cfg: Config, env: dict):
 def _resolve_paths(cfg, base: Path):
     "Make the home and the key and TLS files absolute, relative to `base`."
     cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
-    for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca")):
+    for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca"),
+                     ("audit", "signing_key_file"), ("audit", "checkpoint_file")):
         value = getattr(getattr(cfg, sec), key)  # relative paths are relative to mlplat.toml, like the home
         if value: setattr(getattr(cfg, sec), key, str((base/Path(value).expanduser()).resolve()))
 
@@ -213,6 +214,7 @@ class Config(_DerivedSettings):
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @classmethod
