@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .options import (  # the sections and their options are declared there, with their documentation
-    ALIASES, NOTIFY_EVENTS, SECTIONS, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
+    ALIASES, NOTIFY_EVENTS, SECTIONS, AuditConfig, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
     MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig, RayConfig, RbacConfig,
     ResidencyConfig, SchedulerConfig, ServiceConfig, ServingConfig, WorkspaceConfig)
 
@@ -122,7 +122,8 @@ def _resolve_paths(cfg, base: Path):
     "Make the home and the key and TLS files absolute, relative to `base`."
     cfg.workspace.home = str((base/Path(cfg.workspace.home).expanduser()).resolve())
     for sec, key in (("encryption", "key_file"), ("serving", "tls_cert"), ("serving", "tls_key"), ("serving", "tls_client_ca"),
-                     ("service", "tls_cert"), ("service", "tls_key"), ("service", "ca_bundle"), ("service", "root")):
+                     ("service", "tls_cert"), ("service", "tls_key"), ("service", "ca_bundle"), ("service", "root"),
+                     ("audit", "signing_key_file"), ("audit", "checkpoint_file")):
         value = getattr(getattr(cfg, sec), key)  # relative paths are relative to mlplat.toml, like the home
         if value: setattr(getattr(cfg, sec), key, str((base/Path(value).expanduser()).resolve()))
 
@@ -254,6 +255,7 @@ class Config(_DerivedSettings):
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @classmethod

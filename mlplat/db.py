@@ -179,7 +179,7 @@ def _schedule_tables(sa, md):
 
 # %% ../notebooks/02_db.ipynb #6085a15c
 def _governance_tables(sa, md):
-    "Lineage edges, API tokens and the audit log."
+    "Lineage edges, API tokens, the audit log and its signed checkpoints."
     sa.Table("lineage", md,  # one edge of the lineage graph: upstream -> downstream
              sa.Column("src", sa.String(300), primary_key=True),
              sa.Column("dst", sa.String(300), primary_key=True),
@@ -206,6 +206,13 @@ def _governance_tables(sa, md):
              sa.Column("details_json", sa.Text, nullable=False),
              sa.Column("prev_hash", sa.String(64), nullable=False),
              sa.Column("hash", sa.String(64), nullable=False))
+    sa.Table("audit_checkpoints", md,  # the chain's head signed with a key the platform DB does not hold
+             sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+             sa.Column("hash", sa.String(64), nullable=False),
+             sa.Column("at", sa.String(40), nullable=False),
+             sa.Column("key_id", sa.String(200), nullable=False),
+             sa.Column("signature", sa.Text, nullable=False),
+             sa.Column("created_by", sa.String(200), nullable=False))
 
 # %% ../notebooks/02_db.ipynb #c79a6558
 @functools.cache
@@ -274,14 +281,16 @@ def _create_schema(engine):
                               hint="upgrade mlplat")
 
 def open_engine(url: str):
-    "An engine on the platform DB with its tables created (idempotent)."
+    """An engine on the platform DB with its tables created (idempotent). Its `begin()` and `connect()` join the unit of
+    work of a governed operation (`mlplat.transactions`), so what the operation writes commits with its audit record."""
     from sqlalchemy.exc import OperationalError
+    from mlplat.transactions import platform_engine
     engine = _engine(url)
     try: _create_schema(engine)
     except OperationalError as e:
         raise ConfigError(f"cannot open the platform DB at {redact_url(url)}: {redact(str(e.orig))}",
                           hint="check platform_db.url, that the server is up and that the folder is writable") from None
-    return engine
+    return platform_engine(engine)
 
 # %% ../notebooks/02_db.ipynb #8d7aac36
 def dumps(obj) -> str:

@@ -13,7 +13,7 @@ __all__ = ['CORE_READS', 'WORK_READS', 'DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES
            'WorkspaceConfig', 'RbacConfig', 'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig', 'MlflowConfig',
            'FeastConfig', 'JobsConfig', 'RayConfig', 'KubernetesConfig', 'EncryptionConfig', 'ModelsConfig',
            'MonitoringConfig', 'ServingConfig', 'NotificationsConfig', 'SchedulerConfig', 'ServiceConfig',
-           'options_markdown']
+           'AuditConfig', 'options_markdown']
 
 # %% ../notebooks/01b_options.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -231,6 +231,20 @@ SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": Rb
 ALIASES = {"MLPLAT_HOME": ("workspace", "home"), "MLPLAT_USER": ("identity", "user"),
            "MLPLAT_REGION": ("workspace", "region"), "MLPLAT_DB_URL": ("platform_db", "url"),
            "MLPLAT_URL": ("service", "url")}
+
+# %% ../notebooks/01b_options.ipynb #85b3c244
+@dataclass
+class AuditConfig:
+    checkpoint_every: int = _opt(100, "Sign a checkpoint of the audit chain's head after this many new records; 0: only "
+                                      "when asked (`mlplat audit checkpoint`).")
+    signer: str = _opt("local", "Who signs checkpoints: `local` (an Ed25519 key in `signing_key_file`) or "
+                                "`package.module:Class` (a KMS or HSM: `key_id()`, `sign(data)`, `public_key_pem()`).")
+    signing_key_file: str = _opt("", "The local signer's Ed25519 private key (PEM, created mode 0600 on first use); empty: "
+                                     "`HOME/keys/audit-signing.pem`. Keep it where the platform DB's writers cannot read it.")
+    checkpoint_file: str = _opt("", "Signed checkpoints are also appended here, outside the platform DB (JSON lines); "
+                                    "empty: `HOME/keys/audit-checkpoints.jsonl`.")
+
+SECTIONS["audit"] = AuditConfig
 
 # %% ../notebooks/01b_options.ipynb #c848cc70
 def _cell(text: str) -> str: return text.replace("|", "\\|")   # a literal `|` inside a Markdown table cell

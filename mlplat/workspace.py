@@ -18,14 +18,35 @@ __all__ = ['AuditApi', 'Workspace', 'init', 'connect_local', 'connect']
 
 # %% ../notebooks/20_workspace.ipynb #91ade394
 class AuditApi:
-    "`ws.audit`: read, verify and export the audit trail (permissions `audit:read` / `audit:export`)."
+    """`ws.audit`: read, verify, checkpoint and export the audit trail (permissions `audit:read` / `audit:export`).
+    Checkpoints sign the chain's head with a key outside the platform DB (`mlplat.governance.checkpoints`)."""
     def __init__(self, ws): self.ws = ws
     def records(self, limit: int | None = 50, newest_first: bool = True) -> list[dict]:
         self.ws.governance.authorize("audit:read")
         return list(self.ws.governance.audit.records(limit=limit, newest_first=newest_first))
-    def verify(self, expect_head: str | None = None):
+    def verify(self, expect_head: str | None = None, public_key: str | None = None, checkpoints: list | str | None = None):
+        """The chain and every signed checkpoint (`AuditReport`). An auditor passes their own copies: `public_key`
+        (PEM text, from `public_key()`) and `checkpoints` (from `checkpoints()`, or that list as JSON / JSON lines)."""
         self.ws.governance.authorize("audit:read")
-        return self.ws.governance.audit.verify(expect_head)
+        if isinstance(checkpoints, str):
+            from mlplat.governance.checkpoints import load_checkpoints
+            checkpoints = load_checkpoints(checkpoints)
+        return self.ws.governance.audit.verify(expect_head, public_key, checkpoints)
+    def checkpoints(self) -> list[dict]:
+        "Every signed checkpoint (seq, hash, at, key_id, signature, created_by), oldest first: keep a copy to verify later."
+        self.ws.governance.authorize("audit:read")
+        return self.ws.governance.audit.checkpoints()
+    def public_key(self) -> str:
+        "The public key (PEM) that verifies the checkpoints: keep a copy to verify later."
+        self.ws.governance.authorize("audit:read")
+        return self.ws.governance.audit.public_key()
+    def checkpoint(self) -> dict | None:
+        "Sign the chain's head now (`audit:export`; audited); None when the log is empty."
+        gov = self.ws.governance
+        with gov.operation("audit.checkpoint", "audit_log", "audit:export", self.ws.config.workspace.region) as details:
+            cp = gov.audit.checkpoint(self.ws.principal.name)
+            if cp: details.update(seq=cp["seq"], hash=cp["hash"], key_id=cp["key_id"])
+        return cp
     def export(self, fmt: str = "jsonl", path: str | os.PathLike | None = None) -> str:
         "All records as JSON lines or CSV; written to `path` when given. The export itself is audited."
         with self.ws.governance.operation("audit.export", "audit_log", "audit:export", self.ws.config.workspace.region,

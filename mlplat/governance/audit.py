@@ -9,17 +9,22 @@ import csv
 import hashlib
 import io
 import json
+import logging
 from dataclasses import dataclass, asdict
 
 from ..db import dumps, table, utcnow
-from ..errors import AuditIntegrityError
+from ..errors import AuditIntegrityError, ConfigError, MlplatError
+from .checkpoints import (LocalSigner, append_journal, check, journal_path, public_keys, read_journal,
+                                          sign_checkpoint, signer)
 from .redact import redact
+from ..transactions import current, own_transaction
 
+log = logging.getLogger("mlplat.audit")
 GENESIS = "0" * 64
 FIELDS = ("seq", "ts", "principal", "action", "resource", "region", "outcome", "details_json")
 
 # %% auto #0
-__all__ = ['GENESIS', 'FIELDS', 'record_hash', 'AuditReport', 'AuditLog']
+__all__ = ['log', 'GENESIS', 'FIELDS', 'record_hash', 'AuditReport', 'AuditLog']
 
 # %% ../../notebooks/06_audit.ipynb #09ed6b0c
 def record_hash(prev_hash: str, rec: dict) -> str:
@@ -43,6 +48,8 @@ class AuditReport:
     head: str
     bad_seq: int | None
     message: str
+    checkpoints: int = 0               # signed checkpoints checked
+    signed_through: int | None = None  # the newest record a signed checkpoint vouches for
     def to_dict(self): return asdict(self)
 
 # %% ../../notebooks/06_audit.ipynb #5a1ac321
@@ -56,6 +63,16 @@ def _insert_next(c, fields: dict) -> dict:
     rec["prev_hash"], rec["hash"] = prev, record_hash(prev, rec)
     c.execute(t.insert().values(**rec))
     return rec
+
+# %% ../../notebooks/06_audit.ipynb #1c697681
+def _insert_in(c, fields: dict) -> dict:
+    "Insert the next record in the transaction of `c`, which goes on; a lost race for `seq` is retried in a savepoint."
+    from sqlalchemy.exc import IntegrityError
+    for _ in range(50):
+        try:
+            with c.begin_nested(): return _insert_next(c, fields)
+        except IntegrityError: continue  # another transaction committed this seq first: read the new head
+    raise AuditIntegrityError("could not append to the audit log after 50 attempts (heavy contention)")
 
 # %% ../../notebooks/06_audit.ipynb #0b04153f
 def _is_json(s: str) -> bool:
@@ -75,23 +92,100 @@ def _export(recs: list[dict], fmt: str) -> str:
     raise ValidationError(f"unknown export format {fmt!r}", hint="use jsonl or csv")
 
 # %% ../../notebooks/06_audit.ipynb #9a53f3d7
-class AuditLog:
-    "The audit log of one platform DB."
-    def __init__(self, engine): self.engine = engine
+class _AuditWrites:
+    "Appending records and signing checkpoints: the writing half of `AuditLog`."
+    def __init__(self, engine, config=None):
+        self.engine, self.config = engine, config  # config: the workspace's, for checkpoints (None: no checkpoints)
+        self._signed = 0                           # the newest checkpointed record this object knows of
+
+    def _fields(self, principal, action, resource, outcome, region, details) -> dict:
+        return dict(principal=principal, action=action, resource=resource, region=region or "", outcome=outcome,
+                    details_json=dumps(redact(details or {})))
 
     def append(self, principal: str, action: str, resource: str, outcome: str,
-               region: str = "", details: dict | None = None) -> dict:
-        "Append one record; concurrent writers are serialized by the primary key on `seq`."
+               region: str = "", details: dict | None = None) -> dict | None:
+        """Append one record in a transaction of its own; concurrent writers are serialized by the primary key on `seq`.
+        Inside an operation whose transaction is open, it is written once that transaction has ended (returns None)."""
+        fields = self._fields(principal, action, resource, outcome, region, details)
+        unit = current(self.engine)
+        if unit is not None and unit.open:
+            unit.after(lambda: self._append_own(fields))
+            return None
+        return self._append_own(fields)
+
+    def _append_own(self, fields: dict) -> dict:
         from sqlalchemy.exc import IntegrityError
-        fields = dict(principal=principal, action=action, resource=resource, region=region or "", outcome=outcome,
-                      details_json=dumps(redact(details or {})))
         for _ in range(50):
             try:
-                with self.engine.begin() as c: return _insert_next(c, fields)
+                with own_transaction(self.engine) as c: rec = _insert_next(c, fields)
             except IntegrityError:
                 continue  # another writer took this seq: re-read the head and retry
+            self._maybe_checkpoint(rec["seq"])
+            return rec
         raise AuditIntegrityError("could not append to the audit log after 50 attempts (heavy contention)")
 
+    def append_on_commit(self, unit, principal: str, action: str, resource: str, outcome: str,
+                         region: str = "", details: dict | None = None):
+        "Append a record in `unit`'s transaction right before it commits, with `details` as they are then."
+        def write(conn):
+            rec = _insert_in(conn, self._fields(principal, action, resource, outcome, region, details))
+            unit.after(lambda: self._maybe_checkpoint(rec["seq"]))
+        unit.on_commit(write)
+
+# %% ../../notebooks/06_audit.ipynb #902b1558
+class _AuditCheckpoints(_AuditWrites):
+    "Signing the chain's head: the checkpoints half of `AuditLog` (see `mlplat.governance.checkpoints`)."
+    def _maybe_checkpoint(self, seq: int):
+        every = self.config.audit.checkpoint_every if self.config is not None else 0
+        if every <= 0 or seq - self._signed < every: return
+        self._signed = max(self._signed, self._newest_checkpoint())
+        if seq - self._signed < every: return
+        try: self.checkpoint("mlplat")
+        except (MlplatError, OSError) as e:
+            log.warning("the audit chain's head was not checkpointed: %s", getattr(e, "message", e))
+
+    def _newest_checkpoint(self) -> int:
+        import sqlalchemy as sa
+        with self.engine.connect() as c: return c.execute(sa.select(sa.func.max(table("audit_checkpoints").c.seq))).scalar() or 0
+
+    def checkpoint(self, by: str) -> dict | None:
+        "Sign the chain's head now, store the checkpoint and append it to the journal; None when the log is empty."
+        import sqlalchemy as sa
+        from sqlalchemy.exc import IntegrityError
+        if self.config is None: raise ConfigError("signing audit checkpoints needs the workspace's configuration")
+        t, cps = table("audit_log"), table("audit_checkpoints")
+        with self.engine.connect() as c: head = c.execute(sa.select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
+        if head is None: return None
+        cp = sign_checkpoint(signer(self.config), head.seq, head.hash, by)
+        try:
+            with own_transaction(self.engine) as c: c.execute(cps.insert().values(**cp))
+        except IntegrityError:  # another process signed this head at the same moment
+            with self.engine.connect() as c: return dict(c.execute(sa.select(cps).where(cps.c.seq == head.seq)).mappings().first())
+        append_journal(journal_path(self.config), cp)
+        self._signed = max(self._signed, cp["seq"])
+        return cp
+
+    def public_key(self) -> str:
+        "The audit signing key's public half (PEM), for an auditor; the local key is created if it does not exist yet."
+        return signer(self.config).public_key_pem()
+
+    def _keys(self, public_key: str | None) -> dict:
+        "The keys that check checkpoints: the PEM an auditor gave, else the signer's (none if the local key is missing)."
+        if public_key: return public_keys(public_key)
+        if self.config is None: return {}
+        s = signer(self.config)
+        pem = s.public_key_pem(create=False) if isinstance(s, LocalSigner) else s.public_key_pem()
+        return public_keys(pem) if pem else {}
+
+# %% ../../notebooks/06_audit.ipynb #f53a5fd5
+def _unique(cps: list[dict]) -> list[dict]:
+    "Checkpoints without duplicates, oldest first."
+    seen = {(c["seq"], c["hash"], c["key_id"], c["signature"]): c for c in cps}
+    return sorted(seen.values(), key=lambda c: c["seq"])
+
+# %% ../../notebooks/06_audit.ipynb #a2cd3926
+class AuditLog(_AuditCheckpoints):
+    "The audit log of one platform DB; `config` (the workspace's) adds signed checkpoints."
     def records(self, limit: int | None = None, since_seq: int = 0, newest_first: bool = False):
         import sqlalchemy as sa
         t = table("audit_log")
@@ -102,20 +196,36 @@ class AuditLog:
                 d = dict(row._mapping); d["details"] = json.loads(d.pop("details_json") or "{}") if _is_json(d["details_json"]) else d.pop("details_json")
                 yield d
 
-    def verify(self, expect_head: str | None = None) -> "AuditReport":
-        "Walk the chain; the report names the first bad record (edited, deleted, reordered) if any."
+    def checkpoints(self) -> list[dict]:
+        "Signed checkpoints, oldest first: the database's and the journal's (one deleted from either is still in the other)."
+        import sqlalchemy as sa
+        cps = table("audit_checkpoints")
+        with self.engine.connect() as c: rows = [dict(r) for r in c.execute(sa.select(cps).order_by(cps.c.seq)).mappings()]
+        return _unique(rows + (read_journal(journal_path(self.config)) if self.config is not None else []))
+
+    def verify(self, expect_head: str | None = None, public_key: str | None = None,
+               checkpoints: list[dict] | None = None) -> "AuditReport":
+        """Walk the chain; the report names the first bad record (edited, deleted, reordered) if any. Then every signed
+        checkpoint (the database's, the journal's and `checkpoints`, an auditor's copy) must verify with the audit key,
+        or the PEM `public_key` an auditor gives, and still match the chain: truncations and rewrites fail here."""
         import sqlalchemy as sa
         t = table("audit_log")
+        try: cps = _unique(self.checkpoints() + list(checkpoints or []))
+        except AuditIntegrityError as e: return AuditReport(False, 0, GENESIS, None, e.message)
+        wanted, hash_at = {cp["seq"] for cp in cps}, {}
         prev, expected_seq, n = GENESIS, 1, 0
         with self.engine.connect() as c:
             for row in c.execute(sa.select(t).order_by(t.c.seq)).mappings():
                 rec = dict(row)
                 if (why := _chain_break(rec, prev, expected_seq)) is not None:
                     return AuditReport(False, n, prev, rec["seq"], why)
+                if rec["seq"] in wanted: hash_at[rec["seq"]] = rec["hash"]
                 prev, expected_seq, n = rec["hash"], expected_seq + 1, n + 1
         if expect_head and expect_head != prev and not self._contains_hash(expect_head):
             return AuditReport(False, n, prev, None, f"the expected head {expect_head[:12]}… is not in the chain: records were truncated or replaced")
-        return AuditReport(True, n, prev, None, "the audit chain is intact")
+        if cps and (bad := check(cps, self._keys(public_key), hash_at, n)) is not None:
+            return AuditReport(False, n, prev, bad[1], bad[0], len(cps))
+        return AuditReport(True, n, prev, None, "the audit chain is intact", len(cps), max(wanted, default=None))
 
     def _contains_hash(self, h: str) -> bool:
         import sqlalchemy as sa

@@ -12,6 +12,7 @@ from .audit import AuditLog
 from .identity import Principal
 from .rbac import Rbac
 from .residency import ResidencyPolicy
+from ..transactions import atomic
 
 # %% auto #0
 __all__ = ['Governance']
@@ -23,7 +24,7 @@ class Governance:
         self.config, self.principal = config, principal
         self.rbac = Rbac(config.rbac.roles, config.rbac.bindings)
         self.residency = ResidencyPolicy(config.residency.rules, config.workspace.classifications)
-        self.audit = AuditLog(engine)
+        self.audit = AuditLog(engine, config)
 
     def authorize(self, permission: str, resource: str = "", action: str | None = None, region: str = ""):
         "Raise (and audit) `PermissionDenied` unless the principal holds `permission`."
@@ -48,7 +49,9 @@ class Governance:
     def operation(self, action: str, resource: str, permission: str, region: str = "",
                   classification: str | None = None, details: dict | None = None, also_regions: tuple = ()):
         """Authorize, check residency, run the body, audit the outcome. Yields a dict for extra audit details.
-        Residency is checked for `region` and every region in `also_regions` (e.g. where a source is read)."""
+        Residency is checked for `region` and every region in `also_regions` (e.g. where a source is read).
+        The body's writes through the platform engine and the success record commit in one transaction
+        (`mlplat.transactions.atomic`); a failure rolls them back and is recorded on a transaction of its own."""
         details = dict(details or {})
         self.authorize(permission, resource, action, region)
         if classification is not None:
@@ -60,9 +63,10 @@ class Governance:
                     raise
             details["classification"] = classification
         try:
-            yield details
-        except BaseException as e:
+            with atomic(self.audit.engine) as unit:
+                self.audit.append_on_commit(unit, self.principal.name, action, resource, "success", region, details)
+                yield details
+        except BaseException as e:  # the body, or the commit after it
             reason = e.message if isinstance(e, MlplatError) else f"{type(e).__name__}: {e}"
             self.audit.append(self.principal.name, action, resource, "failed", region, {**details, "error": reason})
             raise
-        self.audit.append(self.principal.name, action, resource, "success", region, details)

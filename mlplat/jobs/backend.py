@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..db import table, utcnow
+from ..transactions import commit_now
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ORDER = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "cancelled": 2}
@@ -96,6 +97,7 @@ class JobBackend(BackendHooks):
     def start(self, rec) -> dict:
         "Launch the first attempt of a freshly recorded job; a launch that fails leaves the job `failed` with why."
         import sqlalchemy as sa
+        commit_now(self.ws.engine)  # what is launched reads the job's row: it must be committed (with its audit record)
         try: ref = self.launch(rec, 1)
         except Exception as e:
             transition(self.ws, rec.id, "failed", message=f"launch failed: {e}")
@@ -125,6 +127,7 @@ class JobBackend(BackendHooks):
     def cancel(self, rec, by: str):
         "Record the cancellation first (so nothing records another outcome), then stop the work."
         if transition(self.ws, rec.id, "cancelled", message=f"cancelled by {by}"):
+            commit_now(self.ws.engine)  # committed before the work is stopped, which may record an outcome itself
             self.stop(self.ws.jobs.get(rec.id))
 
     def _retry(self, rec, obs):
