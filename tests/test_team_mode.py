@@ -65,6 +65,7 @@ mle = "ml-engineer"
 view = "viewer"
 edge = "inference-client"
 ops = "admin"
+audit = "auditor"
 """)
     wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow, mlflow_log)
     # the operator seeds the workspace on the service's host, in process (the embedded core, as an admin with MFA)
@@ -173,6 +174,17 @@ def test_an_inference_client_reads_no_pipeline_runs_or_schedules(team):
     for read in (lambda: ws.pipelines.list(), lambda: ws.schedules.list(), lambda: ws.jobs.list()):
         with pytest.raises(PermissionDenied):
             read()
+
+
+def test_an_auditor_checks_the_signed_chain_with_their_own_copies(team):
+    from mlplat.errors import PermissionDenied
+    auditor = as_(team, "audit", sub="auditor-1")
+    assert auditor.audit.checkpoint()["seq"] >= 1
+    pem, kept = auditor.audit.public_key(), auditor.audit.checkpoints()
+    report = auditor.audit.verify(public_key=pem, checkpoints=[dict(c) for c in kept])
+    assert report.ok and report.checkpoints >= 1, report
+    with pytest.raises(PermissionDenied):
+        as_(team, "ds", sub="ds-4").audit.checkpoint()
 
 
 def test_tokens_are_minted_by_the_service_and_revocation_is_immediate(team):
