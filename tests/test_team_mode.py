@@ -2,6 +2,7 @@
 service's URL and a token only, and reach it through `mlplat.connect(URL)` and the CLI. Identities come from the local
 OIDC issuer (roles from its `groups` claim); every escalation is refused and audited under the caller."""
 import json
+import secrets
 import ssl
 
 import pytest
@@ -234,3 +235,28 @@ def test_the_service_logs_one_json_line_per_request_without_credentials(team):
     lines = [json.loads(x) for x in team["log"].read_text().splitlines() if x.startswith("{")]
     assert lines and {"request_id", "principal", "method", "path", "status", "ms"} <= set(lines[-1])
     assert "Bearer" not in team["log"].read_text() and "eyJ" not in team["log"].read_text()
+
+
+def test_jupyterlab_in_bearer_mode_forwards_each_callers_token(team, tmp_path):
+    import httpx
+    port, lab_token, root = free_port(), "t0k3n-" + secrets.token_hex(8), tmp_path / "lab"
+    root.mkdir()
+    env = {"MLPLAT_URL": team["url"], "MLPLAT_SERVICE_CA_BUNDLE": team["ca"], "MLPLAT_CONFIG": "", "MLPLAT_TOKEN": "",
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    log = tmp_path / "lab.log"
+    lab = start_process([BIN / "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.port_retries=0",
+                         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={lab_token}", f"--ServerApp.root_dir={root}",
+                         "--MlplatServer.identity=bearer"], log, env, cwd=root)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/status?token={lab_token}", lab, log)
+        def call(method, path, caller, body=None):
+            return httpx.request(method, f"http://127.0.0.1:{port}/mlplat/api{path}", json=body, timeout=60,
+                                 headers={"Authorization": f"token {lab_token}", "X-Mlplat-Token": caller})
+        ds = team["issuer"].token(groups=["ds"], sub="ds-lab")
+        me = call("GET", "/me", ds).json()
+        assert me["roles"] == ["data-scientist"] and me["principal"] == as_(team, "ds", sub="ds-lab").principal.name
+        r = call("POST", "/models/risk/promote", ds, {"version": 2, "alias": "champion"})
+        assert r.status_code == 403 and r.json()["error"] == "PermissionDenied"
+        assert call("GET", "/me", "not-a-token").status_code == 401
+    finally:
+        stop_process(lab)
