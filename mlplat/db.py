@@ -215,13 +215,22 @@ def _governance_tables(sa, md):
              sa.Column("created_by", sa.String(200), nullable=False))
 
 # %% ../notebooks/02_db.ipynb #c79a6558
+def _policy_tables(sa, md):
+    "Role bindings granted through `ws.policy` (mlplat.toml's own bindings stay in the file)."
+    sa.Table("role_bindings", md,
+             sa.Column("principal", sa.String(200), primary_key=True),
+             sa.Column("role", sa.String(64), primary_key=True),
+             sa.Column("granted_by", sa.String(200), nullable=False),
+             sa.Column("granted_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("reason", sa.Text))
+
 @functools.cache
 def metadata():
     "The table definitions (built once, on first use, so `import mlplat` stays light)."
     import sqlalchemy as sa
     md = sa.MetaData()
     for tables in (_version_tables, _job_and_model_tables, _pipeline_tables, _schedule_tables, _governance_tables,
-                   _model_artifact_tables):
+                   _model_artifact_tables, _policy_tables):
         tables(sa, md)
     return md
 

@@ -115,6 +115,12 @@ class _GovernanceApis:
     def audit(self) -> AuditApi: return AuditApi(self)
 
     @functools.cached_property
+    def policy(self):
+        "Role bindings: `bindings()`, and `bind`/`unbind` (`policy:change`, always behind MFA, audited)."
+        from mlplat.governance.policy import Policy
+        return Policy(self)
+
+    @functools.cached_property
     def tokens(self):
         "Service-account API tokens (`create`, `list`, `revoke`)."
         from mlplat.governance.tokens import ApiTokens

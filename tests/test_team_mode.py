@@ -188,6 +188,36 @@ def test_an_auditor_checks_the_signed_chain_with_their_own_copies(team):
         as_(team, "ds", sub="ds-4").audit.checkpoint()
 
 
+def eventually(check, timeout=15):
+    "Poll `check` until it returns true (every service process reads stored bindings at most a few seconds old)."
+    import time
+    end = time.time() + timeout
+    while not check():
+        assert time.time() < end, "the change did not take effect in time"
+        time.sleep(0.3)
+
+
+def test_policy_changes_go_through_the_service_behind_step_up(team):
+    from mlplat.errors import PermissionDenied
+    newbie = as_(team, sub="newbie")
+    name = newbie.principal.name
+
+    def can_read():
+        try: return bool(newbie.models.list())
+        except PermissionDenied: return False
+    assert not can_read()
+    with pytest.raises(PermissionDenied, match="multi-factor"):
+        as_(team, "ops", sub="ops-2").policy.bind(name, ["viewer"], "joins the team")
+    with pytest.raises(PermissionDenied):
+        as_(team, "mle", sub="mle-2", amr=["mfa"]).policy.bind(name, ["viewer"], "not an admin")
+    admin = as_(team, "ops", sub="ops-2", amr=["mfa"])
+    assert [b["role"] for b in admin.policy.bind(name, ["viewer"], "joins the team")] == ["viewer"]
+    eventually(can_read)
+    admin.policy.unbind(name, ["viewer"], "left the team")
+    eventually(lambda: not can_read())
+    assert audited(team, "success", admin.principal.name, action="policy.unbind")
+
+
 def test_tokens_are_minted_by_the_service_and_revocation_is_immediate(team):
     from mlplat.errors import AuthenticationError, PermissionDenied
     admin = as_(team, "ops", sub="ops-1", amr=["mfa"])

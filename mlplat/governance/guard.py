@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from ..errors import MlplatError, PermissionDenied, ResidencyViolation, ValidationError
 from .audit import AuditLog
 from .identity import Principal
+from .policy import merged_bindings
 from .rbac import Rbac
 from .residency import ResidencyPolicy
 from ..transactions import atomic
@@ -22,7 +23,7 @@ class Governance:
     "RBAC + residency + audit for one workspace and one acting principal."
     def __init__(self, config, engine, principal: Principal):
         self.config, self.principal = config, principal
-        self.rbac = Rbac(config.rbac.roles, config.rbac.bindings)
+        self.rbac = Rbac(config.rbac.roles, merged_bindings(config, engine))
         self.residency = ResidencyPolicy(config.residency.rules, config.workspace.classifications)
         self.audit = AuditLog(engine, config)
 
@@ -34,11 +35,12 @@ class Governance:
                               {"reason": e.message, "permission": permission})
             raise
 
-    def step_up(self, action: str, resource: str = "", region: str = ""):
+    def step_up(self, action: str, resource: str = "", region: str = "", required: bool = False):
         """Raise (and audit) `PermissionDenied` when `action` (e.g. `models.promote@champion`) matches an
-        `identity.step_up` pattern and the principal's token does not prove MFA (`amr` contains `mfa`)."""
+        `identity.step_up` pattern — or is `required` to, whatever the patterns — and the principal's token does not
+        prove MFA (`amr` contains `mfa`)."""
         import fnmatch
-        if not any(fnmatch.fnmatchcase(action, p) for p in self.config.identity.step_up): return
+        if not required and not any(fnmatch.fnmatchcase(action, p) for p in self.config.identity.step_up): return
         if "mfa" in (self.principal.claims.get("amr") or []): return
         msg = f"{action} needs multi-factor authentication, and {self.principal.name!r} did not sign in with it"
         self.audit.append(self.principal.name, action, resource, "denied", region, {"reason": msg, "step_up": True})
