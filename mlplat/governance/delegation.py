@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from ..db import aware, table, utcnow
 from ..errors import AuthenticationError, ValidationError
+from .audit import AuditLog
 from .identity import Principal
 
 PREFIX = "mlpd_"
@@ -24,7 +25,8 @@ _TOKEN = re.compile(r"mlpd_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _SCOPE = re.compile(r"([a-z-]+):(\S{1,280})")
 
 # %% auto #0
-__all__ = ['PREFIX', 'KINDS', 'MAX_LIFETIME', 'check_scope', 'Delegation', 'secret_digest', 'Delegations', 'verify_delegated']
+__all__ = ['PREFIX', 'KINDS', 'MAX_LIFETIME', 'IDENTITY_VARIABLES', 'check_scope', 'Delegation', 'work_environment',
+           'secret_digest', 'Delegations', 'verify_delegated']
 
 # %% ../../notebooks/07c_delegation.ipynb #6ab60718
 def check_scope(scope: str) -> str:
@@ -46,6 +48,14 @@ class Delegation:
     def env(self) -> dict:
         "The variables a process doing the work gets: it acts as `principal` through `MLPLAT_TOKEN`."
         return {"MLPLAT_TOKEN": self.token}
+
+IDENTITY_VARIABLES = ("MLPLAT_TOKEN", "MLPLAT_USER", "MLPLAT_IDENTITY_USER")
+
+def work_environment(base: dict, delegation: Delegation | None) -> dict:
+    """`base` (usually `os.environ`) for a process doing delegated work: without the identity the platform's own
+    process has (`IDENTITY_VARIABLES`), with the delegated token instead."""
+    env = {k: v for k, v in base.items() if k not in IDENTITY_VARIABLES}
+    return {**env, **(delegation.env() if delegation else {})}
 
 def secret_digest(secret: str) -> str:
     "What the platform DB keeps of a token's secret (API and delegated tokens): its SHA-256, never the secret."
@@ -72,7 +82,8 @@ class _Minting:
             c.execute(table("delegated_tokens").insert().values(
                 id=token_id, principal=name, roles_json=json.dumps(roles), parent_token=parent, scope=scope, minted_by=minted_by,
                 secret_sha256=secret_digest(secret), created_at=utcnow(), expires_at=expires))
-        ws.governance.audit.append(name, "token.delegate", scope, "success", ws.config.workspace.region,
+        # the audit log directly: minting for someone else (a scheduler for a schedule's creator) needs no identity of its own
+        AuditLog(ws.engine).append(name, "token.delegate", scope, "success", ws.config.workspace.region,
                                    {"delegation": token_id, "minted_by": minted_by, "expires_at": expires.isoformat()})
         return Delegation(token_id, name, scope, expires, f"{PREFIX}{token_id}_{secret}")
 
