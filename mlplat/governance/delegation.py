@@ -108,6 +108,13 @@ class Delegations(_Minting):
         r = rows[0]
         return self._insert(r["principal"], json.loads(r["roles_json"]), r["parent_token"], scope, minted_by, aware(r["expires_at"]))
 
+    def for_work(self, scope: str, owner: str, lifetime: timedelta, minted_by: str = "mlplat") -> Delegation | None:
+        """A token for work `scope` done for `owner`: a fresh secret for its live token (a retry, from any process), or a
+        new one when the workspace acts as `owner` (the first launch); None otherwise — nobody else mints for `owner`."""
+        renewed = self.renew(scope, minted_by)
+        if renewed is not None: return renewed
+        return self.mint(scope, lifetime, minted_by) if self.ws.principal.name == owner else None
+
     def revoke(self, scope: str) -> int:
         "Revoke every token of `scope` (the work ended); how many were still live."
         t = table("delegated_tokens")
