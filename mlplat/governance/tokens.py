@@ -109,7 +109,7 @@ class ApiTokens:
                 c.execute(sa.update(t).where((t.c.id == row.id) & t.c.revoked_at.is_(None)).values(revoked_at=utcnow(), revoked_by=ws.principal.name))
         with ws.engine.connect() as c: return _public(dict(c.execute(sa.select(t).where(t.c.id == row.id)).first()._mapping))
 
-# %% ../../notebooks/07a_tokens.ipynb #a9ac7e4f
+# %% ../../notebooks/07a_tokens.ipynb #4b341423
 def _live(row):
     "`AuthenticationError` unless the stored token `row` is neither revoked nor expired."
     if row.revoked_at is not None:
@@ -135,6 +135,7 @@ def token_principal(engine, token_id: str) -> Principal:
     _live(row)
     return _sa_principal(row)
 
+# %% ../../notebooks/07a_tokens.ipynb #a9ac7e4f
 def verify_api_token(engine, credentials: str) -> Principal:
     "The service-account principal of an `mlp_` token, or `AuthenticationError`."
     import sqlalchemy as sa
