@@ -214,6 +214,27 @@ def _governance_tables(sa, md):
              sa.Column("signature", sa.Text, nullable=False),
              sa.Column("created_by", sa.String(200), nullable=False))
 
+# %% ../notebooks/02_db.ipynb #db71c3f5
+def _delegation_tables(sa, md):
+    "Delegated tokens and the creators of schedules."
+    sa.Table("delegated_tokens", md,  # only a SHA-256 of the secret is kept
+             sa.Column("id", sa.String(32), primary_key=True),
+             sa.Column("principal", sa.String(200), nullable=False),
+             sa.Column("roles_json", sa.Text, nullable=False),          # the roles the principal's credential carried
+             sa.Column("parent_token", sa.String(32)),                   # an API token that must stay valid
+             sa.Column("scope", sa.String(300), nullable=False, index=True),
+             sa.Column("minted_by", sa.String(200), nullable=False),
+             sa.Column("secret_sha256", sa.String(64), nullable=False),
+             sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+             sa.Column("revoked_at", sa.DateTime(timezone=True)))
+    sa.Table("schedule_creators", md,  # who a schedule's fires act as
+             sa.Column("schedule", sa.String(80), primary_key=True),
+             sa.Column("principal", sa.String(200), nullable=False),
+             sa.Column("roles_json", sa.Text, nullable=False),
+             sa.Column("parent_token", sa.String(32)),
+             sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False))
+
 # %% ../notebooks/02_db.ipynb #c79a6558
 def _policy_tables(sa, md):
     "Role bindings granted through `ws.policy` (mlplat.toml's own bindings stay in the file)."
@@ -230,7 +251,7 @@ def metadata():
     import sqlalchemy as sa
     md = sa.MetaData()
     for tables in (_version_tables, _job_and_model_tables, _pipeline_tables, _schedule_tables, _governance_tables,
-                   _model_artifact_tables, _policy_tables):
+                   _model_artifact_tables, _policy_tables, _delegation_tables):
         tables(sa, md)
     return md
 

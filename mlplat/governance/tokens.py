@@ -5,7 +5,6 @@
 # %% ../../notebooks/07a_tokens.ipynb #f3269049
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
@@ -14,7 +13,9 @@ from datetime import timedelta
 
 from ..db import aware, table, utcnow
 from ..durations import parse_duration
-from ..errors import AuthenticationError, NotFoundError, ValidationError
+from ..errors import AuthenticationError, NotFoundError, PermissionDenied, ValidationError
+from .delegation import PREFIX as DELEGATED_PREFIX
+from .delegation import secret_digest, verify_delegated
 from .identity import Principal, identity_provider
 
 PREFIX = "mlp_"
@@ -22,7 +23,7 @@ _TOKEN = re.compile(r"mlp_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 # %% auto #0
-__all__ = ['PREFIX', 'token_lifetime', 'ApiTokens', 'verify_api_token', 'authenticate']
+__all__ = ['PREFIX', 'token_lifetime', 'ApiTokens', 'token_principal', 'verify_api_token', 'authenticate']
 
 # %% ../../notebooks/07a_tokens.ipynb #bf5e1017
 def token_lifetime(text: str, most_days: int = 366) -> timedelta:
@@ -30,8 +31,6 @@ def token_lifetime(text: str, most_days: int = 366) -> timedelta:
     d = parse_duration(text, "expiry")
     if d > timedelta(days=most_days): raise ValidationError(f"expiry {text!r} is longer than {most_days} days", hint="tokens must expire; rotate them")
     return d
-
-def _digest(secret: str) -> str: return hashlib.sha256(secret.encode()).hexdigest()
 
 # %% ../../notebooks/07a_tokens.ipynb #b6f49839
 def _token_roles(name, roles, defined: dict) -> list[str]:
@@ -44,6 +43,17 @@ def _token_roles(name, roles, defined: dict) -> list[str]:
         raise ValidationError(f"unknown role(s) {unknown}" if unknown else "a token needs at least one role",
                               hint=f"roles: {', '.join(defined)}")
     return roles
+
+def _grantable(ws, name: str, roles: list[str], region: str):
+    "Refuse (and audit) roles the token's creator does not hold themselves; a role granting `*` (admin) may grant any."
+    held = ws.governance.rbac.roles_of(ws.principal)
+    if any("*" in ws.config.rbac.roles.get(r, []) for r in held): return
+    missing = [r for r in roles if r not in held]
+    if not missing: return
+    msg = f"{ws.principal.name!r} (roles: {', '.join(held) or 'none'}) may not grant role(s) {', '.join(missing)}, which they do not hold"
+    ws.governance.audit.append(ws.principal.name, "tokens.create", f"token:{name}", "denied", region, {"reason": msg, "roles": roles})
+    raise PermissionDenied(msg, hint="request only roles you hold, or ask an admin to create the token",
+                           principal=ws.principal.name, permission="tokens:create")
 
 def _public(r: dict) -> dict:
     "A stored token as it is shown: no digest, and whether it is `active` (neither revoked nor expired)."
@@ -65,10 +75,11 @@ class ApiTokens:
         lifetime = token_lifetime(expires)
         region = ws.config.workspace.region
         ws.governance.authorize("tokens:create", f"token:{name}", "tokens.create", region)
+        _grantable(ws, name, roles, region)
         ws.governance.step_up("tokens.create", f"token:{name}", region)
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         now = utcnow()
-        row = dict(id=token_id, name=name, secret_sha256=_digest(secret), roles_json=json.dumps(roles), created_by=ws.principal.name,
+        row = dict(id=token_id, name=name, secret_sha256=secret_digest(secret), roles_json=json.dumps(roles), created_by=ws.principal.name,
                    created_at=now, expires_at=now + lifetime)
         with ws.governance.operation("tokens.create", f"token:{token_id}", "tokens:create", region,
                                      details={"name": name, "roles": roles, "expires_at": row["expires_at"].isoformat()}):
@@ -98,43 +109,69 @@ class ApiTokens:
                 c.execute(sa.update(t).where((t.c.id == row.id) & t.c.revoked_at.is_(None)).values(revoked_at=utcnow(), revoked_by=ws.principal.name))
         with ws.engine.connect() as c: return _public(dict(c.execute(sa.select(t).where(t.c.id == row.id)).first()._mapping))
 
+# %% ../../notebooks/07a_tokens.ipynb #4b341423
+def _live(row):
+    "`AuthenticationError` unless the stored token `row` is neither revoked nor expired."
+    if row.revoked_at is not None:
+        raise AuthenticationError(f"the API token {row.id} of {row.name!r} was revoked", hint="ask an admin for a new token")
+    if aware(row.expires_at) <= utcnow():
+        raise AuthenticationError(f"the API token {row.id} of {row.name!r} expired at {aware(row.expires_at):%Y-%m-%d %H:%M} UTC",
+                                  hint="ask an admin for a new token")
+
+def _sa_principal(row) -> Principal:
+    return Principal(name=f"sa:{row.name}", roles=tuple(json.loads(row.roles_json)), provider="token",
+                     claims={"token_id": row.id, "exp": aware(row.expires_at).timestamp()})   # exp: caches never outlive the token
+
+def _row(engine, token_id: str):
+    import sqlalchemy as sa
+    t = table("api_tokens")
+    with engine.connect() as c: return c.execute(sa.select(t).where(t.c.id == token_id)).first()
+
+def token_principal(engine, token_id: str) -> Principal:
+    """The service account of API token `token_id` while the token is valid, else `AuthenticationError`: what delegated
+    work and schedules created by a service account check at each use."""
+    row = _row(engine, str(token_id))
+    if row is None: raise AuthenticationError(f"the API token {token_id} no longer exists", hint="ask an admin for a new token")
+    _live(row)
+    return _sa_principal(row)
+
 # %% ../../notebooks/07a_tokens.ipynb #a9ac7e4f
 def verify_api_token(engine, credentials: str) -> Principal:
     "The service-account principal of an `mlp_` token, or `AuthenticationError`."
     import sqlalchemy as sa
     m = _TOKEN.fullmatch(credentials.strip())
     if not m: raise AuthenticationError("the API token is malformed", hint="tokens look like mlp_<12 hex>_<43 characters>")
-    t = table("api_tokens")
-    with engine.connect() as c: row = c.execute(sa.select(t).where(t.c.id == m[1])).first()
-    if row is None or not hmac.compare_digest(row.secret_sha256, _digest(m[2])):
+    row = _row(engine, m[1])
+    if row is None or not hmac.compare_digest(row.secret_sha256, secret_digest(m[2])):
         raise AuthenticationError("the API token is not valid", hint="ask an admin for a token (`mlplat tokens create`)")
+    _live(row)
     now = utcnow()
-    if row.revoked_at is not None:
-        raise AuthenticationError(f"the API token {row.id} of {row.name!r} was revoked", hint="ask an admin for a new token")
-    if aware(row.expires_at) <= now:
-        raise AuthenticationError(f"the API token {row.id} of {row.name!r} expired at {aware(row.expires_at):%Y-%m-%d %H:%M} UTC",
-                                  hint="ask an admin for a new token")
     if row.last_used_at is None or now - aware(row.last_used_at) > timedelta(minutes=1):
+        t = table("api_tokens")
         with engine.begin() as c: c.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
-    return Principal(name=f"sa:{row.name}", roles=tuple(json.loads(row.roles_json)), provider="token",
-                     claims={"token_id": row.id, "exp": aware(row.expires_at).timestamp()})   # exp: caches never outlive the token
+    return _sa_principal(row)
 
 def authenticate(config, engine, credentials: str | None, surface: str = "api", trust_local: bool = False) -> Principal:
-    """The principal behind `credentials` (`Bearer ` optional): an mlplat API token, or whatever the configured
-    identity provider accepts. The local provider names whoever runs the process, so it answers only in-process
-    callers (`trust_local=True`: the SDK and CLI); a network surface then accepts API tokens alone.
+    """The principal behind `credentials` (`Bearer ` optional): an mlplat API token, a delegated token
+    (`mlplat.governance.delegation`, under every identity provider), or whatever the configured identity provider
+    accepts. The local provider names whoever runs the process, so it answers only in-process callers
+    (`trust_local=True`: the SDK and CLI); a network surface then accepts mlplat tokens alone.
     Refusals are audited (reason and surface; never the credential)."""
     from mlplat.governance.audit import AuditLog
     cred = (credentials or "").strip()
     if cred[:7].lower() == "bearer ": cred = cred[7:].strip()
     try:
         if cred.startswith(PREFIX): return verify_api_token(engine, cred)
+        if cred.startswith(DELEGATED_PREFIX):
+            p = verify_delegated(engine, cred)
+            if p.claims.get("token_id"): token_principal(engine, p.claims["token_id"])   # the service account's own token must still work
+            return p
         if config.identity.provider == "local" and not trust_local:
             raise AuthenticationError("this API requires a bearer token" if not cred else
                                       "only mlplat API tokens are accepted here (identity.provider = local)",
                                       hint="send `Authorization: Bearer <token>` with a token from `mlplat tokens create NAME --role ROLE`")
         return identity_provider(config).principal(cred or None)
     except AuthenticationError as e:
-        AuditLog(engine).append("anonymous", "auth.login", surface, "denied", config.workspace.region,
-                                {"reason": e.message, "provider": "token" if cred.startswith(PREFIX) else config.identity.provider})
+        kind = "token" if cred.startswith(PREFIX) else "delegated" if cred.startswith(DELEGATED_PREFIX) else config.identity.provider
+        AuditLog(engine).append("anonymous", "auth.login", surface, "denied", config.workspace.region, {"reason": e.message, "provider": kind})
         raise

@@ -5,15 +5,19 @@
 # %% ../../notebooks/44_jobs_core.ipynb #486a364e
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, asdict
+from datetime import timedelta
 from pathlib import Path
 
 from ..db import dumps, table, utcnow
 from ..errors import NotFoundError, ValidationError
+from ..governance.delegation import MAX_LIFETIME, Delegation, Delegations
 from .spec import TrainingJob
 
 # %% auto #0
@@ -50,7 +54,15 @@ class JobRecord:
     @property
     def workdir(self) -> str: return self.spec["workdir"]
     @property
-    def node(self) -> str: return f"job:{self.id}"
+    def node(self) -> str: return f"job:{self.id}"   # also the scope of the job's delegated tokens
+    @property
+    def token_lifetime(self) -> timedelta:
+        "How long the job's delegated token lives: its timeout times its attempts plus an hour, else `MAX_LIFETIME`."
+        t = self.spec.get("timeout_seconds")
+        return MAX_LIFETIME if not t else min(MAX_LIFETIME, timedelta(hours=1, seconds=t * (self.spec.get("retries", 0) + 1)))
+    def delegation(self, ws) -> Delegation | None:
+        "The token the job's processes act as (its submitter), for a launch from `ws` (see `Delegations.for_work`)."
+        return Delegations(ws).for_work(self.node, self.submitted_by, self.token_lifetime, f"jobs@{socket.gethostname()}")
     def to_dict(self) -> dict:
         d = asdict(self); d["spec"] = self.spec.get("job"); return d
 
@@ -66,7 +78,7 @@ class JobRecord:
 def job_environment(ws, job_id: str, folder: Path, run_id: str | None, hw, res, ts=None) -> dict:
     "The variables mlplat gives every process of a job: what `mlplat.jobs.runtime.context()` reads, threads, caches."
     cfg = ws.config
-    env = {"MLPLAT_JOB_ID": job_id, "MLPLAT_USER": ws.principal.name, "MLPLAT_HOME": str(cfg.home),
+    env = {"MLPLAT_JOB_ID": job_id, "MLPLAT_HOME": str(cfg.home),
            "MLPLAT_MLFLOW_RUN_ID": run_id, "MLPLAT_DEEPSPEED_CONFIG": str(folder/"deepspeed.json"),
            "MLPLAT_CHECKPOINT_DIR": str(folder/"checkpoints"), "MLFLOW_DISABLE_TELEMETRY": "true",
            "OMP_NUM_THREADS": str(max(1, hw.cpus // max(1, res.processes_per_node))) if not hw.gpus else "4",
@@ -148,7 +160,8 @@ class JobSubmission:
 class JobReads:
     "Reading jobs back (`get`, `status`, `list`, `wait`): any process re-attaches to a job by its id."
     def get(self, job_id: str) -> JobRecord:
-        "The job as recorded (no backend call)."
+        """The job as recorded (no backend call, no RBAC check, `env` values included): what backends and the job's
+        supervisor launch from. People read jobs through `status` and `list`."""
         import sqlalchemy as sa
         t = table("jobs")
         with self.ws.engine.connect() as c: row = c.execute(sa.select(t).where(t.c.id == job_id)).first()
@@ -156,18 +169,31 @@ class JobReads:
         return JobRecord.from_row(row)
 
     def status(self, job_id: str) -> JobRecord:
-        "The job's current state, reconciled with its backend."
+        "The job's current state, reconciled with its backend (`jobs:read`; `env` values as `visible` shows them)."
         self.ws.governance.authorize("jobs:read")
         rec = self.get(job_id)
-        return self.backend(rec.backend).refresh(rec)
+        rec = self.backend(rec.backend).refresh(rec)
+        if rec.done: Delegations(self.ws).revoke(rec.node)   # a polled backend's job is seen ending here: its token goes
+        return self.visible(rec)
 
     def list(self, state: str | None = None, limit: int = 50) -> list[JobRecord]:
+        "Recent jobs, newest first (`jobs:read`; `env` values as `visible` shows them)."
         import sqlalchemy as sa
         self.ws.governance.authorize("jobs:read")
         t = table("jobs")
         q = sa.select(t).order_by(t.c.submitted_at.desc()).limit(limit)
         if state: q = q.where(t.c.state == state)
-        with self.ws.engine.connect() as c: return [JobRecord.from_row(r) for r in c.execute(q)]
+        with self.ws.engine.connect() as c: return [self.visible(JobRecord.from_row(r)) for r in c.execute(q)]
+
+    def visible(self, rec: JobRecord) -> JobRecord:
+        """`rec` as the workspace's principal may see it: the values of the job's `env` (which may hold secrets) only
+        for its submitter or a holder of `jobs:read_env`; anyone else sees the names with masked values."""
+        ws = self.ws
+        if rec.submitted_by == ws.principal.name or ws.governance.rbac.allowed(ws.principal, "jobs:read_env"): return rec
+        masked = {k: "***" for k in rec.spec.get("env", {})}
+        spec = {**rec.spec, "env": masked}
+        if isinstance(spec.get("job"), dict): spec["job"] = {**spec["job"], "env": masked}
+        return dataclasses.replace(rec, spec=spec)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> JobRecord:
         "Block until the job ends (or `timeout` seconds pass); returns its record."
@@ -229,4 +255,5 @@ class Jobs(JobSubmission, JobReads, JobLogs):
         rec = self.get(job_id)
         with self.ws.governance.operation("jobs.cancel", f"job:{job_id}", "jobs:cancel", rec.region, details={"state_before": rec.state}):
             if not rec.done: self.backend(rec.backend).cancel(rec, self.ws.principal.name)
-        return self.get(job_id)
+        Delegations(self.ws).revoke(rec.node)
+        return self.visible(self.get(job_id))

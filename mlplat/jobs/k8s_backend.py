@@ -118,13 +118,15 @@ class TrainJobManifests:
         job.resources.processes_per_node, job.resources.gpus_per_node = res["processes_per_node"], res["gpus_per_node"]
         return job
 
-    def manifest(self, rec, attempt: int = 1) -> dict:
+    def manifest(self, rec, attempt: int = 1, secrets: dict | None = None) -> dict:
+        "The TrainJob of `attempt`; `secrets` (the delegated token, at launch only) join the pods' environment."
         k = self.settings
         job = self.job(rec)
         volume = self.volume
         code = str(Path(rec.workdir)/"code") if job.is_script and volume.mounted else None
         # paths of the submitting machine mean nothing in a pod unless they are on the mounted workspace
         env = {n: v for n, v in rec.runtime_env.items() if n not in ("MLPLAT_CONFIG", "TORCH_EXTENSIONS_DIR") or volume.holds(v)}
+        env.update(secrets or {})
         m = render_trainjob(job, self.object_name(rec, attempt), env=env, namespace=k.namespace,
                             runtime=k.runtime, volume=volume, code_dir=code)
         m["metadata"]["labels"].update({"mlplat.dev/job-id": rec.id, "mlplat.dev/attempt": str(attempt)})
@@ -192,7 +194,8 @@ class KubernetesBackend(KubeClient, TrainJobManifests, TrainJobPods, JobBackend)
             snapshot_code(Path(rec.spec["entrypoint"]), Path(rec.workdir)/"code", skip=(self.ws.config.home,))
         api = client.CustomObjectsApi(self.api())
         if attempt > 1: self._delete(api, self.object_name(rec, attempt - 1))
-        body = self.manifest(rec, attempt)
+        token = rec.delegation(self.ws)   # the pods act as the submitter, never as the process that launches them
+        body = self.manifest(rec, attempt, token.env() if token else None)
         self._call(f"create TrainJob {body['metadata']['name']}", api.create_namespaced_custom_object,
                    GROUP, VERSION, self.settings.namespace, PLURAL, body)
         return {"namespace": self.settings.namespace, "name": body["metadata"]["name"], "attempt": attempt}

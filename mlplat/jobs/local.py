@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..governance.delegation import work_environment
 from .backend import TERMINAL, JobBackend, transition
 
 # %% auto #0
@@ -70,8 +71,9 @@ class LocalBackend(JobBackend):
     polled = False
 
     def launch(self, rec, attempt: int) -> dict:
-        "Start the supervisor for job `rec` (its row exists, state queued); it runs every attempt itself."
-        env = {**os.environ, "MLPLAT_HOME": str(self.ws.config.home)}
+        """Start the supervisor for job `rec` (its row exists, state queued); it runs every attempt itself, as the job's
+        submitter (a delegated token), never as this process."""
+        env = {**work_environment(os.environ, rec.delegation(self.ws)), "MLPLAT_HOME": str(self.ws.config.home)}
         if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
         log = open(rec.log_path, "ab")
         p = subprocess.Popen([sys.executable, "-m", "mlplat.jobs.supervisor", rec.id], stdin=subprocess.DEVNULL,

@@ -102,6 +102,7 @@ class RayBackend(RayConnection, RaySubmission, JobBackend):
         gpus = res["gpus_per_node"] or 0
         sid = f"{rec.id}-{attempt}"
         runtime_env = self.runtime_env(rec)
+        if (token := rec.delegation(self.ws)) is not None: runtime_env["env_vars"].update(token.env())   # acts as the submitter
         prior = (rec.backend_ref or {}).get("submission_id")
         try:
             if prior and "working_dir" in runtime_env:  # a retry runs the code uploaded at submission, not today's edits

@@ -13,6 +13,7 @@ import sys
 import time
 
 from ..db import table, utcnow
+from ..governance.delegation import Delegations
 from .backend import transition, update
 from .local import kill_group, release_shm
 
@@ -74,20 +75,23 @@ def supervise(job_id: str) -> int:
         os._exit(143)
     signal.signal(signal.SIGTERM, on_term)
 
-    if not take_slot(ws, job_id): return 0
-    env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}, **rec.runtime_env}
-    for attempt in range(1, spec["retries"] + 2):
-        code, msg = run_attempt(ws, rec, attempt, env, launcher)
-        if ws.jobs.get(job_id).state == "cancelled": return 0
-        if code == 0:
-            transition(ws, job_id, "succeeded", exit_code=0, message=None); return 0
-        msg = msg or f"exit code {code}"
-        if attempt <= spec["retries"]:
-            print(f"[mlplat] attempt {attempt} failed ({msg}); retrying (checkpoints resume the work)", flush=True)
-            update(ws, job_id, message=f"attempt {attempt} failed ({msg}); retrying")
-            continue
-        transition(ws, job_id, "failed", exit_code=code, message=f"{msg}; see `mlplat jobs logs {job_id}`")
-        return 1
+    try:
+        if not take_slot(ws, job_id): return 0
+        # the launcher gave this process the job's delegated MLPLAT_TOKEN: every attempt acts as the submitter
+        env = {**os.environ, **{k: str(v) for k, v in spec["env"].items()}, **rec.runtime_env}
+        for attempt in range(1, spec["retries"] + 2):
+            code, msg = run_attempt(ws, rec, attempt, env, launcher)
+            if ws.jobs.get(job_id).state == "cancelled": return 0
+            if code == 0:
+                transition(ws, job_id, "succeeded", exit_code=0, message=None); return 0
+            msg = msg or f"exit code {code}"
+            if attempt <= spec["retries"]:
+                print(f"[mlplat] attempt {attempt} failed ({msg}); retrying (checkpoints resume the work)", flush=True)
+                update(ws, job_id, message=f"attempt {attempt} failed ({msg}); retrying")
+                continue
+            transition(ws, job_id, "failed", exit_code=code, message=f"{msg}; see `mlplat jobs logs {job_id}`")
+            return 1
+    finally: Delegations(ws).revoke(rec.node)   # the job's token dies with it
 
 # %% ../../notebooks/42a_jobs_supervisor.ipynb #d2d39173
 if __name__ == "__main__" and not hasattr(sys, "ps1") and "ipykernel" not in sys.modules:

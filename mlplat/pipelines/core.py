@@ -38,7 +38,7 @@ class _RunControl:
         """Ask the runner of `run_id` (in whichever process) to stop its steps; with `wait`, up to that many seconds
         for the run to end. A run whose runner is gone is marked cancelled at once."""
         ws = self.ws
-        rec = self.get(run_id)
+        rec = self.store.get(run_id)
         if rec.status != "running":
             raise ValidationError(f"run {run_id} is not running (it {rec.status})", hint="only a running run can be cancelled")
         ws.governance.authorize("pipelines:run", rec.pipeline, "pipeline.cancel", ws.config.workspace.region)
@@ -54,16 +54,16 @@ class _RunControl:
             return rec
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            rec = self.get(run_id)
+            rec = self.store.get(run_id)
             if rec.status != "running": return rec
             time.sleep(0.2)
-        return self.get(run_id)
+        return self.store.get(run_id)
 
     def resume(self, run_id: str, max_parallel: int | None = None) -> RunRecord:
         "Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs."
         ws = self.ws
         _check_parallel(max_parallel)
-        rec = self.get(run_id)
+        rec = self.store.get(run_id)
         if rec.status == "succeeded": raise ValidationError(f"run {run_id} already succeeded; nothing to resume")
         if rec.status == "running" and runner_alive(rec):
             raise ValidationError(f"run {run_id} is still running", hint="wait for it, then resume what failed")
@@ -125,6 +125,12 @@ class Pipelines(_RunControl):
     def new_run_id(pipeline_name: str) -> str:
         return f"{pipeline_name}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
-    def get(self, run_id: str) -> RunRecord: return self.store.get(run_id)
+    def get(self, run_id: str) -> RunRecord:
+        "One run with its steps, parameters, outputs and executed notebooks (permission `pipelines:read`)."
+        self.ws.governance.authorize("pipelines:read", f"pipeline_run:{run_id}")
+        return self.store.get(run_id)
 
-    def list(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]: return self.store.list(pipeline, limit)
+    def list(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
+        "Recent runs, newest first (permission `pipelines:read`)."
+        self.ws.governance.authorize("pipelines:read", f"pipeline:{pipeline}" if pipeline else "pipelines")
+        return self.store.list(pipeline, limit)

@@ -7,22 +7,30 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import timedelta
 from pathlib import Path
 
 from ..db import utcnow
+from ..governance.delegation import MAX_LIFETIME, Delegations, work_environment
 from . import read_outputs
 from .runs import RunRecord, RunStore, RunTracking, runner_file
 from .spec import Pipeline, fits, notebook_parameters, render, type_name
 from .steps import execute_step, kill_tree
 
 # %% auto #0
-__all__ = ['Executor']
+__all__ = ['run_lifetime', 'Executor']
 
 # %% ../../notebooks/62b_pipelines_executor.ipynb #f982232a
 class _Cancelled(Exception):
     "A cancel request for the run was found."
+
+def run_lifetime(p: Pipeline) -> timedelta:
+    "How long a run's delegated token lives: every step's timeout and retries when all have a timeout (+1 h), else a day."
+    if any(s.timeout is None for s in p.steps): return timedelta(days=1)
+    return min(MAX_LIFETIME, timedelta(hours=1, seconds=sum(s.timeout * (s.retries + 1) for s in p.steps)))
 
 class _StepRunner:
     "One step on a worker thread: its parameters rendered and checked, then its attempts; fills its StepRecord."
@@ -42,8 +50,8 @@ class _StepRunner:
         "Execute the step's notebook until it succeeds or its retries are spent (or the run is stopped)."
         name, folder = step.name, Path(self.rec.folder)
         out, log = folder/f"{name}.ipynb", folder/f"{name}.log"
-        env = {**os.environ, "MLPLAT_HOME": str(self.ws.config.home), "MLPLAT_PIPELINE_RUN": self.rec.id,
-               "MLPLAT_PIPELINE_STEP": name, "PYTHONUNBUFFERED": "1"}
+        env = {**work_environment(os.environ, self.delegation), "MLPLAT_HOME": str(self.ws.config.home),
+               "MLPLAT_PIPELINE_RUN": self.rec.id, "MLPLAT_PIPELINE_STEP": name, "PYTHONUNBUFFERED": "1"}
         if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
         for attempt in range(step.retries + 1):
             if self.stop.is_set(): break
@@ -153,17 +161,23 @@ class Executor(_StepRunner, _Scheduling, _Ending):
         self.failed: set = set()
         self.running: dict = {}                         # future -> step name
         self.stop, self.live = threading.Event(), {}   # stop: start no more attempts; live: step -> its process id
+        self.delegation = None                          # the run's delegated token, while it runs
 
     def run(self) -> RunRecord:
-        "Execute until no step is left, or a cancel request or Ctrl-C; returns the finished record."
+        """Execute until no step is left, or a cancel request or Ctrl-C; returns the finished record. The steps act as
+        the run's principal through a token delegated for this run, revoked when it ends."""
         runner_file(self.rec).write_text(str(os.getpid()))
-        with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="pipeline-step") as pool:
-            try: self._schedule(pool)
-            except (KeyboardInterrupt, _Cancelled) as e:
-                self._stopped(e)
-                if isinstance(e, KeyboardInterrupt): raise
-                return self.rec
-        return self.finish()
+        scope, tokens = f"pipeline-run:{self.rec.id}", Delegations(self.ws)
+        self.delegation = tokens.mint(scope, run_lifetime(self.p), f"pipeline-runner@{socket.gethostname()}:{os.getpid()}")
+        try:
+            with ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="pipeline-step") as pool:
+                try: self._schedule(pool)
+                except (KeyboardInterrupt, _Cancelled) as e:
+                    self._stopped(e)
+                    if isinstance(e, KeyboardInterrupt): raise
+                    return self.rec
+            return self.finish()
+        finally: tokens.revoke(scope)
 
     def run_guarded(self):
         "`run` on a thread of its own: an unexpected error fails the run (recorded, resumable) instead of leaving it `running`."

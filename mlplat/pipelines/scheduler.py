@@ -14,8 +14,13 @@ import uuid
 from datetime import datetime
 
 from ..db import table, utcnow
-from ..errors import MlplatError, NotFoundError, ValidationError
-from .schedules import HEARTBEAT_SECONDS, Schedule, parse_slot, slot_key
+from ..errors import AuthenticationError, MlplatError, NotFoundError, PermissionDenied, ValidationError
+from ..governance.delegation import Delegations
+from ..governance.policy import merged_bindings
+from ..governance.rbac import Rbac
+from ..governance.tokens import token_principal
+from .executor import run_lifetime
+from .schedules import HEARTBEAT_SECONDS, Schedule, parse_slot, schedule_creator, slot_key, stored_schedules
 
 log = logging.getLogger("mlplat.scheduler")
 
@@ -34,7 +39,7 @@ class _Fires:
                 c.execute(t.insert().values(schedule=s.name, slot=slot_key(slot), status=status, scheduler=self.id,
                                             detail=detail, fired_at=utcnow(), finished_at=utcnow() if status == "missed" else None))
         except sa.exc.IntegrityError: return False
-        self.ws.governance.audit.append(self.ws.principal.name, "schedule.fire", f"schedule:{s.name}", "success",
+        self.ws.governance.audit.append(s.created_by, "schedule.fire", f"schedule:{s.name}", "success",
                                         self.ws.config.workspace.region, {"slot": slot_key(slot), "status": status, "scheduler": self.id})
         return True
 
@@ -139,9 +144,11 @@ class _Firing:
             self._update(s.name, key, "error", detail=detail, finished=True)
             self._notify("pipeline.failed", s, slot, f"schedule {s.name}: pipeline {s.pipeline} cannot run", {"error": detail})
             return "error"
+        creator = self._creator(s, slot)
+        if creator is None: return "refused"
         run_id = ws.pipelines.new_run_id(p.name)
         self._update(s.name, key, "running", run_id=run_id)
-        th = threading.Thread(target=self._run, args=(s, key, run_id, replace), name=f"schedule-{s.name}", daemon=True)
+        th = threading.Thread(target=self._run, args=(s, key, run_id, replace, creator, run_lifetime(p)), name=f"schedule-{s.name}", daemon=True)
         self.threads[run_id] = th
         th.start()
         return "running"
@@ -151,10 +158,40 @@ class _Firing:
         body = {"schedule": s.name, "pipeline": s.pipeline, "slot": slot_key(slot), "scheduler": self.id, **details}
         threading.Thread(target=self.ws.notifier.send, args=(event, subject, body), name="notify", daemon=True).start()
 
+# %% ../../notebooks/63a_pipelines_scheduler.ipynb #810d2029
+class _Creators:
+    "Whom a fire acts as: the schedule's creator, with the permissions they hold now."
+    def _current(self):
+        "The workspace as its mlplat.toml reads now: a binding removed since this scheduler started counts at the next fire."
+        src = self.ws.config.source
+        stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
+        if stamp != self._stamp:
+            from mlplat.config import Config
+            from mlplat.workspace import Workspace
+            self._now, self._stamp = Workspace(Config.load(env={**os.environ, "MLPLAT_CONFIG": str(src)})), stamp
+        return self._now
+
+    def _creator(self, s: Schedule, slot: datetime):
+        """The creator of `s` if they may still run it (`pipelines:run` from their current bindings or recorded roles,
+        their service account's API token still valid); else the fire is refused (recorded, audited, notified): None."""
+        key, cfg = slot_key(slot), self._current().config
+        who = schedule_creator(self.ws.engine, s)
+        try:
+            if who.claims.get("token_id"): token_principal(self.ws.engine, who.claims["token_id"])
+            Rbac(cfg.rbac.roles, merged_bindings(cfg, self.ws.engine)).check(who, "pipelines:run", f"schedule:{s.name}")
+            return who
+        except (AuthenticationError, PermissionDenied) as e:
+            detail = f"refused: the schedule's creator cannot run it now: {e.message}"
+            self._update(s.name, key, "refused", detail=detail, finished=True)
+            self.ws.governance.audit.append(who.name, "schedule.fire", f"schedule:{s.name}", "denied", cfg.workspace.region,
+                                            {"slot": key, "reason": e.message, "scheduler": self.id})
+            self._notify("schedule.skipped", s, slot, f"schedule {s.name}: slot {key} refused", {"reason": detail, "created_by": who.name})
+            return None
+
 # %% ../../notebooks/63a_pipelines_scheduler.ipynb #750a86a9
 class _Runs:
     "The pipeline runs this scheduler started: run one, cancel one, stop them all."
-    def _run(self, s: Schedule, key: str, run_id: str, replace: list):
+    def _run(self, s: Schedule, key: str, run_id: str, replace: list, creator, lifetime):
         for old in replace:  # overlap: replace — in this thread, so the tick (and the heartbeat) go on meanwhile
             self._cancel(old, f"replaced by the run of slot {key} (overlap: replace)", 120)
         with self.slots:
@@ -163,15 +200,20 @@ class _Runs:
                 self.threads.pop(run_id, None)
                 return
             self.started.add(run_id)
-            try:
-                rec = self.ws.pipelines.run(s.pipeline, s.parameters, run_id=run_id, trigger=f"schedule:{s.name}")
+            scope = f"schedule-fire:{s.name}@{key}"
+            try:   # as the creator, never as this scheduler: through a token delegated for this fire
+                now = self._current()
+                token = Delegations(now).mint(scope, lifetime, f"scheduler:{self.id}", principal=creator).token
+                rec = now.authenticate(token, "scheduler").pipelines.run(s.pipeline, s.parameters, run_id=run_id, trigger=f"schedule:{s.name}")
                 self._update(s.name, key, rec.status, finished=True)
             except Exception as e:
                 detail = f"{type(e).__name__}: {e}"
                 log.error("schedule %s, slot %s: %s", s.name, key, detail)
                 self._update(s.name, key, "error", detail=detail, finished=True)
                 self._notify("pipeline.failed", s, parse_slot(key), f"schedule {s.name}: run {run_id} could not run", {"error": detail})
-            finally: self.threads.pop(run_id, None); self.started.discard(run_id)
+            finally:
+                self.threads.pop(run_id, None); self.started.discard(run_id)
+                Delegations(self.ws).revoke(scope)
 
     def _cancel(self, run_id: str, reason: str, wait: float, thread: threading.Thread | None = None):
         "Cancel a run, waiting (up to `wait` s) for its record if it is still being written; then for it to end."
@@ -196,7 +238,7 @@ class _Runs:
         with self.ws.engine.begin() as c: c.execute(t.delete().where(t.c.id == self.id))
 
 # %% ../../notebooks/63a_pipelines_scheduler.ipynb #90b1bd47
-class Scheduler(_Fires, _Liveness, _Firing, _Runs):
+class Scheduler(_Fires, _Liveness, _Firing, _Creators, _Runs):
     """One scheduler process: every `tick_seconds`, fire the due slots of every active schedule (claiming each slot in
     the DB first) and run their pipelines in threads. `run_forever` is `mlplat scheduler`."""
     def __init__(self, ws, tick_seconds: float | None = None, max_running: int | None = None):
@@ -210,6 +252,8 @@ class Scheduler(_Fires, _Liveness, _Firing, _Runs):
         self.started: set = set()                         # run ids whose pipeline run has begun (past the max_running wait)
         self.stopping = threading.Event()
         self.started_at = utcnow()
+        src = ws.config.source   # the config in force now; re-read when the file changes (`_current`)
+        self._now, self._stamp = ws, src.stat().st_mtime_ns if src is not None and src.exists() else None
 
     def run_forever(self, stop: threading.Event | None = None):
         "Tick until `stop` is set (or Ctrl-C); then cancel this process's runs, which stay resumable."
@@ -217,7 +261,7 @@ class Scheduler(_Fires, _Liveness, _Firing, _Runs):
         self._reconcile()
         beat = threading.Thread(target=self._beat, args=(stop,), name="scheduler-heartbeat", daemon=True)
         beat.start()
-        log.warning("scheduler %s started: %d schedule(s), tick %.3g s", self.id, len(self.ws.schedules.list()), self.tick_seconds)
+        log.warning("scheduler %s started: %d schedule(s), tick %.3g s", self.id, len(stored_schedules(self.ws.engine)), self.tick_seconds)
         try:
             while not stop.is_set():
                 try: self.tick()
@@ -230,7 +274,7 @@ class Scheduler(_Fires, _Liveness, _Firing, _Runs):
         now = now or utcnow()
         self._heartbeat(now)
         decided = []
-        for s in self.ws.schedules.list():
+        for s in stored_schedules(self.ws.engine):
             if s.paused or self.stopping.is_set(): continue
             try: decided += self._due(s, now)
             except Exception as e: log.exception("schedule %s: %s", s.name, e)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..db import aware, table, utcnow
 from ..errors import ConflictError, NotFoundError, ValidationError
+from ..governance.identity import Principal
 
 MISFIRE, OVERLAP = ("skip", "run_once"), ("forbid", "allow", "replace")
 HEARTBEAT_SECONDS = 5.0   # a scheduler's own thread beats this often, whatever its tick
@@ -21,7 +22,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 
 # %% auto #0
 __all__ = ['MISFIRE', 'OVERLAP', 'HEARTBEAT_SECONDS', 'STALE_SECONDS', 'slot_key', 'parse_slot', 'check_cron', 'Schedule',
-           'Schedules']
+           'stored_schedules', 'schedule_creator', 'Schedules']
 
 # %% ../../notebooks/63_pipelines_schedules.ipynb #fad8f6ea
 def slot_key(dt: datetime) -> str:
@@ -96,12 +97,37 @@ def _row_to_schedule(r) -> Schedule:
     return Schedule(r.name, r.pipeline, r.cron, r.timezone, json.loads(r.parameters_json), r.misfire, r.overlap, bool(r.paused),
                     r.created_by, aware(r.created_at), aware(r.active_since))
 
+def stored_schedules(engine, name: str | None = None) -> list[Schedule]:
+    """The stored schedules (or the one named), without an RBAC check: what the scheduler fires, each for its creator.
+    Users read them through `ws.schedules.list`/`get` (`pipelines:read`)."""
+    import sqlalchemy as sa
+    t = table("schedules")
+    q = sa.select(t).order_by(t.c.name)
+    if name is not None: q = q.where(t.c.name == name)
+    with engine.connect() as c: return [_row_to_schedule(r) for r in c.execute(q)]
+
+# %% ../../notebooks/63_pipelines_schedules.ipynb #3535d92f
+def _creator_row(p: Principal) -> dict:
+    parent = p.claims.get("token_id") if p.provider in ("token", "delegated") else None
+    return {"principal": p.name, "roles_json": json.dumps(list(p.roles)), "parent_token": parent}
+
+def schedule_creator(engine, s: Schedule) -> Principal:
+    """Who `s` fires as: its recorded creator (with the roles and API token they created it with), as recorded;
+    the caller checks that token and the creator's permissions at each fire."""
+    import sqlalchemy as sa
+    t = table("schedule_creators")
+    with engine.connect() as c: r = c.execute(sa.select(t).where(t.c.schedule == s.name)).first()
+    if r is None: return Principal(s.created_by, provider="schedule")
+    claims = {"token_id": r.parent_token} if r.parent_token else {}
+    return Principal(r.principal, tuple(json.loads(r.roles_json)), claims, "token" if r.parent_token else "schedule")
+
 # %% ../../notebooks/63_pipelines_schedules.ipynb #b3d11294
 class _ScheduleViews:
     "What the schedulers did: fires (the history of every slot) and the schedulers alive now."
     def history(self, name: str | None = None, limit: int = 50) -> list[dict]:
-        "Fires, newest first: slot, status, run id, the scheduler that claimed it, detail."
+        "Fires, newest first: slot, status, run id, the scheduler that claimed it, detail (permission `pipelines:read`)."
         import sqlalchemy as sa
+        self.ws.governance.authorize("pipelines:read", f"schedule:{name}" if name else "schedules")
         t = table("schedule_fires")
         q = sa.select(t).order_by(t.c.slot.desc(), t.c.schedule).limit(limit)
         if name: q = q.where(t.c.schedule == name)
@@ -111,8 +137,9 @@ class _ScheduleViews:
                      "finished_at": aware(r.finished_at).isoformat() if r.finished_at else None} for r in c.execute(q)]
 
     def last_fires(self) -> dict:
-        "schedule name -> its newest fire (slot, status, run id), however long ago."
+        "schedule name -> its newest fire (slot, status, run id), however long ago (permission `pipelines:read`)."
         import sqlalchemy as sa
+        self.ws.governance.authorize("pipelines:read", "schedules")
         t = table("schedule_fires")
         newest = sa.select(t.c.schedule, sa.func.max(t.c.slot).label("slot")).group_by(t.c.schedule).subquery()
         q = sa.select(t.c.schedule, t.c.slot, t.c.status, t.c.run_id).join(
@@ -134,25 +161,30 @@ class _ScheduleViews:
 class _ScheduleStore:
     "Stored schedules: read, change, remove (each change audited)."
     def get(self, name: str) -> Schedule:
-        import sqlalchemy as sa
-        t = table("schedules")
-        with self.ws.engine.connect() as c: r = c.execute(sa.select(t).where(t.c.name == name)).first()
-        if r is None: raise NotFoundError(f"no schedule named {name!r}", hint="see `mlplat schedule list`")
-        return _row_to_schedule(r)
+        "One schedule (permission `pipelines:read`)."
+        self.ws.governance.authorize("pipelines:read", f"schedule:{name}")
+        return self._stored(name)
 
     def list(self) -> list[Schedule]:
-        import sqlalchemy as sa
-        t = table("schedules")
-        with self.ws.engine.connect() as c: return [_row_to_schedule(r) for r in c.execute(sa.select(t).order_by(t.c.name))]
+        "Every schedule, by name (permission `pipelines:read`)."
+        self.ws.governance.authorize("pipelines:read", "schedules")
+        return stored_schedules(self.ws.engine)
+
+    def _stored(self, name: str) -> Schedule:
+        found = stored_schedules(self.ws.engine, name)
+        if not found: raise NotFoundError(f"no schedule named {name!r}", hint="see `mlplat schedule list`")
+        return found[0]
 
     def _set(self, name: str, action: str, **values):
         ws = self.ws
-        self.get(name)
+        self._stored(name)
         with ws.governance.operation(action, f"schedule:{name}", "pipelines:schedule", ws.config.workspace.region):
             t = table("schedules")
             with ws.engine.begin() as c:
                 if values: c.execute(t.update().where(t.c.name == name).values(**values))
-                else: c.execute(t.delete().where(t.c.name == name))
+                else:
+                    c.execute(t.delete().where(t.c.name == name))
+                    c.execute(table("schedule_creators").delete().where(table("schedule_creators").c.schedule == name))
 
     def remove(self, name: str) -> None:
         "Delete the schedule (its fire history stays; a running run is not stopped)."
@@ -160,11 +192,11 @@ class _ScheduleStore:
         (self.ws.config.home/"schedules"/f"{name}.pipeline.yaml").unlink(missing_ok=True)   # add_notebook's, if any
 
     def pause(self, name: str) -> Schedule:
-        self._set(name, "schedule.pause", paused=True); return self.get(name)
+        self._set(name, "schedule.pause", paused=True); return self._stored(name)
 
     def resume(self, name: str) -> Schedule:
         "Fire again from now on; the slots that passed while paused are not run."
-        self._set(name, "schedule.resume", paused=False, active_since=utcnow()); return self.get(name)
+        self._set(name, "schedule.resume", paused=False, active_since=utcnow()); return self._stored(name)
 
 # %% ../../notebooks/63_pipelines_schedules.ipynb #427fb832
 class Schedules(_ScheduleStore, _ScheduleViews):
@@ -195,8 +227,9 @@ class Schedules(_ScheduleStore, _ScheduleViews):
                 c.execute(t.insert().values(name=name, pipeline=str(path), cron=cron, timezone=timezone,
                                             parameters_json=json.dumps(params or {}), misfire=misfire, overlap=overlap,
                                             paused=False, created_by=ws.principal.name, created_at=now, active_since=now))
+                c.execute(table("schedule_creators").insert().values(schedule=name, recorded_at=now, **_creator_row(ws.principal)))
                 ws.lineage.add(f"pipeline:{p.name}", f"schedule:{name}", conn=c)
-        return self.get(name)
+        return self._stored(name)
 
     def add_notebook(self, name: str, notebook, cron: str, params: dict | None = None, **kw) -> Schedule:
         """Schedule one notebook with `params` ("schedule this notebook"): its one-step pipeline is written to
@@ -205,10 +238,8 @@ class Schedules(_ScheduleStore, _ScheduleViews):
         from mlplat.pipelines.spec import notebook_pipeline
         _check_name(name)
         doc = notebook_pipeline(notebook, params).to_dict()
-        try:
-            self.get(name)
-            raise ConflictError(f"schedule {name!r} exists", hint=f"remove it first: mlplat schedule remove {name}")
-        except NotFoundError: pass   # the file below belongs to no live schedule: writing it cannot change one
+        if stored_schedules(self.ws.engine, name):
+            raise ConflictError(f"schedule {name!r} exists", hint=f"remove it first: mlplat schedule remove {name}")   # the file below belongs to no live schedule: writing it cannot change one
         path = self.ws.config.home/"schedules"/f"{name}.pipeline.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -32,6 +32,7 @@ def _papermill_process(notebook: str, out: str, parameters: dict, kernel: str | 
     "The body of a step's process: its own session (Ctrl-C in the runner's terminal is the runner's), its log, papermill."
     import logging
     os.setsid()
+    os.environ.clear()   # exactly `env`: the forkserver's own environment (the server's identity) must not leak in
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.dup2(fd, 1); os.dup2(fd, 2)
