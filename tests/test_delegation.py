@@ -36,9 +36,9 @@ def ws(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tokens(ws):
-    "Bearer tokens: a data scientist, an inference client, a viewer."
+    "Bearer tokens: a data scientist, an inference client, and a colleague of the data scientist (reads runs and jobs)."
     return {name: ws.tokens.create(name, [role])["token"]
-            for name, role in (("dana", "data-scientist"), ("app", "inference-client"), ("vera", "viewer"))}
+            for name, role in (("dana", "data-scientist"), ("app", "inference-client"), ("vera", "data-scientist"))}
 
 
 @pytest.fixture
