@@ -19,7 +19,7 @@ from .models import (
     RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
-__all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'me', 'features', 'feature', 'feature_versions', 'datasets',
+__all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
            'dataset_versions', 'training_sets', 'lineage', 'match', 'jobs', 'job', 'job_log', 'job_log_stream',
            'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote', 'model_rollback',
            'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'notebook_parameters',
@@ -87,6 +87,20 @@ def call(route: Route, ctx: Ctx, args: dict, query: dict, body: bytes | None):
             raise ValidationError(f"invalid request body: {problems}",
                                   hint=f"the body is JSON with fields {', '.join(route.body.model_fields)}") from None
     return route.fn(ctx, **kw)
+
+# %% ../../notebooks/80a_jupyter_routes.ipynb #3fc3fbcd
+def jsonable(x):
+    "`x` as JSON can hold it: NaN/inf as None, datetimes as ISO text, paths as text, records and numpy values as plain ones."
+    import math
+    from datetime import date, datetime
+    if isinstance(x, float): return x if math.isfinite(x) else None
+    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)): return [jsonable(v) for v in x]
+    if isinstance(x, (datetime, date)): return x.isoformat()
+    if isinstance(x, Path): return str(x)
+    if hasattr(x, "to_dict") and not isinstance(x, type): return jsonable(x.to_dict())
+    if hasattr(x, "tolist"): return jsonable(x.tolist())   # numpy
+    return x
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #5e4e5bac
 @route("GET", "/me", "who the server acts as, with which roles, in which workspace", Me)

@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime
 from pathlib import Path
 
 import tornado
@@ -24,23 +22,12 @@ from traitlets.config import Configurable
 
 from ..errors import MlplatError
 from .openapi import openapi
-from .routes import Ctx, call, match
+from .routes import Ctx, call, jsonable, match
 
 log = logging.getLogger("mlplat.jupyter")
 
 # %% auto #0
-__all__ = ['log', 'jsonable', 'MlplatServer', 'MlplatHandler', 'OpenApiHandler']
-
-# %% ../../notebooks/81_jupyter_server.ipynb #9848eeff
-def jsonable(x):
-    "`x` with NaN/inf as None, datetimes as ISO text, numpy scalars and arrays as Python values."
-    if isinstance(x, float): return x if math.isfinite(x) else None
-    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set)): return [jsonable(v) for v in x]
-    if isinstance(x, (datetime, date)): return x.isoformat()
-    if isinstance(x, Path): return str(x)
-    if hasattr(x, "tolist"): return jsonable(x.tolist())   # numpy
-    return x
+__all__ = ['log', 'MlplatServer', 'MlplatHandler', 'OpenApiHandler']
 
 # %% ../../notebooks/81_jupyter_server.ipynb #aa23ef46
 def _config_file(ws):
