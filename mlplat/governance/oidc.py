@@ -20,14 +20,14 @@ __all__ = ['LOOPBACK', 'require_secure_url', 'SigningKeys', 'OidcVerifier', 'pri
 # %% ../../notebooks/03a_oidc.ipynb #5e1c0a7d
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
-def require_secure_url(url: str, option: str) -> str:
+def require_secure_url(url: str, option: str, hint: str | None = None) -> str:
     "`url` when it is https (or http on loopback); else a `ConfigError` naming `option`."
     from urllib.parse import urlsplit
     try: parts = urlsplit(url); host = parts.hostname
     except ValueError: parts, host = None, None
     if host and (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)): return url
     raise ConfigError(f"{option} {url!r} is not an https URL",
-                      hint="the issuer and its keys are reached over https only, so nobody on the network path can swap "
+                      hint=hint or "the issuer and its keys are reached over https only, so nobody on the network path can swap "
                            "the signing keys; plain http is accepted on 127.0.0.1, ::1 and localhost (tests)")
 
 # %% ../../notebooks/03a_oidc.ipynb #d9f1dddc
