@@ -149,7 +149,7 @@ def test_a_data_scientist_trains_and_registers_through_the_service(team):
     from mlplat.models.onnx import flavor_requirements
     ws = as_(team, "ds", sub="ds-3")
     client = ws.mlflow_client()
-    assert client.tracking_uri == team["mlflow"]
+    assert client.tracking_uri == team["url"] + "/mlflow"     # MLflow behind the service, with the caller's token
     mlflow.set_tracking_uri(client.tracking_uri)
     exp = client.get_experiment_by_name("risk-team") or client.get_experiment(client.create_experiment("risk-team"))
     with mlflow.start_run(experiment_id=exp.experiment_id) as run:
@@ -158,6 +158,24 @@ def test_a_data_scientist_trains_and_registers_through_the_service(team):
     v = ws.models.register(run.info.run_id, "risk", sample=X[:64])
     assert v.version == 3 and v.run_id == run.info.run_id
     assert audited(team, "success", ws.principal.name, action="models.register")
+
+
+def test_mlflow_behind_the_service_checks_the_callers_identity(team):
+    import httpx
+    from mlflow.exceptions import MlflowException
+    ws = as_(team, "ds", sub="ds-5")
+    client = ws.mlflow_client()
+    assert client.search_experiments()                           # a data scientist reads (models:read)
+    with pytest.raises(MlflowException, match="around mlplat's gates"):
+        client.set_registered_model_alias("risk", "champion", 2)     # the registry is written through mlplat only
+    assert audited(team, "denied", ws.principal.name, action="mlflow.registry_write")
+    verify = ssl.create_default_context(cafile=team["ca"])
+    edge = team["issuer"].token(groups=["edge"], sub="edge-2")
+    r = httpx.post(team["url"] + "/mlflow/api/2.0/mlflow/runs/search", json={"experiment_ids": ["0"]}, verify=verify,
+                   headers={"Authorization": f"Bearer {edge}"})
+    assert r.status_code == 403 and r.json()["error"] == "PermissionDenied"     # an inference client reads no runs
+    r = httpx.get(team["url"] + "/mlflow/api/2.0/mlflow/experiments/search?max_results=1", verify=verify)
+    assert r.status_code == 401
 
 
 def test_a_viewer_reads_models_not_the_audit_tokens_or_keys(team):
