@@ -64,8 +64,13 @@ class Route:
 ROUTES: list[Route] = []
 
 def route(method, path, summary, response, body=None, query=None, stream=False):
+    "Register `fn` as the route `method path`; registering the same method and path again replaces it (a re-run cell)."
     def deco(fn):
-        ROUTES.append(Route(method, path, fn, summary, response, body, query or {}, stream)); return fn
+        r = Route(method, path, fn, summary, response, body, query or {}, stream)
+        same = [i for i, x in enumerate(ROUTES) if (x.method, x.path) == (method, path)]
+        if same: ROUTES[same[0]] = r
+        else: ROUTES.append(r)
+        return fn
     return deco
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #0e78d038
