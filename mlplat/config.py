@@ -18,10 +18,10 @@ from .options import (  # the sections and their options are declared there, wit
     ResidencyConfig, SchedulerConfig, ServiceConfig, ServingConfig, WorkspaceConfig)
 
 # %% auto #0
-__all__ = ['find_config_file', 'Config', 'render_toml']
+__all__ = ['foreign_owner', 'find_config_file', 'Config', 'render_toml']
 
 # %% ../notebooks/01_config.ipynb #6854e87f
-def _foreign_owner(path: Path, trusted: tuple | None = None) -> str | None:
+def foreign_owner(path: Path, trusted: tuple | None = None) -> str | None:
     "Who owns `path` (the link, its target) or its folder, when that is neither this user nor root; else None."
     trusted = (0, os.getuid()) if trusted is None else trusted
     for st in (path.lstat(), path.stat(), path.parent.stat()):
@@ -49,7 +49,7 @@ def find_config_file(env: dict | None = None) -> Path | None:
     for d in [cwd, *cwd.parents]:
         p = d/"mlplat.toml"
         if not p.is_file(): continue
-        owner = _foreign_owner(p) if d != cwd else None
+        owner = foreign_owner(p) if d != cwd else None
         if owner:
             raise ConfigError(f"{p}, found in a parent folder of {cwd}, belongs to {owner}, not to you: another user's "
                               "file could relax roles, residency or encryption for whatever you run here",

@@ -220,6 +220,10 @@ class ServiceConfig:
     root: str = _opt("", "Folder whose notebooks, pipelines and templates the service's routes work in (request paths "
                          "are relative to it); empty: the folder of mlplat.toml.")
     max_body_mb: int = _opt(16, "Largest request body `mlplat server` accepts (413 beyond).")
+    run_user_code: bool = _opt(False, "Whether `mlplat server` may run code users supply on its own host — unpickling a run's "
+                                      "model to register it, local-backend jobs, notebook runs and schedules — where that code "
+                                      "could reach the platform DB and keys. Off: refused (jobs run on kubernetes or ray). On only "
+                                      "for a host that holds nothing else, whose users are trusted.", policy=True)
 
 # %% ../notebooks/01b_options.ipynb #5fda6a93
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import Config, find_config_file, render_toml
+from .config import Config, find_config_file, foreign_owner, render_toml
 from .errors import ConfigError
 
 # %% auto #0
@@ -312,6 +312,10 @@ def connect(home: str | os.PathLike | None = None, user: str | None = None, url:
         if find_config_file(env) is None: return connect_local(home, user)
         cfg = Config.load(home)
         if not cfg.service.url: return connect_local(home, user)
+        owner = foreign_owner(cfg.source) if cfg.source else None
+        if owner:   # the file decides where your token goes
+            raise ConfigError(f"{cfg.source} sends your token to {cfg.service.url}, and it belongs to {owner}, not to you",
+                              hint="use your own mlplat.toml, or name the service yourself: MLPLAT_URL or connect(url=...)")
     if user:
         raise ConfigError("choosing the acting user (--user, user=) is for an embedded workspace; in team mode you act as "
                           "your token's principal", hint="set MLPLAT_TOKEN to your token, or drop --user")

@@ -49,6 +49,8 @@ def team(tmp_path_factory, postgres_url):
     config.write_text(f"""
 [workspace]
 home = ".mlplat"
+[service]
+run_user_code = true   # this service's host holds nothing else: registering may unpickle the team's models here
 [mlflow]
 tracking_uri = "http://127.0.0.1:{mlflow_port}"
 artifact_root = "mlflow-artifacts:"
@@ -176,6 +178,13 @@ def test_mlflow_behind_the_service_checks_the_callers_identity(team):
     assert r.status_code == 403 and r.json()["error"] == "PermissionDenied"     # an inference client reads no runs
     r = httpx.get(team["url"] + "/mlflow/api/2.0/mlflow/experiments/search?max_results=1", verify=verify)
     assert r.status_code == 401
+    ds = {"Authorization": f"Bearer {team['issuer'].token(groups=['ds'], sub='ds-5')}"}
+    r = httpx.post(team["url"] + "/mlflow/api/2.0/mlflow/runs/%2e%2e/registered-models/alias", verify=verify, headers=ds,
+                   json={"name": "risk", "alias": "champion", "version": "2"})
+    assert r.status_code == 400                                   # a proxy forwards exactly the path it authorized
+    r = httpx.post(team["url"] + "/mlflow/api/2.0/mlflow/webhooks", verify=verify, headers=ds, json={"name": "x", "url": "http://x"})
+    assert r.status_code == 403 and "not offered" in r.json()["message"]
+    assert [h["to_version"] for h in team["operator"].models.history("risk", "champion")][-1] == 1
 
 
 def test_a_viewer_reads_models_not_the_audit_tokens_or_keys(team):
