@@ -94,7 +94,7 @@ def test_credentials_never_reach_the_servers_log(ws, served):
         httpx.post(url, content=infer_body(), headers={"authorization": f"Bearer {t}"})
     logs = "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
     records = json.dumps(ws.audit.records(limit=None), default=str)
-    secret = token.split("_")[2]
+    secret = token.split("_", 2)[2]   # the secret itself may hold "_"
     assert secret not in logs and secret not in records and secret[:-1] not in records and "s" * 40 not in records
 
 
