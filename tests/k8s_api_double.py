@@ -2,8 +2,8 @@
 
 It serves the slice of the API the Kubernetes job backend uses, the way the API server answers it:
 TrainJob custom objects (create / get / list / delete, validated against the real Kubeflow Trainer
-CRD schema: an invalid object gets the 422 an API server gives), pods listed by label selector, and
-pod logs. Bearer-token auth like a real cluster. The test plays the controller: it sets a TrainJob's
+CRD schema: an invalid object gets the 422 an API server gives), Secrets (create / get / delete, and
+deleted with the object that owns them), pods listed by label selector, and pod logs. Bearer-token auth like a real cluster. The test plays the controller: it sets a TrainJob's
 status conditions and adds the pods JobSet would create.
 """
 import json
@@ -23,6 +23,7 @@ from helpers import crd_schema
 TRAINJOB_CRD = "trainer.kubeflow.org_trainjobs.yaml"   # in tests/fixtures/crds
 TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)(/log)?)?$")
+SECRETS = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
 
 
 def _now():
@@ -37,7 +38,7 @@ def _status(code, reason, message):
 class KubeApiDouble:
     def __init__(self, token="test-token"):
         self.token = token
-        self.trainjobs, self.pods, self.logs, self.requests = {}, {}, {}, []
+        self.trainjobs, self.pods, self.logs, self.requests, self.secrets = {}, {}, {}, [], {}
         self.lock = threading.Lock()
         self.schema = crd_schema(TRAINJOB_CRD)
         double = self
@@ -102,6 +103,9 @@ class KubeApiDouble:
         m = TRAINJOBS.match(path)
         if m:
             return self._trainjobs(method, m.group(1), m.group(2), query, body)
+        m = SECRETS.match(path)
+        if m:
+            return self._secrets(method, m.group(1), m.group(2), body)
         m = PODS.match(path)
         if m and method == "GET":
             ns, name, log = m.groups()
@@ -119,6 +123,31 @@ class KubeApiDouble:
                 return 200, self.logs.get((ns, name), ""), True
             return 200, pod, False
         return 404, _status(404, "NotFound", "the server could not find the requested resource"), False
+
+    def _secrets(self, method, ns, name, body):
+        "Secrets: create, read, delete (what the job backend does with the identity of a job's pods)."
+        if method == "POST" and name is None:
+            key = (ns, (body.get("metadata") or {}).get("name"))
+            if not key[1] or not isinstance(body.get("stringData", body.get("data", {})), dict):
+                return 422, _status(422, "Invalid", "Secret is invalid: metadata.name and data are required"), False
+            if key in self.secrets:
+                return 409, _status(409, "AlreadyExists", f'secrets "{key[1]}" already exists'), False
+            obj = json.loads(json.dumps(body))
+            obj["metadata"].update({"uid": str(uuid.uuid4()), "creationTimestamp": _now(), "namespace": ns})
+            self.secrets[key] = obj
+            return 201, obj, False
+        obj = self.secrets.get((ns, name))
+        if obj is None:
+            return 404, _status(404, "NotFound", f'secrets "{name}" not found'), False
+        if method == "DELETE":
+            del self.secrets[(ns, name)]
+        return 200, obj, False
+
+    def _collect_garbage(self, owner_uid):
+        "What a deleted object owned goes with it (Kubernetes' garbage collector)."
+        for key in [k for k, o in self.secrets.items()
+                    if any(r.get("uid") == owner_uid for r in o["metadata"].get("ownerReferences") or [])]:
+            del self.secrets[key]
 
     def _trainjobs(self, method, ns, name, query, body):
         if method == "POST" and name is None:
@@ -146,7 +175,8 @@ class KubeApiDouble:
         if method == "GET":
             return 200, obj, False
         if method == "DELETE":
-            del self.trainjobs[(ns, name)]
+            gone = self.trainjobs.pop((ns, name))
+            self._collect_garbage(gone["metadata"]["uid"])
             for key in [k for k, p in self.pods.items() if p["metadata"]["labels"].get("jobset.sigs.k8s.io/jobset-name") == name]:
                 del self.pods[key]
                 self.logs.pop(key, None)

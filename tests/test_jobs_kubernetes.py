@@ -40,8 +40,13 @@ def test_submit_follow_conditions_and_logs(kube, churn_ws, churn_set, script):
     assert rec.state == "queued" and rec.backend == "kubernetes"
     obj = kube.trainjobs[("default", rec.id)]  # accepted: valid against the CRD schema
     trainer = obj["spec"]["trainer"]
-    env = {e["name"]: e["value"] for e in trainer["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in trainer["env"]}
     assert env["MLPLAT_JOB_ID"] == rec.id and env["MLPLAT_TRAINING_SET"] == churn_set.id
+    # the pods act as the submitter through a delegated token that lives in a Secret the TrainJob owns, never in it
+    ref = env["MLPLAT_TOKEN"]["secretKeyRef"]
+    secret = kube.secrets[("default", ref["name"])]
+    assert secret["stringData"][ref["key"]].startswith("mlpd_") and secret["stringData"][ref["key"]] not in json.dumps(obj)
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]) == (2, 8, 8)
     assert trainer["command"][-1] == f"{rec.workdir}/code/train.py" and trainer["image"] == "registry.local/mlplat-train:0.1"
     assert (Path(rec.workdir) / "code" / "helpers.py").exists()  # the script's folder travels with the job
@@ -97,7 +102,7 @@ def test_cancel_deletes_the_trainjob(kube, churn_ws, script):
     assert '"state": "cancelled"' in out
     deletes = [r for r in kube.requests if r[0] == "DELETE"]
     assert len(deletes) == 1 and deletes[0][1].endswith(f"/trainjobs/{rec.id}") and deletes[0][3]["propagationPolicy"] == "Foreground"
-    assert ("default", rec.id) not in kube.trainjobs and not kube.pods
+    assert ("default", rec.id) not in kube.trainjobs and not kube.pods and not kube.secrets   # its identity went with it
     assert churn_ws.jobs.status(rec.id).state == "cancelled"
 
 

@@ -27,8 +27,9 @@ def _pod_patch(job_names, pod_spec: dict) -> dict:
 
 def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = "default",
                     runtime: str = "deepspeed-distributed", volume: WorkspaceVolume | None = None,
-                    code_dir: str | None = None) -> dict:
+                    code_dir: str | None = None, secret_env: dict | None = None) -> dict:
     """The `TrainJob` manifest (a dict) for `job`. `env` adds the job's runtime environment (MLPLAT_* variables);
+    `secret_env` maps variables to `(Secret, key)` (a credential never written into the TrainJob itself);
     a mounted `volume` puts the workspace home in every pod; `code_dir` is where the job's script snapshot lives in
     the pods (default `/workspace`, i.e. baked into the image)."""
     if not job.image:
@@ -52,7 +53,9 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     if job.priority_class: labels["kueue.x-k8s.io/priority-class"] = job.priority_class
     trainer = {"image": job.image, "command": command, "args": [str(a) for a in job.args],
                "numNodes": res.nodes, "numProcPerNode": procs,
-               "env": [{"name": k, "value": str(v)} for k, v in sorted({**job.env, **(env or {})}.items())]}
+               "env": sorted([{"name": k, "value": str(v)} for k, v in {**job.env, **(env or {})}.items() if k not in (secret_env or {})]
+                             + [{"name": k, "valueFrom": {"secretKeyRef": {"name": s, "key": key}}}
+                                for k, (s, key) in (secret_env or {}).items()], key=lambda e: e["name"])}
     if limits or requests:
         trainer["resourcesPerNode"] = {k: v for k, v in (("limits", limits), ("requests", requests)) if v}
     spec = {"runtimeRef": {"name": runtime}, "trainer": trainer}

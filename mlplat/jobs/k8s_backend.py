@@ -118,22 +118,26 @@ class TrainJobManifests:
         job.resources.processes_per_node, job.resources.gpus_per_node = res["processes_per_node"], res["gpus_per_node"]
         return job
 
-    def manifest(self, rec, attempt: int = 1, secrets: dict | None = None) -> dict:
-        "The TrainJob of `attempt`; `secrets` (the delegated token, at launch only) join the pods' environment."
+    def manifest(self, rec, attempt: int = 1, secrets=()) -> dict:
+        """The TrainJob of `attempt`; the variables named in `secrets` (the delegated token, at launch only) come from
+        the attempt's Secret (`identity_secret`), never from the TrainJob, which many may read."""
         k = self.settings
         job = self.job(rec)
         volume = self.volume
         code = str(Path(rec.workdir)/"code") if job.is_script and volume.mounted else None
         # paths of the submitting machine mean nothing in a pod unless they are on the mounted workspace
         env = {n: v for n, v in rec.runtime_env.items() if n not in ("MLPLAT_CONFIG", "TORCH_EXTENSIONS_DIR") or volume.holds(v)}
-        env.update(secrets or {})
+        secret = self.identity_secret(rec, attempt)
         m = render_trainjob(job, self.object_name(rec, attempt), env=env, namespace=k.namespace,
-                            runtime=k.runtime, volume=volume, code_dir=code)
+                            runtime=k.runtime, volume=volume, code_dir=code, secret_env={v: (secret, v) for v in secrets})
         m["metadata"]["labels"].update({"mlplat.dev/job-id": rec.id, "mlplat.dev/attempt": str(attempt)})
         return m
 
     @staticmethod
     def object_name(rec, attempt: int) -> str: return rec.id if attempt == 1 else f"{rec.id}-a{attempt}"
+
+    @classmethod
+    def identity_secret(cls, rec, attempt: int) -> str: return f"{cls.object_name(rec, attempt)}-identity"
 
     def plan(self, rec) -> str:
         note = "" if self.volume.mounted else \
@@ -195,10 +199,23 @@ class KubernetesBackend(KubeClient, TrainJobManifests, TrainJobPods, JobBackend)
         api = client.CustomObjectsApi(self.api())
         if attempt > 1: self._delete(api, self.object_name(rec, attempt - 1))
         token = rec.delegation(self.ws)   # the pods act as the submitter, never as the process that launches them
-        body = self.manifest(rec, attempt, token.env() if token else None)
-        self._call(f"create TrainJob {body['metadata']['name']}", api.create_namespaced_custom_object,
-                   GROUP, VERSION, self.settings.namespace, PLURAL, body)
+        secrets = token.env() if token else {}
+        body = self.manifest(rec, attempt, list(secrets))
+        made = self._call(f"create TrainJob {body['metadata']['name']}", api.create_namespaced_custom_object,
+                          GROUP, VERSION, self.settings.namespace, PLURAL, body)
+        if secrets: self._identity(rec, attempt, made, secrets)
         return {"namespace": self.settings.namespace, "name": body["metadata"]["name"], "attempt": attempt}
+
+    def _identity(self, rec, attempt: int, trainjob: dict, secrets: dict):
+        "The attempt's Secret holding the delegated token, owned by its TrainJob (deleted with it by Kubernetes)."
+        from kubernetes import client
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob", "name": trainjob["metadata"]["name"],
+                 "uid": trainjob["metadata"]["uid"]}
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": secrets,
+                "metadata": {"name": self.identity_secret(rec, attempt), "namespace": self.settings.namespace,
+                             "labels": {"mlplat.dev/job-id": rec.id}, "ownerReferences": [owner]}}
+        self._call(f"create Secret {body['metadata']['name']}", client.CoreV1Api(self.api()).create_namespaced_secret,
+                   self.settings.namespace, body)
 
     def observe(self, rec) -> Observation | None:
         from kubernetes import client
