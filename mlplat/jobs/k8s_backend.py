@@ -139,6 +139,17 @@ class TrainJobManifests:
     @classmethod
     def identity_secret(cls, rec, attempt: int) -> str: return f"{cls.object_name(rec, attempt)}-identity"
 
+    def _identity(self, rec, attempt: int, trainjob: dict, secrets: dict):
+        "The attempt's Secret holding the delegated token, owned by its TrainJob (deleted with it by Kubernetes)."
+        from kubernetes import client
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob", "name": trainjob["metadata"]["name"],
+                 "uid": trainjob["metadata"]["uid"]}
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": secrets,
+                "metadata": {"name": self.identity_secret(rec, attempt), "namespace": self.settings.namespace,
+                             "labels": {"mlplat.dev/job-id": rec.id}, "ownerReferences": [owner]}}
+        self._call(f"create Secret {body['metadata']['name']}", client.CoreV1Api(self.api()).create_namespaced_secret,
+                   self.settings.namespace, body)
+
     def plan(self, rec) -> str:
         note = "" if self.volume.mounted else \
             "# kubernetes.home_claim is not set: submitting needs it (the pods mount the workspace from it)\n"
@@ -205,17 +216,6 @@ class KubernetesBackend(KubeClient, TrainJobManifests, TrainJobPods, JobBackend)
                           GROUP, VERSION, self.settings.namespace, PLURAL, body)
         if secrets: self._identity(rec, attempt, made, secrets)
         return {"namespace": self.settings.namespace, "name": body["metadata"]["name"], "attempt": attempt}
-
-    def _identity(self, rec, attempt: int, trainjob: dict, secrets: dict):
-        "The attempt's Secret holding the delegated token, owned by its TrainJob (deleted with it by Kubernetes)."
-        from kubernetes import client
-        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob", "name": trainjob["metadata"]["name"],
-                 "uid": trainjob["metadata"]["uid"]}
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": secrets,
-                "metadata": {"name": self.identity_secret(rec, attempt), "namespace": self.settings.namespace,
-                             "labels": {"mlplat.dev/job-id": rec.id}, "ownerReferences": [owner]}}
-        self._call(f"create Secret {body['metadata']['name']}", client.CoreV1Api(self.api()).create_namespaced_secret,
-                   self.settings.namespace, body)
 
     def observe(self, rec) -> Observation | None:
         from kubernetes import client
