@@ -51,7 +51,7 @@ def test_rest_needs_a_token_allowed_the_route(ws, served):
         tc.infer("relu", [i])
     denied = [(r["principal"], r["action"]) for r in ws.audit.records(limit=None) if r["outcome"] == "denied"]
     assert ("sa:dashboard", "serving.predict") in denied and denied.count(("anonymous", "auth.login")) >= 6
-    assert not [r for r in ws.audit.records(limit=None) if client.split("_")[2] in json.dumps(r, default=str)]
+    assert not [r for r in ws.audit.records(limit=None) if client.split("_", 2)[2] in json.dumps(r, default=str)]
 
 
 def test_grpc_needs_a_token_in_the_metadata(served):
