@@ -231,3 +231,11 @@ def undeclared_fields(obj, schema: dict, path: str = "$") -> list[str]:
     return [p for k, v in obj.items()
             for p in (undeclared_fields(v, props[k], f"{path}.{k}") if k in props else [f"{path}.{k}"])]
 
+
+def wait_for(cond, timeout, what):
+    "Poll `cond` until it is true; fail naming `what` after `timeout` seconds (a wait, not a timed assertion)."
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond(): return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -11,7 +11,7 @@ import time
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from helpers import clear_mlplat_env, configure, write_notebook
+from helpers import configure, wait_for, write_notebook
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -21,14 +21,10 @@ WHO = ("import mlplat, mlplat.pipelines as pl\nw = mlplat.connect()\nw.pipelines
 
 
 @pytest.fixture
-def ws(tmp_path, monkeypatch):
+def ws(home):
     "A workspace whose OS user is admin; roles bound explicitly for this test (carol a data scientist)."
     import mlplat
-    monkeypatch.chdir(tmp_path)
-    clear_mlplat_env(monkeypatch)
-    home = tmp_path / "ws"
-    monkeypatch.setenv("MLPLAT_HOME", str(home))
-    ws = mlplat.connect(home)
+    mlplat.connect(home)
     toml = home / "mlplat.toml"
     toml.write_text(toml.read_text().replace("[rbac.bindings]", '[rbac.bindings]\n"carol" = ["data-scientist"]'))
     return mlplat.connect(home)
@@ -131,14 +127,6 @@ async def test_a_job_acts_as_its_submitter_and_only_they_see_its_env_values(jp_f
     assert ws.jobs.status(rec.id).spec["env"] == {"API_KEY": "s3cret"}         # the OS user is admin: jobs:read_env
     code, _ = await refused(jp_fetch, "mlplat", "api", "jobs", rec.id, headers={"X-Mlplat-Token": tokens["app"]})
     assert code == 403
-
-
-def wait_for(cond, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond(): return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.services

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from helpers import BIN, configure, run_cli, write_notebook, write_pipeline
+from helpers import BIN, configure, run_cli, wait_for, write_notebook, write_pipeline
 
 
 def scheduler(log, processes):
@@ -21,14 +21,6 @@ def scheduler(log, processes):
 def stop(p, timeout=90):
     p.send_signal(signal.SIGTERM)
     return p.wait(timeout=timeout)
-
-
-def wait_for(cond, timeout, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond(): return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.services

@@ -8,7 +8,7 @@ import ssl
 import pytest
 import sqlalchemy as sa
 
-from helpers import BIN, free_port, register_version, run_cli, start_process, stop_process, wait_http
+from helpers import BIN, free_port, register_version, run_cli, start_process, stop_process, wait_for, wait_http
 from oidc_issuer import Issuer
 
 pytestmark = pytest.mark.services
@@ -215,15 +215,6 @@ def test_an_auditor_checks_the_signed_chain_with_their_own_copies(team):
         as_(team, "ds", sub="ds-4").audit.checkpoint()
 
 
-def eventually(check, timeout=15):
-    "Poll `check` until it returns true (every service process reads stored bindings at most a few seconds old)."
-    import time
-    end = time.time() + timeout
-    while not check():
-        assert time.time() < end, "the change did not take effect in time"
-        time.sleep(0.3)
-
-
 def test_policy_changes_go_through_the_service_behind_step_up(team):
     from mlplat.errors import PermissionDenied
     newbie = as_(team, sub="newbie")
@@ -239,9 +230,9 @@ def test_policy_changes_go_through_the_service_behind_step_up(team):
         as_(team, "mle", sub="mle-2", amr=["mfa"]).policy.bind(name, ["viewer"], "not an admin")
     admin = as_(team, "ops", sub="ops-2", amr=["mfa"])
     assert [b["role"] for b in admin.policy.bind(name, ["viewer"], "joins the team")] == ["viewer"]
-    eventually(can_read)
+    wait_for(can_read, 15, "the binding to take effect in every service process")
     admin.policy.unbind(name, ["viewer"], "left the team")
-    eventually(lambda: not can_read())
+    wait_for(lambda: not can_read(), 15, "the withdrawn binding to stop working")
     assert audited(team, "success", admin.principal.name, action="policy.unbind")
 
 
