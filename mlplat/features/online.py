@@ -18,26 +18,32 @@ __all__ = ['materialize', 'online_features', 'push']
 
 # %% ../../notebooks/16_online.ipynb #446f2c12
 def _store_key(ws) -> str:
-    "Identifies the online store, so switching stores (SQLite -> Redis) reloads everything."
+    """One `meta` row per online store (switching stores, SQLite -> Redis, reloads everything). The store's identity
+    is hashed: a path or a Redis URL does not fit the key column (64 characters, enforced by PostgreSQL)."""
+    import hashlib
     f = ws.config.feast
-    return f"materialized:{f.online_store}:{f.redis_connection_string if f.online_store == 'redis' else ws.config.feast_repo}:"
+    ident = f"{f.online_store}:{f.redis_connection_string if f.online_store == 'redis' else ws.config.feast_repo}"
+    return "materialized:" + hashlib.sha256(ident.encode()).hexdigest()[:40]
 
-def _materialized_versions(ws) -> dict:
+def _read_materialized(c, key) -> dict:
+    import json
     import sqlalchemy as sa
     from mlplat.db import table
-    t, prefix = table("meta"), _store_key(ws)
-    with ws.engine.connect() as c:
-        rows = c.execute(sa.select(t.c.key, t.c.value).where(t.c.key.startswith(prefix))).all()
-    return {k[len(prefix):]: int(v) for k, v in rows}
+    v = c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == key)).scalar()
+    return json.loads(v) if v else {}
+
+def _materialized_versions(ws) -> dict:
+    "View name -> the version last loaded into this workspace's online store."
+    with ws.engine.connect() as c: return _read_materialized(c, _store_key(ws))
 
 def _record_materialized(ws, versions: dict):
     import sqlalchemy as sa
-    from mlplat.db import table
-    t, prefix = table("meta"), _store_key(ws)
+    from mlplat.db import dumps, table
+    t, key = table("meta"), _store_key(ws)
     with ws.engine.begin() as c:
-        for view, v in versions.items():
-            c.execute(sa.delete(t).where(t.c.key == prefix + view))
-            c.execute(t.insert().values(key=prefix + view, value=str(v)))
+        merged = {**_read_materialized(c, key), **versions}
+        c.execute(sa.delete(t).where(t.c.key == key))
+        c.execute(t.insert().values(key=key, value=dumps(merged)))
 
 def _snapshot_start(features_api, spec):
     "The earliest event time in a view's snapshot: where a full load starts."
