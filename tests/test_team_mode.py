@@ -308,3 +308,45 @@ def test_jupyterlab_in_bearer_mode_forwards_each_callers_token(team, tmp_path):
         assert call("GET", "/me", "not-a-token").status_code == 401
     finally:
         stop_process(lab)
+
+
+def test_feature_data_moves_through_the_service_as_the_caller(team, tmp_path):
+    """A data scientist snapshots a source, applies definitions and builds a training set in the service, as
+    themselves, then downloads its rows (audited); an ML engineer loads and pushes online values; each role's
+    missing permission is refused and audited under the caller. The client never holds Feast's files."""
+    import pandas as pd
+    from mlplat.errors import PermissionDenied
+    ds = as_(team, "ds", sub="ds-feat")
+    t0 = pd.Timestamp("2026-03-01", tz="UTC")
+    day = pd.Timedelta(days=1)
+    readings = pd.DataFrame({"device_id": [1, 1, 2], "event_timestamp": [t0, t0 + day, t0], "temp": [20.0, 24.0, 30.0]})
+    assert ds.features.register_source("readings", readings, classification="internal", timestamp_field="event_timestamp").rows == 3
+    applied = ds.features.apply({"entities": [{"name": "device", "join_key": "device_id"}],
+                                 "feature_views": [{"name": "sensor", "entities": ["device"], "source": "readings", "ttl": "2d",
+                                                    "push": True, "features": [{"name": "temp", "dtype": "float64"}]}]})
+    assert "feature_view:sensor@1" in applied.created
+    ents = pd.DataFrame({"device_id": [2, 1, 3, 1], "event_timestamp": [t0 + day] * 3 + [t0 + 5 * day], "label": [1, 0, 1, 0]})
+    ts = ds.features.training_set(ents, features=["sensor:temp"], name="sensor_ts")
+    assert (ts.id, ts.rows) == ("sensor_ts@1", 4)
+    rows = ds.features.get_training_set("sensor_ts").to_df()
+    assert rows.label.tolist() == [1, 0, 1, 0] and rows.temp.tolist()[:2] == [30.0, 24.0] and rows.temp[2:].isna().all()
+    assert str(rows.event_timestamp.dtype).startswith("datetime64") and rows.device_id.tolist() == [2, 1, 3, 1]
+    assert audited(team, "success", ds.principal.name, action="training_sets.download")
+    assert audited(team, "success", ds.principal.name, action="training_sets.create")
+    with pytest.raises(PermissionDenied):      # a data scientist does not write the online store
+        ds.features.push("sensor", readings.assign(temp=99.0))
+    assert audited(team, "denied", ds.principal.name, "features:push")
+    with pytest.raises(PermissionDenied):      # an inference client never downloads training rows
+        as_(team, "edge", sub="edge-feat").features.get_training_set("sensor_ts").to_df()
+    with pytest.raises(PermissionDenied):
+        as_(team, "view", sub="viewer-feat").features.training_set(ents, features=["sensor:temp"], name="sensor_ts")
+    mle = as_(team, "mle", sub="mle-feat")
+    assert mle.features.materialize(end=t0 + 2 * day).views == ["sensor"]
+    assert mle.features.online([{"device_id": 1}, {"device_id": 2}], features=["sensor:temp"])["temp"] == [24.0, 30.0]
+    assert mle.features.push("sensor", pd.DataFrame({"device_id": [2], "event_timestamp": [t0 + 2 * day], "temp": [31.5]})).rows == 1
+    assert mle.features.online({"device_id": [2]}, features=["sensor:temp"], as_frame=True).temp.tolist() == [31.5]
+    assert audited(team, "success", mle.principal.name, action="features.push")
+    env = {"MLPLAT_URL": team["url"], "MLPLAT_TOKEN": team["issuer"].token(groups=["ds"], sub="ds-feat"),
+           "MLPLAT_SERVICE_CA_BUNDLE": team["ca"], "MLPLAT_CONFIG": ""}
+    out = run_cli("features", "training-sets", "--json", env_extra=env, cwd=tmp_path, check=0)
+    assert [t["id"] for t in json.loads(out.stdout)] == ["sensor_ts@1"]

@@ -10,7 +10,7 @@ import re
 from pydantic import BaseModel
 
 from .models import ErrorBody
-from . import routes_governance, routes_work  # noqa: F401 -- their routes join ROUTES when imported
+from . import routes_features, routes_governance, routes_work  # noqa: F401 -- their routes join ROUTES when imported
 from .routes import ROUTES
 
 # %% auto #0
@@ -43,7 +43,8 @@ def openapi(version: str = "") -> dict:
               "responses": {"400": err, "401": err, "403": err, "404": err, "409": err}}
         if r.body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(r.body, defs)}}}
-        if r.stream: op["responses"]["200"] = {"description": "the log text, chunk by chunk", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        if r.media: op["responses"]["200"] = {"description": "the file's bytes", "content": {r.media: {"schema": {"type": "string", "format": "binary"}}}}
+        elif r.stream: op["responses"]["200"] = {"description": "the log text, chunk by chunk", "content": {"text/plain": {"schema": {"type": "string"}}}}
         elif r.response is None: op["responses"]["204"] = {"description": "done"}
         else: op["responses"]["200"] = {"description": "OK", "content": {"application/json": {"schema": _schema(r.response, defs)}}}
         paths.setdefault(f"/mlplat/api{r.path}", {})[r.method.lower()] = op

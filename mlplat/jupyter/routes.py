@@ -66,6 +66,7 @@ class Route:
     body: type | None = None
     query: dict = field(default_factory=dict)   # name -> (type, default, description)
     stream: bool = False                # a chunked text response (the handler streams it)
+    media: str | None = None            # a binary reply of this media type (the route returns bytes), not JSON
 
     @property
     def pattern(self) -> re.Pattern:
@@ -73,10 +74,10 @@ class Route:
 
 ROUTES: list[Route] = []
 
-def route(method, path, summary, response, body=None, query=None, stream=False):
+def route(method, path, summary, response, body=None, query=None, stream=False, media=None):
     "Register `fn` as the route `method path`; registering the same method and path again replaces it (a re-run cell)."
     def deco(fn):
-        r = Route(method, path, fn, summary, response, body, query or {}, stream)
+        r = Route(method, path, fn, summary, response, body, query or {}, stream, media)
         same = [i for i, x in enumerate(ROUTES) if (x.method, x.path) == (method, path)]
         if same: ROUTES[same[0]] = r
         else: ROUTES.append(r)

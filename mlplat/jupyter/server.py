@@ -119,6 +119,8 @@ class MlplatHandler(_StreamingHandler):
             # JupyterLab's ServerConnection appends a bare timestamp (`?1795712672925`) to GETs to defeat caches
             query = {k: self.get_query_argument(k) for k in self.request.query_arguments if not (k.isdigit() and not self.get_query_argument(k))}
             result = await self.state.run(call, route, ctx, args, query, self.request.body if method != "GET" else None)
+            if route.media:
+                self.set_header("Content-Type", route.media); return self.finish(result)
             if route.response is None:
                 self.set_status(204); return self.finish()
             self.set_header("Content-Type", "application/json")

@@ -101,11 +101,18 @@ def _log(rid, principal, method, path, status, t0):
                          "ms": round((time.perf_counter() - t0) * 1000, 2)}))
 
 # %% ../../notebooks/90_service_app.ipynb #fd95233d
-def _stream(service: PlatformService, read):
+def _stream(service: PlatformService, read, recheck, every: float = 2.0):
+    """A job's log as it is written. `recheck()` proves the caller's credential again at most every `every` seconds:
+    a token revoked (or a binding withdrawn) mid-stream ends the stream, it does not outlive the caller's rights."""
     from starlette.responses import StreamingResponse
     async def chunks():
-        offset = 0
+        offset, checked = 0, time.monotonic()
         while True:
+            if time.monotonic() - checked >= every:
+                try: await service.run(recheck)
+                except MlplatError as e:
+                    yield f"\n[mlplat] the log stream stopped: {e.message}\n".encode(); return
+                checked = time.monotonic()
             chunk = await service.run(read, offset)
             if chunk["text"]: yield chunk["text"].encode()
             if chunk["done"]: return
@@ -135,9 +142,10 @@ def api_handler(service: PlatformService):
                 if not route.stream: return call(route, ctx, args, query, body)
                 read = route.fn(ctx, **args)
                 read(0)   # a missing job or a refusal is an error reply, before any byte
-                return read
+                return read, lambda: route.fn(Ctx(service.acting(credential), service.root), **args)(0)
             result = await service.run(work)
-            if route.stream: status = 200; return _stream(service, result)
+            if route.stream: status = 200; return _stream(service, *result)
+            if route.media: status = 200; return Response(result, media_type=route.media)
             if route.response is None: status = 204; return Response(status_code=204)
             status = 200; return JSONResponse(jsonable(result))
         except MlplatError as e:

@@ -55,8 +55,8 @@ class ApiClient:
         self.http = httpx.Client(base_url=self.url + "/mlplat/api", timeout=timeout, verify=verify,
                                  headers={"User-Agent": f"mlplat/{__version__}"})
 
-    def call(self, method: str, path: str, query: dict | None = None, body: dict | None = None):
-        "The decoded JSON reply of one route (None for 204), or the typed error the service answered."
+    def call(self, method: str, path: str, query: dict | None = None, body: dict | None = None, raw: bool = False):
+        "The decoded JSON reply of one route (None for 204; its bytes when `raw`), or the typed error the service answered."
         import httpx
         if not self.token:   # checked per call: a JupyterLab in bearer mode holds no token of its own, only callers'
             raise AuthenticationError(f"team mode ({self.url}) needs your token", hint="set MLPLAT_TOKEN (an mlplat API token, "
@@ -75,6 +75,7 @@ class ApiClient:
         except httpx.HTTPError as e:
             raise MlplatError(f"the call {method} {path} to {self.url} failed: {e}") from None
         if r.status_code == 204: return None
+        if raw and r.status_code < 400: return r.content
         try: data = r.json()
         except ValueError: data = None
         if r.status_code >= 400: raise typed_error(r.status_code, data)
@@ -90,6 +91,7 @@ class ApiClient:
     def get(self, path, **query): return self.call("GET", path, query)
     def post(self, path, body: dict | None = None): return self.call("POST", path, body=body if body is not None else {})
     def delete(self, path): return self.call("DELETE", path)
+    def download(self, path, **query) -> bytes: return self.call("GET", path, query, raw=True)
     def close(self): self.http.close()
 
 def seg(value) -> str:

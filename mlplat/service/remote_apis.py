@@ -5,13 +5,13 @@
 # %% ../../notebooks/91a_service_remote_apis.ipynb #ebb9f068
 from __future__ import annotations
 
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
 from .client import ApiClient, Record, records, seg
 
 # %% auto #0
-__all__ = ['RemoteApi', 'RemoteModels', 'RemoteDatasets', 'RemoteFeatures', 'RemoteLineage', 'RemoteJobs', 'RemoteRun',
-           'RemotePipelines', 'RemoteSchedules', 'RemoteTokens', 'RemoteAudit', 'RemotePolicy', 'RemoteKeys',
-           'RemoteMonitoring']
+__all__ = ['RemoteApi', 'RemoteModels', 'RemoteDatasets', 'RemoteTrainingSet', 'RemoteFeatures', 'RemoteLineage', 'RemoteJobs',
+           'RemoteRun', 'RemotePipelines', 'RemoteSchedules', 'RemoteTokens', 'RemoteAudit', 'RemotePolicy',
+           'RemoteKeys', 'RemoteMonitoring']
 
 # %% ../../notebooks/91a_service_remote_apis.ipynb #62002e3e
 class RemoteApi:
@@ -65,7 +65,52 @@ def _rows(sample):
 class RemoteDatasets(RemoteApi):
     def list(self) -> list[Record]: return records(self.api.get("/datasets"))
     def versions(self, name: str) -> list[Record]: return records(self.api.get(f"/datasets/{seg(name)}/versions"))
+    def register(self, name: str, source=None, *, classification: str, region: str | None = None,
+                 timestamp_field: str | None = None, sql: str | None = None, url: str | None = None) -> Record:
+        """Snapshot `source` (a DataFrame, or a .parquet/.csv file on this machine) as the next version of dataset `name`:
+        the rows go to the service, which checks residency and stores them in the workspace's region, as you."""
+        from mlplat.jupyter.routes_features import frame_to_wire
+        body = {"rows": frame_to_wire(_source_frame(source, sql, url)), "classification": classification, "region": region,
+                "timestamp_field": timestamp_field}
+        return Record(self.api.post(f"/datasets/{seg(name)}", body))
 
+def _source_frame(source, sql, url):
+    "A source read on this machine (the service never opens a client's paths or databases)."
+    import pandas as pd
+    from pathlib import Path
+    if sql is not None or url is not None:
+        raise ValidationError("in team mode a SQL source is read on your machine first",
+                              hint="pass the rows instead: register_source(name, pd.read_sql(query, engine), ...)")
+    if isinstance(source, pd.DataFrame): return source
+    p = Path(str(source)).expanduser() if isinstance(source, (str, Path)) else None
+    if p is None: raise ValidationError(f"a source is a DataFrame or a .parquet/.csv file, not {type(source).__name__}")
+    if not p.is_file(): raise NotFoundError(f"no such data file: {p}", hint="check the path (relative to the working directory)")
+    if p.suffix.lower() in (".parquet", ".pq"): return pd.read_parquet(p)
+    if "".join(p.suffixes[-2:]).lower().endswith((".csv", ".csv.gz")): return pd.read_csv(p)
+    raise ValidationError(f"unsupported file type {p.suffix!r} for {p.name}", hint="use .parquet or .csv")
+
+class RemoteTrainingSet(Record):
+    "A training set version the service built; `to_df()` downloads its rows (verified by the service, audited)."
+    api = None
+    def to_df(self):
+        import io
+        import pandas as pd
+        return pd.read_parquet(io.BytesIO(self.api.download(f"/training-sets/{seg(self['id'])}/data")))
+
+def _training_set(api, d) -> RemoteTrainingSet:
+    ts = RemoteTrainingSet(d); ts.api = api
+    return ts
+
+def _definitions(definitions) -> dict:
+    "Definitions loaded here (a .py file runs on this machine, never in the service), sent as data."
+    from dataclasses import asdict
+    from mlplat.features.definitions import load_definitions
+    d = load_definitions(definitions)
+    return {"entities": [asdict(s) for s in d.entities], "feature_views": [asdict(s) for s in d.feature_views],
+            "feature_services": [asdict(s) for s in d.feature_services]}
+
+
+# %% ../../notebooks/91a_service_remote_apis.ipynb #5e7f0c21
 class RemoteFeatures(RemoteApi):
     "`ws.features`: definitions, datasets and training sets as the service holds them."
     def list(self, kind: str = "feature_view") -> list[Record]: return records(self.api.get("/features", kind=kind))
@@ -75,9 +120,34 @@ class RemoteFeatures(RemoteApi):
             raise ValidationError(f"the platform service lists versions of feature views only, not of {kind}s",
                                   hint="use ws.features.list(kind) for the latest entities and feature services")
         return records(self.api.get(f"/features/{seg(name)}/versions"))
-    def training_sets(self, name: str | None = None) -> list[Record]: return records(self.api.get("/training-sets", name=name))
+    def training_sets(self, name: str | None = None) -> list[Record]:
+        return [_training_set(self.api, d) for d in self.api.get("/training-sets", name=name)]
     @property
     def datasets(self) -> RemoteDatasets: return RemoteDatasets(self.api)
+    def register_source(self, name: str, source=None, **kw) -> Record: return self.datasets.register(name, source, **kw)
+    def apply(self, definitions) -> Record: return Record(self.api.post("/features/apply", {"definitions": _definitions(definitions)}))
+
+    def training_set(self, entity_df, features=None, service=None, name: str = "training_set",
+                     timestamp_column: str = "event_timestamp", full_feature_names: bool = False) -> RemoteTrainingSet:
+        """Build a point-in-time-correct training set in the service, as you; `.to_df()` on the result downloads its rows."""
+        from mlplat.jupyter.routes_features import frame_to_wire
+        body = {"name": name, "entities": frame_to_wire(entity_df), "features": list(features) if features else None,
+                "service": service, "timestamp_column": timestamp_column, "full_feature_names": full_feature_names}
+        return _training_set(self.api, self.api.post("/training-sets", body))
+    def get_training_set(self, ref: str) -> RemoteTrainingSet: return _training_set(self.api, self.api.get(f"/training-sets/{seg(ref)}"))
+
+    def online(self, entity_rows, features=None, service=None, as_frame: bool = False):
+        "Latest online values (feature -> one value per row), read by the service's core as you (not for serving's hot path)."
+        import pandas as pd
+        rows = entity_rows.to_dict("records") if isinstance(entity_rows, pd.DataFrame) else entity_rows
+        out = self.api.post("/features/online", {"entities": rows, "features": list(features) if features else None, "service": service})
+        return pd.DataFrame(out) if as_frame else out
+    def push(self, view: str, df) -> Record:
+        from mlplat.jupyter.routes_features import frame_to_wire
+        return Record(self.api.post(f"/features/push/{seg(view)}", {"rows": frame_to_wire(df)}))
+    def materialize(self, views=None, end=None) -> Record:
+        end = end.isoformat() if hasattr(end, "isoformat") else end
+        return Record(self.api.post("/features/materialize", {"views": list(views) if views else None, "end": end}))
 
 class RemoteLineage(RemoteApi):
     def of(self, node) -> Record: return Record(self.api.get(f"/lineage/{seg(node)}"))
