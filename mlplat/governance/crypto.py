@@ -26,8 +26,8 @@ TAG = 16
 ALG = "AES-256-GCM"
 
 # %% auto #0
-__all__ = ['log', 'MAGIC', 'CHUNK', 'TAG', 'ALG', 'LocalKeyProvider', 'key_provider', 'is_sealed', 'Sealer', 'sealed_files',
-           'KeysApi']
+__all__ = ['log', 'MAGIC', 'CHUNK', 'TAG', 'ALG', 'is_sealed', 'local_artifacts', 'sealed_roots', 'sealed_files',
+           'LocalKeyProvider', 'key_provider', 'Sealer', 'KeysApi']
 
 # %% ../../notebooks/07b_crypto.ipynb #b2b2b427
 def _b64(b: bytes) -> str: return base64.b64encode(b).decode()
@@ -65,11 +65,38 @@ def _write_private(path: Path, data: dict):
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
 
+# %% ../../notebooks/07b_crypto.ipynb #b94884b4
+def is_sealed(path) -> bool:
+    "Whether `path` is a sealed file (by its first bytes)."
+    try:
+        with open(path, "rb") as f: return f.read(len(MAGIC)) == MAGIC
+    except OSError: return False
+
+def local_artifacts(config) -> Path | None:
+    "MLflow's artifact store when it is a local folder (None for S3, GCS, a tracking server's proxy, ...)."
+    art = str(getattr(config, "artifact_root", "") or "").removeprefix("file://")
+    return Path(art) if art and "://" not in art and not art.endswith(":") else None
+
+def sealed_roots(config) -> list[Path]:
+    "Where a workspace keeps sealed files: its data, its serving cache and MLflow's artifacts when they are a local folder."
+    home = getattr(config, "home", None)
+    if home is None: return []
+    return [Path(home)/"data", Path(home)/"serving-cache"] + [p for p in [local_artifacts(config)] if p is not None]
+
+def sealed_files(roots):
+    "Every sealed file under the folders `roots` (missing folders are skipped)."
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir(): continue
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.name.endswith(".tmp") and is_sealed(p): yield p
+
+
 # %% ../../notebooks/07b_crypto.ipynb #f5ca51a6
 class _KeyRing:
     "The local provider's key file as this process last read it; created on first use, rewritten whole and atomically."
     def __init__(self, config):
-        self.path = Path(config.key_file)
+        self.path, self.config = Path(config.key_file), config
         self._lock = threading.Lock()
         self._cache = None
 
@@ -79,6 +106,7 @@ class _KeyRing:
             if not create:
                 raise NotFoundError(f"the key file {self.path} does not exist, so nothing sealed can be decrypted",
                                     hint="restore the key file from its backup (encryption.key_file)")
+            self.refuse_if_orphaned()
             with _locked(self.path): self._write(_add_key({"keys": []}), first=True)
         try:
             if self.path.stat().st_mode & 0o077:
@@ -104,6 +132,15 @@ class _KeyRing:
                 if k["id"] == key_id: return _unb64(k["key"])
         raise NotFoundError(f"key {key_id!r} is not in the key file {self.path}",
                             hint="restore the key file that sealed this data from its backup")
+
+    def refuse_if_orphaned(self):
+        """Before a key file is created: refuse when sealed files already exist. Their key file was lost or moved, and a
+        new key would silently leave them unreadable for ever."""
+        found = next(sealed_files(sealed_roots(self.config)), None) if self.config is not None else None
+        if found is not None:
+            raise ConfigError(f"the key file {self.path} is missing, but sealed files exist (e.g. {found}); a new key "
+                              "could never open them", hint="restore the key file from its backup (encryption.key_file), "
+                              "or point encryption.key_file at it; never delete it while sealed data exists")
 
 # %% ../../notebooks/07b_crypto.ipynb #bcffd926
 class LocalKeyProvider(_KeyRing):
@@ -136,6 +173,7 @@ class LocalKeyProvider(_KeyRing):
         "Make a fresh KEK current; returns its id."
         with self._lock, _locked(self.path):
             self._cache = None
+            if not self.path.exists(): self.refuse_if_orphaned()
             data = self._load(create=False) if self.path.exists() else {"keys": []}
             self._write(_add_key(data))
             return self._cache["current"]
@@ -157,12 +195,6 @@ def _nonce(prefix: bytes, i: int, last: bool) -> bytes: return prefix + struct.p
 
 def _chunk_aad(header: dict) -> bytes:
     return MAGIC + f"{header['alg']}|{header['chunk']}|{header['nonce_prefix']}|{header['context']}".encode()
-
-def is_sealed(path) -> bool:
-    "Whether `path` is a sealed file (by its first bytes)."
-    try:
-        with open(path, "rb") as f: return f.read(len(MAGIC)) == MAGIC
-    except OSError: return False
 
 def _read_header(f, what: str) -> tuple[dict, int]:
     if f.read(len(MAGIC)) != MAGIC:
@@ -309,26 +341,11 @@ class Sealer(_DataKeys):
                                    header["chunk"], lambda reason: self._refuse(what, reason))
 
 # %% ../../notebooks/07b_crypto.ipynb #cb0f64b0
-def sealed_files(roots):
-    "Every sealed file under the folders `roots` (missing folders are skipped)."
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir(): continue
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and not p.name.endswith(".tmp") and is_sealed(p): yield p
-
 class KeysApi:
     "`ws.keys`: the workspace's key-encryption keys (`list`, `rotate`)."
     def __init__(self, ws): self.ws = ws
 
-    def _local_artifacts(self) -> Path | None:
-        "MLflow's artifact store when it is a local folder (None for S3, GCS, ...)."
-        art = self.ws.config.artifact_root.removeprefix("file://")
-        return None if "://" in art else Path(art)
-
-    def roots(self) -> list[Path]:
-        cfg = self.ws.config
-        return [cfg.home/"data", cfg.home/"serving-cache"] + [p for p in [self._local_artifacts()] if p is not None]
+    def roots(self) -> list[Path]: return sealed_roots(self.ws.config)
 
     def list(self) -> list[dict]:
         "Key ids, creation times and which is current (never key material); needs `keys:read`."
@@ -344,6 +361,6 @@ class KeysApi:
             key = sealer.provider.rotate()
             rewrapped = sum(sealer.rewrap(p) for p in sealed_files(self.roots()))
             result = {"key": key, "rewrapped": rewrapped}
-            if self._local_artifacts() is None: result["not_rewrapped_store"] = cfg.artifact_root
+            if local_artifacts(cfg) is None: result["not_rewrapped_store"] = cfg.artifact_root
             audit.update(result)
         return result

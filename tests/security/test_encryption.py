@@ -96,3 +96,23 @@ def test_rotation_rewraps_without_reencrypting(churn_ws, churn):
     assert rotated[0]["outcome"] == "success" and rotated[0]["details"]["rewrapped"] == out["rewrapped"]
     p = run_cli("keys", "rotate", env_extra={"MLPLAT_USER": "mallory"}, check=3)
     assert "may not keys:rotate" in p.stderr
+
+
+def test_a_lost_key_file_is_an_error_not_a_new_key(ws, tmp_path):
+    import pandas as pd
+    from mlplat.errors import ConfigError
+    df = pd.DataFrame({"id": [1, 2], "event_timestamp": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True), "x": [1.0, 2.0]})
+    first = ws.features.register_source("secret", df, classification="internal", timestamp_field="event_timestamp")
+    assert is_sealed(first.path)
+    key_file = ws.config.key_file
+    key_file.rename(key_file.with_name("kek.json.bak"))       # lost (or moved) while sealed data exists
+    ws.__dict__.pop("crypto", None)                            # a fresh process would read the key file again
+    with pytest.raises(ConfigError, match="is missing, but sealed files exist"):
+        ws.features.register_source("other", df.assign(x=3.0), classification="internal", timestamp_field="event_timestamp")
+    assert not key_file.exists()
+    df.to_csv(tmp_path / "more.csv", index=False)
+    p = run_cli("datasets", "register", "more", str(tmp_path / "more.csv"), "--classification", "internal", check=2)
+    assert "restore the key file" in p.stderr and "Traceback" not in p.stderr and not key_file.exists()
+    key_file.with_name("kek.json.bak").rename(key_file)        # restored: everything opens again
+    ws.__dict__.pop("crypto", None)
+    assert ws.features.datasets.get("secret").to_df().x.tolist() == [1.0, 2.0]
