@@ -221,9 +221,10 @@ class ServiceConfig:
                          "are relative to it); empty: the folder of mlplat.toml.")
     max_body_mb: int = _opt(16, "Largest request body `mlplat server` accepts (413 beyond).")
     run_user_code: bool = _opt(False, "Whether `mlplat server` may run code users supply on its own host — unpickling a run's "
-                                      "model to register it, local-backend jobs, notebook runs and schedules — where that code "
-                                      "could reach the platform DB and keys. Off: refused (jobs run on kubernetes or ray). On only "
-                                      "for a host that holds nothing else, whose users are trusted.", policy=True)
+                                      "model to register it, local-backend jobs, pipeline and notebook runs, schedules and their "
+                                      "fires — where that code could reach the platform DB and keys. Off: refused in the core, for "
+                                      "every surface, and audited (`usercode.run`); jobs run on kubernetes or ray. On only for a "
+                                      "host that holds nothing else, whose users are trusted.", policy=True)
 
 # %% ../notebooks/01b_options.ipynb #5fda6a93
 SECTIONS = {"workspace": WorkspaceConfig, "identity": IdentityConfig, "rbac": RbacConfig,

@@ -13,8 +13,10 @@ from pathlib import Path
 from .config import Config, find_config_file, foreign_owner, render_toml
 from .errors import ConfigError
 
+HOSTS = ("client", "service")   # where a workspace's core runs: the caller's own process, or the platform service
+
 # %% auto #0
-__all__ = ['AuditApi', 'Workspace', 'init', 'connect_local', 'connect']
+__all__ = ['HOSTS', 'AuditApi', 'Workspace', 'init', 'connect_local', 'connect']
 
 # %% ../notebooks/20_workspace.ipynb #91ade394
 class AuditApi:
@@ -164,7 +166,7 @@ class _Acting:
         return self._sibling(authenticate(self.config, self.engine, credentials, surface))
 
     def _sibling(self, principal) -> "Workspace":
-        ws = Workspace(self.config, principal)
+        ws = Workspace(self.config, principal, host=self.host)   # the same host: a request on the service stays there
         ws.__dict__["engine"] = self.engine   # one connection pool per process, not one per request
         return ws
 
@@ -180,11 +182,14 @@ class _Acting:
 
 # %% ../notebooks/20_workspace.ipynb #168f61f8
 class Workspace(_Capabilities, _GovernanceApis, _Acting):
-    "An mlplat workspace as seen by one principal."
+    """An mlplat workspace as seen by one principal. `host` says where its core runs: `client` (the caller's own
+    process: theirs to run their code in) or `service` (`mlplat server`, beside the platform DB and keys: users' code
+    is refused there unless `service.run_user_code`, see `Governance.user_code`)."""
     mode = "embedded"   # the core runs in this process (`RemoteWorkspace.mode` is "team")
 
-    def __init__(self, config: Config, principal=None):
-        self.config = config
+    def __init__(self, config: Config, principal=None, host: str = "client"):
+        if host not in HOSTS: raise ConfigError(f"a workspace's host is one of {', '.join(HOSTS)}, not {host!r}")
+        self.config, self.host = config, host
         self._principal = principal
 
     @functools.cached_property
@@ -204,7 +209,7 @@ class Workspace(_Capabilities, _GovernanceApis, _Acting):
     @functools.cached_property
     def governance(self):
         from mlplat.governance.guard import Governance
-        return Governance(self.config, self.engine, self.principal)
+        return Governance(self.config, self.engine, self.principal, self.host)
 
     def mlflow_client(self):
         "An `MlflowClient` on the workspace's tracking and registry URIs (the store is created on first use)."
@@ -284,9 +289,10 @@ def _init_mlflow(cfg: Config):
     return client
 
 # %% ../notebooks/20_workspace.ipynb #4e9945ba
-def connect_local(home: str | os.PathLike | None = None, user: str | None = None) -> Workspace:
+def connect_local(home: str | os.PathLike | None = None, user: str | None = None, host: str = "client") -> Workspace:
     """The embedded workspace: the core runs in this process on the workspace in force (see `mlplat.config` for how
-    it is found); a folder with no configuration yet is initialized first, with the current user as admin."""
+    it is found); a folder with no configuration yet is initialized first, with the current user as admin.
+    `host="service"` is for `mlplat server`'s own workspace (see `Workspace`)."""
     env = dict(os.environ)
     if home is not None: env["MLPLAT_HOME"] = str(home)
     if find_config_file(env) is None:
@@ -295,6 +301,7 @@ def connect_local(home: str | os.PathLike | None = None, user: str | None = None
         ws = init(home, mlflow=False)  # configured, state folder not created yet
     else:
         ws = Workspace(Config.load(home))
+    if host != ws.host: ws = Workspace(ws.config, host=host)
     return ws.as_user(user) if user else ws
 
 def connect(home: str | os.PathLike | None = None, user: str | None = None, url: str | None = None,

@@ -18,15 +18,9 @@ from ..transactions import atomic
 # %% auto #0
 __all__ = ['Governance']
 
-# %% ../../notebooks/07_guard.ipynb #ac074f28
-class Governance:
-    "RBAC + residency + audit for one workspace and one acting principal."
-    def __init__(self, config, engine, principal: Principal):
-        self.config, self.principal = config, principal
-        self.rbac = Rbac(config.rbac.roles, merged_bindings(config, engine))
-        self.residency = ResidencyPolicy(config.residency.rules, config.workspace.classifications)
-        self.audit = AuditLog(engine, config)
-
+# %% ../../notebooks/07_guard.ipynb #807ef3d1
+class _Refusals:
+    "The checks that refuse an operation, each audited as `denied` before it raises: RBAC, step-up, users' code."
     def authorize(self, permission: str, resource: str = "", action: str | None = None, region: str = ""):
         "Raise (and audit) `PermissionDenied` unless the principal holds `permission`."
         try: self.rbac.check(self.principal, permission, resource)
@@ -46,6 +40,28 @@ class Governance:
         self.audit.append(self.principal.name, action, resource, "denied", region, {"reason": msg, "step_up": True})
         raise PermissionDenied(msg, hint="sign in again with MFA (the token's amr claim must include mfa); "
                                          "service-account tokens cannot perform step-up actions", principal=self.principal.name)
+
+    def user_code(self, what: str, resource: str = "", region: str = "", details: dict | None = None):
+        """Raise (and audit, as `usercode.run` on `resource`) `PermissionDenied` before code users supply (`what`) runs on
+        the platform service's host, unless the operator allowed it there (`service.run_user_code`, file only): that
+        code would run beside the platform DB, the keys and the audit log. On a client's host it always may."""
+        if self.host != "service" or self.config.service.run_user_code: return
+        msg = f"the platform service does not run users' code on its own host: {what}"
+        self.audit.append(self.principal.name, "usercode.run", resource, "denied", region or self.config.workspace.region,
+                          {**(details or {}), "reason": msg})
+        raise PermissionDenied(msg, hint="run it where it cannot reach the service's database and keys (jobs on the kubernetes or "
+                                         "ray backend), or an operator sets service.run_user_code = true for a dedicated host",
+                               principal=self.principal.name)
+
+# %% ../../notebooks/07_guard.ipynb #ac074f28
+class Governance(_Refusals):
+    """RBAC + residency + audit for one workspace and one acting principal; `host` is where its core runs: `client`
+    (the caller's own process or machine) or `service` (the platform service, beside the platform DB and keys)."""
+    def __init__(self, config, engine, principal: Principal, host: str = "client"):
+        self.config, self.principal, self.host = config, principal, host
+        self.rbac = Rbac(config.rbac.roles, merged_bindings(config, engine))
+        self.residency = ResidencyPolicy(config.residency.rules, config.workspace.classifications)
+        self.audit = AuditLog(engine, config)
 
     @contextmanager
     def operation(self, action: str, resource: str, permission: str, region: str = "",

@@ -74,6 +74,7 @@ class BackendHooks:
     "What a backend implements: `launch`, `observe`, `stop`, `plan`; `hardware` and `check` when the defaults do not fit."
     name = "?"
     polled = True     # False: the backend records its own transitions (local supervisor)
+    runs_here = False # True: the job's processes run on this machine, the core's own host (`Governance.user_code`)
 
     def __init__(self, ws): self.ws = ws
 

@@ -112,6 +112,8 @@ class JobSubmission:
         ws.governance.authorize("jobs:submit", f"job:{job.name}")
         backend_name = job.backend or cfg.jobs.default_backend
         backend = self.backend(backend_name)
+        if backend.runs_here and not dry_run:   # a plan runs nothing; a launch would run the job's code on this host
+            ws.governance.user_code(f"a training job on the {backend_name} backend", f"job:{job.name}", job.region or "")
         hw = backend.hardware(job)
         res = job.resources.resolve(hw)
         world = res.nodes * res.processes_per_node

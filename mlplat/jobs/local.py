@@ -69,6 +69,7 @@ class LocalBackend(JobBackend):
     "Runs jobs as supervised process groups on this machine."
     name = "local"
     polled = False
+    runs_here = True   # users' code on this machine: refused on the platform service's host unless allowed
 
     def launch(self, rec, attempt: int) -> dict:
         """Start the supervisor for job `rec` (its row exists, state queued); it runs every attempt itself, as the job's

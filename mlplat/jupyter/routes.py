@@ -31,7 +31,7 @@ __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'feature
 class Ctx:
     ws: Any
     root: Path
-    service: bool = False   # served by `mlplat server`, which holds the platform DB and keys: no users' code runs there
+    service: bool = False   # served by `mlplat server` (its workspace, `ws.host == "service"`, refuses users' code itself)
 
     def path(self, rel: str, must_exist: bool = True) -> Path:
         "A path under the server's root (no escaping it with `..` or an absolute path)."
@@ -40,15 +40,6 @@ class Ctx:
             raise ValidationError(f"{rel!r} is outside the Jupyter server's root", hint="give a path relative to the file browser's root")
         if must_exist and not p.exists(): raise NotFoundError(f"{rel!r} does not exist under the Jupyter server's root")
         return p
-
-    def user_code(self, what: str):
-        """Refuse, in the platform service, to run code users supply (`what`), unless the operator allowed it
-        (`service.run_user_code`): that code would run beside the platform DB, the keys and the audit log."""
-        if self.service and not self.ws.config.service.run_user_code:
-            from mlplat.errors import PermissionDenied
-            raise PermissionDenied(f"the platform service does not run users' code on its own host: {what}",
-                                   hint="run it where it cannot reach the service's database and keys (jobs on the kubernetes or "
-                                        "ray backend), or an operator sets service.run_user_code = true for a dedicated host")
 
     def rel(self, p) -> str | None:
         "`p` relative to the root, or None when it lies outside (JupyterLab cannot open it)."
@@ -278,7 +269,6 @@ def notebook_parameters(c: Ctx, path: str | None = None):
        body=RunNotebookRequest)
 def notebook_run(c: Ctx, body: RunNotebookRequest):
     from mlplat.pipelines.spec import notebook_pipeline
-    c.user_code("a notebook run (its kernel runs the notebook's code)")
     p = notebook_pipeline(c.path(body.path), body.parameters)
     return _run(c, c.ws.pipelines.start(p, trigger=f"jupyter:{c.ws.principal.name}"))
 
@@ -296,7 +286,6 @@ def schedules(c: Ctx):
 
 @route("POST", "/schedules", "schedule a notebook with parameters (cron)", Schedule, body=ScheduleNotebookRequest)
 def schedule_notebook(c: Ctx, body: ScheduleNotebookRequest):
-    c.user_code("a scheduled notebook (the scheduler's kernels run it)")
     s = c.ws.schedules.add_notebook(body.name, c.path(body.path), body.cron, body.parameters, timezone=body.timezone,
                                     misfire=body.misfire, overlap=body.overlap)
     return _schedule(s, None)

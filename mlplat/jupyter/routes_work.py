@@ -49,15 +49,12 @@ def _sample(rows):
 @route("POST", "/models/{name}/register", "register a run's model as the next version (ONNX export, parity and latency "
        "gates, audited)", ModelVersion, body=RegisterRequest)
 def model_register(c: Ctx, name: str, body: RegisterRequest):
-    c.user_code("registering loads the run's pickled model to export it to ONNX")
     return c.ws.models.register(body.run_id, name, body.artifact, _sample(body.sample)).to_dict()
 
 @route("POST", "/jobs", "submit a training job as the caller (dry_run: check and plan only)", Job | dict, body=SubmitJobRequest)
 def job_submit(c: Ctx, body: SubmitJobRequest):
     from mlplat.jobs.spec import TrainingJob
     job = TrainingJob.from_dict(body.spec, base_dir=str(c.root))
-    if not body.dry_run and (job.backend or c.ws.config.jobs.default_backend) == "local":
-        c.user_code("a training job on the local backend")
     out = c.ws.jobs.submit(job, dry_run=body.dry_run)
     return out.to_dict() if hasattr(out, "to_dict") else {"plan": out}
 

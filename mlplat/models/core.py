@@ -82,6 +82,8 @@ class ModelRegistration(ModelReads):
         import mlflow
         ws, cfg, client = self.ws, self.ws.config, self.client
         check_name(name)
+        ws.governance.user_code("registering loads the run's pickled model to export it to ONNX", f"model:{name}",
+                                details={"run_id": run_id})   # unpickling runs whatever code the pickle names
         run = find_run(client, run_id)
         ts = self._training_set(run)
         mlflow.set_tracking_uri(cfg.tracking_uri); mlflow.set_registry_uri(cfg.registry_uri)  # runs:/ URIs resolve here

@@ -70,6 +70,7 @@ class _RunControl:
         p = Pipeline.from_dict(rec.spec, ".", Path(rec.source) if rec.source else None)  # notebook paths are absolute
         _check_regions(p, ws.config.workspace.region)
         ws.governance.authorize("pipelines:run", p.name, "pipeline.resume", ws.config.workspace.region)
+        ws.governance.user_code("resuming a pipeline run (its steps' kernels run the notebooks' code)", f"pipeline_run:{run_id}")
         for s in rec.steps.values():
             if s.status != "succeeded": s.status, s.error = "pending", None
         rec.status, rec.finished_at = "running", None
@@ -112,6 +113,7 @@ class Pipelines(_RunControl):
         values = p.resolve_params(params)
         _check_regions(p, ws.config.workspace.region)
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
+        ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
         run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id
         folder.mkdir(parents=True)

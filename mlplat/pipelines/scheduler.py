@@ -16,6 +16,7 @@ from datetime import datetime
 from ..db import table, utcnow
 from ..errors import AuthenticationError, MlplatError, NotFoundError, PermissionDenied, ValidationError
 from ..governance.delegation import Delegations
+from ..governance.guard import Governance
 from ..governance.policy import merged_bindings
 from ..governance.rbac import Rbac
 from ..governance.tokens import token_principal
@@ -168,25 +169,34 @@ class _Creators:
         if stamp != self._stamp:
             from mlplat.config import Config
             from mlplat.workspace import Workspace
-            self._now, self._stamp = Workspace(Config.load(env={**os.environ, "MLPLAT_CONFIG": str(src)})), stamp
+            self._now = Workspace(Config.load(env={**os.environ, "MLPLAT_CONFIG": str(src)}), host=self.ws.host)
+            self._stamp = stamp
         return self._now
 
     def _creator(self, s: Schedule, slot: datetime):
         """The creator of `s` if they may still run it (`pipelines:run` from their current bindings or recorded roles,
-        their service account's API token still valid); else the fire is refused (recorded, audited, notified): None."""
+        their service account's API token still valid) and their code may run on this scheduler's host
+        (`Governance.user_code`); else the fire is refused (recorded, audited, notified): None."""
         key, cfg = slot_key(slot), self._current().config
         who = schedule_creator(self.ws.engine, s)
         try:
             if who.claims.get("token_id"): token_principal(self.ws.engine, who.claims["token_id"])
             Rbac(cfg.rbac.roles, merged_bindings(cfg, self.ws.engine)).check(who, "pipelines:run", f"schedule:{s.name}")
-            return who
         except (AuthenticationError, PermissionDenied) as e:
-            detail = f"refused: the schedule's creator cannot run it now: {e.message}"
-            self._update(s.name, key, "refused", detail=detail, finished=True)
             self.ws.governance.audit.append(who.name, "schedule.fire", f"schedule:{s.name}", "denied", cfg.workspace.region,
                                             {"slot": key, "reason": e.message, "scheduler": self.id})
-            self._notify("schedule.skipped", s, slot, f"schedule {s.name}: slot {key} refused", {"reason": detail, "created_by": who.name})
-            return None
+            return self._refused(s, slot, who, f"the schedule's creator cannot run it now: {e.message}")
+        try:   # the run's kernels would run the creator's notebooks here, on this scheduler's host
+            Governance(cfg, self.ws.engine, who, self.ws.host).user_code(
+                "a scheduled pipeline run (its steps' kernels run the notebooks' code)", f"schedule:{s.name}", details={"slot": key})
+        except PermissionDenied as e: return self._refused(s, slot, who, e.message)   # audited there (usercode.run)
+        return who
+
+    def _refused(self, s: Schedule, slot: datetime, who, why: str):
+        "Record and notify that the fire of `slot` is refused (`why`); None."
+        key, detail = slot_key(slot), f"refused: {why}"
+        self._update(s.name, key, "refused", detail=detail, finished=True)
+        self._notify("schedule.skipped", s, slot, f"schedule {s.name}: slot {key} refused", {"reason": detail, "created_by": who.name})
 
 # %% ../../notebooks/63a_pipelines_scheduler.ipynb #750a86a9
 class _Runs:

@@ -215,6 +215,7 @@ class Schedules(_ScheduleStore, _ScheduleViews):
         if not path.is_file(): raise ValidationError(f"pipeline file {pipeline} does not exist")
         p = ws.pipelines.load(path)
         p.resolve_params(params or {})  # unknown, missing or mistyped parameters fail now, not at 2 am
+        ws.governance.user_code("a schedule (the scheduler's kernels run its pipeline's notebooks)", f"schedule:{name}")
         now = utcnow()
         with ws.governance.operation("schedule.add", f"schedule:{name}", "pipelines:schedule", ws.config.workspace.region,
                                      details={"pipeline": str(path), "cron": cron, "timezone": timezone, "parameters": params or {},
@@ -237,6 +238,7 @@ class Schedules(_ScheduleStore, _ScheduleViews):
         import yaml
         from mlplat.pipelines.spec import notebook_pipeline
         _check_name(name)
+        self.ws.governance.user_code("a scheduled notebook (the scheduler's kernels run it)", f"schedule:{name}")
         doc = notebook_pipeline(notebook, params).to_dict()
         if stored_schedules(self.ws.engine, name):
             raise ConflictError(f"schedule {name!r} exists", hint=f"remove it first: mlplat schedule remove {name}")   # the file below belongs to no live schedule: writing it cannot change one

@@ -44,7 +44,7 @@ class PlatformService:
             src = self._ws.config.source if self._ws is not None else None
             stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             if self._ws is None or stamp != self._stamp:
-                self._ws = connect_local(self.home)
+                self._ws = connect_local(self.home, host="service")   # the core runs here: no users' code (Governance.user_code)
                 src = self._ws.config.source
                 self._stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             return self._ws
