@@ -31,7 +31,6 @@ __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'feature
 class Ctx:
     ws: Any
     root: Path
-    service: bool = False   # served by `mlplat server` (its workspace, `ws.host == "service"`, refuses users' code itself)
 
     def path(self, rel: str, must_exist: bool = True) -> Path:
         "A path under the server's root (no escaping it with `..` or an absolute path)."

@@ -137,7 +137,7 @@ def api_handler(service: PlatformService):
             query, credential = dict(request.query_params), request.headers.get("authorization")
             def work():   # one hop off the loop: who is asking, then the core as them
                 nonlocal who
-                ctx = Ctx(service.acting(credential), service.root, service=True)
+                ctx = Ctx(service.acting(credential), service.root)
                 who = ctx.ws.principal.name
                 if not route.stream: return call(route, ctx, args, query, body)
                 read = route.fn(ctx, **args)
