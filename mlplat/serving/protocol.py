@@ -50,6 +50,15 @@ def check_input(spec: dict, name: str, shape, dt, max_rows: int) -> tuple[np.dty
     if shape and shape[0] > max_rows: raise InferError(f"input {name!r} has {shape[0]} rows; this server takes at most {max_rows}", 413)
     return DTYPES[dt], math.prod(shape)
 
+def _check_length(name: str, data, shape: list, count: int, body_size: int):
+    """A JSON input's declared shape against what was sent, before NumPy allocates `count` values: a shape larger
+    than the body could hold, or a list of the wrong length, is refused at the cost of a `len`."""
+    if count > body_size:
+        raise InferError(f"input {name!r}: shape {shape} declares {count} values, more than a {body_size}-byte body holds", hostile=True)
+    n = len(data) if isinstance(data, list) else 1
+    if n != count and not (shape and n == shape[0]) and not (not shape and n == 1):
+        raise InferError(f"input {name!r}: {n} values do not fill shape {shape}")
+
 # %% ../../notebooks/53_serving_protocol.ipynb #ec469f50
 def _requested(doc: dict, signature: dict, all_binary: bool) -> tuple[list | None, dict]:
     "The requested output names (None: all) and which of them go back binary."
@@ -116,6 +125,7 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
         else:
             data = inp.get("data")
             if data is None: raise InferError(f"input {name!r} has no 'data'")
+            _check_length(name, data, shape, count, len(body))   # before any array is built
             try: arr = np.asarray(data, dtype=dtype)
             except (ValueError, TypeError, OverflowError):
                 raise InferError(f"input {name!r}: data is not all {dt} values") from None
