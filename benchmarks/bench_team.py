@@ -2,8 +2,10 @@
 
 1. Per call: the same `Workspace` calls made in process (embedded: the core, SQLite platform DB) and through the
    platform service (`mlplat.connect(URL)`: HTTPS to `mlplat server`, one process, same workspace), interleaved, ROUNDS
-   each; medians, and the overhead per call in ms. The flow a notebook runs: list models, read versions and their
-   gates, read the alias history, promote and roll back (a governed write: gates, audit, history), read the audit log.
+   each; medians, and the overhead per call in ms. The flow a notebook runs: build a training set of 1,000 entity rows
+   over a 20,000-row source and read its rows back (in team mode: built by the service, downloaded as Parquet), one
+   online lookup, list models, read versions and their gates, read the alias history, promote and roll back (a
+   governed write: gates, audit, history), read the audit log.
 2. Hot path: inference p50/p99 on `mlplat serve` (auth on, a token) with the platform service stopped, then running:
    serving never calls the service, so the ratio should be ~1. Also with the service busy serving a remote client in a
    background thread of the benchmark; on a 2-core machine that adds CPU contention, reported, not a target.
@@ -61,11 +63,28 @@ def workspace(folder):
     return ws
 
 
-def flow(ws) -> dict:
+def feature_data(ws):
+    "A source of 20,000 readings of 500 devices, one view over it (materialized); the entity frame of the flow."
+    import numpy as np
+    import pandas as pd
+    rng, t0 = np.random.default_rng(3), pd.Timestamp("2026-01-01", tz="UTC")
+    when = lambda n: t0 + pd.to_timedelta(rng.integers(0, 30 * 86400, n), unit="s")
+    src = pd.DataFrame({"device_id": rng.integers(0, 500, 20000), "event_timestamp": when(20000), "temp": rng.normal(20, 5, 20000)})
+    ws.features.register_source("readings", src, classification="internal", timestamp_field="event_timestamp")
+    ws.features.apply({"entities": [{"name": "device", "join_key": "device_id"}],
+                       "feature_views": [{"name": "sensor", "entities": ["device"], "source": "readings", "ttl": "7d",
+                                          "features": [{"name": "temp", "dtype": "float64"}]}]})
+    ws.features.materialize(end=t0 + pd.Timedelta(days=31))
+    return pd.DataFrame({"device_id": rng.integers(0, 500, 1000), "event_timestamp": when(1000), "label": rng.integers(0, 2, 1000)})
+
+
+def flow(ws, ents) -> dict:
     "One notebook flow; the seconds each call took."
     t = {}
     def timed(name, fn):
         t0 = time.perf_counter(); fn(); t[name] = time.perf_counter() - t0
+    timed("features.training_set + to_df", lambda: ws.features.training_set(ents, features=["sensor:temp"], name="bench").to_df())
+    timed("features.online", lambda: ws.features.online([{"device_id": 7}], features=["sensor:temp"]))
     timed("models.list", lambda: ws.models.list())
     timed("models.versions", lambda: ws.models.versions("risk"))
     timed("models.history", lambda: ws.models.history("risk", "champion"))
@@ -75,11 +94,11 @@ def flow(ws) -> dict:
     return t
 
 
-def per_call(ws, remote) -> dict:
+def per_call(ws, remote, ents) -> dict:
     embedded, team = [], []
-    flow(ws); flow(remote)   # warm-up
+    flow(ws, ents); flow(remote, ents)   # warm-up
     for _ in range(ROUNDS):
-        embedded.append(flow(ws)); team.append(flow(remote))
+        embedded.append(flow(ws, ents)); team.append(flow(remote, ents))
     out = {}
     for call in embedded[0]:
         a, b = statistics.median(r[call] for r in embedded), statistics.median(r[call] for r in team)
@@ -93,6 +112,7 @@ def main():
     import mlplat
     folder = Path(tempfile.mkdtemp(prefix="bench-team-"))
     ws = workspace(folder)
+    ents = feature_data(ws)
     admin = ws.tokens.create("bench-admin", ["admin"], "1d")["token"]
     infer = ws.tokens.create("bench-infer", ["inference-client"], "1d")["token"]
     ca, cert, key = tls(folder)
@@ -113,7 +133,7 @@ def main():
         os.environ["MLPLAT_SERVICE_CA_BUNDLE"] = str(ca)
         remote = mlplat.connect(f"https://127.0.0.1:{sport}", token=admin)
         idle = [measure(url, True, headers, 2000) for _ in range(3)]
-        calls = per_call(ws, remote)
+        calls = per_call(ws, remote, ents)
         stop = threading.Event()
         def busy():
             client = mlplat.connect(f"https://127.0.0.1:{sport}", token=admin)
