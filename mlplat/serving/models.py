@@ -111,11 +111,11 @@ class Loaded:
 # %% ../../notebooks/54_serving_models.ipynb #8346b5cf
 class Batcher:
     "Stacks concurrent requests of one model version into one ONNX Runtime call."
-    def __init__(self, model: Loaded, cfg: Batching, executor):
+    def __init__(self, model: Loaded, cfg: Batching, executor, on_batch=None):
         self.model, self.cfg, self.executor = model, cfg, executor
+        self.on_batch = on_batch           # on_batch(model, rows) per executed batch: the metrics (nothing is kept here)
         self.queue: asyncio.Queue | None = None
         self.task = None
-        self.batch_sizes: list = []        # rows per executed batch (read by the metrics)
 
     def depth(self) -> int: return self.queue.qsize() if self.queue else 0
 
@@ -145,7 +145,7 @@ class Batcher:
                 names = list(batch[0][0])
                 stacked = {n: np.concatenate([b[0][n] for b in batch]) if len(batch) > 1 else batch[0][0][n] for n in names}
                 outs = await loop.run_in_executor(self.executor, self.model.run, stacked)
-                self.batch_sizes.append(rows)
+                if self.on_batch is not None: self.on_batch(self.model, rows)
                 start = 0
                 for inputs, n, fut in batch:
                     if not fut.done(): fut.set_result({k: v[start:start + n] for k, v in outs.items()})
@@ -313,6 +313,7 @@ class ModelHost(Routing, AliasFollowing):
         self.errors: dict[str, str] = {}
         self.ungoverned: dict[tuple, tuple] = {}   # (model, alias) -> (version MLflow's alias names, reported)
         self.lock = threading.Lock()
+        self.on_batch = None                       # on_batch(Loaded, rows) per batch run: the server's metrics
         for key, uri in self.uris.items(): self.current[key] = self._load(key, uri, self._governed(key, uri, now=True)[0])
         for key in self.current: self._lineage(key)
         from mlplat.serving.features import FeatureInputs
@@ -332,8 +333,11 @@ class ModelHost(Routing, AliasFollowing):
         m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
         b = self.batching.get(key) or Batching()
         m.max_queue = b.max_queue
-        if b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
+        if b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor, self._batched)
         return m
+
+    def _batched(self, m: Loaded, rows: int):
+        if self.on_batch is not None: self.on_batch(m, rows)
 
     def _lineage(self, key: str):
         "Record model version -> deployment (the name clients call) for registry-served models."
