@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,59 +33,93 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'verified_bytes', 'read_model', 'Loaded', 'Batcher', 'Route', 'RoutePlan',
-           'plan_routes', 'Routing', 'AliasGovernance', 'AliasFollowing', 'ModelHost']
+__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'cache_path', 'verified_bytes', 'read_model', 'cached_model', 'Loaded',
+           'Batcher', 'Route', 'RoutePlan', 'plan_routes', 'Routing', 'AliasGovernance', 'AliasFollowing', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
-    "(version, local .onnx path) for a registry URI or a file path."
+    "(version, local .onnx path) for a registry URI (its place in the serving cache) or a file path."
     return _resolve(ws, uri)[:2]
+
+def cache_path(ws, mv) -> Path:
+    "Where the server keeps its verified copy of registry version `mv`'s ONNX file."
+    return ws.config.home/"serving-cache"/mv.name/str(mv.version)/"model.onnx"
 
 def _resolve(ws, uri: str):
     "(version, local .onnx path, registry `ModelVersion` or None for a file)."
     if uri.startswith("models:/"):
         from mlplat.models.registry import parse_model_uri
         mv = ws.models.get(*parse_model_uri(uri))
-        import mlflow
-        dest = ws.config.home/"serving-cache"/mv.name/str(mv.version)
-        if not any(dest.rglob("*.onnx")):
-            dest.mkdir(parents=True, exist_ok=True)
-            mlflow.set_tracking_uri(ws.config.tracking_uri); mlflow.set_registry_uri(ws.config.registry_uri)
-            mlflow.artifacts.download_artifacts(mv.source, dst_path=str(dest))
-        found = sorted(dest.rglob("*.onnx"))
-        if not found: raise NotFoundError(f"{uri} (version {mv.version}) holds no .onnx file")
-        return str(mv.version), found[0], mv
+        return str(mv.version), cache_path(ws, mv), mv
     path = Path(uri).expanduser()
     if path.suffix != ".onnx" or not path.is_file():
         raise ValidationError(f"{uri!r} is neither a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) nor an .onnx file")
     return "1", path, None
 
-
 # %% ../../notebooks/54_serving_models.ipynb #a51c7d0e
-def verified_bytes(ws, mv, path: Path) -> bytes:
+def verified_bytes(ws, mv, path: Path, quiet: bool = False) -> bytes:
     """The plaintext of registry version `mv`'s ONNX file at `path`, checked against the platform DB's record of it:
-    sealed as recorded, and of the recorded SHA-256. A mismatch is audited and refused (`AuditIntegrityError`)."""
+    sealed as recorded, and of the recorded SHA-256. A mismatch is audited and refused (`AuditIntegrityError`);
+    `quiet`: refused only (a cached copy, fetched again before anything is judged)."""
+    from mlplat.governance.crypto import Sealer
+    crypto = Sealer(ws.config) if quiet else ws.crypto  # a Sealer without `audit`: refusals are not recorded
     rec = ws.models.artifact(mv.name, mv.version)
     if rec is None:  # registered before records were kept: the model-wide sealing mlplat used then, when on
         at_rest = ws.config.encryption.at_rest
         log.warning("%s was registered before mlplat recorded model digests: its file is checked %s only; re-register "
                     "its run to bind it to its version", mv.node, "for its model's sealing" if at_rest else "for nothing")
-        return ws.crypto.open_bytes(path, f"model:{mv.name}" if at_rest else None, require_sealed=at_rest)
-    data = ws.crypto.open_bytes(path, rec["sealed_as"] if rec["sealed"] else None, require_sealed=rec["sealed"])
+        return crypto.open_bytes(path, f"model:{mv.name}" if at_rest else None, require_sealed=at_rest)
+    data = crypto.open_bytes(path, rec["sealed_as"] if rec["sealed"] else None, require_sealed=rec["sealed"])
     if hashlib.sha256(data).hexdigest() != rec["sha256"]:
         why = "is not the model registered as this version (its SHA-256 differs from the platform DB's record)"
-        ws.governance.audit.append(ws.principal.name, "models.load", mv.node, "denied", ws.config.workspace.region,
-                                   {"path": str(path)[:300], "reason": why})
+        if not quiet:
+            ws.governance.audit.append(ws.principal.name, "models.load", mv.node, "denied", ws.config.workspace.region,
+                                       {"path": str(path)[:300], "reason": why})
         raise AuditIntegrityError(f"the file {path} of {mv.node} {why}; it was not loaded",
                                   hint="restore the version's artifact from a backup, or register the model again")
     return data
 
 def read_model(ws, uri: str) -> tuple[str, Path, bytes]:
     """(version, local path, ONNX bytes) for `uri`: a sealed file is decrypted and authenticated in memory, a registry
-    version's file must be what was registered as that version (`verified_bytes`)."""
+    version's file must be what was registered as that version (`verified_bytes`, `cached_model`)."""
     version, path, mv = _resolve(ws, uri)
     if ws is None: return version, path, path.read_bytes()
-    return version, path, ws.crypto.open_bytes(path) if mv is None else verified_bytes(ws, mv, path)
+    if mv is None: return version, path, ws.crypto.open_bytes(path)
+    return (version, *cached_model(ws, mv))
+
+# %% ../../notebooks/54_serving_models.ipynb #2b79fbda
+def _download(ws, mv, dest: Path) -> tuple[Path, Path]:
+    "(temp folder, its .onnx file): version `mv`'s files fetched from the registry into a new folder beside `dest`."
+    import mlflow, tempfile
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.partial"):  # left by a download a crash cut short, an hour ago or more
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600: shutil.rmtree(stale)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    try:
+        mlflow.set_tracking_uri(ws.config.tracking_uri); mlflow.set_registry_uri(ws.config.registry_uri)
+        mlflow.artifacts.download_artifacts(mv.source, dst_path=str(tmp))
+        found = sorted(tmp.rglob("*.onnx"))
+        if not found: raise NotFoundError(f"{mv.node} holds no .onnx file", hint="register the model again")
+        return tmp, found[0]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+
+def cached_model(ws, mv) -> tuple[Path, bytes]:
+    """(cache path, verified plaintext) of registry version `mv`'s ONNX file. The cached copy is checked quietly; a
+    missing or failing one is fetched from the registry and checked again — refused and audited only if the
+    registry's copy fails too — then renamed into place."""
+    cached = cache_path(ws, mv)
+    if cached.is_file():
+        try: return cached, verified_bytes(ws, mv, cached, quiet=True)
+        except (AuditIntegrityError, OSError) as e:
+            log.warning("the cached copy of %s failed its check (%s); fetching it again from the registry", mv.node, e)
+    tmp, fresh = _download(ws, mv, cached)
+    try:
+        data = verified_bytes(ws, mv, fresh)  # the registry's copy: a failure is refused and audited
+        os.replace(fresh, cached)             # atomic: readers see the old file or the new one, never half of one
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return cached, data
 
 # %% ../../notebooks/54_serving_models.ipynb #6391f6c0
 @dataclass
