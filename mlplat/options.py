@@ -180,9 +180,12 @@ class ServingConfig:
 # %% ../notebooks/01b_options.ipynb #867c6819
 @dataclass
 class NotificationsConfig:
-    events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert", "serving.alias_refused"],
+    events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert", "serving.alias_refused",
+                         "serving.prediction_log_failed"],
                         "Events that notify: `pipeline.failed`, `pipeline.succeeded`, `schedule.missed`, `schedule.skipped`, "
-                        "`monitoring.alert`, `serving.alias_refused` (an alias moved outside mlplat, not served).")
+                        "`monitoring.alert`, `serving.alias_refused` (an alias moved outside mlplat, not served), "
+                        "`serving.prediction_log_failed` (a server could not write its prediction log: at most once per "
+                        "5 minutes while it lasts).")
     webhooks: list = _opt([], "URLs that receive each event as an HTTP POST with a JSON body.")
     email_to: list = _opt([], "Addresses that receive each event by e-mail (needs `smtp_host`).")
     email_from: str = _opt("mlplat@localhost", "Sender address of notification e-mails.")
@@ -203,7 +206,7 @@ class SchedulerConfig:
     max_running: int = _opt(4, "Scheduled pipeline runs one scheduler process runs at once; more wait for a free place.")
 
 NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert",
-                 "serving.alias_refused")
+                 "serving.alias_refused", "serving.prediction_log_failed")
 
 # %% ../notebooks/01b_options.ipynb #ebd95d75
 @dataclass

@@ -1,7 +1,12 @@
 """The prediction log under a live `mlplat serve`: A/B reports read it while the server appends (a half-written last
-line is read next time, a damaged one is skipped and counted), outcomes never land outside the workspace, and the
-server applies the retention when it starts a day (audited)."""
+line is read next time, a damaged one is skipped and counted, a line a crash cut off never fails a report), outcomes
+never land outside the workspace, the server applies the retention when it starts a day (audited), and a disk that
+refuses the log (ENOSPC from /dev/full, EMFILE from a lowered RLIMIT_NOFILE) never stops the server: the lost lines
+are counted on /metrics, audited and notified once, and writing resumes when the fault clears."""
 import json
+import os
+import re
+import resource
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -10,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from helpers import X, onnx_chain, run_cli
-from mlplat.serving.prediction_log import outcomes_folder, predictions_folder, read_predictions
+from helpers import BIN, X, configure, free_port, onnx_chain, run_cli, start_process, stop_process, wait_for, wait_http
+from mlplat.serving.prediction_log import TORN_AFTER_SECONDS, outcomes_folder, predictions_folder, read_predictions
 
 
 def serve_shop(server, tmp_path):
@@ -58,6 +63,8 @@ def test_ab_report_reads_the_log_while_the_server_appends(ws, server, tmp_path):
     rep = ws.serving.ab_report("shop")
     assert (rep["requests"], rep["with_outcome"], "skipped_lines" in rep) == (60, 60, False)
     assert json.loads(run_cli("ab", "report", "shop", "--json", check=0).stdout)["requests"] == 60
+    with open(outcome_file, "a") as f:   # `ab outcomes` finishes its write (left unfinished, it would be damage once stale)
+        f.write('ome": 1}\n')
 
     # the server goes on appending after the torn line (as after a crash): the damage is skipped and counted
     with httpx.Client() as c:
@@ -129,3 +136,90 @@ def test_server_applies_the_retention_and_refuses_a_name_that_climbs_out(ws, ser
     (outcomes_folder(ws.config.home, "shop") / f"{older}.jsonl").write_text("")
     out = json.loads(run_cli("monitor", "prune", "shop", "--keep-days", "1", "--json", check=0).stdout)
     assert out["removed"] == {"shop": {"outcomes": [older]}}
+
+
+def test_a_line_cut_off_by_a_crash_never_fails_a_report(ws, tmp_path):
+    day = datetime.now(timezone.utc) - timedelta(days=1)
+    folder = predictions_folder(ws.config.home, "shop")
+    folder.mkdir(parents=True)
+    recs = [{"ts": (day + timedelta(seconds=i)).isoformat(), "request_id": f"r{i}", "model": "shop", "version": "1",
+             "variant": "ab"[i % 2], "inputs": {}, "outputs": {}} for i in range(6)]
+    day_file = folder / f"{day:%Y-%m-%d}.jsonl"
+    day_file.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"ts": "' + day.isoformat()[:12])   # the crash
+    old = time.time() - TORN_AFTER_SECONDS - 5       # nobody has appended since: it is not a line being written
+    os.utime(day_file, (old, old))
+    rows = tmp_path / "outcomes.csv"
+    rows.write_text("request_id,outcome\n" + "".join(f"r{i},{i % 2}\n" for i in range(6)))
+    run_cli("ab", "outcomes", "shop", rows, check=0)
+    rep = ws.serving.ab_report("shop")
+    assert (rep["requests"], rep["with_outcome"], rep["skipped_lines"]) == (6, 6, 1)
+    out = json.loads(run_cli("ab", "report", "shop", "--json", check=0).stdout)
+    assert (out["requests"], out["skipped_lines"]) == (6, 1)
+
+
+def metric(client, base, name, **labels) -> float:
+    "One sample of the server's /metrics (0 when absent)."
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+    for line in client.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def lowest_free_fd(pid) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return min(set(range(max(used) + 2)) - used)
+
+
+@pytest.mark.services
+def test_server_keeps_serving_when_its_log_cannot_be_written(ws, home, tmp_path, webhook):
+    hook, got = webhook
+    configure(home, hook, ["serving.prediction_log_failed"])
+    model, port = onnx_chain(tmp_path / "m.onnx"), free_port()
+    today = f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    full = predictions_folder(ws.config.home, "m") / f"{today}.jsonl"
+    full.parent.mkdir(parents=True)
+    full.symlink_to("/dev/full")                                   # every write to it: ENOSPC, from the kernel
+    log = tmp_path / "serve.log"
+    proc = start_process([BIN / "mlplat", "serve", "--port", port, "--refresh", "0", "--auth", "off",
+                          "--model", f"m={model}", "--model", f"n={model}"], log)
+    base = f"http://127.0.0.1:{port}"
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    failed = lambda: sorted((r for r in ws.audit.records(limit=None) if r["action"] == "serving.prediction_log_failed"),
+                            key=lambda r: r["seq"])
+    try:
+        wait_http(f"{base}/v2/health/ready", proc, log)
+        with httpx.Client(timeout=30) as c:                         # one keep-alive connection for the whole test
+            for _ in range(30):
+                assert c.post(f"{base}/v2/models/m/infer", json=body).status_code == 200
+            wait_for(lambda: metric(c, base, "mlplat_prediction_log_dropped_total", reason="disk_full") == 30, 30, "30 lost lines")
+            wait_for(lambda: got, 30, "the notification")
+            assert len(failed()) == 1 and failed()[0]["outcome"] == "failure" and failed()[0]["resource"] == "predictions:m"
+            assert "No space left on device" in failed()[0]["details"]["error"]
+
+            full.unlink()                                           # the disk has room again
+            for _ in range(5):
+                assert c.post(f"{base}/v2/models/m/infer", json=body).status_code == 200
+            wait_for(lambda: len(read_predictions(ws.config.home, "m")) == 5, 30, "writing to resume")
+
+            # too many open files: no descriptor below the limit is free, so opening n's day file fails (EMFILE)
+            soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (lowest_free_fd(proc.pid), hard))
+            try:
+                for _ in range(5):
+                    assert c.post(f"{base}/v2/models/n/infer", json=body).status_code == 200
+                wait_for(lambda: metric(c, base, "mlplat_prediction_log_dropped_total", reason="too_many_open_files") == 5,
+                         30, "5 lines lost to EMFILE")
+            finally:
+                resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+            for _ in range(3):
+                assert c.post(f"{base}/v2/models/n/infer", json=body).status_code == 200
+            wait_for(lambda: len(read_predictions(ws.config.home, "n")) == 3, 30, "n's lines once the limit is back")
+            assert metric(c, base, "mlplat_prediction_log_written_total") == 8
+        assert len(failed()) == 1 and len(got) == 1                 # one alert per interval, however many failures
+        assert got[0]["event"] == "serving.prediction_log_failed" and "lost" in got[0]["subject"]
+    finally:
+        stop_process(proc)
+    lost = [r["details"]["lost_lines"] for r in failed()]           # at shutdown: what the interval held back
+    assert sum(sum(x.values()) for x in lost) == 35 and lost[-1].get("too_many_open_files") == 5, lost
+    assert "Traceback" not in log.read_text()

@@ -1,13 +1,17 @@
 """`mlplat serve` as a real server on 127.0.0.1: unmodified tritonclient (http) against it, hot swap of an alias under
-load with zero failed requests, a broken version never replacing a working one, and fuzzed bad input never a 5xx."""
+load with zero failed requests, a cache cut short by an interrupted download healed (fetched again, not refused), a
+broken version never replacing a working one, concurrent loads of one version sharing one verified copy, and fuzzed
+bad input never a 5xx."""
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import X, register_version
+from helpers import X, register_version, wait_for
 
 pytestmark = pytest.mark.services   # every test runs `mlplat serve`
 
@@ -77,20 +81,59 @@ def test_alias_move_swaps_under_load_without_failures(ws, server):
         assert set(versions[first_new:]) == {str(v2.version)} and set(versions[:first_new]) <= {str(v1.version)}
 
 
-def test_a_broken_version_never_replaces_a_working_one(ws, server):
+def stored_file(ws, version: int) -> Path:
+    "The `model.onnx` of a registered version of 'risk' in the artifact store (a local folder in the test workspace)."
+    uri = ws.mlflow_client().get_model_version_download_uri("risk", str(version))
+    return next(Path(uri.removeprefix("file://")).rglob("model.onnx"))
+
+
+def denied(ws) -> list[dict]:
+    return [r for r in ws.audit.records(limit=None) if r["outcome"] == "denied"]
+
+
+def test_a_cut_short_cache_heals_and_a_broken_version_never_replaces_a_working_one(ws, server):
     import httpx
     v1, v2 = register_version(ws, 1.0), register_version(ws, 0.5)
     ws.models.promote("risk", v1.version, "champion")
     base = f"http://{server('risk=models:/risk@champion')}/v2/models/risk"
-    broken = ws.config.home / "serving-cache" / "risk" / str(v2.version)
-    broken.mkdir(parents=True)
-    (broken / "model.onnx").write_bytes(b"this is not an onnx model")  # e.g. a damaged (or swapped) download
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
+    served = lambda: httpx.post(base + "/infer", json=body).json()["model_version"]
+    # what an interrupted download left in the cache before downloads were atomic: half of the file, and a temp folder
+    stored = stored_file(ws, v2.version).read_bytes()
+    cached = ws.config.home / "serving-cache" / "risk" / str(v2.version) / "model.onnx"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(stored[:len(stored) // 2])
+    stale = cached.parent / ".model.onnx.x1y2.partial"
+    stale.mkdir(); (stale / "model.onnx").write_bytes(stored[:10])
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     ws.models.promote("risk", v2.version, "champion")
-    time.sleep(3)
-    meta = httpx.get(base).json()
-    assert meta["versions"] == [str(v1.version)] and "it was not loaded" in meta["parameters"]["last_load_error"]
-    r = httpx.post(base + "/infer", json={"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]})
-    assert r.status_code == 200 and r.json()["model_version"] == str(v1.version)
+    wait_for(lambda: served() == str(v2.version), 30, "version 2 served from a healed cache")
+    assert cached.read_bytes() == stored and not stale.exists() and denied(ws) == []   # fetched again, nothing judged
+    assert sorted(p.name for p in cached.parent.iterdir()) == ["model.onnx"]
+
+    # the registry's own copy of version 1 is damaged (and so is the cache): refused, audited, version 2 keeps serving
+    for f in (stored_file(ws, v1.version), cached.parent.parent / str(v1.version) / "model.onnx"):
+        data = bytearray(f.read_bytes()); data[len(data) // 2] ^= 0x40; f.write_bytes(bytes(data))
+    ws.models.promote("risk", v1.version, "champion")
+    last_error = lambda: httpx.get(base).json().get("parameters", {}).get("last_load_error", "")
+    wait_for(lambda: "it was not loaded" in last_error(), 30, "the refused load")
+    assert "failed authentication" in last_error() and served() == str(v2.version)
+    assert [r["action"] for r in denied(ws)] and all(r["action"] == "crypto.open" for r in denied(ws))
+
+
+def test_concurrent_loads_of_a_version_share_one_verified_copy(ws, tmp_path):
+    import subprocess
+    import sys
+    v = register_version(ws, 1.0)
+    script = ("import sys, mlplat; from mlplat.serving.models import read_model\n"
+              "print(len(read_model(mlplat.connect(sys.argv[1]), sys.argv[2])[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(ws.config.home), f"models:/risk/{v.version}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1 and denied(ws) == []
+    folder = ws.config.home / "serving-cache" / "risk" / str(v.version)
+    assert [p.name for p in folder.iterdir()] == ["model.onnx"]                      # no temp folder left behind
 
 
 def test_fuzzed_bad_requests_never_get_a_5xx(ws, server, tmp_path):

@@ -9,7 +9,7 @@ from ..errors import NotFoundError, PermissionDenied, ValidationError
 from . import gates as G
 from .registry import (GateFailed, ModelVersion, alias_history, alias_target, artifact_record, check_alias,
                                     check_name, create_version, feature_names, find_run, get_version, load_model, log_onnx,
-                                    log_reference, measure, read_sample, record_alias_move, record_artifact, store_gate,
+                                    log_reference, measure, name_filter, read_sample, record_alias_move, record_artifact, store_gate,
                                     stored_gates, version_tags)
 
 # %% auto #0
@@ -29,7 +29,7 @@ class ModelReads:
 
     def versions(self, name: str) -> list[ModelVersion]:
         self.ws.governance.authorize("models:read")
-        found = self.client.search_model_versions(f"name = '{name}'")
+        found = [v for v in self.client.search_model_versions(name_filter(name)) if v.name == name]  # a LIKE: a superset
         if not found: raise NotFoundError(f"no registered model {name!r}", hint="`mlplat models list` shows them")
         return sorted((self.get(name, v.version) for v in found), key=lambda v: v.version)
 

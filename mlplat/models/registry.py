@@ -20,10 +20,10 @@ from ..errors import MlplatError, NotFoundError, ValidationError
 from . import gates as G
 
 # %% auto #0
-__all__ = ['GateFailed', 'ModelVersion', 'parse_model_uri', 'check_name', 'check_alias', 'find_run', 'get_version', 'load_model',
-           'read_sample', 'feature_names', 'measure', 'sealed_context', 'log_onnx', 'log_reference', 'version_tags',
-           'create_version', 'store_gate', 'stored_gates', 'record_alias_move', 'alias_target', 'alias_history',
-           'record_artifact', 'artifact_record']
+__all__ = ['GateFailed', 'ModelVersion', 'parse_model_uri', 'check_name', 'name_filter', 'check_alias', 'find_run', 'get_version',
+           'load_model', 'read_sample', 'feature_names', 'measure', 'sealed_context', 'log_onnx', 'log_reference',
+           'version_tags', 'create_version', 'store_gate', 'stored_gates', 'record_alias_move', 'alias_target',
+           'alias_history', 'record_artifact', 'artifact_record']
 
 # %% ../../notebooks/52_models_registry.ipynb #338baee4
 class GateFailed(MlplatError):
@@ -63,6 +63,15 @@ def check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,99}", name or ""):
         raise ValidationError(f"model name {name!r} is not valid", hint="letters, digits, '_', '.', '-', starting with a letter")
     return name
+
+def name_filter(name: str) -> str:
+    """An MLflow search filter for the versions of model `name`, whatever it holds (a name in a URL is anyone's):
+    MLflow's filter grammar has no escapes, so the quote the name lacks delimits it; a name with both quotes gets a
+    `LIKE` pattern with `_` in their place (and in place of `\\`, an escape in some databases' `LIKE`): a superset,
+    so callers keep the exact name only. `%` and `_` are literal in `=`."""
+    if "'" not in name: return f"name = '{name}'"
+    if '"' not in name: return f'name = "{name}"'
+    return "name LIKE '" + re.sub(r"""['"\\]""", "_", name) + "'"
 
 def check_alias(alias: str) -> str:
     "`alias` if MLflow would take it as an alias name."

@@ -5,14 +5,19 @@
 # %% ../../notebooks/59a_serving_core.ipynb #9b157db1
 from __future__ import annotations
 
+import logging
+import threading
+
 from ..errors import ValidationError
 from .app import Server, create_app
 from .auth import RefusalLog, ServingAuth, Tls
 from .models import ModelHost
 from .prediction_log import PredictionLog, check_name
 
+log = logging.getLogger("mlplat.serving")
+
 # %% auto #0
-__all__ = ['served_names', 'server_audit', 'ServingRecords', 'Serving']
+__all__ = ['log', 'served_names', 'server_audit', 'log_faults', 'ServingRecords', 'Serving']
 
 # %% ../../notebooks/59a_serving_core.ipynb #7e507669
 def served_names(models: dict | None, deployments) -> tuple[dict, list, list]:
@@ -38,6 +43,23 @@ def server_audit(ws) -> tuple:
     def pruned(removed):  # the writer applied the retention on a new day: audited like `prune_predictions`
         audit("predictions.prune", f"predictions:{','.join(removed)}", {"keep_days": keep, "removed": removed})
     return audit, reject, pruned
+
+# %% ../../notebooks/59a_serving_core.ipynb #b04a3323
+def log_faults(ws):
+    """`on_fault(report)` of a running server's `PredictionLog`: lines it could not write are audited
+    (`serving.prediction_log_failed`, outcome `failure`) and notified — as often as the writer reports, at most once
+    per its interval. Neither may stop the writer: a full disk may hold the platform DB too."""
+    def faulted(report: dict):
+        lost = sum(report["lost_lines"].values())
+        why = ", ".join(f"{k}: {v}" for k, v in report["lost_lines"].items())
+        resource = f"predictions:{','.join(report['names']) or '*'}"
+        try: ws.governance.audit.append(ws.principal.name, "serving.prediction_log_failed", resource, "failure",
+                                        ws.config.workspace.region, report)
+        except Exception as e: log.error("could not audit the prediction log's failure: %s", e)
+        subject = f"the prediction log of {', '.join(report['names']) or 'a server'} lost {lost} line(s) ({why})"
+        threading.Thread(target=ws.notifier.send, args=("serving.prediction_log_failed", subject, report),
+                         name="notify", daemon=True).start()
+    return faulted
 
 # %% ../../notebooks/59a_serving_core.ipynb #e54345b9
 class ServingRecords:
@@ -91,7 +113,8 @@ class Serving(ServingRecords):
             ws.governance.authorize("predictions:prune", ",".join(names))
         mh = ModelHost(ws, models, batching, threads, providers, deps)
         audit, reject, pruned = server_audit(ws)
-        plog = PredictionLog(ws.config.home, retention_days=ws.config.serving.prediction_retention_days, on_prune=pruned)
+        plog = PredictionLog(ws.config.home, retention_days=ws.config.serving.prediction_retention_days, on_prune=pruned,
+                             on_fault=log_faults(ws))
         app = create_app(mh, plog, refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
                          auth=guard, tls=tls, refusals=RefusalLog(reject))
         srv = Server(app, host, port, tls)

@@ -45,16 +45,17 @@ class Metrics:
         if s is None: s = self._series[(metric, labels)] = metric.labels(*labels)
         return s
 
+    def batched(self, m: Loaded, rows: int):
+        "One batch ran (`ModelHost.on_batch`): observed at once, so nothing piles up between two scrapes."
+        self.series(self.batch, m.name, m.version).observe(rows)
+
     def update(self, host: ModelHost):
-        "Refresh the gauges that are read rather than counted (weights, load times, queue depths, batch sizes)."
+        "Refresh the gauges that are read rather than counted (weights, load times, queue depths)."
         for r in host.routes.values():
             for vname, w, _ in r.variants: self.weight.labels(r.name, vname).set(w)
         for m in host.current.values():
             self.loaded.labels(m.name, m.version).set(m.loaded_at)
             self.depth.labels(m.name, m.version).set(m.depth())
-            if m.batcher is not None:
-                sizes, m.batcher.batch_sizes = m.batcher.batch_sizes, []
-                for s in sizes: self.batch.labels(m.name, m.version).observe(s)
 
 # %% ../../notebooks/54b_serving_dispatch.ipynb #81136215
 _ID_PREFIX, _ids = uuid.uuid4().hex[:12], itertools.count(1)
@@ -97,6 +98,8 @@ class Dispatcher(Shadowing):
         "`predictions`: the log to write (its writer starts here, for the served names; closed by `close`)."
         self.host, self.metrics, self.rollouts = host, Metrics(), rollouts or {}
         self.plog = (predictions or PredictionLog(None)).start(host.routes)
+        self.metrics.registry.register(self.plog)  # lines written and lost, on /metrics
+        host.on_batch = self.metrics.batched
         self.on_hostile = on_hostile  # (surface, model, reason, client): audits oversized and malformed payloads
         self.shadow_tasks: set = set()
 

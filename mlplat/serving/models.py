@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,59 +33,93 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'verified_bytes', 'read_model', 'Loaded', 'Batcher', 'Route', 'RoutePlan',
-           'plan_routes', 'Routing', 'AliasGovernance', 'AliasFollowing', 'ModelHost']
+__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'cache_path', 'verified_bytes', 'read_model', 'cached_model', 'Loaded',
+           'Batcher', 'Route', 'RoutePlan', 'plan_routes', 'Routing', 'AliasGovernance', 'AliasFollowing', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
-    "(version, local .onnx path) for a registry URI or a file path."
+    "(version, local .onnx path) for a registry URI (its place in the serving cache) or a file path."
     return _resolve(ws, uri)[:2]
+
+def cache_path(ws, mv) -> Path:
+    "Where the server keeps its verified copy of registry version `mv`'s ONNX file."
+    return ws.config.home/"serving-cache"/mv.name/str(mv.version)/"model.onnx"
 
 def _resolve(ws, uri: str):
     "(version, local .onnx path, registry `ModelVersion` or None for a file)."
     if uri.startswith("models:/"):
         from mlplat.models.registry import parse_model_uri
         mv = ws.models.get(*parse_model_uri(uri))
-        import mlflow
-        dest = ws.config.home/"serving-cache"/mv.name/str(mv.version)
-        if not any(dest.rglob("*.onnx")):
-            dest.mkdir(parents=True, exist_ok=True)
-            mlflow.set_tracking_uri(ws.config.tracking_uri); mlflow.set_registry_uri(ws.config.registry_uri)
-            mlflow.artifacts.download_artifacts(mv.source, dst_path=str(dest))
-        found = sorted(dest.rglob("*.onnx"))
-        if not found: raise NotFoundError(f"{uri} (version {mv.version}) holds no .onnx file")
-        return str(mv.version), found[0], mv
+        return str(mv.version), cache_path(ws, mv), mv
     path = Path(uri).expanduser()
     if path.suffix != ".onnx" or not path.is_file():
         raise ValidationError(f"{uri!r} is neither a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION) nor an .onnx file")
     return "1", path, None
 
-
 # %% ../../notebooks/54_serving_models.ipynb #a51c7d0e
-def verified_bytes(ws, mv, path: Path) -> bytes:
+def verified_bytes(ws, mv, path: Path, quiet: bool = False) -> bytes:
     """The plaintext of registry version `mv`'s ONNX file at `path`, checked against the platform DB's record of it:
-    sealed as recorded, and of the recorded SHA-256. A mismatch is audited and refused (`AuditIntegrityError`)."""
+    sealed as recorded, and of the recorded SHA-256. A mismatch is audited and refused (`AuditIntegrityError`);
+    `quiet`: refused only (a cached copy, fetched again before anything is judged)."""
+    from mlplat.governance.crypto import Sealer
+    crypto = Sealer(ws.config) if quiet else ws.crypto  # a Sealer without `audit`: refusals are not recorded
     rec = ws.models.artifact(mv.name, mv.version)
     if rec is None:  # registered before records were kept: the model-wide sealing mlplat used then, when on
         at_rest = ws.config.encryption.at_rest
         log.warning("%s was registered before mlplat recorded model digests: its file is checked %s only; re-register "
                     "its run to bind it to its version", mv.node, "for its model's sealing" if at_rest else "for nothing")
-        return ws.crypto.open_bytes(path, f"model:{mv.name}" if at_rest else None, require_sealed=at_rest)
-    data = ws.crypto.open_bytes(path, rec["sealed_as"] if rec["sealed"] else None, require_sealed=rec["sealed"])
+        return crypto.open_bytes(path, f"model:{mv.name}" if at_rest else None, require_sealed=at_rest)
+    data = crypto.open_bytes(path, rec["sealed_as"] if rec["sealed"] else None, require_sealed=rec["sealed"])
     if hashlib.sha256(data).hexdigest() != rec["sha256"]:
         why = "is not the model registered as this version (its SHA-256 differs from the platform DB's record)"
-        ws.governance.audit.append(ws.principal.name, "models.load", mv.node, "denied", ws.config.workspace.region,
-                                   {"path": str(path)[:300], "reason": why})
+        if not quiet:
+            ws.governance.audit.append(ws.principal.name, "models.load", mv.node, "denied", ws.config.workspace.region,
+                                       {"path": str(path)[:300], "reason": why})
         raise AuditIntegrityError(f"the file {path} of {mv.node} {why}; it was not loaded",
                                   hint="restore the version's artifact from a backup, or register the model again")
     return data
 
 def read_model(ws, uri: str) -> tuple[str, Path, bytes]:
     """(version, local path, ONNX bytes) for `uri`: a sealed file is decrypted and authenticated in memory, a registry
-    version's file must be what was registered as that version (`verified_bytes`)."""
+    version's file must be what was registered as that version (`verified_bytes`, `cached_model`)."""
     version, path, mv = _resolve(ws, uri)
     if ws is None: return version, path, path.read_bytes()
-    return version, path, ws.crypto.open_bytes(path) if mv is None else verified_bytes(ws, mv, path)
+    if mv is None: return version, path, ws.crypto.open_bytes(path)
+    return (version, *cached_model(ws, mv))
+
+# %% ../../notebooks/54_serving_models.ipynb #2b79fbda
+def _download(ws, mv, dest: Path) -> tuple[Path, Path]:
+    "(temp folder, its .onnx file): version `mv`'s files fetched from the registry into a new folder beside `dest`."
+    import mlflow, tempfile
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.partial"):  # left by a download a crash cut short, an hour ago or more
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 3600: shutil.rmtree(stale)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
+    try:
+        mlflow.set_tracking_uri(ws.config.tracking_uri); mlflow.set_registry_uri(ws.config.registry_uri)
+        mlflow.artifacts.download_artifacts(mv.source, dst_path=str(tmp))
+        found = sorted(tmp.rglob("*.onnx"))
+        if not found: raise NotFoundError(f"{mv.node} holds no .onnx file", hint="register the model again")
+        return tmp, found[0]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+
+def cached_model(ws, mv) -> tuple[Path, bytes]:
+    """(cache path, verified plaintext) of registry version `mv`'s ONNX file. The cached copy is checked quietly; a
+    missing or failing one is fetched from the registry and checked again — refused and audited only if the
+    registry's copy fails too — then renamed into place."""
+    cached = cache_path(ws, mv)
+    if cached.is_file():
+        try: return cached, verified_bytes(ws, mv, cached, quiet=True)
+        except (AuditIntegrityError, OSError) as e:
+            log.warning("the cached copy of %s failed its check (%s); fetching it again from the registry", mv.node, e)
+    tmp, fresh = _download(ws, mv, cached)
+    try:
+        data = verified_bytes(ws, mv, fresh)  # the registry's copy: a failure is refused and audited
+        os.replace(fresh, cached)             # atomic: readers see the old file or the new one, never half of one
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return cached, data
 
 # %% ../../notebooks/54_serving_models.ipynb #6391f6c0
 @dataclass
@@ -111,11 +148,11 @@ class Loaded:
 # %% ../../notebooks/54_serving_models.ipynb #8346b5cf
 class Batcher:
     "Stacks concurrent requests of one model version into one ONNX Runtime call."
-    def __init__(self, model: Loaded, cfg: Batching, executor):
+    def __init__(self, model: Loaded, cfg: Batching, executor, on_batch=None):
         self.model, self.cfg, self.executor = model, cfg, executor
+        self.on_batch = on_batch           # on_batch(model, rows) per executed batch: the metrics (nothing is kept here)
         self.queue: asyncio.Queue | None = None
         self.task = None
-        self.batch_sizes: list = []        # rows per executed batch (read by the metrics)
 
     def depth(self) -> int: return self.queue.qsize() if self.queue else 0
 
@@ -145,7 +182,7 @@ class Batcher:
                 names = list(batch[0][0])
                 stacked = {n: np.concatenate([b[0][n] for b in batch]) if len(batch) > 1 else batch[0][0][n] for n in names}
                 outs = await loop.run_in_executor(self.executor, self.model.run, stacked)
-                self.batch_sizes.append(rows)
+                if self.on_batch is not None: self.on_batch(self.model, rows)
                 start = 0
                 for inputs, n, fut in batch:
                     if not fut.done(): fut.set_result({k: v[start:start + n] for k, v in outs.items()})
@@ -313,6 +350,7 @@ class ModelHost(Routing, AliasFollowing):
         self.errors: dict[str, str] = {}
         self.ungoverned: dict[tuple, tuple] = {}   # (model, alias) -> (version MLflow's alias names, reported)
         self.lock = threading.Lock()
+        self.on_batch = None                       # on_batch(Loaded, rows) per batch run: the server's metrics
         for key, uri in self.uris.items(): self.current[key] = self._load(key, uri, self._governed(key, uri, now=True)[0])
         for key in self.current: self._lineage(key)
         from mlplat.serving.features import FeatureInputs
@@ -332,8 +370,11 @@ class ModelHost(Routing, AliasFollowing):
         m = Loaded(key.split(":")[0], version, uri, path, sess, signature(sess))
         b = self.batching.get(key) or Batching()
         m.max_queue = b.max_queue
-        if b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor)
+        if b.max_batch_size > 1: m.batcher = Batcher(m, b, self.executor, self._batched)
         return m
+
+    def _batched(self, m: Loaded, rows: int):
+        if self.on_batch is not None: self.on_batch(m, rows)
 
     def _lineage(self, key: str):
         "Record model version -> deployment (the name clients call) for registry-served models."

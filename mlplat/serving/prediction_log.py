@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import json
 import logging
 import re
@@ -21,9 +22,9 @@ from .protocol import dumps
 log = logging.getLogger("mlplat.prediction_log")
 
 # %% auto #0
-__all__ = ['log', 'NAME', 'MAX_RETENTION_DAYS', 'check_name', 'predictions_folder', 'outcomes_folder', 'logged_names',
-           'day_files', 'read_predictions', 'last_prediction', 'append_outcomes', 'read_outcomes', 'prune', 'DayFiles',
-           'PredictionLog']
+__all__ = ['log', 'NAME', 'TORN_AFTER_SECONDS', 'MAX_RETENTION_DAYS', 'REASONS', 'check_name', 'predictions_folder',
+           'outcomes_folder', 'logged_names', 'day_files', 'read_predictions', 'last_prediction', 'append_outcomes',
+           'read_outcomes', 'prune', 'loss_reason', 'LogFaults', 'DayFiles', 'LogWriter', 'PredictionLog']
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #74dc58b0
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -60,15 +61,25 @@ def day_files(folder: Path) -> list[tuple[date, Path]]:
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #7b91f419
 _warned: set = set()
+TORN_AFTER_SECONDS = 10.0  # an unfinished last line untouched this long was cut off (a crash), it is not being written
+
+def _lines(path: Path) -> list[bytes]:
+    """The lines of a JSON-lines file a reader judges: its whole lines, and its unfinished last line only when the file
+    has not changed for `TORN_AFTER_SECONDS` (cut off, not being written). A file deleted meanwhile has none."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+        tail = lines.pop()  # b"" after the last newline, or an unfinished line
+        if tail.strip() and time.time() - path.stat().st_mtime > TORN_AFTER_SECONDS: lines.append(tail)
+    except FileNotFoundError: return []  # the retention deleted it while a report listed it
+    return lines
 
 def _read(path: Path, keep, skipped: list | None) -> list[dict]:
     """The records of one JSON-lines file that `keep(record)` accepts. A last line without its newline is still
-    being written: it is read next time. A line that is not a JSON object, or that `keep` cannot judge (it raises
-    KeyError, TypeError or ValueError), is skipped, added to `skipped` as (file, line number), and logged once."""
-    lines = path.read_bytes().split(b"\n")
-    lines.pop()  # b"" after the last newline, or the unfinished line a writer is appending
+    being written: it is read next time (unless it was cut off, `_lines`). A line that is not a JSON object, or that
+    `keep` cannot judge (it raises KeyError, TypeError or ValueError), is skipped, added to `skipped` as (file, line
+    number), and logged once."""
     out, bad = [], []
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(_lines(path), 1):
         if not line.strip(): continue
         try:
             rec = json.loads(line)
@@ -154,36 +165,101 @@ def prune(home, keep_days: int, names=None, today: date | None = None) -> dict:
         if gone: removed[name] = gone
     return removed
 
+# %% ../../notebooks/53a_serving_prediction_log.ipynb #1a8a034f
+REASONS = ("disk_full", "too_many_open_files", "permission", "io_error", "queue_full", "unserializable", "error")
+_REASON_OF = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
+              errno.EMFILE: "too_many_open_files", errno.ENFILE: "too_many_open_files",
+              errno.EACCES: "permission", errno.EPERM: "permission", errno.EROFS: "permission"}
+
+def loss_reason(e: BaseException) -> str:
+    "Why lines were lost to `e`: the `reason` label of `mlplat_prediction_log_dropped_total`."
+    return _REASON_OF.get(e.errno, "io_error") if isinstance(e, OSError) else "error"
+
+class LogFaults:
+    """What the writer could not write: lines counted by reason since the start (`lost`, for /metrics) and reported
+    to `on_fault(report)` at most once per `interval` seconds (the first loss at once)."""
+    def __init__(self, on_fault=None, interval: float = 300.0):
+        self.on_fault, self.interval = on_fault, interval
+        self.lost = collections.Counter({r: 0 for r in REASONS})
+        self.unreported, self.names, self.error = collections.Counter(), set(), ""
+        self.reported_at, self.failing = None, False
+        self.lock = threading.Lock()
+
+    def count(self, reason: str, lines: int, name: str | None = None, error: str = ""):
+        if lines <= 0: return
+        with self.lock:
+            self.lost[reason] += lines; self.unreported[reason] += lines
+            if name: self.names.add(name)
+            if error: self.error = error
+
+    def written(self):
+        "A write went through: say once that writing resumed after a fault."
+        if self.failing:
+            self.failing = False
+            log.warning("prediction log: writing again")
+
+    def report(self, final: bool = False):
+        "Hand what was lost since the last report to `on_fault`, unless one went out less than `interval` ago (`final`: now)."
+        now = time.monotonic()
+        with self.lock:
+            due = final or self.reported_at is None or now - self.reported_at >= self.interval
+            if not self.unreported or not due: return
+            report = {"lost_lines": dict(self.unreported), "names": sorted(self.names), "error": self.error[:300],
+                      "interval_seconds": self.interval}
+            self.unreported, self.names, self.reported_at = collections.Counter(), set(), now
+        log.error("prediction log: %d line(s) not written (%s): %s", sum(report["lost_lines"].values()),
+                  ", ".join(f"{k}: {v}" for k, v in report["lost_lines"].items()), report["error"])
+        if self.on_fault is None: return
+        try: self.on_fault(report)
+        except Exception: log.exception("prediction log: reporting the lost lines failed")
+
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #dbb21e39
 class DayFiles:
     """The writer thread's open files, one per (served name, UTC day). The first line of a new day closes the earlier
-    days' files and applies the retention to the served `names`; what it deleted goes to `on_prune`."""
-    def __init__(self, home, names: list, retention_days: int = 0, on_prune=None):
+    days' files and applies the retention to the served `names`; what it deleted goes to `on_prune`. A write that
+    fails loses its lines (counted in `faults`) and closes its file: the next write opens it again."""
+    def __init__(self, home, names: list, retention_days: int = 0, on_prune=None, faults: LogFaults | None = None):
         self.home, self.names, self.retention_days, self.on_prune = Path(home), names, retention_days, on_prune
+        self.faults = faults or LogFaults()
         self.files: dict = {}
         self.day = None  # the newest day written to
 
-    def write(self, name: str, day: str, lines: list):
-        "Append serialized records in one write."
+    def write(self, name: str, day: str, lines: list) -> int:
+        "Append serialized records in one write; returns how many were written (the others are counted as lost)."
+        data, done = b"\n".join(lines) + b"\n", 0
         try:
             f = self.files.get((name, day)) or self._open(name, day)
-            f.write(b"\n".join(lines) + b"\n"); f.flush()
+            while done < len(data):
+                n = f.write(memoryview(data)[done:])
+                if not n: raise OSError(errno.EIO, "the write wrote nothing")
+                done += n
         except (OSError, ValidationError) as e:  # a full disk loses these lines, not the writer
-            log.error("prediction log: %d line(s) of %r lost: %s", len(lines), name, e)
-            f = self.files.pop((name, day), None)
-            if f is not None:
-                with contextlib.suppress(OSError): f.close()
+            self._close(name, day)
+            whole = data.count(b"\n", 0, done)  # a short write: what got out before the fault is in the file
+            self.faults.failing = True
+            self.faults.count(loss_reason(e), len(lines) - whole, name, f"{name}: {type(e).__name__}: {e}")
+            return whole
+        if day < self.day: self._close(name, day)  # a late line of an earlier day: that file is not kept open
+        self.faults.written()
+        return len(lines)
 
     def _open(self, name: str, day: str):
         if self.day is None or day > self.day: self._roll(day)
         folder = predictions_folder(self.home, name)
         folder.mkdir(parents=True, exist_ok=True)
-        f = self.files[(name, day)] = open(folder/f"{day}.jsonl", "ab")
-        _end_torn_line(f)
+        f = open(folder/f"{day}.jsonl", "ab", buffering=0)  # unbuffered: a short write says which lines got out
+        try: _end_torn_line(f)
+        except OSError: f.close(); raise
+        self.files[(name, day)] = f
         return f
 
+    def _close(self, name: str, day: str):
+        f = self.files.pop((name, day), None)
+        if f is not None:
+            with contextlib.suppress(OSError): f.close()
+
     def _roll(self, day: str):
-        for key in [k for k in self.files if k[1] < day]: self.files.pop(key).close()
+        for name, d in [k for k in self.files if k[1] < day]: self._close(name, d)
         self.day = day
         if self.retention_days <= 0: return
         try:
@@ -193,14 +269,58 @@ class DayFiles:
             log.exception("prediction log: applying the retention of %d day(s) failed", self.retention_days)
 
     def close(self):
-        for f in self.files.values(): f.close()
+        for name, day in list(self.files): self._close(name, day)
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #edd888c9
-class PredictionLog:
-    "The server's writer: append-only JSON lines per served name and UTC day. `home=None` logs nothing."
-    def __init__(self, home, flush_seconds: float = 0.02, retention_days: int = 0, on_prune=None):
+class LogWriter:
+    "The writer thread of a `PredictionLog`, and what it tells Prometheus (`collect`: the log is a collector)."
+    def _write(self):
+        files = DayFiles(self.home, self.names, self.retention_days, self.on_prune, self.faults)
+        try:
+            while not self.stopping.wait(self.flush_seconds): self._drain(files)
+            self._drain(files)
+        finally:
+            files.close()
+            self.faults.report(final=True)
+
+    def _drain(self, files: DayFiles):
+        "Write what waits, one write per file. Whatever goes wrong, the thread goes on: lost lines are counted."
+        chunks, taken, done = collections.defaultdict(list), 0, 0
+        while self.pending:
+            name, day, line = self.pending.popleft()
+            chunks[(name, day)].append(line); taken += 1; self.drained += len(line)
+        try:
+            for (name, day), lines in chunks.items(): done += files.write(name, day, lines)
+        except Exception as e:  # not the disk (DayFiles counts that): a bug must not stop the log either
+            log.exception("prediction log: writing failed")
+            self.faults.count("error", taken - done, None, f"{type(e).__name__}: {e}")
+        self.written += done
+        self.faults.report()
+
+    def collect(self):
+        "Prometheus families: lines written, lines lost by reason, bytes waiting for the writer."
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        with self.faults.lock: lost = sorted(self.faults.lost.items())
+        yield CounterMetricFamily("mlplat_prediction_log_written", "Prediction-log lines written", value=self.written)
+        dropped = CounterMetricFamily("mlplat_prediction_log_dropped", "Prediction-log lines not written, by reason",
+                                      labels=["reason"])
+        for reason, n in lost: dropped.add_metric([reason], n)
+        yield dropped
+        yield GaugeMetricFamily("mlplat_prediction_log_pending_bytes", "Serialized lines waiting for the writer",
+                                value=max(0, self.queued - self.drained))
+
+# %% ../../notebooks/53a_serving_prediction_log.ipynb #702af2a4
+class PredictionLog(LogWriter):
+    """The server's writer: append-only JSON lines per served name and UTC day. `home=None` logs nothing. At most
+    `max_pending_bytes` wait for the writer; what does not fit, and what the disk refuses, is counted by reason and
+    reported to `on_fault(report)` at most once per `alert_seconds`."""
+    def __init__(self, home, flush_seconds: float = 0.02, retention_days: int = 0, on_prune=None,
+                 max_pending_bytes: int = 128 * 2**20, on_fault=None, alert_seconds: float = 300.0):
         self.home, self.flush_seconds, self.retention_days, self.on_prune = home, flush_seconds, retention_days, on_prune
+        self.max_pending_bytes, self.faults = max_pending_bytes, LogFaults(on_fault, alert_seconds)
         self.pending: collections.deque = collections.deque()
+        self.queued = 0                  # bytes queued: added to by the event loop's thread only
+        self.drained = self.written = 0  # bytes taken and lines written: by the writer thread only
         self.stopping = threading.Event()
         self.names, self.thread = [], None
         self._second, self._prefix = None, ""
@@ -214,10 +334,15 @@ class PredictionLog:
         return self
 
     def add(self, name: str, version: str, variant: str, request_id: str, elapsed: float, inputs: dict, outputs: dict):
+        "Queue the line of one answered request; never raises (a line that cannot be queued is counted)."
         if self.thread is None: return
+        if self.queued - self.drained >= self.max_pending_bytes:
+            return self.faults.count("queue_full", 1, name, f"{self.queued - self.drained} bytes wait for the writer")
         ts = self._timestamp()
-        line = dumps({"ts": ts, "request_id": request_id, "model": name, "version": version, "variant": variant,
-                      "latency_ms": round(elapsed * 1000, 3), "inputs": inputs, "outputs": outputs})
+        try: line = dumps({"ts": ts, "request_id": request_id, "model": name, "version": version, "variant": variant,
+                           "latency_ms": round(elapsed * 1000, 3), "inputs": inputs, "outputs": outputs})
+        except Exception as e: return self.faults.count("unserializable", 1, name, f"{type(e).__name__}: {e}")
+        self.queued += len(line)
         self.pending.append((name, ts[:10], line))
 
     def _timestamp(self) -> str:
@@ -226,20 +351,6 @@ class PredictionLog:
         sec = int(now)
         if sec != self._second: self._second, self._prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         return f"{self._prefix}.{int((now - sec) * 1e6):06d}+00:00"
-
-    def _write(self):
-        files = DayFiles(self.home, self.names, self.retention_days, self.on_prune)
-        try:
-            while not self.stopping.wait(self.flush_seconds): self._drain(files)
-            self._drain(files)
-        finally: files.close()
-
-    def _drain(self, files: DayFiles):
-        chunks = collections.defaultdict(list)
-        while self.pending:
-            name, day, line = self.pending.popleft()
-            chunks[(name, day)].append(line)
-        for (name, day), lines in chunks.items(): files.write(name, day, lines)
 
     def close(self):
         if self.thread is not None: self.stopping.set(); self.thread.join(10)

@@ -1,8 +1,11 @@
 """Hostile input: oversized and malformed payloads on the serving APIs (REST and gRPC) are refused with the right
 status without buffering past the limit, audited (coalesced, so a flood is not a flood of audit writes), and the
-server keeps serving; user-supplied names cannot traverse paths; credentials never reach the server's log."""
+server keeps serving; user-supplied names cannot traverse paths, and a model name in a URL (quotes, backslashes,
+`%`, `_`, a filter's own grammar) gets a 400 or 404 from the serving APIs and the platform's API, never a 500;
+credentials never reach the server's log."""
 import json
 import socket
+import urllib.parse
 
 import grpc
 import httpx
@@ -10,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import free_port, onnx_chain
+from helpers import BIN, free_port, onnx_chain, start_process, stop_process, wait_http
 from mlplat.errors import NotFoundError, ValidationError
 
 
@@ -109,3 +112,61 @@ def test_names_cannot_traverse_paths(ws):
     with pytest.raises((ValidationError, NotFoundError)):
         copy("../../etc", ws.config.home)
     assert not list((ws.config.home / "data").rglob("*escape*")) and not (ws.config.home.parent / "escape").exists()
+
+
+# names as they come in URLs: MLflow's filter grammar (quotes, OR, LIKE wildcards), escapes, paths, bytes, length
+HOSTILE = ["it's", 'say "hi"', """both '" quotes""", "x' OR name = 'y", "%", "_", "a%_b", "a\\b", "..", "../x", "a b",
+           "\x00", "é€", "a;DROP TABLE registered_models--", "*", "x" * 1000]
+
+
+@pytest.mark.services
+def test_hostile_model_names_get_400_or_404_from_serving_never_500(ws, served):
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+    rest, target, token, _ = served
+    auth = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=f"http://{rest}", headers=auth) as c:
+        for name in [n for n in HOSTILE if n != ".."]:       # (a client resolves a ".." segment before sending)
+            q = urllib.parse.quote(name, safe="")
+            for method, path in (("POST", f"/v2/models/{q}/infer"), ("POST", f"/v2/models/relu/versions/{q}/infer"),
+                                 ("GET", f"/v2/models/{q}"), ("GET", f"/v2/models/{q}/ready"),
+                                 ("GET", f"/v2/models/relu/versions/{q}"), ("GET", f"/mlplat/rollouts/{q}")):
+                r = c.request(method, path, content=infer_body())
+                assert r.status_code in (400, 404), (name, method, path, r.status_code, r.text)
+                if "/" not in name:   # a decoded "/" leaves the model routes: Starlette's plain 404
+                    assert "error" in r.json(), (name, path, r.text)
+    client = tg.InferenceServerClient(target)
+    i = tg.InferInput("input", [1, 4], "FP32"); i.set_data_from_numpy(np.ones((1, 4), np.float32))
+    for name in HOSTILE:
+        for call in (lambda: client.infer(name, [i], headers=auth), lambda: client.get_model_metadata(name, headers=auth),
+                     lambda: client.infer("relu", [i], model_version=name, headers=auth)):
+            with pytest.raises(InferenceServerException) as e:
+                call()
+            assert e.value.status() in ("StatusCode.NOT_FOUND", "StatusCode.INVALID_ARGUMENT"), (name, e.value.status(), e.value)
+    assert client.infer("relu", [i], headers=auth).as_numpy("output").tolist() == [[1, 1, 1, 1]]     # still serving
+
+
+@pytest.mark.services
+def test_hostile_model_names_get_404_from_the_platforms_api_never_500(ws, tmp_path):
+    client = ws.mlflow_client()              # MLflow takes any name but '/' and ':': one holding quotes can exist
+    for name in ("it's", """both '"\\"""):
+        client.create_registered_model(name); client.create_model_version(name, str(tmp_path))
+    token = ws.tokens.create("reader", ["viewer"])["token"]
+    port, log = free_port(), tmp_path / "service.log"
+    proc = start_process([BIN / "mlplat", "server", "--port", port], log)
+    base = f"http://127.0.0.1:{port}/mlplat/api"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/ready", proc, log)
+        with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}, timeout=60) as c:
+            for name in [n for n in HOSTILE if n not in ("..", "it's")]:
+                q = urllib.parse.quote(name, safe="")
+                for path in (f"/models/{q}/versions", f"/models/{q}/history", f"/models/{q}/versions/1/check"):
+                    r = c.get(path)
+                    ok = (200, 404) if path.endswith("/history") else (400, 403, 404)   # no history yet: an empty one
+                    assert r.status_code in ok and (r.status_code == 200 or r.json()["error"] != "InternalError"), (name, path, r.text)
+            for name in ("it's", """both '"\\"""):         # found, and nothing but itself
+                r = c.get(f"/models/{urllib.parse.quote(name, safe='')}/versions")
+                assert r.status_code == 200 and [(v["name"], v["version"]) for v in r.json()] == [(name, 1)], r.text
+    finally:
+        stop_process(proc)
+    assert "Traceback" not in log.read_text()
