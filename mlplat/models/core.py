@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from ..errors import NotFoundError, PermissionDenied, ValidationError
+from ..governance.artifacts import read_rows
 from . import gates as G
 from .registry import (GateFailed, ModelVersion, alias_history, alias_target, artifact_record, check_alias,
                                     check_name, create_version, feature_names, find_run, get_version, load_model, log_onnx,
@@ -106,6 +107,12 @@ class ModelRegistration(ModelReads):
                 ws.lineage.add(f"mlflow_run:{run_id}", f"model:{name}/{version}", conn=c)
             audit.update({"version": version, "gates": {r.gate: r.passed for r in results}})
         return self.get(name, version)
+
+    def holdout(self, run_id: str):
+        """The held-out rows training run `run_id` logged (`ctx.log_model(..., holdout=...)`), opened with the workspace's
+        keys when sealed: what `register` checks parity on, for notebooks that need them too (`models:read`)."""
+        self.ws.governance.authorize("models:read", f"mlflow_run:{run_id}")
+        return read_rows(self.client, self.ws.crypto, find_run(self.client, run_id).info.run_id, "holdout/inputs.npy")
 
 # %% ../../notebooks/52a_models_core.ipynb #a1c0e7d2
 class PromotionGates(ModelRegistration):
