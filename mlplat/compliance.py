@@ -20,6 +20,8 @@ MOVEMENTS = {
     "features.materialize": "features copied to the online store",
     "features.push": "features pushed to the online store",
     "jobs.submit": "training job placed",
+    "jobs.log_model": "trained model and held-out rows stored",
+    "pipeline.log_notebook": "executed notebook stored",
     "models.register": "model artifact stored",
     "models.promote": "model alias moved",
     "models.rollback": "model alias rolled back",

@@ -233,6 +233,8 @@ class _DerivedSettings:
     def key_file(self) -> Path: return Path(self.encryption.key_file).expanduser() if self.encryption.key_file else self.home/"keys"/"kek.json"
     @property
     def online_store_region(self) -> str: return self.feast.online_store_region or self.workspace.region
+    @property
+    def artifact_store_region(self) -> str: return self.models.artifact_region or self.workspace.region
 
 # %% ../notebooks/01_config.ipynb #33e30b5b
 @dataclass

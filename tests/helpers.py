@@ -158,6 +158,40 @@ def onnx_chain(path, matmuls=0, width=1024):
     return path
 
 
+# ---- a training job small enough for every test that needs a real one ----------------------------
+TINY_JOB = """
+import numpy as np, torch
+from mlplat.jobs.runtime import context
+
+def rows():
+    "64 rows of 4 features; feature 0 is 42.4242.. so that a plaintext copy is easy to find."
+    x = np.random.default_rng(5).normal(size=(64, 4)).astype(np.float32)
+    x[:, 0] = 42.4242 + np.arange(64, dtype=np.float32) / 1000
+    return x
+
+def main(args):
+    "What a training script ends with: the model, an input example and held-out rows logged into the job's run."
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = rows()
+    context().log_model(net, input_example=x[:5], holdout=x, feature_names=["a", "b", "c", "d"])
+"""
+
+
+def tiny_job(folder: Path, monkeypatch, **spec) -> dict:
+    """A job spec running `TINY_JOB` as `tiny_job:main` (torchrun starts in seconds, a DeepSpeed script in tens), its
+    module written to `folder` and importable by the job's processes and by the test (`import tiny_job`)."""
+    (folder / "tiny_job.py").write_text(TINY_JOB)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.syspath_prepend(str(folder))
+    return {"name": "tiny", "entrypoint": "tiny_job:main", "resources": {"processes_per_node": 1}, **spec}
+
+
+def stored_files(ws) -> list:
+    "Every file in the workspace's MLflow artifact store (a local folder in tests)."
+    return sorted(p for p in Path(ws.config.artifact_root).rglob("*") if p.is_file())
+
+
 # ---- notebooks and pipelines -------------------------------------------------------------------
 def write_notebook(path: Path, params: str, *cells: str) -> Path:
     "A Python notebook whose first cell, tagged `parameters`, is `params`, followed by a code cell per item of `cells`."

@@ -56,7 +56,52 @@ class RunLogging:
         c.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
 
 # %% ../../notebooks/41_jobs_runtime.ipynb #21b22e96
-class ModelLogging:
+def _stand_in(example):
+    "Zeros of `example`'s shape and type (an array, a tensor, or a tuple or list of them): all tracing needs of it."
+    import numpy as np, torch
+    if isinstance(example, (tuple, list)) and all(isinstance(e, (np.ndarray, torch.Tensor)) for e in example):
+        return type(example)(_stand_in(e) for e in example)
+    return torch.zeros_like(example) if isinstance(example, torch.Tensor) else np.zeros_like(np.asarray(example))
+
+def _save_without_example(path, mlflow_model, **kwargs):
+    "`mlflow.pytorch.save_model`, then the input example's files dropped: the model keeps its signature, not an example."
+    import mlflow.pytorch
+    mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+    for f in ("input_example.json", "serving_input_example.json"): (Path(path)/f).unlink(missing_ok=True)
+    mlflow_model.saved_input_example_info = None   # the MLmodel no longer points at them
+    mlflow_model.save(str(Path(path)/"MLmodel"))
+
+class _ModelUpload:
+    "The uploads behind `log_model`, once it is allowed."
+    def _upload(self, ws, model, input_example, name, holdout, feature_names, reqs) -> bool:
+        """Log the model, its rows and feature names into the job's run; returns whether the rows were sealed. With
+        encryption at rest (`ws.crypto`) MLflow traces the model on zeros shaped like the example and keeps no example:
+        its own copies (`input_example.json`, the `pt2` archive's example inputs) are plaintext that MLflow reads back
+        unsealed. The rows go as sealed `holdout/inputs.npy` instead — the example's own rows when no `holdout` is
+        given, so the registry and monitoring still find rows to use."""
+        import mlflow, types
+        from mlflow.models import Model
+        from mlflow.tracking import MlflowClient
+        from mlplat.governance.artifacts import log_rows
+        if ws is not None: mlflow.set_tracking_uri(ws.config.tracking_uri)
+        import mlflow.pytorch
+        sealer = ws.crypto if ws is not None else None
+        sealed = sealer is not None and sealer.enabled
+        rows = holdout if holdout is not None or not sealed else input_example
+        with mlflow.start_run(run_id=self.run_id):
+            if sealed:   # what mlflow.pytorch.log_model does, with a flavor whose save_model keeps no example
+                flavor = types.SimpleNamespace(save_model=_save_without_example)
+                Model.log(artifact_path=None, name=name, flavor=flavor, flavor_name="mlflow.pytorch", pytorch_model=model,
+                          input_example=_stand_in(input_example), pip_requirements=reqs)
+            else: mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=reqs)
+            if rows is not None:
+                client = ws.mlflow_client() if ws is not None else MlflowClient()
+                log_rows(client, sealer, self.run_id, rows[:1024], "holdout/inputs.npy")
+            if feature_names is not None: mlflow.log_dict({"features": [str(f) for f in feature_names]}, "holdout/features.json")
+        return sealed
+
+# %% ../../notebooks/41_jobs_runtime.ipynb #9fefd321
+class ModelLogging(_ModelUpload):
     "The trained model into the job's MLflow run (rank 0), with what the registry and monitoring need of it."
     def log_model(self, model, input_example, name: str = "model", holdout=None, feature_names: list | None = None,
                   pip_requirements: list | None = None, extra_pip_requirements: list | None = None):
@@ -65,25 +110,25 @@ class ModelLogging:
         (held-out rows of model input, e.g. the test split) is what the registry's parity gate compares on, and
         monitoring's reference; `feature_names` names the input columns (drift is reported per feature).
         The model's pip requirements are PyTorch's own (torch, cloudpickle, as installed) plus
-        `extra_pip_requirements`; `pip_requirements` replaces them all."""
+        `extra_pip_requirements`; `pip_requirements` replaces them all.
+        Under mlplat it is a governed upload (`jobs.log_model`, `runs:log`): residency of the job's data (its training
+        set's classification; the least sensitive one without a training set) is checked for the artifact store's
+        region before any byte moves, and audited; with encryption at rest the rows are sealed (see `_upload`)."""
         if input_example is None: raise ValidationError("log_model needs an input_example (a few rows of real inputs)")
         if pip_requirements is not None and extra_pip_requirements is not None:
             raise ValidationError("give pip_requirements (the whole list) or extra_pip_requirements (added to PyTorch's), not both")
         if not self.is_main or not self.run_id: return
-        import mlflow
         from mlplat.models.onnx import flavor_requirements
-        ws = self.workspace()
-        if ws is not None: mlflow.set_tracking_uri(ws.config.tracking_uri)
-        import mlflow.pytorch
         reqs = list(pip_requirements) if pip_requirements is not None else flavor_requirements("pytorch", extra_pip_requirements)
-        with mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(model, name=name, input_example=input_example, pip_requirements=reqs)
-            if holdout is not None:
-                import numpy as np, tempfile
-                with tempfile.TemporaryDirectory() as d:
-                    np.save(Path(d)/"inputs.npy", np.asarray(holdout, dtype=np.float32)[:1024])
-                    mlflow.log_artifact(str(Path(d)/"inputs.npy"), artifact_path="holdout")
-            if feature_names is not None: mlflow.log_dict({"features": [str(f) for f in feature_names]}, "holdout/features.json")
+        ws = self.workspace()
+        if ws is None: return self._upload(None, model, input_example, name, holdout, feature_names, reqs)
+        ts = ws.features.get_training_set(self.training_set_ref) if self.training_set_ref else None
+        gov = ws.governance
+        details = {"job_id": self.job_id, "artifact": name, "training_set": ts.id if ts else None,
+                   "holdout_rows": None if holdout is None else min(len(holdout), 1024)}
+        with gov.operation("jobs.log_model", f"mlflow_run:{self.run_id}", "runs:log", ws.config.artifact_store_region,
+                           gov.residency.most_sensitive([ts.classification] if ts else []), details) as audit:
+            audit["sealed"] = self._upload(ws, model, input_example, name, holdout, feature_names, reqs)
 
 # %% ../../notebooks/41_jobs_runtime.ipynb #295762d7
 class Checkpoints:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from ..errors import NotFoundError, PermissionDenied, ValidationError
+from ..governance.artifacts import read_rows
 from . import gates as G
 from .registry import (GateFailed, ModelVersion, alias_history, alias_target, artifact_record, check_alias,
                                     check_name, create_version, feature_names, find_run, get_version, load_model, log_onnx,
@@ -87,23 +88,31 @@ class ModelRegistration(ModelReads):
         run = find_run(client, run_id)
         ts = self._training_set(run)
         mlflow.set_tracking_uri(cfg.tracking_uri); mlflow.set_registry_uri(cfg.registry_uri)  # runs:/ URIs resolve here
-        # the ONNX artifact is stored in the artifact store's region, after being made here: residency covers both
-        with ws.governance.operation("models.register", f"model:{name}", "models:register", cfg.models.artifact_region or cfg.workspace.region,
-                                     ts.classification if ts else None, {"run_id": run_id}, also_regions=(cfg.workspace.region,)) as audit:
+        # the ONNX artifact and the reference rows are stored in the artifact store's region, after being made here:
+        # residency covers both, for the training set's classification (without one, the least sensitive: still checked)
+        classification = ws.governance.residency.most_sensitive([ts.classification] if ts else [])
+        with ws.governance.operation("models.register", f"model:{name}", "models:register", cfg.artifact_store_region,
+                                     classification, {"run_id": run_id}, also_regions=(cfg.workspace.region,)) as audit:
             model, framework = load_model(run_id, artifact)
-            x = read_sample(run_id, artifact, sample, cfg.tracking_uri)
+            x = read_sample(client, ws.crypto, run_id, artifact, sample)
             onnx_bytes, sig, results = measure(model, x, cfg.models)
             model_uri, onnx_file = log_onnx(client, ws.crypto, run, name, onnx_bytes, sig)
             tags = version_tags(run, framework, sig, onnx_file["sealed"], ws.principal.name, ts, results,
                                 feature_names(client, run_id, sample, x.shape[1]))
             version = create_version(client, name, model_uri, run_id, tags)
-            log_reference(client, run_id, version, x)
+            log_reference(client, ws.crypto, run_id, version, x)   # rows: inside the residency check above
             with ws.engine.begin() as c:
                 for r in results: store_gate(c, name, version, r, "register", ws.principal.name)
                 record_artifact(c, name, version, onnx_file, ws.principal.name)
                 ws.lineage.add(f"mlflow_run:{run_id}", f"model:{name}/{version}", conn=c)
             audit.update({"version": version, "gates": {r.gate: r.passed for r in results}})
         return self.get(name, version)
+
+    def holdout(self, run_id: str):
+        """The held-out rows training run `run_id` logged (`ctx.log_model(..., holdout=...)`), opened with the workspace's
+        keys when sealed: what `register` checks parity on, for notebooks that need them too (`models:read`)."""
+        self.ws.governance.authorize("models:read", f"mlflow_run:{run_id}")
+        return read_rows(self.client, self.ws.crypto, find_run(self.client, run_id).info.run_id, "holdout/inputs.npy")
 
 # %% ../../notebooks/52a_models_core.ipynb #a1c0e7d2
 class PromotionGates(ModelRegistration):
@@ -118,7 +127,7 @@ class PromotionGates(ModelRegistration):
         run = find_run(self.client, mv.run_id) if mv.run_id else None
         results.append(G.metrics(run.data.metrics if run else {}, cfg.models.metric_thresholds))
         ts = self._training_set(run) if run else None
-        regions = {"artifact store": cfg.models.artifact_region or cfg.workspace.region,
+        regions = {"artifact store": cfg.artifact_store_region,
                    "serving": region or cfg.workspace.region}
         results.append(G.residency(self.ws.governance.residency, ts.classification if ts else None, regions))
         results.append(G.GateResult("rbac", True, f"{self.ws.principal.name} holds models:promote"))

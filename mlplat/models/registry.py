@@ -17,6 +17,7 @@ import numpy as np
 
 from ..db import dumps, table, utcnow
 from ..errors import MlplatError, NotFoundError, ValidationError
+from ..governance.artifacts import log_rows, read_rows
 from . import gates as G
 
 # %% auto #0
@@ -118,14 +119,14 @@ def load_model(run_id: str, artifact: str):
                           hint="mlplat exports PyTorch and scikit-learn models to ONNX")
 
 # %% ../../notebooks/52_models_registry.ipynb #12156852
-def read_sample(run_id: str, artifact: str, sample, tracking_uri: str) -> np.ndarray:
-    "The rows parity is checked on: `sample` if given, else the held-out rows the run logged, else its input example."
+def read_sample(client, sealer, run_id: str, artifact: str, sample) -> np.ndarray:
+    """The rows parity is checked on: `sample` if given, else the held-out rows the run logged (opened with the
+    workspace's keys, `sealer`, when sealed), else its input example."""
     if sample is not None: x = np.asarray(sample.to_numpy() if hasattr(sample, "to_numpy") else sample)
     else:
-        import mlflow
         x = None
-        try: x = np.load(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/holdout/inputs.npy", tracking_uri=tracking_uri))
-        except Exception:
+        try: x = read_rows(client, sealer, run_id, "holdout/inputs.npy")
+        except NotFoundError:   # a sealed file that does not open is an error, never a reason to use other rows
             from mlflow.models import Model
             ex = Model.load(f"runs:/{run_id}/{artifact}").load_input_example()
             if ex is not None: x = np.asarray(ex.to_numpy() if hasattr(ex, "to_numpy") else ex)
@@ -191,12 +192,10 @@ def log_onnx(client, sealer, run, name: str, onnx_bytes: bytes, sig: dict) -> tu
         client.finalize_logged_model(lm.model_id, "READY")
     return f"models:/{lm.model_id}", {"sha256": digest, "sealed": sealed_as is not None, "sealed_as": sealed_as}
 
-def log_reference(client, run_id: str, version: int, x: np.ndarray):
-    "The rows the gates ran on, kept with the version: monitoring compares production traffic against them."
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        np.save(Path(d)/"inputs.npy", x[:2048])
-        client.log_artifact(run_id, str(Path(d)/"inputs.npy"), f"reference/v{version}")
+def log_reference(client, sealer, run_id: str, version: int, x: np.ndarray):
+    """The rows the gates ran on, kept with the version (`reference/v<version>/inputs.npy` of the run, sealed with
+    encryption at rest): monitoring compares production traffic against them."""
+    log_rows(client, sealer, run_id, x[:2048], f"reference/v{version}/inputs.npy")
 
 # %% ../../notebooks/52_models_registry.ipynb #46e232c2
 def version_tags(run, framework: str, sig: dict, sealed: bool, principal: str, training_set, results: list,

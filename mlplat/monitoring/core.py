@@ -188,12 +188,13 @@ class _Judging:
     def reference(self, model: str, version: int) -> dict:
         "The reference rows of one model version, its feature names and its ONNX outputs on them."
         from mlplat.models.onnx import session
+        from mlplat.governance.artifacts import read_rows
         from mlplat.serving.models import read_model
         mv = self.ws.models.get(model, version)
         client = self.ws.mlflow_client()
         for path in (f"reference/v{version}/inputs.npy", "holdout/inputs.npy"):
-            try: x = np.load(client.download_artifacts(mv.run_id, path)); break
-            except Exception: continue
+            try: x = read_rows(client, self.ws.crypto, mv.run_id, path); break   # sealed rows open with the workspace's keys
+            except NotFoundError: continue
         else: raise NotFoundError(f"model {model} v{version} has no reference rows",
                                   hint="versions registered by this mlplat keep them; re-register older ones")
         sess = session(read_model(self.ws, f"models:/{model}/{version}")[2])

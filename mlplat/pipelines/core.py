@@ -112,6 +112,7 @@ class Pipelines(_RunControl):
         p = self.load(pipeline)
         values = p.resolve_params(params)
         _check_regions(p, ws.config.workspace.region)
+        if p.classification: ws.governance.residency.validate_classification(p.classification)  # before a kernel starts
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
         run_id = run_id or self.new_run_id(p.name)

@@ -134,10 +134,11 @@ class _Ending:
         self.store.save_run(rec)
         self.tracking.end(rec)
         runner_file(rec).unlink(missing_ok=True)
+        details = {"pipeline": rec.pipeline, "status": rec.status, "failed_steps": sorted(self.failed),
+                   "steps": {n: s.status for n, s in rec.steps.items()}}
+        if self.tracking.refused: details["notebooks_not_uploaded"] = dict(self.tracking.refused)   # and why
         ws.governance.audit.append(ws.principal.name, self.action, f"pipeline_run:{rec.id}",
-                                   "success" if rec.status == "succeeded" else "failure", ws.config.workspace.region,
-                                   {"pipeline": rec.pipeline, "status": rec.status, "failed_steps": sorted(self.failed),
-                                    "steps": {n: s.status for n, s in rec.steps.items()}})
+                                   "success" if rec.status == "succeeded" else "failure", ws.config.workspace.region, details)
         if rec.status in ("succeeded", "failed"): self._notify()
         return rec
 

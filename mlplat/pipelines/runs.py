@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..db import table, utcnow
-from ..errors import NotFoundError
+from ..errors import NotFoundError, PermissionDenied, ResidencyViolation, ValidationError
+from ..governance.artifacts import log_file
 
 # %% auto #0
 __all__ = ['StepRecord', 'RunRecord', 'RunStore', 'runner_file', 'runner_alive', 'RunTracking']
@@ -152,8 +154,9 @@ def runner_alive(rec: RunRecord) -> bool:
 
 # %% ../../notebooks/62a_pipelines_runs.ipynb #afbc15a8
 class RunTracking:
-    "Each pipeline run as one MLflow run in the experiment `pipelines`: its parameters, executed notebooks, step times, outcome."
-    def __init__(self, ws): self.ws = ws
+    """Each pipeline run as one MLflow run in the experiment `pipelines`: its parameters, executed notebooks, step times,
+    outcome. `refused` maps the steps whose notebook was not uploaded to why."""
+    def __init__(self, ws): self.ws, self.refused = ws, {}
 
     def start(self, run_id: str, p, values: dict) -> str:
         "A new MLflow run for pipeline run `run_id` of pipeline `p` with parameter `values`; its id."
@@ -174,9 +177,27 @@ class RunTracking:
         "A finished step: its executed notebook as an artifact, its time, its status as a tag."
         if not rec.mlflow_run_id: return
         client = self.ws.mlflow_client()
-        if s.notebook and Path(s.notebook).exists(): client.log_artifact(rec.mlflow_run_id, s.notebook, "steps")
+        if s.notebook and Path(s.notebook).exists(): self.log_notebook(client, rec, s)
         if s.seconds is not None: client.log_metric(rec.mlflow_run_id, f"step_seconds_{s.name}", s.seconds)
         client.set_tag(rec.mlflow_run_id, f"step.{s.name}", s.status)
+
+    def log_notebook(self, client, rec: RunRecord, s: StepRecord):
+        """Step `s`'s executed notebook into the run's artifacts as `steps/<name>.ipynb`: its outputs are data, so it is
+        a governed upload (`pipeline.log_notebook`, `pipelines:run`) of the pipeline's `classification` (none: the
+        workspace's most sensitive) to the artifact store's region, sealed with encryption at rest. A refusal uploads
+        nothing and the run keeps why: the tag `step.<name>.notebook`, `refused`, and the audit record."""
+        ws = self.ws
+        classification = rec.spec.get("classification") or ws.config.workspace.classifications[-1]
+        try:
+            with ws.governance.operation("pipeline.log_notebook", f"pipeline_run:{rec.id}", "pipelines:run",
+                                         ws.config.artifact_store_region, classification,
+                                         {"step": s.name, "mlflow_run_id": rec.mlflow_run_id}) as audit:
+                audit["sealed"] = log_file(client, ws.crypto, rec.mlflow_run_id, s.notebook, "steps")
+            note = "sealed" if audit["sealed"] else "uploaded"
+        except (ResidencyViolation, PermissionDenied, ValidationError) as e:   # audited as denied by the operation
+            note = self.refused[s.name] = f"not uploaded: {e.message}"
+            logging.getLogger("mlplat.pipelines").warning("run %s, step %s: executed notebook %s", rec.id, s.name, note)
+        client.set_tag(rec.mlflow_run_id, f"step.{s.name}.notebook", note[:5000])
 
     def end(self, rec: RunRecord):
         if rec.mlflow_run_id:

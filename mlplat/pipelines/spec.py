@@ -196,6 +196,14 @@ def _parameters(doc: dict) -> dict:
         params[pname] = p
     return params
 
+def _settings(doc: dict) -> tuple:
+    "The pipeline's `max_parallel` (default 2) and `classification` (default None: the workspace's most sensitive)."
+    mp, cl = doc.get("max_parallel", 2), doc.get("classification")
+    if not isinstance(mp, int) or isinstance(mp, bool) or mp < 1: raise ValidationError(f"max_parallel must be >= 1, got {mp!r}")
+    if cl is not None and (not isinstance(cl, str) or not NAME.fullmatch(cl)):
+        raise ValidationError(f"classification must be the name of a data classification, got {cl!r}")
+    return mp, cl
+
 # %% ../../notebooks/60_pipelines_spec.ipynb #c807faf2
 class _Dag:
     "The graph questions about a pipeline's `steps`, asked by its checks and by the executor."
@@ -269,6 +277,7 @@ class Pipeline(_Dag, _Checks):
     parameters: dict = field(default_factory=dict)   # name -> PipelineParam
     max_parallel: int = 2
     source: Path | None = None
+    classification: str | None = None               # what its executed notebooks may show; None: the most sensitive
 
     @classmethod
     def from_yaml(cls, path) -> "Pipeline":
@@ -283,9 +292,9 @@ class Pipeline(_Dag, _Checks):
     def from_dict(cls, doc: dict, base: Path | str = ".", source: Path | None = None) -> "Pipeline":
         "Build and validate a pipeline from its YAML shape; notebook paths are relative to `base`."
         if not isinstance(doc, dict): raise ValidationError("a pipeline is a mapping with name, parameters and steps")
-        unknown = set(doc) - {"name", "parameters", "steps", "max_parallel", "description"}
+        unknown = set(doc) - {"name", "parameters", "steps", "max_parallel", "description", "classification"}
         if unknown: raise ValidationError(f"unknown pipeline field(s) {sorted(unknown)}",
-                                          hint="fields: name, description, parameters, max_parallel, steps")
+                                          hint="fields: name, description, parameters, max_parallel, classification, steps")
         name = doc.get("name")
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ValidationError(f"pipeline name {name!r} must be a word of letters, digits, _ or - (up to 63)")
@@ -293,9 +302,8 @@ class Pipeline(_Dag, _Checks):
         steps_doc = doc.get("steps")
         if not isinstance(steps_doc, list) or not steps_doc: raise ValidationError("a pipeline needs a non-empty list of steps")
         steps = [_step(s, i, Path(base)) for i, s in enumerate(steps_doc)]
-        mp = doc.get("max_parallel", 2)
-        if not isinstance(mp, int) or isinstance(mp, bool) or mp < 1: raise ValidationError(f"max_parallel must be >= 1, got {mp!r}")
-        p = cls(name, steps, params, mp, source)
+        mp, cl = _settings(doc)
+        p = cls(name, steps, params, mp, source, cl)
         p.validate()
         return p
 
@@ -315,7 +323,7 @@ class Pipeline(_Dag, _Checks):
         return out
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "max_parallel": self.max_parallel,
+        return {"name": self.name, "max_parallel": self.max_parallel, "classification": self.classification,
                 "parameters": {n: {"type": p.type, "default": p.default, "required": p.required} for n, p in self.parameters.items()},
                 "steps": [{"name": s.name, "notebook": str(s.notebook), "parameters": s.parameters, "depends_on": s.depends_on,
                            "retries": s.retries, "backoff": s.backoff, "timeout": s.timeout, "kernel": s.kernel, "region": s.region}

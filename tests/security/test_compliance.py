@@ -3,11 +3,12 @@ target, materialization to the online store — refusing before any write, audit
 auditor the datasets, movements, blocked attempts, model provenance, alias history and the audit chain's status."""
 import json
 import sqlite3
+from pathlib import Path
 
 import mlflow
 import pytest
 
-from helpers import REPO, X, Y, run_cli
+from helpers import REPO, X, Y, run_cli, stored_files, tiny_job, write_notebook, write_pipeline
 from mlplat.errors import ResidencyViolation
 
 
@@ -92,3 +93,33 @@ def test_residency_blocks_every_movement_and_the_report_shows_it(churn_ws, churn
     assert "does not verify" in p.stderr and "record 3" in p.stderr and "BROKEN" in out2.read_text()
     p = run_cli("compliance", "report", env_extra={"MLPLAT_USER": "mallory"}, check=3)
     assert "may not audit:export" in p.stderr
+
+
+@pytest.mark.slow   # a real job (torchrun) and a pipeline step in a kernel
+def test_artifact_store_residency_for_job_models_and_pipeline_notebooks(churn_ws, churn_set, tmp_path, monkeypatch):
+    """A job's model and held-out rows, and a pipeline's executed notebooks, go to MLflow's artifact store only where
+    residency allows: refused (audited, as the job's principal) before any byte moves, and the work says why."""
+    ws = churn_ws
+    job = tiny_job(tmp_path, monkeypatch, training_set=churn_set.id)
+    write_pipeline(tmp_path, {"name": "show", "steps": [{"name": "show", "notebook": "show.ipynb"}]})
+    write_notebook(tmp_path / "show.ipynb", "n = 1", "print('customer', 4242 + n)")
+    monkeypatch.setenv("MLPLAT_MODELS_ARTIFACT_REGION", "eu-west-1")    # personal data may live in ae-* only
+    before = stored_files(ws)
+    rec = ws.jobs.submit(job, wait=True, timeout=300)                  # a real process (torchrun), as the submitter
+    log = "".join(ws.jobs.logs(rec.id))
+    assert rec.state == "failed" and "ResidencyViolation" in log and "jobs.log_model refused: personal data" in log, log
+    import mlplat
+    run = mlplat.connect(ws.config.home).pipelines.run(tmp_path / "show.yaml")   # the run goes on; its notebook stays home
+    assert run.status == "succeeded" and Path(run.steps["show"].notebook).is_file()
+    assert stored_files(ws) == before                                  # neither wrote a byte to the artifact store
+    tags = ws.mlflow_client().get_run(run.mlflow_run_id).data.tags
+    assert tags["step.show.notebook"].startswith("not uploaded: pipeline.log_notebook refused") and "eu-west-1" in tags["step.show.notebook"]
+    records = ws.audit.records(limit=None)
+    refused = {r["action"]: r for r in records if r["outcome"] == "denied" and r["region"] == "eu-west-1"}
+    assert (refused["jobs.log_model"]["principal"], refused["jobs.log_model"]["resource"], refused["jobs.log_model"]["details"]["classification"]) \
+        == (ws.principal.name, f"mlflow_run:{rec.mlflow_run_id}", "personal")
+    assert refused["pipeline.log_notebook"]["details"]["step"] == "show"
+    finished = next(r for r in records if r["action"] == "pipeline.run" and r["resource"] == f"pipeline_run:{run.id}")
+    assert "eu-west-1" in finished["details"]["notebooks_not_uploaded"]["show"]
+    blocked = {b["action"] for b in ws.compliance_report()["blocked"]}
+    assert {"jobs.log_model", "pipeline.log_notebook"} <= blocked

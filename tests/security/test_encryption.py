@@ -1,5 +1,5 @@
-"""Encryption at rest: ONNX artifacts, dataset snapshots and training sets are sealed (AES-256-GCM envelopes, a data
-key per file wrapped by the workspace's key-encryption key). The server still serves sealed models; a tampered file
+"""Encryption at rest: ONNX artifacts, dataset snapshots, training sets and the rows and executed notebooks in MLflow's
+artifact store are sealed (AES-256-GCM envelopes, a data key per file wrapped by the workspace's key-encryption key). The server still serves sealed models; a tampered file
 never loads and the refusal is audited; key rotation re-wraps data keys without re-encrypting the data."""
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import X, Y, onnx_chain, register_version, run_cli
+from helpers import X, Y, onnx_chain, register_version, run_cli, stored_files, tiny_job, write_notebook, write_pipeline
 from mlplat.errors import AuditIntegrityError
 from mlplat.governance.crypto import MAGIC, is_sealed
 
@@ -116,3 +116,30 @@ def test_a_lost_key_file_is_an_error_not_a_new_key(ws, tmp_path):
     key_file.with_name("kek.json.bak").rename(key_file)        # restored: everything opens again
     ws.__dict__.pop("crypto", None)
     assert ws.features.datasets.get("secret").to_df().x.tolist() == [1.0, 2.0]
+
+
+@pytest.mark.slow   # a real job (torchrun) and a pipeline step in a kernel
+def test_rows_and_executed_notebooks_in_the_artifact_store_are_sealed(ws, tmp_path, monkeypatch):
+    """A job's held-out rows (and its input example), the registry's reference rows and a pipeline's executed notebooks
+    reach MLflow's artifact store sealed; the registry still gates on the rows and monitoring still reads them."""
+    rec = ws.jobs.submit(tiny_job(tmp_path, monkeypatch), wait=True, timeout=300)
+    assert rec.state == "succeeded", "".join(ws.jobs.logs(rec.id))
+    import tiny_job as job
+    rows = job.rows()
+    mv = ws.models.register(rec.mlflow_run_id, "tiny")                       # parity on the sealed held-out rows
+    assert {g["gate"]: bool(g["passed"]) for g in ws.models.gates("tiny", mv.version)} == {"parity": True, "latency": True}
+    ref = ws.monitoring.reference("tiny", mv.version)                        # the sealed reference rows, opened
+    assert np.array_equal(ref["inputs"]["input"], rows) and ref["names"] == {"input": ["a", "b", "c", "d"]}
+    write_notebook(tmp_path / "show.ipynb", "n = 1", "print('customer', 4242 + n)")
+    write_pipeline(tmp_path, {"name": "show", "classification": "internal", "steps": [{"name": "show", "notebook": "show.ipynb"}]})
+    run = ws.pipelines.run(tmp_path / "show.yaml")
+    assert run.status == "succeeded" and "customer 4243" in Path(run.steps["show"].notebook).read_text()   # the local copy
+    files = {str(p.relative_to(ws.config.artifact_root)): p for p in stored_files(ws)}
+    rows_at = [f for f in files if f.endswith("/inputs.npy")]
+    assert len(rows_at) == 2 and any("holdout/" in f for f in rows_at) and any(f"reference/v{mv.version}/" in f for f in rows_at)
+    notebook = next(f for f in files if f.endswith("steps/show.ipynb"))
+    assert all(is_sealed(files[f]) for f in [*rows_at, notebook])
+    assert not any(f.endswith("input_example.json") for f in files)        # MLflow's own plaintext copy is not kept
+    for f, path in files.items():                                            # no row, and no printed output, in the clear
+        data = path.read_bytes()
+        assert not any(r.tobytes() in data for r in rows) and b"42.424" not in data and b"customer 4243" not in data, f
