@@ -252,11 +252,12 @@ class AuthState:
         src = self.config.source
         stamp = _stamp(src)
         if src is None or stamp == self._stamp: return False
+        self._stamp = stamp   # a file that does not load is reported once, and read again when it changes
         try: new = Config.load(env={**os.environ, "MLPLAT_CONFIG": str(src), "MLPLAT_HOME": str(self.config.home)})
         except Exception as e:   # a file half-written, or wrong: keep what is in force, and say so
             log.warning("%s changed but does not load (%s); serving keeps its previous roles and bindings", src, getattr(e, "message", e))
             return False
-        self.config, self._stamp = dataclasses.replace(self.config, rbac=new.rbac, identity=new.identity), stamp
+        self.config = dataclasses.replace(self.config, rbac=new.rbac, identity=new.identity)
         self.known.clear(); self.bad.clear()
         return True
 
