@@ -176,6 +176,15 @@ class ServingConfig:
     prediction_retention_days: int = _opt(0, "Days of prediction log and outcomes kept per served name: older day files are "
                                              "deleted by the server when a new day starts and by `mlplat monitor prune`; "
                                              "0 keeps them forever.")
+    refusal_rate_per_second: float = _opt(10.0, "Refused requests (401, 403) one client address may cause per second, on "
+                                                "average, before `mlplat serve` answers it 429 with Retry-After (gRPC: "
+                                                "RESOURCE_EXHAUSTED) instead of checking its credentials, sent when its next "
+                                                "allowance is due (at most 1 s later); 0: no limit. The address is the "
+                                                "connecting one (behind a proxy: the proxy's).")
+    refusal_burst: int = _opt(50, "Refusals a client address may cause at once before `refusal_rate_per_second` applies.")
+    refusal_audit_seconds: float = _opt(10.0, "`mlplat serve` audits refused requests as one record per client address, "
+                                              "reason and this many seconds, with their count (the first at once), written "
+                                              "off the request path; what is still counted at shutdown is written then.")
 
 # %% ../notebooks/01b_options.ipynb #867c6819
 @dataclass

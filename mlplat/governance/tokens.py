@@ -21,9 +21,12 @@ from .identity import Principal, identity_provider
 PREFIX = "mlp_"
 _TOKEN = re.compile(r"mlp_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+NO_CREDENTIAL = ("this API requires a bearer token",   # (message, hint) of a network call that presents nothing
+                 "send `Authorization: Bearer <token>` with a token from `mlplat tokens create NAME --role ROLE`")
 
 # %% auto #0
-__all__ = ['PREFIX', 'token_lifetime', 'ApiTokens', 'token_principal', 'verify_api_token', 'authenticate']
+__all__ = ['PREFIX', 'NO_CREDENTIAL', 'token_lifetime', 'ApiTokens', 'token_principal', 'verify_api_token', 'bare_credential',
+           'authenticate']
 
 # %% ../../notebooks/07a_tokens.ipynb #bf5e1017
 def token_lifetime(text: str, most_days: int = 366) -> timedelta:
@@ -151,15 +154,20 @@ def verify_api_token(engine, credentials: str) -> Principal:
         with engine.begin() as c: c.execute(sa.update(t).where(t.c.id == row.id).values(last_used_at=now))
     return _sa_principal(row)
 
-def authenticate(config, engine, credentials: str | None, surface: str = "api", trust_local: bool = False) -> Principal:
+def bare_credential(credentials: str | None) -> str:
+    "A presented credential without surrounding spaces and its optional `Bearer ` scheme; '' when there is none."
+    cred = (credentials or "").strip()
+    return cred[7:].strip() if cred[:7].lower() == "bearer " or cred.lower() == "bearer" else cred
+
+def authenticate(config, engine, credentials: str | None, surface: str = "api", trust_local: bool = False,
+                 audit: bool = True) -> Principal:
     """The principal behind `credentials` (`Bearer ` optional): an mlplat API token, a delegated token
     (`mlplat.governance.delegation`, under every identity provider), or whatever the configured identity provider
     accepts. The local provider names whoever runs the process, so it answers only in-process callers
     (`trust_local=True`: the SDK and CLI); a network surface then accepts mlplat tokens alone.
-    Refusals are audited (reason and surface; never the credential)."""
+    Refusals are audited (reason and surface; never the credential), unless `audit=False`: the caller records them."""
     from mlplat.governance.audit import AuditLog
-    cred = (credentials or "").strip()
-    if cred[:7].lower() == "bearer ": cred = cred[7:].strip()
+    cred = bare_credential(credentials)
     try:
         if cred.startswith(PREFIX): return verify_api_token(engine, cred)
         if cred.startswith(DELEGATED_PREFIX):
@@ -167,11 +175,11 @@ def authenticate(config, engine, credentials: str | None, surface: str = "api", 
             if p.claims.get("token_id"): token_principal(engine, p.claims["token_id"])   # the service account's own token must still work
             return p
         if config.identity.provider == "local" and not trust_local:
-            raise AuthenticationError("this API requires a bearer token" if not cred else
-                                      "only mlplat API tokens are accepted here (identity.provider = local)",
-                                      hint="send `Authorization: Bearer <token>` with a token from `mlplat tokens create NAME --role ROLE`")
+            if not cred: raise AuthenticationError(NO_CREDENTIAL[0], hint=NO_CREDENTIAL[1])
+            raise AuthenticationError("only mlplat API tokens are accepted here (identity.provider = local)", hint=NO_CREDENTIAL[1])
         return identity_provider(config).principal(cred or None)
     except AuthenticationError as e:
+        if not audit: raise
         kind = "token" if cred.startswith(PREFIX) else "delegated" if cred.startswith(DELEGATED_PREFIX) else config.identity.provider
         AuditLog(engine).append("anonymous", "auth.login", surface, "denied", config.workspace.region, {"reason": e.message, "provider": kind})
         raise

@@ -14,7 +14,7 @@ import time
 from .dispatch import Dispatcher
 from .models import ModelHost
 from .prediction_log import PredictionLog
-from .auth import OPEN_PATHS, bearer
+from .auth import OPEN_PATHS, bearer, client_name, refusal_headers
 from .protocol import InferError, decode_request, encode_response, error_body
 from ..version import __version__
 
@@ -75,7 +75,7 @@ def rest_infer(dispatch: Dispatcher, max_body: int):
             if not req.inputs:  # entity keys instead of features: read them from the online store
                 req.inputs = await asyncio.get_running_loop().run_in_executor(None, features.build, req.parameters["entities"])
         except InferError as e:
-            dispatch.refused(name, e, "rest", "%s:%s" % tuple(scope.get("client") or ("?", "?")))
+            dispatch.refused(name, e, "rest", client_name(scope))
             return await _reply(send, e.status, error_body(e.message), _error_headers(e.status))
         key = headers.get(b"x-mlplat-key")
         try:
@@ -157,8 +157,9 @@ def operation_routes(host: ModelHost, metrics, rollouts: dict) -> list:
 # %% ../../notebooks/55_serving_app.ipynb #9ef3a604
 def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_port: int | None = None,
              grpc_bind: str = "127.0.0.1", auth=None, tls=None, refusals=None):
-    """The app's lifespan: follow aliases every `refresh_seconds`, judge rollouts, run gRPC on `grpc_port` in the same
-    event loop; at shutdown stop them, close the prediction log and write the refusals still only counted."""
+    """The app's lifespan: follow aliases every `refresh_seconds`, judge rollouts, re-read `auth`'s mlplat.toml every
+    second, audit `refusals` (a `RefusalLog`) from a thread of its own, run gRPC on `grpc_port` in the same event loop;
+    at shutdown stop them, close the prediction log and write the refusals still only counted."""
     from contextlib import asynccontextmanager
     host = dispatch.host
     async def judge_rollouts():
@@ -172,11 +173,19 @@ def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_
             await asyncio.sleep(refresh_seconds)
             await loop.run_in_executor(None, host.refresh)
 
+    async def follow_config():   # a role binding removed from mlplat.toml is in force within a second
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            await loop.run_in_executor(None, auth.refresh)
+
     @asynccontextmanager
     async def run(app):
         loop = asyncio.get_running_loop()
         tasks = ([loop.create_task(follow_aliases())] if refresh_seconds else []) + \
-                ([loop.create_task(judge_rollouts())] if rollouts else [])
+                ([loop.create_task(judge_rollouts())] if rollouts else []) + \
+                ([loop.create_task(follow_config())] if auth is not None and auth.required else [])
+        if refusals is not None: refusals.start()
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
@@ -195,7 +204,8 @@ def create_app(host: ModelHost, predictions: PredictionLog | None = None, refres
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
     when `tls` (a `Tls`) is given — REST's TLS is the HTTP server's, see `Server`).
     `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
-    may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) audits hostile payloads;
+    may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) counts and audits what it
+    and the dispatcher refuse (hostile payloads), also on `/metrics`;
     `predictions` (a `PredictionLog`, None: no log) records every answer and is closed with the app."""
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
@@ -204,6 +214,9 @@ def create_app(host: ModelHost, predictions: PredictionLog | None = None, refres
     rest = Starlette(routes=metadata_routes(host) + operation_routes(host, dispatch.metrics, rollouts),
                      lifespan=lifespan(dispatch, rollouts, refresh_seconds, grpc_port, grpc_bind, auth, tls, refusals))
     infer = rest_infer(dispatch, int(max_body_mb * 2**20))
+    if refusals is not None:
+        refusals.metrics(dispatch.metrics.registry)
+        if auth is not None and auth.refusals is None: auth.refusals = refusals
 
     guarded = auth is not None and auth.required
 
@@ -213,10 +226,9 @@ def create_app(host: ModelHost, predictions: PredictionLog | None = None, refres
             found = INFER_PATH.fullmatch(path) if scope["method"] == "POST" else None
             if guarded and path not in OPEN_PATHS:
                 permission, resource = ("serving:predict", f"model:{found[1]}") if found else ("serving:read", path)
-                try: await auth.acheck(bearer(dict(scope["headers"])), permission, resource)
-                except InferError as e:
-                    challenge = [(b"www-authenticate", b'Bearer realm="mlplat"')] if e.status == 401 else []
-                    return await _reply(send, e.status, error_body(e.message), JSON_HEADERS + challenge)
+                try: await auth.acheck(bearer(dict(scope["headers"])), permission, resource, client_name(scope), "rest")
+                except InferError as e:   # 401 with its Bearer challenge, 403, 429 with Retry-After
+                    return await _reply(send, e.status, error_body(e.message), JSON_HEADERS + refusal_headers(e))
             if found: return await infer(scope, receive, send, found[1], found[2])
         await rest(scope, receive, send)
     return app

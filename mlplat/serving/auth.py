@@ -7,68 +7,220 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import hashlib
+import logging
+import math
+import os
 import threading
 import time
+from datetime import datetime, timezone
 
-from ..errors import AuthenticationError, PermissionDenied
+from ..config import Config
+from ..errors import AuthenticationError, PermissionDenied, ValidationError
+from ..governance.policy import merged_bindings
+from ..governance.rbac import Rbac
+from ..governance.tokens import NO_CREDENTIAL, authenticate, bare_credential
 from .protocol import InferError
 
 MODES = ("required", "off")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+CACHE_SECONDS = 2.0      # an accepted credential (or a 403) is answered from memory this long
+NEGATIVE_SECONDS = 10.0  # a refused credential is answered from memory this long, keyed by its digest
+TRUSTED_SECONDS = 600.0  # a credential accepted this recently is verified even from an address being held back
+TARPIT_SECONDS = 1.0     # a 429 waits for the address's next allowance, at most this long, before it is sent
+MISSING = f"{NO_CREDENTIAL[0]} ({NO_CREDENTIAL[1]})"
+log = logging.getLogger("mlplat.serving")
 
 # %% auto #0
-__all__ = ['MODES', 'OPEN_PATHS', 'ServingAuth', 'bearer', 'RefusalLog', 'Tls']
+__all__ = ['MODES', 'OPEN_PATHS', 'CACHE_SECONDS', 'NEGATIVE_SECONDS', 'TRUSTED_SECONDS', 'TARPIT_SECONDS', 'MISSING', 'log',
+           'ACTIONS', 'TtlCache', 'RateLimit', 'source_of', 'client_name', 'RefusalCounts', 'RefusalLog', 'Refused',
+           'refusal_headers', 'bearer', 'digest', 'AuthState', 'AuthAnswers', 'ServingAuth', 'Tls']
 
-# %% ../../notebooks/54c_serving_auth.ipynb #c8942e11
-class ServingAuth:
-    "Authenticates and authorizes serving requests for workspace `ws` (the server's own workspace)."
-    def __init__(self, ws, mode: str = "required", cache_seconds: float = 30.0, max_entries: int = 4096):
-        if mode not in MODES:
-            from mlplat.errors import ValidationError
-            raise ValidationError(f"serving auth mode {mode!r} is not one of {', '.join(MODES)}")
-        self.ws, self.mode, self.cache_seconds, self.max_entries = ws, mode, cache_seconds, max_entries
-        self._cache: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
+# %% ../../notebooks/54c_serving_auth.ipynb #e529a24a
+class TtlCache:
+    "A thread-safe map whose entries expire, bounded to `max_entries` (the least recently used go first)."
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries, self._d, self._lock = max_entries, collections.OrderedDict(), threading.Lock()
 
-    @property
-    def required(self) -> bool: return self.mode == "required"
-
-    def _cached(self, key, now):
+    def get(self, key, now: float):
+        "(value, until) of `key`, or None when absent or expired (`now`, `until`: `time.monotonic()` seconds)."
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._d.get(key)
             if hit is None: return None
-            if hit[1] <= now: del self._cache[key]; return None
-            self._cache.move_to_end(key)
-            return hit[0]
+            if hit[1] <= now: del self._d[key]; return None
+            self._d.move_to_end(key)
+            return hit
 
-    def check(self, credentials: str | None, permission: str, resource: str) -> str:
-        """The acting principal's name, or `InferError` 401 (no or bad credentials) / 403 (not allowed).
-        Blocking on a cache miss (a DB lookup or a JWKS fetch): servers call `acheck`."""
-        if not self.required: return "anonymous"
-        key, now = (credentials, permission, resource), time.monotonic()
-        name = self._cached(key, now)
-        if name is not None: return name
-        try:
-            ws = self.ws.authenticate(credentials, "serving")
-            ws.governance.authorize(permission, resource, f"serving.{permission.split(':')[1]}", ws.config.workspace.region)
-        except AuthenticationError as e:
-            raise InferError(f"{e.message} ({e.hint})" if e.hint else e.message, 401) from None
-        except PermissionDenied as e:
-            raise InferError(e.message, 403) from None
-        p = ws.principal
-        until = now + self.cache_seconds
-        if isinstance(p.claims.get("exp"), (int, float)): until = min(until, now + (p.claims["exp"] - time.time()))
+    def put(self, key, value, until: float):
         with self._lock:
-            self._cache[key] = (p.name, until)
-            while len(self._cache) > self.max_entries: self._cache.popitem(last=False)
-        return p.name
+            self._d[key] = (value, until)
+            self._d.move_to_end(key)
+            while len(self._d) > self.max_entries: self._d.popitem(last=False)
 
-    async def acheck(self, credentials: str | None, permission: str, resource: str) -> str:
-        "`check` without blocking the event loop: the cache answers inline, a miss runs in a worker thread."
-        if not self.required: return "anonymous"
-        name = self._cached((credentials, permission, resource), time.monotonic())
-        if name is not None: return name
-        return await asyncio.get_running_loop().run_in_executor(None, self.check, credentials, permission, resource)
+    def pop(self, key):
+        with self._lock: self._d.pop(key, None)
+
+    def clear(self):
+        with self._lock: self._d.clear()
+
+    def __len__(self): return len(self._d)
+
+# %% ../../notebooks/54c_serving_auth.ipynb #b3a1bf59
+class RateLimit:
+    """Token buckets per client address: `take(source, now)` spends one of `burst` tokens, which come back at `rate`
+    per second; `wait(source, now)` is 0 while one is left, else the seconds until one is. At most `max_sources`
+    buckets are kept (least recently used dropped first). `rate=0`: no limit."""
+    def __init__(self, rate: float, burst: int, max_sources: int = 65536):
+        if rate < 0 or (rate and burst < 1):
+            raise ValidationError(f"a refusal rate limit needs rate >= 0 and burst >= 1, not rate={rate}, burst={burst}",
+                                  hint="set serving.refusal_rate_per_second (0: no limit) and serving.refusal_burst")
+        self.rate, self.burst, self.max_sources = float(rate), float(burst), max_sources
+        self._b, self._lock = collections.OrderedDict(), threading.Lock()
+
+    def _level(self, source: str, now: float) -> float:
+        b = self._b.get(source)
+        return self.burst if b is None else min(self.burst, b[0] + (now - b[1]) * self.rate)
+
+    def wait(self, source: str, now: float) -> float:
+        if not self.rate: return 0.0
+        with self._lock: level = self._level(source, now)
+        return 0.0 if level >= 1 else (1 - level) / self.rate
+
+    def take(self, source: str, now: float):
+        if not self.rate: return
+        with self._lock:
+            self._b[source] = (max(self._level(source, now) - 1, 0.0), now)
+            self._b.move_to_end(source)
+            while len(self._b) > self.max_sources: self._b.popitem(last=False)
+
+# %% ../../notebooks/54c_serving_auth.ipynb #8bc247b4
+ACTIONS = {"missing": "auth.login", "invalid": "auth.login", "rate_limited": "serving.throttle", "hostile": "serving.reject"}
+# a `forbidden` refusal is recorded as the action refused (`serving.predict`, `serving.read`), with its principal
+
+def source_of(client: str) -> str:
+    "The address of a client named `host:port`, `[v6]:port` or as a gRPC peer (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`)."
+    c = client.replace("%5B", "[").replace("%5D", "]") if "%" in client else client
+    if c.startswith(("ipv4:", "ipv6:")): c = c[5:]
+    if c.startswith("["): return c[1:c.find("]")] if "]" in c else c
+    host, sep, port = c.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else c
+
+def client_name(scope: dict) -> str:
+    "`host:port` (`[v6]:port`) of an ASGI connection's client; '' when the server does not know it."
+    c = scope.get("client")
+    if not c: return ""
+    return f"[{c[0]}]:{c[1]}" if ":" in c[0] else f"{c[0]}:{c[1]}"
+
+# %% ../../notebooks/54c_serving_auth.ipynb #f3a08c8d
+class RefusalCounts:
+    "Refusals counted per (client address, reason, surface, principal): in memory, no I/O, and on Prometheus."
+    def __init__(self, window: float = 10.0, max_keys: int = 1024):
+        if not window > 0: raise ValidationError(f"refusals are audited every window > 0 s, not {window}",
+                                                 hint="set serving.refusal_audit_seconds")
+        self.window, self.max_keys = window, max_keys
+        self.pending: dict = {}   # key -> [count, first, last, action, resource, message, client] (wall-clock times)
+        self.written: dict = {}   # key -> time.monotonic() of its last record, kept `window` seconds
+        self.lock, self.wake = threading.Lock(), threading.Event()
+        self.counter, self._series = None, {}
+
+    def metrics(self, registry):
+        "Count refusals on `registry` too: `mlplat_refusals_total{reason, surface}`."
+        from prometheus_client import Counter
+        self.counter = Counter("mlplat_refusals", "Requests refused before reaching a model", ["reason", "surface"], registry=registry)
+
+    def add(self, reason: str, surface: str, client: str, action: str, resource: str, message: str, principal: str = "anonymous"):
+        "Count one refusal; the writer records it (at once if its key was not recorded within `window` s)."
+        now, wall = time.monotonic(), time.time()
+        key = (source_of(client), reason, surface, principal)
+        with self.lock:
+            if key not in self.pending and key not in self.written and len(self.pending) + len(self.written) >= self.max_keys:
+                key = ("*", reason, surface, principal)
+            e = self.pending.get(key)
+            if e is None: e = self.pending[key] = [0, wall, wall, "", "", "", ""]
+            e[0] += 1; e[2:] = [wall, action, resource, message, client]
+            due = e[0] == 1 and now - self.written.get(key, -math.inf) >= self.window
+        if due: self.wake.set()
+        if self.counter is not None:
+            s = self._series.get((reason, surface))
+            if s is None: s = self._series[(reason, surface)] = self.counter.labels(reason, surface)
+            s.inc()
+
+    def __call__(self, surface: str, model: str, message: str, client: str = ""):
+        "A hostile payload refused by the dispatcher (`Dispatcher(on_hostile=...)`)."
+        self.add("hostile", surface, client, ACTIONS["hostile"], f"model:{model}", message)
+
+    def due(self, now: float, everything: bool = False) -> list:
+        "Take the keys whose record is due (never recorded, or `window` s ago; all with `everything`) and their counts."
+        with self.lock:
+            keys = [k for k in self.pending if everything or now - self.written.get(k, -math.inf) >= self.window]
+            out = [(k, self.pending.pop(k)) for k in keys]
+            for k in [k for k, t in self.written.items() if now - t >= self.window]: del self.written[k]
+            for k in keys: self.written[k] = now
+        return out
+
+# %% ../../notebooks/54c_serving_auth.ipynb #9a317064
+def _iso(t: float) -> str: return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+class RefusalLog(RefusalCounts):
+    """Refused requests audited by a thread of its own, never on the request path: `write(principal, action, resource,
+    details)` appends one record per key and `window` (see `RefusalCounts`); `flush()` stops the thread and writes
+    what is still counted (at shutdown)."""
+    def __init__(self, write, window: float = 10.0, max_keys: int = 1024):
+        super().__init__(window, max_keys)
+        self.write, self.thread, self.stopping = write, None, False
+
+    def start(self) -> "RefusalLog":
+        "Start the writer (`add` starts it too, on first use)."
+        with self.lock:
+            if self.thread is None and not self.stopping:
+                self.thread = threading.Thread(target=self._run, name="mlplat-refusals", daemon=True)
+                self.thread.start()
+        return self
+
+    def add(self, *args, **kw):
+        if self.thread is None: self.start()
+        super().add(*args, **kw)
+
+    def _run(self):
+        while not self.stopping:
+            self.wake.wait(self._next())
+            self.wake.clear()
+            if not self.stopping: self._write(self.due(time.monotonic()))
+
+    def _next(self) -> float:
+        "Seconds until the next key's record is due (a full window when nothing is counted)."
+        now = time.monotonic()
+        with self.lock: waits = [self.written.get(k, -math.inf) + self.window - now for k in self.pending]
+        return max(0.0, min(waits, default=self.window))
+
+    def _write(self, entries: list):
+        for (source, reason, surface, principal), (n, first, last, action, resource, message, client) in entries:
+            details = {"refusal": reason, "reason": message[:300], "surface": surface, "source": source, "client": client,
+                       "count": n, "first": _iso(first), "last": _iso(last)}
+            try: self.write(principal, action, resource, details)
+            except Exception as e:  # the audit store is down: say so, and keep counting
+                log.warning("could not audit %d refusal(s) (%s from %s): %s: %s", n, reason, source, type(e).__name__, e)
+
+    def flush(self):
+        "Stop the writer, then write every refusal still only counted (at shutdown)."
+        self.stopping = True
+        self.wake.set()
+        if self.thread is not None: self.thread.join(10)
+        self._write(self.due(time.monotonic(), everything=True))
+
+# %% ../../notebooks/54c_serving_auth.ipynb #b82fc1bb
+class Refused(InferError):
+    "A refused request: `reason` (missing, invalid, forbidden, rate_limited), its `principal`, for a 429 `retry_after` s."
+    def __init__(self, message: str, status: int, reason: str, principal: str = "anonymous", retry_after: float = 0.0):
+        super().__init__(message, status)
+        self.reason, self.principal, self.retry_after = reason, principal, retry_after
+
+def refusal_headers(e: InferError) -> list:
+    "What a REST refusal carries besides its JSON body: the Bearer challenge of a 401, the Retry-After of a 429 or 503."
+    if e.status == 401: return [(b"www-authenticate", b'Bearer realm="mlplat"')]
+    if e.status in (429, 503): return [(b"retry-after", str(max(1, math.ceil(getattr(e, "retry_after", 0)))).encode())]
+    return []
 
 def bearer(headers: dict) -> str | None:
     "The credential of an `authorization` header (bytes or str keys and values); None when absent."
@@ -76,29 +228,139 @@ def bearer(headers: dict) -> str | None:
     if v is None: return None
     return v.decode("latin-1") if isinstance(v, bytes) else v
 
-# %% ../../notebooks/54c_serving_auth.ipynb #9a317064
-class RefusalLog:
-    "Audit refused hostile requests, coalesced per surface: `RefusalLog(write)(surface, model, reason, client)`."
-    def __init__(self, write, window: float = 10.0):
-        self.write, self.window = write, window   # write(surface, model, reason, client, repeats)
-        self.last: dict = {}
-        self.pending: collections.Counter = collections.Counter()
-        self.latest: dict = {}
-        self.lock = threading.Lock()
+def digest(credential: str) -> bytes:
+    "What the cache of refused credentials is keyed by: never the credential itself."
+    return hashlib.sha256(credential.encode("utf-8", "surrogateescape")).digest()
 
-    def __call__(self, surface: str, model: str, reason: str, client: str = ""):
+def _stamp(path) -> int | None:
+    try: return path.stat().st_mtime_ns if path is not None else None
+    except OSError: return None
+
+# %% ../../notebooks/54c_serving_auth.ipynb #68af252c
+class AuthState:
+    """What `ServingAuth` knows: the configuration in force (roles, bindings and identity settings re-read when
+    mlplat.toml changes: `refresh`) and its caches — `known`: (credentials, permission, resource) -> the principal's
+    name or a 403; `bad`: digest of a refused credential -> its 401; `trusted`: digests of credentials accepted in the
+    last `TRUSTED_SECONDS`, which the rate limit never holds back."""
+    def __init__(self, ws, cache_seconds: float, negative_seconds: float, max_entries: int):
+        if not 0 <= cache_seconds <= 3:
+            raise ValidationError(f"an accepted credential may be remembered 0 to 3 s, not {cache_seconds}",
+                                  hint="a revoked token must be refused within 5 s (bindings from the DB are read up to 2 s old)")
+        self.ws, self.config, self.cache_seconds, self.negative_seconds = ws, ws.config, cache_seconds, negative_seconds
+        self.known, self.bad, self.trusted = TtlCache(max_entries), TtlCache(max_entries), TtlCache(max_entries)
+        self._stamp = _stamp(ws.config.source)
+
+    def refresh(self) -> bool:
+        "Re-read mlplat.toml if it changed and forget every remembered answer; True if it did (blocking: off the event loop)."
+        src = self.config.source
+        stamp = _stamp(src)
+        if src is None or stamp == self._stamp: return False
+        self._stamp = stamp   # a file that does not load is reported once, and read again when it changes
+        try: new = Config.load(env={**os.environ, "MLPLAT_CONFIG": str(src), "MLPLAT_HOME": str(self.config.home)})
+        except Exception as e:   # a file half-written, or wrong: keep what is in force, and say so
+            log.warning("%s changed but does not load (%s); serving keeps its previous roles and bindings", src, getattr(e, "message", e))
+            return False
+        self.config = dataclasses.replace(self.config, rbac=new.rbac, identity=new.identity)
+        self.known.clear(); self.bad.clear(); self.trusted.clear()
+        return True
+
+    def verify(self, cred: str, permission: str, resource: str) -> tuple:
+        "(answer, principal) of a credential: its name, or a refusal (status, reason, message, principal). Blocking."
+        cfg = self.config
+        try: p = authenticate(cfg, self.ws.engine, cred, "serving", audit=False)   # refusals are counted and coalesced here
+        except AuthenticationError as e: return (401, "invalid", f"{e.message} ({e.hint})" if e.hint else e.message, "anonymous"), None
+        try: Rbac(cfg.rbac.roles, merged_bindings(cfg, self.ws.engine)).check(p, permission, resource)
+        except PermissionDenied as e: return (403, "forbidden", e.message, p.name), p
+        return p.name, p
+
+    def settle(self, key: tuple, cred: str):
+        "`verify` `cred` for `key` = (credentials, permission, resource) and remember the answer. Blocking."
+        try: out, p = self.verify(cred, key[1], key[2])
+        except Exception as e:   # the platform DB or the issuer is unreachable: refuse nobody for it, remember nothing
+            log.warning("cannot check a serving credential: %s: %s", type(e).__name__, e)
+            return 503, "unavailable", "credentials cannot be checked right now; retry", "anonymous"
         now = time.monotonic()
-        with self.lock:
-            self.latest[surface] = (model, reason, client)
-            if now - self.last.get(surface, -self.window) < self.window:
-                self.pending[surface] += 1; return
-            self.last[surface], repeats = now, self.pending.pop(surface, 0)
-        self.write(surface, model, reason, client, repeats)
+        if p is None:
+            self.known.pop(key); self.trusted.pop(digest(cred)); self.bad.put(digest(cred), out, now + self.negative_seconds)
+            return out
+        self.trusted.put(digest(cred), True, now + TRUSTED_SECONDS)
+        until, exp = now + self.cache_seconds, p.claims.get("exp")
+        if isinstance(exp, (int, float)): until = min(until, now + exp - time.time())   # never past the token's expiry
+        self.known.put(key, out, until)
+        return out
 
-    def flush(self):
-        "Write the refusals still only counted (at shutdown)."
-        with self.lock: pending, self.pending = dict(self.pending), collections.Counter()
-        for surface, n in pending.items(): self.write(surface, *self.latest[surface], n - 1)
+# %% ../../notebooks/54c_serving_auth.ipynb #db20f79c
+class AuthAnswers(AuthState):
+    "What memory alone answers about a request, and what a refusal sets off."
+    def _inline(self, key: tuple, source: str, now: float) -> tuple:
+        "(answer, stale) from memory alone — a name or a refusal; answer None: the credential must be verified."
+        hit = self.known.get(key, now)
+        if hit is not None and isinstance(hit[0], str): return hit[0], hit[1] - now < self.cache_seconds / 2
+        cred = bare_credential(key[0])
+        sha = digest(cred) if cred else b""
+        wait = self.limit.wait(source, now)
+        if wait and not (sha and self.trusted.get(sha, now)):   # a credential accepted lately is never held back
+            return (429, "rate_limited", f"too many refused requests from {source}; retry in {math.ceil(wait)} s", "anonymous", wait), False
+        if hit is not None: return hit[0], hit[1] - now < self.cache_seconds / 2
+        if not cred: return (401, "missing", MISSING, "anonymous"), False
+        bad = self.bad.get(sha, now)
+        return (bad[0] if bad is not None else None), False
+
+    def _answer(self, out, key: tuple, client: str, surface: str, source: str) -> str:
+        "An accepted principal's name; a refusal is counted (rate limit, metrics, audit) and raised."
+        if isinstance(out, str): return out
+        status, reason, message, principal, *wait = out
+        if reason == "unavailable": raise InferError(message, 503)
+        if reason != "rate_limited": self.limit.take(source, time.monotonic())
+        if self.refusals is not None:
+            forbidden = reason == "forbidden"
+            self.refusals.add(reason, surface, client, f"serving.{key[1].split(':')[1]}" if forbidden else ACTIONS[reason],
+                              key[2] if forbidden else "serving", message, principal)
+        raise Refused(message, status, reason, principal, wait[0] if wait else 0.0)
+
+# %% ../../notebooks/54c_serving_auth.ipynb #c8942e11
+class ServingAuth(AuthAnswers):
+    "Authenticates and authorizes serving requests for workspace `ws` (the server's own workspace)."
+    def __init__(self, ws, mode: str = "required", cache_seconds: float = CACHE_SECONDS, negative_seconds: float = NEGATIVE_SECONDS,
+                 max_entries: int = 4096, limit: RateLimit | None = None, refusals: RefusalCounts | None = None):
+        if mode not in MODES: raise ValidationError(f"serving auth mode {mode!r} is not one of {', '.join(MODES)}")
+        super().__init__(ws, cache_seconds, negative_seconds, max_entries)
+        s = ws.config.serving
+        self.mode, self.refusals, self._flights = mode, refusals, {}
+        self.limit = limit if limit is not None else RateLimit(s.refusal_rate_per_second, s.refusal_burst)
+
+    @property
+    def required(self) -> bool: return self.mode == "required"
+
+    def check(self, credentials: str | None, permission: str, resource: str, client: str = "", surface: str = "rest") -> str:
+        """The acting principal's name, or `Refused` 401 (no or bad credentials), 403 (not allowed), 429 (too many refusals
+        from `client`'s address). Blocking when memory does not know the credential: servers call `acheck`."""
+        if not self.required: return "anonymous"
+        key, source = (credentials, permission, resource), source_of(client)
+        out, _ = self._inline(key, source, time.monotonic())
+        if out is None: out = self.settle(key, bare_credential(credentials))
+        return self._answer(out, key, client, surface, source)
+
+    async def acheck(self, credentials: str | None, permission: str, resource: str, client: str = "", surface: str = "rest") -> str:
+        """`check` without blocking the event loop: memory answers inline; a credential it does not know is verified in a
+        worker thread, once for concurrent requests; an answer about to expire is verified again in the background.
+        A 429 is sent once the address's next allowance is due (at most `TARPIT_SECONDS`): a client that does not wait
+        is held to its rate instead of taking the event loop from the clients being served."""
+        if not self.required: return "anonymous"
+        key, source = (credentials, permission, resource), source_of(client)
+        out, stale = self._inline(key, source, time.monotonic())
+        if out is None: out = await asyncio.shield(self._flight(key))
+        elif stale: self._flight(key)
+        if type(out) is tuple and out[1] == "rate_limited": await asyncio.sleep(min(out[4], TARPIT_SECONDS))
+        return self._answer(out, key, client, surface, source)
+
+    def _flight(self, key: tuple):
+        "The verification of `key` under way, or a new one in a worker thread."
+        f = self._flights.get(key)
+        if f is None:
+            f = self._flights[key] = asyncio.get_running_loop().run_in_executor(None, self.settle, key, bare_credential(key[0]))
+            f.add_done_callback(lambda _: self._flights.pop(key, None))
+        return f
 
 # %% ../../notebooks/54c_serving_auth.ipynb #795854b2
 from dataclasses import dataclass

@@ -33,12 +33,12 @@ def served_names(models: dict | None, deployments) -> tuple[dict, list, list]:
 # %% ../../notebooks/59a_serving_core.ipynb #85e786ec
 def server_audit(ws) -> tuple:
     """(audit, reject, pruned): how a running server writes to `ws`'s audit log — its rollout steps and rollbacks, the
-    hostile payloads it refused (a `RefusalLog` coalesces them), and the retention it applied on a new day."""
+    requests it refused (`reject(principal, action, resource, details)`: a `RefusalLog` coalesces them), and the
+    retention it applied on a new day."""
     def audit(action, resource, details):
         ws.governance.audit.append(ws.principal.name, action, resource, "success", ws.config.workspace.region, details)
-    def reject(surface, model, reason, client, repeats):
-        ws.governance.audit.append("anonymous", "serving.reject", f"model:{model}", "denied", ws.config.workspace.region,
-                                   {"surface": surface, "reason": reason[:300], "client": client, "repeats": repeats})
+    def reject(principal, action, resource, details):
+        ws.governance.audit.append(principal, action, resource, "denied", ws.config.workspace.region, details)
     keep = ws.config.serving.prediction_retention_days
     def pruned(removed):  # the writer applied the retention on a new day: audited like `prune_predictions`
         audit("predictions.prune", f"predictions:{','.join(removed)}", {"keep_days": keep, "removed": removed})
@@ -116,7 +116,7 @@ class Serving(ServingRecords):
         plog = PredictionLog(ws.config.home, retention_days=ws.config.serving.prediction_retention_days, on_prune=pruned,
                              on_fault=log_faults(ws))
         app = create_app(mh, plog, refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
-                         auth=guard, tls=tls, refusals=RefusalLog(reject))
+                         auth=guard, tls=tls, refusals=RefusalLog(reject, ws.config.serving.refusal_audit_seconds))
         srv = Server(app, host, port, tls)
         ws.governance.audit.append(ws.principal.name, "serving.start", ",".join(names), "success", ws.config.workspace.region,
                                    {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}, "auth": auth,

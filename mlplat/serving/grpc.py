@@ -5,6 +5,7 @@
 # %% ../../notebooks/56_serving_grpc.ipynb #6e7df677
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -161,13 +162,18 @@ def grpc_codes() -> dict:
             503: grpc.StatusCode.UNAVAILABLE, 500: grpc.StatusCode.INTERNAL}
 
 def authorizer(auth):
-    "`allowed(ctx, permission, resource)`: aborts the call (UNAUTHENTICATED / PERMISSION_DENIED) unless `auth` admits it."
+    """`allowed(ctx, permission, resource)`: aborts the call unless `auth` admits it — UNAUTHENTICATED, PERMISSION_DENIED,
+    or RESOURCE_EXHAUSTED with a `retry-after` trailer (seconds) for a peer address refused too often."""
     import grpc
+    codes = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
+             429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
     async def allowed(ctx, permission: str, resource: str):
         if auth is None or not auth.required: return
-        try: await auth.acheck(dict(ctx.invocation_metadata() or ()).get("authorization"), permission, resource)
+        try: await auth.acheck(dict(ctx.invocation_metadata() or ()).get("authorization"), permission, resource, ctx.peer(), "grpc")
         except InferError as e:
-            await ctx.abort(grpc.StatusCode.UNAUTHENTICATED if e.status == 401 else grpc.StatusCode.PERMISSION_DENIED, e.message)
+            wait = getattr(e, "retry_after", 0)
+            await ctx.abort(codes.get(e.status, grpc.StatusCode.PERMISSION_DENIED), e.message,
+                            trailing_metadata=(("retry-after", str(math.ceil(wait))),) if wait else ())
     return allowed
 
 def info_methods(host, allowed, codes: dict) -> dict:
