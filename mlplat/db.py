@@ -16,7 +16,7 @@ from .governance.redact import redact, redact_url
 __all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'aware', 'open_engine', 'dumps']
 
 # %% ../notebooks/02_db.ipynb #12325e8f
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: pipeline steps' backend, cache key and reuse; runs' reproducibility record
 
 def _version_tables(sa, md):
     "The schema version; dataset, definition and training-set versions."
@@ -128,7 +128,8 @@ def _pipeline_tables(sa, md):
              sa.Column("mlflow_run_id", sa.String(64)),
              sa.Column("started_by", sa.String(200), nullable=False),
              sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-             sa.Column("finished_at", sa.DateTime(timezone=True)))
+             sa.Column("finished_at", sa.DateTime(timezone=True)),
+             sa.Column("reproduce_json", sa.Text))                   # git commit, notebook hashes, environment, image
     sa.Table("pipeline_steps", md,
              sa.Column("run_id", sa.String(120), primary_key=True),
              sa.Column("name", sa.String(80), primary_key=True),
@@ -139,7 +140,10 @@ def _pipeline_tables(sa, md):
              sa.Column("notebook", sa.Text),
              sa.Column("error", sa.Text),
              sa.Column("started_at", sa.DateTime(timezone=True)),
-             sa.Column("finished_at", sa.DateTime(timezone=True)))
+             sa.Column("finished_at", sa.DateTime(timezone=True)),
+             sa.Column("backend", sa.String(40)),                     # where it ran: local, ray, kubernetes, ...
+             sa.Column("cache_key", sa.String(64), index=True),       # what a later run may reuse it for
+             sa.Column("cached_from", sa.String(200)))                # RUN/STEP whose results it reused
     sa.Table("pipeline_cancels", md,  # a request to stop a running run; its runner polls for it
              sa.Column("run_id", sa.String(120), primary_key=True),
              sa.Column("requested_by", sa.String(200), nullable=False),
@@ -293,11 +297,32 @@ def _engine(url: str):
     return engine
 
 # %% ../notebooks/02_db.ipynb #11f4dc27
+def _add_columns(engine):
+    """Upgrade an older schema in place: add the nullable columns a newer mlplat declares (older rows read NULL).
+    Only additive changes are made this way; anything else would need a real migration."""
+    import sqlalchemy as sa
+    seen = sa.inspect(engine)
+    with engine.begin() as c:
+        for t in metadata().sorted_tables:
+            have = {col["name"] for col in seen.get_columns(t.name)}
+            for col in t.columns:
+                if col.name in have: continue
+                if not col.nullable: raise ConfigError(f"the platform DB's table {t.name} lacks column {col.name}, which cannot be added")
+                kind = col.type.compile(dialect=engine.dialect)
+                c.execute(sa.text(f'ALTER TABLE {t.name} ADD COLUMN {col.name} {kind}'))
+                if col.index: c.execute(sa.text(f'CREATE INDEX IF NOT EXISTS ix_{t.name}_{col.name} ON {t.name} ({col.name})'))
+
 def _create_schema(engine):
-    "Create missing tables and the schema version; refuse a database of a newer schema."
+    "Create missing tables, add missing columns, record the schema version; refuse a database of a newer schema."
     import sqlalchemy as sa
     from sqlalchemy.exc import IntegrityError
     metadata().create_all(engine)
+    with engine.connect() as c:
+        row = c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first()
+    if row is not None and int(row[0]) < SCHEMA_VERSION:
+        _add_columns(engine)
+        with engine.begin() as c:
+            c.execute(sa.update(table("meta")).where(table("meta").c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
     try:
         with engine.begin() as c:
             if c.execute(sa.select(table("meta").c.value).where(table("meta").c.key == "schema_version")).first() is None:

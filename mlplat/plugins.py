@@ -23,10 +23,14 @@ BUILTINS = {
                                   "jupyterhub": "mlplat.governance.jupyterhub:JupyterHubIdentityProvider"},
     "mlplat.key_providers": {"local": "mlplat.governance.crypto:LocalKeyProvider"},
     "mlplat.notification_channels": {"webhook": "mlplat.notify:WebhookChannel", "email": "mlplat.notify:EmailChannel"},
+    "mlplat.step_backends": {"local": "mlplat.pipelines.backends:LocalStepBackend",
+                             "ray": "mlplat.pipelines.ray_steps:RayStepBackend",
+                             "kubernetes": "mlplat.pipelines.argo:ArgoStepBackend"},
 }
 
 # %% auto #0
-__all__ = ['log', 'BUILTINS', 'job_backends', 'identity_providers', 'key_providers', 'notification_channels', 'PluginRegistry']
+__all__ = ['log', 'BUILTINS', 'job_backends', 'identity_providers', 'key_providers', 'notification_channels', 'step_backends',
+           'PluginRegistry']
 
 # %% ../notebooks/01a_plugins.ipynb #024581de
 class _PluginNames:
@@ -99,3 +103,4 @@ job_backends = PluginRegistry("mlplat.job_backends", "job backend")
 identity_providers = PluginRegistry("mlplat.identity_providers", "identity provider", paths=True)
 key_providers = PluginRegistry("mlplat.key_providers", "key provider", paths=True)
 notification_channels = PluginRegistry("mlplat.notification_channels", "notification channel")
+step_backends = PluginRegistry("mlplat.step_backends", "pipeline step backend")

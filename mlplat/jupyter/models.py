@@ -191,6 +191,8 @@ class Step(Out):
     seconds: Optional[float] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    backend: Optional[str] = Field(None, description="where it ran: local, ray, kubernetes, ...")
+    cached_from: Optional[str] = Field(None, description="RUN/STEP whose results it reused instead of running")
 
 class Run(Out):
     id: str

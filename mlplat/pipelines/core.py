@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..db import utcnow
 from ..errors import ValidationError
+from .backends import prepare
 from .executor import Executor
 from .runs import RunRecord, RunStore, RunTracking, StepRecord, runner_alive
 from .spec import Pipeline
@@ -71,13 +72,14 @@ class _RunControl:
         _check_regions(p, ws.config.workspace.region)
         ws.governance.authorize("pipelines:run", p.name, "pipeline.resume", ws.config.workspace.region)
         ws.governance.user_code("resuming a pipeline run (its steps' kernels run the notebooks' code)", f"pipeline_run:{run_id}")
+        prepared = prepare(ws, p, [p.step(n) for n, s in rec.steps.items() if s.status != "succeeded"])
         for s in rec.steps.values():
             if s.status != "succeeded": s.status, s.error = "pending", None
         rec.status, rec.finished_at = "running", None
         self.store.clear_cancel(run_id)  # an old request must not stop the resumed run
         self.store.save_run(rec)
         RunTracking(ws).reopen(rec)
-        return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume").run()
+        return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared).run()
 
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
 class Pipelines(_RunControl):
@@ -94,14 +96,14 @@ class Pipelines(_RunControl):
         """Validate, then run `pipeline` (a YAML path, a dict or a `Pipeline`) with `params`; returns the finished
         run's record (its `status` is `succeeded`, `failed` or `cancelled`; such a run can be resumed).
         `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers."""
-        p, rec, parallel = self._begin(pipeline, params, max_parallel, run_id, trigger)
-        return Executor(self.ws, p, rec, parallel, "pipeline.run").run()
+        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, run_id, trigger)
+        return Executor(self.ws, p, rec, parallel, "pipeline.run", prepared).run()
 
     def start(self, pipeline, params: dict | None = None, max_parallel: int | None = None, trigger: str | None = None) -> RunRecord:
         """Validate and record the run like `run`, then execute it in a background thread of this process: returns
         at once with the run's record (status `running`); follow it with `get`, stop it with `cancel`."""
-        p, rec, parallel = self._begin(pipeline, params, max_parallel, None, trigger)
-        executor = Executor(self.ws, p, rec, parallel, "pipeline.run")
+        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, None, trigger)
+        executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared)
         threading.Thread(target=executor.run_guarded, name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
 
@@ -115,6 +117,7 @@ class Pipelines(_RunControl):
         if p.classification: ws.governance.residency.validate_classification(p.classification)  # before a kernel starts
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
+        prepared = prepare(ws, p, p.steps)   # every step's backend and secrets, before anything is recorded
         run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id
         folder.mkdir(parents=True)
@@ -122,7 +125,7 @@ class Pipelines(_RunControl):
                         RunTracking(ws).start(run_id, p, values), ws.principal.name, utcnow(),
                         steps={s.name: StepRecord(s.name) for s in p.steps})
         self.store.create(rec, trigger)
-        return p, rec, max_parallel or p.max_parallel
+        return p, rec, max_parallel or p.max_parallel, prepared
 
     @staticmethod
     def new_run_id(pipeline_name: str) -> str:

@@ -17,8 +17,11 @@ from ..db import utcnow
 from ..governance.delegation import MAX_LIFETIME, Delegations, work_environment
 from . import read_outputs
 from .runs import RunRecord, RunStore, RunTracking, runner_file
-from .spec import Pipeline, fits, notebook_parameters, render, type_name
-from .steps import execute_step, kill_tree
+from ..errors import ValidationError
+from .backends import StepAttempt, prepare
+from .secrets import scrub
+from .spec import Pipeline, convert, notebook_parameters, render
+from .steps import kill_tree
 
 # %% auto #0
 __all__ = ['run_lifetime', 'Executor']
@@ -38,11 +41,10 @@ class _StepRunner:
         step, s = self.p.step(name), self.rec.steps[name]
         values = render(step.parameters, self.rec.parameters, outputs)
         declared = notebook_parameters(step.notebook)
-        for k, v in values.items():
-            if not fits(v, declared[k].type):
-                s.status, s.parameters = "failed", values
-                s.error = f"parameter {k} is {v!r} ({type_name(v)}); {step.notebook.name} expects {declared[k].type}"
-                return
+        try: values = {k: convert(v, declared[k].type, declared[k].choices, f"parameter {k} of {step.notebook.name}") for k, v in values.items()}
+        except ValidationError as e:  # a value from an upstream step's outputs, known only now
+            s.status, s.parameters, s.error = "failed", values, e.message
+            return
         s.parameters = values
         self._attempts(step, s, values)
 
@@ -50,17 +52,23 @@ class _StepRunner:
         "Execute the step's notebook until it succeeds or its retries are spent (or the run is stopped)."
         name, folder = step.name, Path(self.rec.folder)
         out, log = folder/f"{name}.ipynb", folder/f"{name}.log"
-        env = {**work_environment(os.environ, self.delegation), "MLPLAT_HOME": str(self.ws.config.home),
-               "MLPLAT_PIPELINE_RUN": self.rec.id, "MLPLAT_PIPELINE_STEP": name, "PYTHONUNBUFFERED": "1"}
-        if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
+        work = {**work_environment({}, self.delegation), "MLPLAT_HOME": str(self.ws.config.home), "MLPLAT_PIPELINE_RUN": self.rec.id,
+                "MLPLAT_PIPELINE_STEP": name, "PYTHONUNBUFFERED": "1"}
+        if self.ws.config.source: work["MLPLAT_CONFIG"] = str(self.ws.config.source)
+        env = {**work_environment(os.environ, self.delegation), **work}
+        backend, secrets = self.backends[step.placement.backend], self.secrets.get(name, {})
+        s.backend = backend.name
         for attempt in range(step.retries + 1):
             if self.stop.is_set(): break
             if out.exists(): out.rename(folder/f"{name}.attempt-{s.attempts}.ipynb")
             s.attempts += 1
             self.store.save_step(self.rec.id, s)
-            error = execute_step(step.notebook, out, values, step.kernel, step.timeout, env, log,
-                                 on_start=lambda pid: self.live.__setitem__(name, pid), stop=self.stop)
-            self.live.pop(name, None)
+            try:
+                error = backend.execute(StepAttempt(self.rec.id, step, s.attempts, out, log, values, work, secrets, env, self.stop,
+                                                    lambda pid: self.live.__setitem__(name, pid)))
+            finally:
+                self.live.pop(name, None)
+                scrub([out, log], secrets)  # a secret the notebook printed is not kept
             if error is None:
                 s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), read_outputs(out)
                 return
@@ -137,6 +145,8 @@ class _Ending:
         details = {"pipeline": rec.pipeline, "status": rec.status, "failed_steps": sorted(self.failed),
                    "steps": {n: s.status for n, s in rec.steps.items()}}
         if self.tracking.refused: details["notebooks_not_uploaded"] = dict(self.tracking.refused)   # and why
+        used = {s.name: sorted(s.secrets) for s in self.p.steps if s.secrets and rec.steps[s.name].attempts}
+        if used: details["secrets_used"] = used                                                       # names, never values
         ws.governance.audit.append(ws.principal.name, self.action, f"pipeline_run:{rec.id}",
                                    "success" if rec.status == "succeeded" else "failure", ws.config.workspace.region, details)
         if rec.status in ("succeeded", "failed"): self._notify()
@@ -155,8 +165,10 @@ class _Ending:
 class Executor(_StepRunner, _Scheduling, _Ending):
     """Runs the pending steps of run `rec` of pipeline `p`, at most `max_parallel` at once; `action` (`pipeline.run`,
     `pipeline.resume`) names it in the audit log. Succeeded steps (of a resumed run) keep their outputs."""
-    def __init__(self, ws, p: Pipeline, rec: RunRecord, max_parallel: int, action: str = "pipeline.run"):
+    def __init__(self, ws, p: Pipeline, rec: RunRecord, max_parallel: int, action: str = "pipeline.run", prepared: tuple | None = None):
         self.ws, self.p, self.rec, self.max_parallel, self.action = ws, p, rec, max_parallel, action
+        if prepared is None: prepared = prepare(ws, p, [p.step(n) for n, s in rec.steps.items() if s.status != "succeeded"])
+        self.backends, self.secrets = prepared           # each step's backend and secret values (see backends.prepare)
         self.store, self.tracking = RunStore(ws), RunTracking(ws)
         self.outputs = {n: s.outputs for n, s in rec.steps.items() if s.status == "succeeded"}
         self.failed: set = set()

@@ -30,6 +30,9 @@ class StepRecord:
     error: str | None = None
     started_at: object = None
     finished_at: object = None
+    backend: str | None = None         # where it ran
+    cache_key: str | None = None       # what identical work a later run may reuse it for
+    cached_from: str | None = None     # RUN/STEP whose results this step reused instead of running
 
     @property
     def seconds(self) -> float | None:
@@ -39,6 +42,7 @@ class StepRecord:
     def to_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "attempts": self.attempts, "parameters": self.parameters,
                 "outputs": self.outputs, "notebook": self.notebook, "error": self.error, "seconds": self.seconds,
+                "backend": self.backend, "cache_key": self.cache_key, "cached_from": self.cached_from,
                 "started_at": self.started_at.isoformat() if self.started_at else None,
                 "finished_at": self.finished_at.isoformat() if self.finished_at else None}
 
@@ -79,7 +83,8 @@ class _Reads:
         order = [s["name"] for s in rec.spec["steps"]]
         for row in sorted(steps, key=lambda x: order.index(x.name)):
             rec.steps[row.name] = StepRecord(row.name, row.status, row.attempts, json.loads(row.parameters_json or "{}"),
-                                             json.loads(row.outputs_json or "{}"), row.notebook, row.error, row.started_at, row.finished_at)
+                                             json.loads(row.outputs_json or "{}"), row.notebook, row.error, row.started_at, row.finished_at,
+                                             row.backend, row.cache_key, row.cached_from)
         return rec
 
     def list(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
@@ -122,7 +127,8 @@ class RunStore(_Reads):
         with self.ws.engine.begin() as c:
             c.execute(t.update().where((t.c.run_id == run_id) & (t.c.name == s.name)).values(
                 status=s.status, attempts=s.attempts, parameters_json=json.dumps(s.parameters), outputs_json=json.dumps(s.outputs),
-                notebook=s.notebook, error=s.error, started_at=s.started_at, finished_at=s.finished_at))
+                notebook=s.notebook, error=s.error, started_at=s.started_at, finished_at=s.finished_at, backend=s.backend,
+                cache_key=s.cache_key, cached_from=s.cached_from))
 
     def save_run(self, rec: RunRecord):
         t = table("pipeline_runs")

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from ..errors import ValidationError
 from ..governance.redact import is_secret_name
+from .placement import PLACEMENT_KEYS, Placement, parse_placement, parse_secrets
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 REFERENCE = re.compile(r"params\.([A-Za-z_]\w*)|steps\.([A-Za-z_]\w*)\.outputs\.([A-Za-z_]\w*)")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+DECLARATION = {"type", "default", "required", "choices", "help"}
 
 def check_param_name(name, where: str = "parameter") -> str:
     """A parameter name papermill can inject safely: an identifier and not a keyword (the name is written into the
@@ -32,8 +34,9 @@ def check_param_name(name, where: str = "parameter") -> str:
     return name
 
 # %% auto #0
-__all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'check_param_name', 'type_name', 'fits', 'check_data', 'references',
-           'render', 'NotebookParam', 'notebook_parameters', 'PipelineParam', 'Step', 'Pipeline', 'notebook_pipeline']
+__all__ = ['TYPES', 'TEMPLATE', 'REFERENCE', 'NAME', 'DECLARATION', 'check_param_name', 'type_name', 'fits', 'check_data',
+           'references', 'render', 'NotebookParam', 'notebook_parameters', 'convert', 'PipelineParam', 'Step',
+           'Pipeline', 'notebook_pipeline']
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #f5b661c1
 def type_name(value) -> str:
@@ -95,6 +98,32 @@ def render(value, params: dict, outputs: dict):
     if isinstance(value, dict): return {k: render(v, params, outputs) for k, v in value.items()}
     return value
 
+# %% ../../notebooks/60_pipelines_spec.ipynb #fc732c0c
+def _annotation(node) -> tuple:
+    "(type name, choices) an annotation declares: `int`, `list[str]`, `Literal['a', 'b']` (also as a string); else (None, None)."
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try: node = ast.parse(node.value, mode="eval").body
+        except SyntaxError: return None, None
+    if isinstance(node, ast.Name) and node.id in TYPES: return node.id, None
+    if isinstance(node, ast.Subscript):
+        base = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
+        if base in ("list", "dict", "List", "Dict"): return base.lower(), None
+        if base == "Literal":
+            try: choices = list(ast.literal_eval(node.slice)) if isinstance(node.slice, ast.Tuple) else [ast.literal_eval(node.slice)]
+            except ValueError: return None, None
+            kinds = {type_name(c) for c in choices}
+            return (kinds.pop() if len(kinds) == 1 and not kinds & {"null"} else None), choices
+    return None, None
+
+def _cell_annotations(source: str) -> dict:
+    """name -> (type, choices) of the annotated assignments of a parameters cell. Read with `ast`: papermill's own
+    reader skips `Literal['a', 'b']` (quotes inside the brackets), and with it the variable."""
+    try: tree = ast.parse(source)
+    except SyntaxError: return {}
+    return {n.target.id: (_annotation(n.annotation), n.value) for n in tree.body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
 # %% ../../notebooks/60_pipelines_spec.ipynb #77135fd8
 @dataclass
 class NotebookParam:
@@ -104,9 +133,10 @@ class NotebookParam:
     default: object = None
     required: bool = False
     help: str = ""
+    choices: list | None = None   # from `Literal[...]`: the only values allowed
 
 def notebook_parameters(path: Path) -> dict[str, NotebookParam]:
-    "The `parameters` cell of a notebook (papermill's inspection), with types from annotations or defaults."
+    "The `parameters` cell of a notebook (papermill's inspection), with types from annotations (`Literal` too) or defaults."
     import nbformat
     try: nb = nbformat.read(str(path), as_version=4)
     except Exception as e: raise ValidationError(f"{path} is not a readable notebook: {e}") from None
@@ -118,14 +148,35 @@ def notebook_parameters(path: Path) -> dict[str, NotebookParam]:
     spec = nb.metadata.get("kernelspec", {})
     language = nb.metadata.get("language_info", {}).get("name") or spec.get("language") or "python"
     found = {p.name: p._asdict() for p in papermill_translators.find_translator(spec.get("name") or "python3", language).inspect(cell)}
+    annotated = _cell_annotations(cell.source)
+    for name, (_, value) in annotated.items():
+        if name not in found and value is not None:
+            found[name] = {"default": ast.unparse(value), "help": ""}
     out = {}
     for name, p in found.items():
         try: default = ast.literal_eval(p["default"])
         except (ValueError, SyntaxError): default = None   # an expression: its type is whatever it computes
-        annotated = p.get("inferred_type_name")
-        typ = annotated if annotated in TYPES else (type_name(default) if type_name(default) in TYPES else None)
-        out[name] = NotebookParam(name, typ, default, p.get("help", "").strip().lower().startswith("required"), p.get("help", ""))
+        (typ, choices), _ = annotated.get(name, ((None, None), None))
+        typ = typ or (type_name(default) if type_name(default) in TYPES else None)
+        out[name] = NotebookParam(name, typ, default, p.get("help", "").strip().lower().startswith("required"), p.get("help", ""), choices)
     return out
+
+
+# %% ../../notebooks/60_pipelines_spec.ipynb #cefa44f2
+def convert(value, typ: str | None, choices: list | None, where: str):
+    """`value` as the declared type, or a ValidationError saying why not. Text converts where it is unambiguous
+    ("6" to 6 for an int, "yes" to True for a bool, "[1, 2]" to a list): forms and schedules send text."""
+    if isinstance(value, str) and typ not in (None, "str"):
+        import yaml
+        try: parsed = yaml.safe_load(value)
+        except yaml.YAMLError: parsed = value
+        if fits(parsed, typ) and parsed is not None: value = parsed
+    if typ == "float" and isinstance(value, int) and not isinstance(value, bool): value = float(value)
+    check_data(value, where)
+    if not fits(value, typ): raise ValidationError(f"{where} is {value!r} ({type_name(value)}), not {typ}")
+    if choices is not None and value not in choices: raise ValidationError(f"{where} is {value!r}; it must be one of {choices}")
+    return value
+
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #82930c63
 @dataclass
@@ -134,6 +185,8 @@ class PipelineParam:
     type: str | None = None
     default: object = None
     required: bool = False
+    choices: list | None = None
+    help: str = ""
 
 @dataclass
 class Step:
@@ -146,10 +199,12 @@ class Step:
     timeout: float | None = None
     kernel: str | None = None
     region: str | None = None
+    placement: Placement = field(default_factory=Placement)
+    secrets: dict = field(default_factory=dict)      # NAME -> SecretRef
 
-def _step(doc, i: int, base: Path) -> Step:
+def _step(doc, i: int, base: Path, defaults: Placement | None = None) -> Step:
     if not isinstance(doc, dict): raise ValidationError(f"steps[{i}] must be a mapping with name and notebook")
-    known = {"name", "notebook", "parameters", "depends_on", "retries", "backoff", "timeout", "kernel", "region"}
+    known = {"name", "notebook", "parameters", "depends_on", "retries", "backoff", "timeout", "kernel", "region", "secrets", *PLACEMENT_KEYS}
     unknown = set(doc) - known
     if unknown: raise ValidationError(f"steps[{i}]: unknown field(s) {sorted(unknown)}; fields: {sorted(known)}")
     name = doc.get("name")
@@ -176,8 +231,9 @@ def _step(doc, i: int, base: Path) -> Step:
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
         if not ok or isinstance(v, bool) or v < minimum: raise ValidationError(f"step {name}: {key} must be a number >= {minimum}, got {v!r}")
         return v
+    placement = parse_placement(doc, f"step {name}", defaults)
     return Step(name, path, params, deps, number("retries", 0, 0, True), number("backoff", 2.0, 0), number("timeout", None, 1),
-                doc.get("kernel"), doc.get("region"))
+                doc.get("kernel"), doc.get("region"), placement, parse_secrets(doc.get("secrets"), f"step {name}", placement.backend))
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #982bda19
 def _parameters(doc: dict) -> dict:
@@ -185,11 +241,15 @@ def _parameters(doc: dict) -> dict:
     params = {}
     for pname, spec in doc.items():
         check_param_name(pname, "pipeline parameter")
-        if isinstance(spec, dict) and set(spec) <= {"type", "default", "required"} and ("type" in spec or "required" in spec):
-            typ = spec.get("type")
+        if isinstance(spec, dict) and set(spec) <= DECLARATION and set(spec) & {"type", "required", "choices"}:
+            typ, choices = spec.get("type"), spec.get("choices")
             if typ is not None and typ not in TYPES:
                 raise ValidationError(f"parameter {pname}: type {typ!r} is not one of {sorted(TYPES)}")
-            p = PipelineParam(pname, typ, spec.get("default"), bool(spec.get("required", "default" not in spec)))
+            if choices is not None and (not isinstance(choices, list) or not choices or not all(fits(c, typ) for c in choices)):
+                raise ValidationError(f"parameter {pname}: choices must be a non-empty list of {typ or 'values'}")
+            p = PipelineParam(pname, typ, spec.get("default"), bool(spec.get("required", "default" not in spec)), choices, str(spec.get("help", "")))
+            if p.default is not None and choices is not None and p.default not in choices:
+                raise ValidationError(f"parameter {pname}: default {p.default!r} is not one of its choices {choices}")
         else: p = PipelineParam(pname, type_name(spec) if type_name(spec) in TYPES else None, spec)
         check_data(p.default, f"parameter {pname}")
         if not fits(p.default, p.type): raise ValidationError(f"parameter {pname}: default {p.default!r} is not {p.type}")
@@ -268,9 +328,32 @@ class _Checks:
         missing = [n for n, p in declared.items() if p.required and n not in s.parameters]
         if missing: raise ValidationError(f"step {s.name}: {s.notebook.name} requires parameter(s) {missing}")
 
+# %% ../../notebooks/60_pipelines_spec.ipynb #8496c311
+class _Values:
+    "The values a run of a pipeline is given: converted, checked and described for forms."
+    def resolve_params(self, given: dict | None) -> dict:
+        """The pipeline's parameter values: defaults overridden by `given`, converted to their types and checked
+        against their choices, required ones present. Every problem is reported at once, before any step starts."""
+        given, out, problems = dict(given or {}), {}, []
+        unknown = set(given) - set(self.parameters)
+        if unknown: problems.append(f"unknown parameter(s) {sorted(unknown)}; parameters: {sorted(self.parameters)}")
+        for n, p in self.parameters.items():
+            if n not in given and p.required: problems.append(f"parameter {n!r} is required (pass -p {n}=VALUE)"); continue
+            try: out[n] = convert(given[n], p.type, p.choices, f"parameter {n}") if n in given else p.default
+            except ValidationError as e: problems.append(e.message)
+        if len(problems) == 1: raise ValidationError(f"pipeline {self.name}: {problems[0]}")
+        if problems: raise ValidationError(f"pipeline {self.name}: {len(problems)} problems with the parameters:\n- " + "\n- ".join(problems))
+        return out
+
+    def parameter_schema(self) -> list[dict]:
+        "What a form, the CLI and a schedule ask for: each parameter's name, type, default, whether required, choices, help."
+        return [{"name": n, "type": p.type, "default": p.default, "required": p.required, "choices": p.choices, "help": p.help}
+                for n, p in self.parameters.items()]
+
+
 # %% ../../notebooks/60_pipelines_spec.ipynb #ca22aabd
 @dataclass
-class Pipeline(_Dag, _Checks):
+class Pipeline(_Dag, _Checks, _Values):
     "A validated pipeline: parameters, steps (a DAG of notebooks), and how many steps may run at once."
     name: str
     steps: list
@@ -278,6 +361,7 @@ class Pipeline(_Dag, _Checks):
     max_parallel: int = 2
     source: Path | None = None
     classification: str | None = None               # what its executed notebooks may show; None: the most sensitive
+    defaults: Placement = field(default_factory=Placement)   # where steps run unless they say otherwise
 
     @classmethod
     def from_yaml(cls, path) -> "Pipeline":
@@ -292,42 +376,28 @@ class Pipeline(_Dag, _Checks):
     def from_dict(cls, doc: dict, base: Path | str = ".", source: Path | None = None) -> "Pipeline":
         "Build and validate a pipeline from its YAML shape; notebook paths are relative to `base`."
         if not isinstance(doc, dict): raise ValidationError("a pipeline is a mapping with name, parameters and steps")
-        unknown = set(doc) - {"name", "parameters", "steps", "max_parallel", "description", "classification"}
-        if unknown: raise ValidationError(f"unknown pipeline field(s) {sorted(unknown)}",
-                                          hint="fields: name, description, parameters, max_parallel, classification, steps")
+        fields = {"name", "parameters", "steps", "max_parallel", "description", "classification", *PLACEMENT_KEYS}
+        if set(doc) - fields: raise ValidationError(f"unknown pipeline field(s) {sorted(set(doc) - fields)}", hint=f"fields: {', '.join(sorted(fields))}")
         name = doc.get("name")
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ValidationError(f"pipeline name {name!r} must be a word of letters, digits, _ or - (up to 63)")
         params = _parameters(doc.get("parameters") or {})
         steps_doc = doc.get("steps")
         if not isinstance(steps_doc, list) or not steps_doc: raise ValidationError("a pipeline needs a non-empty list of steps")
-        steps = [_step(s, i, Path(base)) for i, s in enumerate(steps_doc)]
+        defaults = parse_placement(doc, f"pipeline {name}")
+        steps = [_step(s, i, Path(base), defaults) for i, s in enumerate(steps_doc)]
         mp, cl = _settings(doc)
-        p = cls(name, steps, params, mp, source, cl)
+        p = cls(name, steps, params, mp, source, cl, defaults)
         p.validate()
         return p
 
-    def resolve_params(self, given: dict | None) -> dict:
-        "The pipeline's parameter values: defaults overridden by `given`, typed, required ones present."
-        given = dict(given or {})
-        unknown = set(given) - set(self.parameters)
-        if unknown: raise ValidationError(f"unknown pipeline parameter(s) {sorted(unknown)}; parameters: {sorted(self.parameters)}")
-        out = {}
-        for n, p in self.parameters.items():
-            if n in given:
-                check_data(given[n], f"parameter {n}")
-                if not fits(given[n], p.type): raise ValidationError(f"parameter {n} is {given[n]!r} ({type_name(given[n])}), not {p.type}")
-                out[n] = given[n]
-            elif p.required: raise ValidationError(f"pipeline {self.name} requires parameter {n!r}", hint=f"pass -p {n}=VALUE")
-            else: out[n] = p.default
-        return out
-
     def to_dict(self) -> dict:
-        return {"name": self.name, "max_parallel": self.max_parallel, "classification": self.classification,
-                "parameters": {n: {"type": p.type, "default": p.default, "required": p.required} for n, p in self.parameters.items()},
+        return {"name": self.name, "max_parallel": self.max_parallel, "classification": self.classification, **self.defaults.to_dict(),
+                "parameters": {n: {"type": p.type, "default": p.default, "required": p.required, "choices": p.choices, "help": p.help}
+                               for n, p in self.parameters.items()},
                 "steps": [{"name": s.name, "notebook": str(s.notebook), "parameters": s.parameters, "depends_on": s.depends_on,
-                           "retries": s.retries, "backoff": s.backoff, "timeout": s.timeout, "kernel": s.kernel, "region": s.region}
-                          for s in self.steps]}
+                           "retries": s.retries, "backoff": s.backoff, "timeout": s.timeout, "kernel": s.kernel, "region": s.region,
+                           **s.placement.to_dict(), "secrets": {n: str(r) for n, r in s.secrets.items()}} for s in self.steps]}
 
 # %% ../../notebooks/60_pipelines_spec.ipynb #1c0aa3a7
 def notebook_pipeline(notebook, params: dict | None = None) -> Pipeline:
@@ -338,8 +408,14 @@ def notebook_pipeline(notebook, params: dict | None = None) -> Pipeline:
     params = dict(params or {})
     for k in params: check_param_name(k)
     known = notebook_parameters(path)
+    problems = []
+    for k, v in params.items():
+        try: params[k] = convert(v, known[k].type, known[k].choices, f"parameter {k}") if k in known else v
+        except ValidationError as e: problems.append(e.message)
+    if problems: raise ValidationError(f"{path.name}: " + "; ".join(problems))
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:60] or "notebook"
     if not (name[0].isalpha() or name[0] == "_"): name = f"nb-{name}"[:63]
-    doc = {"name": name, "parameters": {k: {"type": known[k].type if k in known else None, "default": v} for k, v in params.items()},
+    doc = {"name": name, "parameters": {k: {"type": known[k].type, "default": v, "choices": known[k].choices, "help": known[k].help}
+                                        if k in known else {"type": None, "default": v} for k, v in params.items()},
            "steps": [{"name": name, "notebook": path.name, "parameters": {k: f"{{{{ params.{k} }}}}" for k in params}}]}
     return Pipeline.from_dict(doc, path.parent)
