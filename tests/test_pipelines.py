@@ -127,7 +127,7 @@ def test_parameter_values_are_data_never_code(ws, tmp_path):
     r = run_cli("pipelines", "check", bad, check=1)
     assert "is not a reference" in r.stderr
     r = run_cli("pipelines", "run", spec, "-p", "texts=[1, 2]", "-p", "nope=1", check=1)
-    assert "unknown pipeline parameter(s) ['nope']" in r.stderr
+    assert "pipeline inject: unknown parameter(s) ['nope']" in r.stderr
 
 
 def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):

@@ -16,15 +16,15 @@ from ..errors import NotFoundError, ValidationError
 from .models import (
     AliasEvent, Copied, CopyTemplateRequest, DatasetVersion, Definition, Deployment, Entity, FeatureService, FeatureView,
     GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
-    RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, Template, TrafficBucket, TrainingSet)
+    RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
 __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
            'dataset_versions', 'training_sets', 'lineage', 'match', 'jobs', 'job', 'job_log', 'job_log_stream',
            'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote', 'model_rollback',
-           'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'notebook_parameters',
-           'notebook_run', 'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove',
-           'templates', 'template_copy']
+           'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'run_step_log',
+           'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume',
+           'schedule_remove', 'templates', 'template_copy']
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #2ce9fcc3
 @dataclass
@@ -225,7 +225,10 @@ def deployment_traffic(c: Ctx, name: str, window: str = "1h", every: str = "5m")
 # %% ../../notebooks/80a_jupyter_routes.ipynb #f7f834fe
 def _run(c: Ctx, rec) -> dict:
     d = rec.to_dict()
-    for s in d["steps"]: s["lab_path"] = c.rel(s["notebook"]) if s.get("notebook") else None
+    deps = {s["name"]: s.get("depends_on", []) for s in (getattr(rec, "spec", None) or {}).get("steps", [])}
+    for s in d["steps"]:
+        s["lab_path"] = c.rel(s["notebook"]) if s.get("notebook") else None
+        s.setdefault("depends_on", deps.get(s["name"], []))
     return d
 
 @route("GET", "/pipelines/runs", "recent pipeline runs, newest first", list[Run],
@@ -255,6 +258,11 @@ def run_step_open(c: Ctx, id: str, step: str):
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(s.notebook, dest)
     return {"paths": [c.rel(dest)]}
+
+@route("GET", "/pipelines/runs/{id}/steps/{step}/log", "the end of a step's log (papermill's progress and the kernel's output)",
+       StepLog, query={"tail": (int, 65536, "at most this many bytes, from the end")})
+def run_step_log(c: Ctx, id: str, step: str, tail: int = 65536):
+    return c.ws.pipelines.step_log(id, step, tail)
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #d1c2c83d
 @route("GET", "/notebooks/parameters", "the `parameters` cell of a notebook: names, types, defaults", NotebookParameters,

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from ..db import utcnow
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
 from .backends import prepare
 from .executor import Executor
 from .runs import RunRecord, RunStore, RunTracking, StepRecord, runner_alive
@@ -81,9 +81,27 @@ class _RunControl:
         RunTracking(ws).reopen(rec)
         return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared).run()
 
+# %% ../../notebooks/62c_pipelines_core.ipynb #df8a61ab
+class _StepFiles:
+    "What a step left in its run's folder, read for a caller who may read the run."
+    def step_log(self, run_id: str, step: str, tail: int = 64 * 1024) -> dict:
+        """The end of step `step`'s log (papermill's progress and the kernel's output): `{"text", "truncated"}`, at most
+        `tail` bytes (permission `pipelines:read`). A step that has not started has an empty log."""
+        rec = self.get(run_id)
+        if step not in rec.steps: raise NotFoundError(f"run {run_id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
+        if not isinstance(tail, int) or isinstance(tail, bool) or not 1 <= tail <= 16 * 2**20:
+            raise ValidationError(f"tail must be a number of bytes from 1 to {16 * 2**20}, got {tail!r}")
+        path = Path(rec.folder)/f"{step}.log"
+        if not path.is_file(): return {"text": "", "truncated": False}
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - tail))
+            data = f.read()
+        return {"text": data.decode(errors="replace"), "truncated": size > tail}
+
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
-class Pipelines(_RunControl):
-    "Pipelines of a workspace (`ws.pipelines`): run, start, resume, cancel, list, get."
+class Pipelines(_RunControl, _StepFiles):
+    "Pipelines of a workspace (`ws.pipelines`): run, start, resume, cancel, list, get, step_log."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
     def load(self, pipeline) -> Pipeline:

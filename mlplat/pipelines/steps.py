@@ -42,7 +42,8 @@ def _papermill_process(notebook: str, out: str, parameters: dict, kernel: str | 
     code = 0
     try: pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=str(Path(notebook).parent),
                              progress_bar=False, log_output=True)
-    except pm.PapermillExecutionError: code = 1  # the executed notebook holds the error
+    except pm.PapermillExecutionError as e:  # the executed notebook holds the traceback; the log says what failed
+        print(f"cell {e.exec_count} failed: {e.ename}: {e.evalue}", file=sys.stderr); code = 1
     except BaseException as e: print(f"{type(e).__name__}: {e}", file=sys.stderr); code = 2
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(code)
