@@ -2,7 +2,7 @@
 opens a step's executed notebook, "log" its log; the sidebar's step table keeps its buttons inside the sidebar."""
 import pytest
 
-from helpers import ARTIFACTS, write_notebook, write_pipeline
+from helpers import ARTIFACTS, cut_off, write_notebook, write_pipeline
 
 
 def _pipeline(folder):
@@ -16,15 +16,6 @@ def _pipeline(folder):
          "parameters": {"rows": "{{ steps.prep.outputs.rows }}", "seconds": 12.0}},
         {"name": "broken", "notebook": "broken.ipynb", "depends_on": ["prep"], "parameters": {"rows": "{{ steps.prep.outputs.rows }}"}},
         {"name": "report", "notebook": "prep.ipynb", "depends_on": ["slow", "broken"]}]})
-
-
-def _inside(page, inner: str, outer: str) -> list:
-    "The elements matching `inner` whose right edge passes `outer`'s (cut off by it)."
-    return page.evaluate("""([inner, outer]) => {
-        const box = document.querySelector(outer).getBoundingClientRect();
-        return [...document.querySelectorAll(inner)].filter(e => e.offsetParent !== null)
-            .filter(e => e.getBoundingClientRect().right > box.right + 0.5).map(e => e.outerHTML.slice(0, 120));
-    }""", [inner, outer])
 
 
 @pytest.mark.services
@@ -69,7 +60,7 @@ def test_a_pipeline_run_opens_as_a_live_graph(home, browser, jupyter_lab, tmp_pa
         page.click("details[data-section='pipelines'] > summary .mlplat-link")
         page.click(f"li[data-run='{rec.id}'] > button.mlplat-item", timeout=30_000)
         page.wait_for_selector(f"li[data-run='{rec.id}'] button[data-open-step='slow']")
-        assert _inside(page, "#mlplat-sidebar .mlplat-table button", "#mlplat-sidebar") == []
+        assert cut_off(page, "#mlplat-sidebar .mlplat-table button", "#mlplat-sidebar") == []
     finally:
         page.close()
         if rec is not None: ws.pipelines.cancel(rec.id, wait=30) if ws.pipelines.get(rec.id).status == "running" else None
