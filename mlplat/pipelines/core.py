@@ -79,8 +79,29 @@ class _RunControl:
         RunTracking(ws).reopen(rec)
         return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume").run()
 
+# %% ../../notebooks/62c_pipelines_core.ipynb #05cf580a
+class _RunNotebooks:
+    "What the steps of a run left: their executed notebooks, sealed at rest or not."
+    def notebook(self, run_id: str, step: str) -> bytes:
+        """Step `step`'s executed notebook (`pipelines:read`), opened with the workspace's keys when it is sealed at rest;
+        handing a sealed one out in plaintext is audited (`pipeline.notebook_open`)."""
+        from mlplat.errors import NotFoundError
+        from mlplat.governance.crypto import is_sealed
+        from mlplat.pipelines import notebook_bytes
+        rec = self.get(run_id)
+        s = rec.steps.get(step)
+        if s is None: raise NotFoundError(f"run {run_id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
+        if not s.notebook or not Path(s.notebook).is_file():
+            raise NotFoundError(f"step {step} of run {run_id} has no executed notebook yet ({s.status})")
+        data = notebook_bytes(s.notebook, self.ws.crypto)
+        if is_sealed(s.notebook):
+            self.ws.governance.audit.append(self.ws.principal.name, "pipeline.notebook_open", f"pipeline_run:{run_id}",
+                                            "success", self.ws.config.workspace.region, {"step": step})
+        return data
+
+
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
-class Pipelines(_RunControl):
+class Pipelines(_RunControl, _RunNotebooks):
     "Pipelines of a workspace (`ws.pipelines`): run, start, resume, cancel, list, get."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..db import utcnow
 from ..governance.delegation import MAX_LIFETIME, Delegations, work_environment
-from . import read_outputs
+from . import read_outputs, seal_notebook
 from .runs import RunRecord, RunStore, RunTracking, runner_file
 from .spec import Pipeline, fits, notebook_parameters, render, type_name
 from .steps import execute_step, kill_tree
@@ -55,14 +55,17 @@ class _StepRunner:
         if self.ws.config.source: env["MLPLAT_CONFIG"] = str(self.ws.config.source)
         for attempt in range(step.retries + 1):
             if self.stop.is_set(): break
-            if out.exists(): out.rename(folder/f"{name}.attempt-{s.attempts}.ipynb")
+            if out.exists():   # sealed already, unless the runner died before it could seal it
+                seal_notebook(self.ws.crypto, out); out.rename(folder/f"{name}.attempt-{s.attempts}.ipynb")
             s.attempts += 1
             self.store.save_step(self.rec.id, s)
             error = execute_step(step.notebook, out, values, step.kernel, step.timeout, env, log,
                                  on_start=lambda pid: self.live.__setitem__(name, pid), stop=self.stop)
             self.live.pop(name, None)
+            outputs = read_outputs(out) if error is None else {}
+            seal_notebook(self.ws.crypto, out)   # papermill wrote it plain: sealed now, whatever became of the attempt
             if error is None:
-                s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), read_outputs(out)
+                s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), outputs
                 return
             s.error, s.notebook = error, str(out) if out.exists() else None
             if attempt < step.retries: self.stop.wait(step.backoff * 2 ** attempt)

@@ -133,7 +133,9 @@ def test_rows_and_executed_notebooks_in_the_artifact_store_are_sealed(ws, tmp_pa
     write_notebook(tmp_path / "show.ipynb", "n = 1", "print('customer', 4242 + n)")
     write_pipeline(tmp_path, {"name": "show", "classification": "internal", "steps": [{"name": "show", "notebook": "show.ipynb"}]})
     run = ws.pipelines.run(tmp_path / "show.yaml")
-    assert run.status == "succeeded" and "customer 4243" in Path(run.steps["show"].notebook).read_text()   # the local copy
+    local = Path(run.steps["show"].notebook)                                 # the run's own copy: sealed at rest too
+    assert run.status == "succeeded" and is_sealed(local) and b"customer 4243" not in local.read_bytes()
+    assert b"customer 4243" in ws.pipelines.notebook(run.id, "show")
     files = {str(p.relative_to(ws.config.artifact_root)): p for p in stored_files(ws)}
     rows_at = [f for f in files if f.endswith("/inputs.npy")]
     assert len(rows_at) == 2 and any("holdout/" in f for f in rows_at) and any(f"reference/v{mv.version}/" in f for f in rows_at)
