@@ -17,7 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from helpers import BIN, X, configure, free_port, onnx_chain, run_cli, start_process, stop_process, wait_for, wait_http
+from helpers import (BIN, X, configure, free_port, logged_predictions as logged, onnx_chain, run_cli, start_process,
+                     stop_process, wait_for, wait_http)
 from mlplat.governance.crypto import LOG_MAGIC
 from mlplat.serving.prediction_log import TORN_AFTER_SECONDS, outcomes_folder, predictions_folder, read_predictions
 
@@ -43,14 +44,6 @@ def frame_marker(path) -> bytes:
     data = path.read_bytes()
     n = len(LOG_MAGIC)
     return base64.b64decode(json.loads(data[n + 4:n + 4 + int.from_bytes(data[n:n + 4], "big")])["sync"])
-
-
-def logged(ws, name, n):
-    "Wait until the server's writer has written `n` records of `name` (it writes every 20 ms, off the response path)."
-    end = time.time() + 30
-    while len(recs := read_predictions(ws.config.home, name, keys=ws.crypto)) < n and time.time() < end:
-        time.sleep(0.05)
-    return recs
 
 
 @pytest.mark.services

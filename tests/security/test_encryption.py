@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import X, Y, onnx_chain, register_version, run_cli, stored_files, tiny_job, write_notebook, write_pipeline
+from helpers import X, Y, logged_predictions, onnx_chain, register_version, run_cli, stored_files, tiny_job, write_notebook, write_pipeline
 from mlplat.errors import AuditIntegrityError
 from mlplat.governance.crypto import MAGIC, is_sealed
 
@@ -161,20 +161,11 @@ def _infer(base, name, n, value=SECRET):
         assert r.status_code == 200, r.text
 
 
-def _logged(ws, name, n):
-    from mlplat.serving.prediction_log import read_predictions
-    import time
-    end = time.time() + 30
-    while len(recs := read_predictions(ws.config.home, name, keys=ws.crypto)) < n and time.time() < end:
-        time.sleep(0.05)
-    return recs
-
-
 @pytest.mark.services
 def test_prediction_and_outcome_logs_are_sealed_and_still_read_by_monitoring_and_ab(ws, server, tmp_path):
     base = server(f"shop={onnx_chain(tmp_path / 'm.onnx')}")
     _infer(base, "shop", 12)
-    assert len(_logged(ws, "shop", 12)) == 12
+    assert len(logged_predictions(ws, "shop", 12)) == 12
     ws.serving.log_outcomes("shop", [{"request_id": f"r{i}", "outcome": i % 2} for i in range(12)])
     files = sorted((ws.config.home / "predictions").rglob("*")) + sorted((ws.config.home / "outcomes").rglob("*"))
     files = [f for f in files if f.is_file()]
