@@ -282,3 +282,12 @@ def wait_for(cond, timeout, what):
         if cond(): return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_predictions(ws, name, n, timeout=30):
+    "Wait until a server's writer has written `n` records of `name` (it writes every 20 ms, off the response path); they, read with the workspace's keys."
+    from mlplat.serving.prediction_log import read_predictions
+    end = time.time() + timeout
+    while len(recs := read_predictions(ws.config.home, name, keys=ws.crypto)) < n and time.time() < end:
+        time.sleep(0.05)
+    return recs

@@ -18,10 +18,11 @@ from ..db import utcnow
 __all__ = ['kill_tree', 'execute_step']
 
 # %% ../../notebooks/62_pipelines_steps.ipynb #2bd26985
-def _last_error(notebook: Path) -> str | None:
-    "`ename: evalue` of the cell that failed in an executed notebook."
+def _last_error(notebook: Path, keys=None) -> str | None:
+    "`ename: evalue` of the cell that failed in an executed notebook (`keys`: the workspace's `crypto`, if it is sealed)."
     import nbformat
-    try: nb = nbformat.read(str(notebook), as_version=4)
+    from mlplat.pipelines import notebook_bytes
+    try: nb = nbformat.reads(notebook_bytes(notebook, keys).decode(), as_version=4)
     except Exception: return None
     for cell in nb.cells:
         for out in cell.get("outputs", []):
