@@ -22,7 +22,7 @@ MANAGED = {"app.kubernetes.io/managed-by": "mlplat"}
 # %% auto #0
 __all__ = ['WORKFLOW_API', 'OUTPUTS_FILE', 'GPU_TOLERATION', 'MANAGED', 'RUN_ONCE_DEADLINE', 'k8s_name', 'argo_json',
            'task_names', 'step_image', 'step_env', 'step_resources', 'step_template', 'workflow', 'step_workflow',
-           'cron_workflow']
+           'cron_workflow', 'pipeline_workflow']
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #7aa2d2a7
 def k8s_name(text: str, limit: int = 63) -> str:
@@ -169,3 +169,21 @@ def cron_workflow(ws, s, namespace: str | None = None) -> dict:
     return {"apiVersion": WORKFLOW_API, "kind": "CronWorkflow",
             "metadata": {"name": name, "namespace": namespace or ws.config.kubernetes.namespace, "labels": {**MANAGED, **labels}},
             "spec": spec}
+
+# %% ../../notebooks/64_pipelines_argo.ipynb #3e9339e7
+def pipeline_workflow(ws, pipeline, params: dict | None = None) -> tuple[dict, list[str]]:
+    "(the Workflow of a run of `pipeline` with `params`, notes on what it needs); every step must run on kubernetes."
+    from mlplat.pipelines.core import Pipelines
+    p = ws.pipelines.load(pipeline)
+    values = p.resolve_params(params)
+    elsewhere = [f"{s.name} ({s.placement.backend})" for s in p.steps if s.placement.backend != "kubernetes"]
+    if elsewhere:
+        raise ValidationError(f"pipeline {p.name} is not one Argo Workflow: step(s) {', '.join(elsewhere)} do not run on kubernetes",
+                              hint="set backend: kubernetes on the pipeline (or on those steps)")
+    run_id = Pipelines.new_run_id(p.name)
+    volume, notes = WorkspaceVolume.of(ws.config), []
+    if not volume.mounted: notes.append("kubernetes.home_claim is not set: running needs it (the pods mount the workspace from it)")
+    away = [s.notebook.name for s in p.steps if volume.mounted and not volume.holds(s.notebook)]
+    if away: notes.append(f"not on the workspace volume, so they must be at the same path in the image: {', '.join(away)}")
+    m = workflow(ws, p, values, run_id, f"{ws.config.home}/pipelines/{run_id}", secret=f"{k8s_name(run_id)}-secrets", token=True)
+    return m, notes
