@@ -254,3 +254,18 @@ def test_refused_before_anything_runs(kube, home, pipeline, monkeypatch):
     with pytest.raises(ValidationError, match="Kubernetes refused to list Workflows.*401"):
         mlplat.connect(home).pipelines.run(pipeline)
     assert not kube.argo["workflows"] and ws.pipelines.list() == []
+
+
+def test_a_failing_step_is_retried_as_new_workflows_then_fails(kube, kws, tmp_path):
+    write_notebook(tmp_path / "bad.ipynb", "shard = 7", "raise ValueError(f'bad shard {shard}')")
+    spec = write_pipeline(tmp_path, {"name": "bad", "backend": "kubernetes",
+                                     "steps": [{"name": "load", "notebook": "bad.ipynb", "retries": 1, "backoff": 0}]})
+    with Controller(kube, tmp_path):
+        rec = kws.pipelines.run(spec)
+    s = rec.steps["load"]
+    assert (rec.status, s.status, s.attempts) == ("failed", "failed", 2)
+    assert s.error.startswith("ValueError: bad shard 7 (the step's Workflow ") and s.error.endswith("failed: Error (exit code 1))")
+    assert sorted(n[-2:] for (_, n) in kube.argo["workflows"]) == ["a1", "a2"]
+    log = (kws.config.home / "pipelines" / rec.id / "load.log").read_text()
+    assert log.count("the step failed: ValueError: bad shard 7") == 2
+    assert "ValueError" in open(s.notebook).read()   # the executed notebook came back from the volume

@@ -103,6 +103,8 @@ class _Following:
             if done:
                 if stopping: return stopping
                 if error and timeout and "deadline" in error: return f"timed out after {timeout:g} s (Argo: {error})"
+                why = [l for l in text.splitlines() if l.startswith("the step failed: ")]   # the pod step's last word
+                if error and why: return f"{why[-1][len('the step failed: '):]} ({error})"
                 if error is None and not Path(attempt.out).exists():
                     return (f"the step's pod wrote no executed notebook at {attempt.out}; "
                             f"is kubernetes.home_claim the volume holding {self.ws.config.home}?")

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     code = 0
     try: pm.execute_notebook(str(notebook), str(out), parameters=values, kernel_name=a.kernel, cwd=str(notebook.parent),
                              progress_bar=False, log_output=True)
-    except pm.PapermillExecutionError: code = 1
+    except pm.PapermillExecutionError as e:   # the last line of the log says why: the step backend reports it
+        print(f"the step failed: {e.ename}: {scrub_text(str(e.evalue), secrets)}"[:2000], flush=True); code = 1
     except Exception as e: print(f"{type(e).__name__}: {scrub_text(str(e), secrets)}", flush=True); code = 2
     finally: scrub([out], secrets)
     if code == 0: outputs_file.write_text(json.dumps(read_outputs(out)))
