@@ -5,6 +5,7 @@ step pod's own command here (its arguments, its environment with the values of t
 the pod running until it is told to stop."""
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -269,3 +270,65 @@ def test_a_failing_step_is_retried_as_new_workflows_then_fails(kube, kws, tmp_pa
     log = (kws.config.home / "pipelines" / rec.id / "load.log").read_text()
     assert log.count("the step failed: ValueError: bad shard 7") == 2
     assert "ValueError" in open(s.notebook).read()   # the executed notebook came back from the volume
+
+
+ARGO_VARIABLE = re.compile(r"\{\{([^{}]+)\}\}")
+
+
+def play_dag(m, tmp_path, secrets):
+    """Argo's part in a DAG Workflow, here: each task after its dependencies, its pod's own command with Argo's
+    substitutions ({{inputs.parameters.X}}, {{tasks.X.outputs.parameters.outputs}}, {{workflow.name}}) and the
+    values of the Secrets it references (`secrets`: (Secret, key) -> value). Any other {{...}} fails, as in Argo."""
+    templates = {t["name"]: t for t in m["spec"]["templates"]}
+    tasks = {t["name"]: t for t in templates[m["spec"]["entrypoint"]]["dag"]["tasks"]}
+    outputs, logs, workflow = {}, {}, m["metadata"]["name"]
+
+    def substitute(text, scope):
+        def one(match):
+            key = match.group(1).strip()
+            assert key in scope, f"Argo cannot resolve {{{{{key}}}}} in {text!r}"
+            return scope[key]
+        return ARGO_VARIABLE.sub(one, text)
+
+    while len(outputs) < len(tasks):
+        ready = [n for n, t in tasks.items() if n not in outputs and set(t.get("dependencies", [])) <= set(outputs)]
+        assert ready, "the DAG has a cycle"
+        for name in ready:
+            task, t = tasks[name], templates[tasks[name]["template"]]
+            scope = {"workflow.name": workflow, **{f"tasks.{n}.outputs.parameters.outputs": o for n, o in outputs.items()}}
+            inputs = {f"inputs.parameters.{a['name']}": substitute(a["value"], scope) for a in task.get("arguments", {}).get("parameters", [])}
+            scope.update(inputs)
+            args = [substitute(a, scope) for a in t["container"]["args"]]
+            out_file = tmp_path / f"{workflow}-{name}-outputs.json"
+            args[args.index("--outputs") + 1] = str(out_file)
+            env = {e["name"]: substitute(e["value"], scope) for e in t["container"]["env"] if "value" in e}
+            env.update({e["name"]: secrets[(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])]
+                        for e in t["container"]["env"] if "valueFrom" in e and (e["valueFrom"]["secretKeyRef"]["name"],
+                                                                                 e["valueFrom"]["secretKeyRef"]["key"]) in secrets})
+            base = {k: v for k, v in os.environ.items() if not k.startswith("MLPLAT_") and k != "WAREHOUSE_PW"}
+            p = subprocess.run([sys.executable, "-m", "mlplat.pipelines.pod_step", *args], env={**base, **env},
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, p.stdout + p.stderr
+            outputs[name], logs[name] = out_file.read_text(), p.stdout
+    return {n: json.loads(o) for n, o in outputs.items()}, logs
+
+
+def test_the_compiled_dag_runs_step_after_step(kws, pipeline, tmp_path):
+    "The whole pipeline's Workflow, played as Argo would run it: outputs travel between pods as Argo parameters."
+    from mlplat.pipelines.argo_workflow import cron_workflow, pipeline_workflow
+    from mlplat.pipelines.schedules import Schedule
+    m, _ = pipeline_workflow(kws, pipeline, {"n": 5})
+    run = m["metadata"]["name"]
+    outputs, logs = play_dag(m, tmp_path, {(f"{run}-secrets", "DB_PASSWORD"): PASSWORD, (f"{run}-secrets", "MLPLAT_TOKEN"): "t"})
+    assert outputs == {"count": {"rows": 50}, "report-rows": {"line": "n=5:50"}}
+    assert "[secret DB_PASSWORD]" in logs["count"] and PASSWORD not in logs["count"]
+    folder = kws.config.home / "pipelines" / run
+    assert PASSWORD not in (folder / "count.ipynb").read_text() and (folder / "report_rows.ipynb").is_file()
+    doc = yaml.safe_load(pipeline.read_text())
+    doc["steps"][0]["secrets"] = {"DB_PASSWORD": "k8s:warehouse-creds/password"}
+    pipeline.write_text(yaml.safe_dump(doc))
+    cw = cron_workflow(kws, Schedule("nightly", str(pipeline), "0 2 * * *", parameters={"n": 6}))
+    fired = {"metadata": {"name": "mlplat-nightly-1733205600"}, "spec": cw["spec"]["workflowSpec"]}
+    outputs, _ = play_dag(fired, tmp_path, {("warehouse-creds", "password"): PASSWORD})
+    assert outputs["report-rows"] == {"line": "n=6:60"}
+    assert (kws.config.home / "pipelines" / "mlplat-nightly-1733205600" / "report_rows.ipynb").is_file()
