@@ -99,6 +99,12 @@ class KubeApiDouble:
         self.server.shutdown()
         self.server.server_close()
 
+    def configure(self, monkeypatch, folder: Path, image: str):
+        "The workspace's Kubernetes settings for this double: its kubeconfig, the home's claim, a default image."
+        monkeypatch.setenv("MLPLAT_KUBERNETES_KUBECONFIG", str(self.kubeconfig(folder / "kubeconfig")))
+        monkeypatch.setenv("MLPLAT_KUBERNETES_HOME_CLAIM", "mlplat-home")
+        monkeypatch.setenv("MLPLAT_KUBERNETES_IMAGE", image)
+
     def kubeconfig(self, path: Path, namespace="default") -> Path:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "double",
@@ -155,6 +161,15 @@ class KubeApiDouble:
             del self.secrets[(ns, name)]
         return 200, obj, False
 
+    def _deleted(self, gone, pod_label):
+        "What deleting `gone` answers; the Secrets it owned and its pods (labelled `pod_label`=its name) go with it."
+        name = gone["metadata"]["name"]
+        self._collect_garbage(gone["metadata"]["uid"])
+        for key in [k for k, p in self.pods.items() if p["metadata"]["labels"].get(pod_label) == name]:
+            del self.pods[key]
+            self.logs.pop(key, None)
+        return 200, _status(200, "", "") | {"status": "Success", "details": {"name": name}}, False
+
     def _collect_garbage(self, owner_uid):
         "What a deleted object owned goes with it (Kubernetes' garbage collector)."
         for key in [k for k, o in self.secrets.items()
@@ -187,12 +202,7 @@ class KubeApiDouble:
         if method == "GET":
             return 200, obj, False
         if method == "DELETE":
-            gone = self.trainjobs.pop((ns, name))
-            self._collect_garbage(gone["metadata"]["uid"])
-            for key in [k for k, p in self.pods.items() if p["metadata"]["labels"].get("jobset.sigs.k8s.io/jobset-name") == name]:
-                del self.pods[key]
-                self.logs.pop(key, None)
-            return 200, _status(200, "", "") | {"status": "Success", "details": {"name": name}}, False
+            return self._deleted(self.trainjobs.pop((ns, name)), "jobset.sigs.k8s.io/jobset-name")
         return 405, _status(405, "MethodNotAllowed", method), False
 
     def argo_validator(self, plural):
@@ -245,17 +255,13 @@ class KubeApiDouble:
             store[(ns, name)] = patched
             return 200, patched, False
         if method == "DELETE":
-            gone = store.pop((ns, name))
-            self._collect_garbage(gone["metadata"]["uid"])
-            for key in [k for k, p in self.pods.items() if p["metadata"]["labels"].get("workflows.argoproj.io/workflow") == name]:
-                del self.pods[key]
-                self.logs.pop(key, None)
-            return 200, _status(200, "", "") | {"status": "Success", "details": {"name": name}}, False
+            return self._deleted(store.pop((ns, name)), "workflows.argoproj.io/workflow")
         return 405, _status(405, "MethodNotAllowed", method), False
 
     # ---- the controller, played by the test -------------------------------------------------
-    def set_workflow_status(self, name, phase, node_phase=None, message=None, outputs=None, started=True, ns="default"):
-        "The Workflow's phase and its one step pod's node, as Argo's controller writes them (validated against the CRD)."
+    def set_workflow_status(self, name, phase, node_phase=None, message=None, outputs=None, started=True, ns="default", nodes=None):
+        """The Workflow's phase and its one step pod's node (or `nodes`, a DAG's), as Argo's controller writes them
+        (validated against the CRD)."""
         wf = self.argo["workflows"][(ns, name)]
         node = {"id": f"{name}-1", "name": name, "displayName": name, "type": "Pod", "templateName": wf["spec"]["entrypoint"],
                 "phase": node_phase or phase}
@@ -265,7 +271,7 @@ class KubeApiDouble:
             node["message"] = message
         if outputs is not None:
             node["outputs"] = {"parameters": [{"name": "outputs", "value": json.dumps(outputs)}], "exitCode": "0"}
-        status = {"phase": phase, "startedAt": node.get("startedAt", _now()), "nodes": {node["id"]: node}}
+        status = {"phase": phase, "startedAt": node.get("startedAt", _now()), "nodes": {node["id"]: node} if nodes is None else nodes}
         if message:
             status["message"] = message
         status_schema = {"type": "object", "properties": crd_schema(WORKFLOW_CRDS["workflows"])["properties"]["status"]["properties"]}

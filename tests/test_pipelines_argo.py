@@ -32,9 +32,7 @@ def argo_problems(obj, plural="workflows"):
 @pytest.fixture
 def kube(home, monkeypatch, tmp_path):
     with KubeApiDouble() as api:
-        monkeypatch.setenv("MLPLAT_KUBERNETES_KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
-        monkeypatch.setenv("MLPLAT_KUBERNETES_HOME_CLAIM", "mlplat-home")
-        monkeypatch.setenv("MLPLAT_KUBERNETES_IMAGE", "registry.local/mlplat:0.1")
+        api.configure(monkeypatch, tmp_path, "registry.local/mlplat:0.1")
         monkeypatch.setenv("WAREHOUSE_PW", PASSWORD)
         from mlplat.pipelines.argo import ArgoStepBackend
         monkeypatch.setattr(ArgoStepBackend, "poll_seconds", 0.2)
@@ -319,7 +317,7 @@ def test_the_compiled_dag_runs_step_after_step(kws, pipeline, tmp_path):
     from mlplat.pipelines.schedules import Schedule
     m, _ = pipeline_workflow(kws, pipeline, {"n": 5})
     run = m["metadata"]["name"]
-    outputs, logs = play_dag(m, tmp_path, {(f"{run}-secrets", "DB_PASSWORD"): PASSWORD, (f"{run}-secrets", "MLPLAT_TOKEN"): "t"})
+    outputs, logs = play_dag(m, tmp_path, {(f"{run}-secrets", "count.DB_PASSWORD"): PASSWORD, (f"{run}-secrets", "MLPLAT_TOKEN"): "t"})
     assert outputs == {"count": {"rows": 50}, "report-rows": {"line": "n=5:50"}}
     assert "[secret DB_PASSWORD]" in logs["count"] and PASSWORD not in logs["count"]
     folder = kws.config.home / "pipelines" / run
@@ -332,3 +330,60 @@ def test_the_compiled_dag_runs_step_after_step(kws, pipeline, tmp_path):
     outputs, _ = play_dag(fired, tmp_path, {("warehouse-creds", "password"): PASSWORD})
     assert outputs["report-rows"] == {"line": "n=6:60"}
     assert (kws.config.home / "pipelines" / "mlplat-nightly-1733205600" / "report_rows.ipynb").is_file()
+
+
+def dag_nodes(workflow, outputs, failed=()):
+    "The nodes Argo writes for a DAG whose tasks gave `outputs` (task -> outputs), and `failed` tasks."
+    nodes = {workflow: {"id": workflow, "name": workflow, "displayName": workflow, "type": "DAG", "phase": "Running"}}
+    for i, (task, out) in enumerate(outputs.items()):
+        nodes[f"{workflow}-{i}"] = {"id": f"{workflow}-{i}", "name": f"{workflow}.{task}", "displayName": task, "type": "Pod",
+                                    "phase": "Succeeded", "startedAt": "2026-12-03T03:00:00Z", "finishedAt": "2026-12-03T03:00:09Z",
+                                    "outputs": {"parameters": [{"name": "outputs", "value": json.dumps(out)}]}}
+    for task in failed:
+        nodes[f"{workflow}-f"] = {"id": f"{workflow}-f", "name": f"{workflow}.{task}", "displayName": task, "type": "Pod",
+                                  "phase": "Failed", "message": "Error (exit code 1)", "startedAt": "2026-12-03T03:00:00Z"}
+    return nodes
+
+
+def test_submit_the_whole_pipeline_as_one_workflow(kube, kws, pipeline, tmp_path):
+    from mlplat.pipelines.argo_runs import ArgoRuns
+    out = run_cli("pipelines", "submit", pipeline, "-p", "n=2", "--json", check=0).stdout
+    rec = json.loads(out)
+    assert rec["status"] == "running" and all(s["backend"] == "kubernetes" for s in rec["steps"])
+    (key, wf), = kube.argo["workflows"].items()   # accepted by the double: valid against the CRD
+    name = key[1]
+    assert PASSWORD not in json.dumps(wf) and wf["spec"]["templates"][0]["dag"]["tasks"][1]["dependencies"] == ["count"]
+    secret = kube.secrets[("default", f"{name}-secrets")]
+    assert secret["stringData"]["count.DB_PASSWORD"] == PASSWORD and secret["stringData"]["MLPLAT_TOKEN"].startswith("mlpd_")
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == wf["metadata"]["uid"]
+    folder = kws.config.home / "pipelines" / rec["id"]
+    assert wf["spec"]["templates"][1]["container"]["args"][0] == str(folder / "code" / "count" / "count.ipynb")
+    # Argo runs it (played here: every pod's own command), then the record follows the Workflow
+    kube.set_workflow_status(name, "Running", nodes=dag_nodes(name, {}))
+    assert json.loads(run_cli("pipelines", "show", rec["id"], "--json", check=0).stdout)["status"] == "running"
+    outputs, _ = play_dag(wf, tmp_path, {(f"{name}-secrets", k): v for k, v in secret["stringData"].items()})
+    kube.set_workflow_status(name, "Succeeded", nodes=dag_nodes(name, outputs))
+    shown = json.loads(run_cli("pipelines", "show", rec["id"], "--json", check=0).stdout)
+    steps = {s["name"]: s for s in shown["steps"]}
+    assert shown["status"] == "succeeded" and steps["report_rows"]["outputs"] == {"line": "n=2:20"}
+    assert steps["count"]["seconds"] == 9.0 and os.path.isfile(steps["report_rows"]["notebook"])
+    audit = [e for e in kws.governance.audit.records() if e["action"] == "pipeline.run"]
+    assert audit[-1]["outcome"] == "success" and audit[-1]["details"]["secrets_used"] == {"count": ["DB_PASSWORD", "S3_KEY"]}
+    with pytest.raises(ValidationError, match="not running"):
+        ArgoRuns(kws).cancel(rec["id"])
+
+
+def test_cancel_a_submitted_workflow(kube, kws, pipeline):
+    from mlplat.pipelines.argo_runs import ArgoRuns
+    runs = ArgoRuns(kws)
+    rec = runs.submit(pipeline, {"n": 1})
+    (_, name), = kube.argo["workflows"]
+    kube.set_workflow_status(name, "Running", nodes=dag_nodes(name, {}))
+    assert runs.cancel(rec.id, "wrong data").status == "running"   # asked; Argo has not stopped it yet
+    assert [r[3] for r in kube.requests if r[0] == "PATCH"] == [{"spec": {"shutdown": "Terminate"}}]
+    kube.set_workflow_status(name, "Failed", message="Stopped with strategy 'Terminate'", nodes=dag_nodes(name, {}, failed=["count"]))
+    done = runs.sync(rec.id)
+    assert done.status == "cancelled" and done.steps["count"].status == "failed" and done.steps["report_rows"].status == "skipped"
+    assert kws.pipelines.get(rec.id).status == "cancelled"
+    from mlplat.governance.delegation import Delegations
+    assert Delegations(kws).revoke(f"pipeline-run:{rec.id}") == 0   # the run's token was revoked when it ended

@@ -13,14 +13,15 @@ from ..errors import ValidationError
 from ..governance.delegation import IDENTITY_VARIABLES
 from ..jobs.k8s_backend import KubeClient, snapshot_code
 from ..k8s_volume import WorkspaceVolume
-from .argo_workflow import k8s_name, step_image, step_resources, step_workflow
+from .argo_workflow import k8s_name, secret_key, step_image, step_resources, step_workflow
 from .backends import StepAttempt, StepBackend
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "workflows"
 DONE = ("Succeeded", "Failed", "Error")
 
 # %% auto #0
-__all__ = ['GROUP', 'VERSION', 'PLURAL', 'DONE', 'workflow_outcome', 'started_at', 'ArgoStepBackend']
+__all__ = ['GROUP', 'VERSION', 'PLURAL', 'DONE', 'workflow_outcome', 'started_at', 'notebook_in_pod', 'WorkflowApi',
+           'ArgoStepBackend']
 
 # %% ../../notebooks/64b_pipelines_argo.ipynb #1f45bccf
 def workflow_outcome(obj: dict) -> tuple[bool, str | None]:
@@ -41,7 +42,15 @@ def started_at(obj: dict) -> float | None:
     return None
 
 # %% ../../notebooks/64b_pipelines_argo.ipynb #c22c4175
-class _ArgoApi:
+def notebook_in_pod(ws, step, folder: Path) -> str:
+    "Where a pod finds the step's notebook: in place on the volume, else in a copy of its folder in the run's `folder`."
+    nb = Path(step.notebook)
+    if WorkspaceVolume.of(ws.config).holds(nb): return str(nb)
+    code = Path(folder)/"code"/step.name
+    if not (code/nb.name).exists(): snapshot_code(nb, code, skip=(ws.config.home,))
+    return str(code/nb.name)
+
+class WorkflowApi:
     "The Workflow through the API: create it with its Secret, read it, stop it, read its pod's log."
     missing_api = f"no Argo Workflows API in the cluster (is Argo Workflows installed, {GROUP}/{VERSION})? or wrong namespace"
 
@@ -122,7 +131,7 @@ class _Following:
             else: attempt.stop.wait(self.poll_seconds)
 
 # %% ../../notebooks/64b_pipelines_argo.ipynb #a43d94bf
-class ArgoStepBackend(KubeClient, _ArgoApi, _Following, StepBackend):
+class ArgoStepBackend(KubeClient, WorkflowApi, _Following, StepBackend):
     "Runs `backend: kubernetes` steps as Argo Workflows, one per attempt."
     name = "kubernetes"
 
@@ -145,14 +154,6 @@ class ArgoStepBackend(KubeClient, _ArgoApi, _Following, StepBackend):
                 "resources": pl.resources.to_dict(), "pod_resources": step_resources(step), "node_selector": pl.node_selector,
                 "tolerations": pl.tolerations, "priority_class": pl.priority_class}
 
-    def _notebook(self, attempt: StepAttempt) -> str:
-        "The notebook's path in the pod: in place on the volume, else a copy of its folder in the run's folder."
-        nb = Path(attempt.step.notebook)
-        if self.volume.holds(nb): return str(nb)
-        code = Path(attempt.out).parent/"code"/attempt.step.name
-        if not (code/nb.name).exists(): snapshot_code(nb, code, skip=(self.ws.config.home,))
-        return str(code/nb.name)
-
     def execute(self, attempt: StepAttempt) -> str | None:
         import json
         from mlplat.db import utcnow
@@ -160,12 +161,12 @@ class ArgoStepBackend(KubeClient, _ArgoApi, _Following, StepBackend):
         name = k8s_name(f"{attempt.run_id}-{s.name}-a{attempt.attempt}", 52)
         secrets = {**{k: v for k, v in attempt.work_env.items() if k in IDENTITY_VARIABLES}, **attempt.secrets}
         env = {k: v for k, v in attempt.work_env.items() if k not in secrets and (k != "MLPLAT_CONFIG" or self.volume.holds(v))}
-        body = step_workflow(self.ws, s, name, self._notebook(attempt), str(attempt.out), attempt.parameters, env,
+        body = step_workflow(self.ws, s, name, notebook_in_pod(self.ws, s, Path(attempt.out).parent), str(attempt.out), attempt.parameters, env,
                              f"{name}-secrets" if secrets else None, list(secrets),
                              {"mlplat.dev/pipeline-run": k8s_name(attempt.run_id), "mlplat.dev/attempt": str(attempt.attempt)})
         with open(attempt.log, "a") as f:
             f.write(f"\n--- {utcnow().isoformat()} Argo Workflow {self.settings.namespace}/{name}: papermill {s.notebook.name} "
                     f"-> {attempt.out} {json.dumps(attempt.parameters)[:500]}\n")
-        self._submit(api_client, body, secrets)
+        self._submit(api_client, body, {secret_key(s, n): v for n, v in secrets.items()})
         try: return self._follow(api_client, name, attempt)
         finally: self._forget_secret(api_client, name)   # the token and values are not needed once the pod has ended

@@ -21,8 +21,8 @@ MANAGED = {"app.kubernetes.io/managed-by": "mlplat"}
 
 # %% auto #0
 __all__ = ['WORKFLOW_API', 'OUTPUTS_FILE', 'GPU_TOLERATION', 'MANAGED', 'RUN_ONCE_DEADLINE', 'k8s_name', 'argo_json',
-           'task_names', 'step_image', 'step_env', 'step_resources', 'step_template', 'workflow', 'step_workflow',
-           'cron_workflow', 'pipeline_workflow']
+           'task_names', 'step_image', 'secret_key', 'step_env', 'step_resources', 'step_template', 'workflow',
+           'step_workflow', 'cron_workflow', 'require_kubernetes', 'pipeline_workflow']
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #7aa2d2a7
 def k8s_name(text: str, limit: int = 63) -> str:
@@ -51,6 +51,10 @@ def step_image(ws, step) -> str | None:
     "The step's image (or the pipeline's default), else `kubernetes.image`; None: there is none."
     return step.placement.image or ws.config.kubernetes.image or None
 
+def secret_key(step, name: str) -> str:
+    "The key of variable `name` in the run's Secret: `STEP.NAME` for a step's own secret (steps may differ), else `NAME`."
+    return f"{step.name}.{name}" if name in step.secrets else name
+
 def step_env(step, env: dict, secret: str | None, secret_names) -> list[dict]:
     secret_names = sorted(secret_names)
     if secret_names and not secret:
@@ -58,7 +62,7 @@ def step_env(step, env: dict, secret: str | None, secret_names) -> list[dict]:
                               hint="give the step its secrets as k8s:SECRET/KEY references")
     plain = {**env, "MLPLAT_SECRET_NAMES": ",".join(n for n in secret_names if n in step.secrets)}
     out = [{"name": k, "value": str(v)} for k, v in plain.items() if k not in secret_names]
-    out += [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": n}}} for n in secret_names]
+    out += [{"name": n, "valueFrom": {"secretKeyRef": {"name": secret, "key": secret_key(step, n)}}} for n in secret_names]
     for name, ref in step.secrets.items():
         if ref.source == "k8s":
             out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref.k8s[0], "key": ref.k8s[1]}}})
@@ -111,14 +115,14 @@ def _step_env(ws, run_id: str, step) -> dict:
     return env
 
 def workflow(ws, p, params: dict, run_id: str, folder: str, secret: str | None = None, token: bool = False,
-             labels: dict | None = None) -> dict:
-    "The Argo `Workflow` (a dict) running pipeline `p` with the resolved `params` as run `run_id`."
-    names = task_names(p)
+             labels: dict | None = None, notebooks: dict | None = None) -> dict:
+    "The Argo `Workflow` (a dict) running pipeline `p` with the resolved `params` as run `run_id`; `notebooks`: step -> path in the pod."
+    names, notebooks = task_names(p), notebooks or {}
     templates, tasks = [], []
     for s in (p.step(n) for n in p.order()):
         upstream = {ref[1]: names[ref[1]] for ref in references(s.parameters) if ref[0] == "steps"}
         secret_names = [*(["MLPLAT_TOKEN"] if token else []), *(n for n, r in s.secrets.items() if r.source != "k8s")]
-        templates.append(step_template(ws, s, names[s.name], str(s.notebook), f"{folder}/{s.name}.ipynb", s.parameters, params,
+        templates.append(step_template(ws, s, names[s.name], notebooks.get(s.name, str(s.notebook)), f"{folder}/{s.name}.ipynb", s.parameters, params,
                                        _step_env(ws, run_id, s), upstream, secret, secret_names))
         task = {"name": names[s.name], "template": names[s.name]}
         if s.depends_on: task["dependencies"] = [names[d] for d in s.depends_on]
@@ -171,15 +175,20 @@ def cron_workflow(ws, s, namespace: str | None = None) -> dict:
             "spec": spec}
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #3e9339e7
-def pipeline_workflow(ws, pipeline, params: dict | None = None) -> tuple[dict, list[str]]:
-    "(the Workflow of a run of `pipeline` with `params`, notes on what it needs); every step must run on kubernetes."
-    from mlplat.pipelines.core import Pipelines
-    p = ws.pipelines.load(pipeline)
-    values = p.resolve_params(params)
+def require_kubernetes(p):
+    "`p`, if every step runs on kubernetes (one Workflow can run it), else a ValidationError naming the others."
     elsewhere = [f"{s.name} ({s.placement.backend})" for s in p.steps if s.placement.backend != "kubernetes"]
     if elsewhere:
         raise ValidationError(f"pipeline {p.name} is not one Argo Workflow: step(s) {', '.join(elsewhere)} do not run on kubernetes",
                               hint="set backend: kubernetes on the pipeline (or on those steps)")
+    task_names(p)
+    return p
+
+def pipeline_workflow(ws, pipeline, params: dict | None = None) -> tuple[dict, list[str]]:
+    "(the Workflow of a run of `pipeline` with `params`, notes on what it needs); every step must run on kubernetes."
+    from mlplat.pipelines.core import Pipelines
+    p = require_kubernetes(ws.pipelines.load(pipeline))
+    values = p.resolve_params(params)
     run_id = Pipelines.new_run_id(p.name)
     volume, notes = WorkspaceVolume.of(ws.config), []
     if not volume.mounted: notes.append("kubernetes.home_claim is not set: running needs it (the pods mount the workspace from it)")
