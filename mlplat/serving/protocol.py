@@ -32,8 +32,8 @@ class InferRequest:
     rows: int = 0
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'encode_response',
-           'error_body', 'dumps']
+__all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'cap_address_space',
+           'decode_outcome', 'encode_response', 'error_body', 'dumps']
 
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
@@ -141,6 +141,22 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     outs, binary_out = _requested(doc, signature, bool(params.get("binary_data_output", False)))
     rid = doc.get("id")
     return InferRequest(inputs, str(rid) if rid is not None else None, params, outs, binary_out, rows or 0)
+
+# %% ../../notebooks/53_serving_protocol.ipynb #e7a0cf52
+def cap_address_space(extra: int):
+    "A decoding worker's initializer: cap its address space at what it uses now plus `extra` bytes (Linux)."
+    import os, resource
+    try:
+        with open("/proc/self/statm") as f: used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (used + extra, used + extra))
+    except (OSError, ValueError): pass  # no /proc (macOS): the worker runs uncapped
+
+def decode_outcome(body: bytes, header_length: str | None, signature: dict, entities: bool = False) -> tuple:
+    "`decode_request` in a worker process: ('ok', InferRequest) or ('error', message, status, hostile)."
+    try: return ("ok", decode_request(body, header_length, signature, entities=entities))
+    except InferError as e: return ("error", e.message, e.status, e.hostile)
+    except MemoryError:
+        return ("error", "decoding this body needs more memory than serving.large_body_memory_mb allows", 413, True)
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
 def encode_response(model: str, version: str, request: InferRequest, outputs: dict,
