@@ -197,8 +197,9 @@ class ServingConfig:
                                                "4 x `large_bodies_in_flight` wait, more are answered 503 at once.")
     large_body_read_seconds: float = _opt(30.0, "A large body must arrive within this many seconds of getting its place, "
                                                 "or it is answered 408 (a slow-streamed body cannot hold a place for long).")
-    large_body_memory_mb: int = _opt(1024, "Memory (MB of address space) a decoding worker may grow by: a body whose "
-                                           "JSON needs more (e.g. millions of tiny nested lists) is answered 413.")
+    large_body_memory_mb: int = _opt(1024, "Memory (MB) decoding one large body may take in its worker, estimated before "
+                                           "parsing (the JSON's bytes plus 100 per value): a body that would need more "
+                                           "(e.g. millions of tiny nested lists) is answered 413.")
     grpc_max_concurrent_rpcs: int = _opt(64, "gRPC calls the server handles at once; more are answered "
                                              "RESOURCE_EXHAUSTED at once. 0: no limit.")
 
