@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 
-from .protocol import InferError, InferRequest, decode_outcome, decode_request
+from .protocol import InferError, InferRequest, decode_request, decode_shared
 
 # %% auto #0
-__all__ = ['BodyLimits', 'Places', 'LargeBodies']
+__all__ = ['SEGMENT_PREFIX', 'BodyLimits', 'Places', 'reserve_pages', 'BodyBuffer', 'LargeBodies']
 
 # %% ../../notebooks/54d_serving_bodies.ipynb #9c0b9689
 @dataclass
@@ -66,19 +68,66 @@ class Places:
                 take.add_done_callback(lambda t: t.cancelled() or self.places.release())
         if not take.done() or take.cancelled(): raise busy
 
+# %% ../../notebooks/54d_serving_bodies.ipynb #a9eb0594
+SEGMENT_PREFIX = "mlplat_body_"
+
+def reserve_pages(name: str, size: int):
+    "Allocate the pages of segment `name` now: OSError (ENOSPC) if /dev/shm has no room, not a SIGBUS on a later write."
+    path = f"/dev/shm/{name}"
+    if not os.path.exists(path): return  # not Linux: segments are not files of a size-limited tmpfs
+    fd = os.open(path, os.O_RDWR)
+    try: os.posix_fallocate(fd, 0, size)
+    finally: os.close(fd)
+
+class BodyBuffer:
+    "A large body as it arrives, up to `capacity` bytes: in a shared memory segment, else in the server's memory."
+    def __init__(self, capacity: int):
+        self.capacity, self.size, self.shm, self.local = capacity, 0, None, None
+
+    @classmethod
+    async def open(cls, capacity: int) -> "BodyBuffer":
+        buf = cls(capacity)
+        try:
+            buf.shm = SharedMemory(SEGMENT_PREFIX + secrets.token_hex(8), create=True, size=capacity)
+            await asyncio.to_thread(reserve_pages, buf.shm.name, capacity)  # zeroing 64 MB would stall the loop
+        except OSError: buf.discard(); buf.local = bytearray(capacity)
+        except BaseException: buf.discard(); raise  # cancelled (the server stops): no segment left behind
+        return buf
+
+    def write(self, chunk: bytes):
+        end = self.size + len(chunk)
+        (self.shm.buf if self.shm is not None else self.local)[self.size:end] = chunk
+        self.size = end
+
+    def handover(self) -> tuple:
+        "What the decoding worker gets: (segment name or the body itself, size)."
+        if self.shm is None: return (self.local if self.size == self.capacity else bytes(self.local[:self.size])), self.size
+        self.shm.close()  # the server reads no more of it; the segment stays until `discard`
+        return self.shm.name, self.size
+
+    def discard(self):
+        "Remove the segment (if any); safe to call twice."
+        shm, self.shm, self.local = self.shm, None, None
+        if shm is None: return
+        shm.close()
+        try: shm.unlink()
+        except FileNotFoundError: pass
+
+
 # %% ../../notebooks/54d_serving_bodies.ipynb #06c50246
 class LargeBodies(Places):
     "Reads and decodes inference request bodies under `BodyLimits` (one per server)."
     async def request(self, receive, declared: int | None, header_length: str | None, signature: dict,
                       entities: bool = False) -> InferRequest | None:
         "The decoded request (None: the client went away); `InferError` 413, 408 or 503 as the limits say."
-        lim, placed = self.limits, False
+        lim, placed, buf, work = self.limits, False, None, None
         too_big = InferError(f"the body is over {lim.max_bytes / 2**20:g} MB", 413, hostile=True)
         if declared is not None and declared > lim.max_bytes: raise too_big
         try:
-            if declared is not None and declared > lim.large_bytes: await self.take(); placed = True
-            # a declared large body fills one buffer as it arrives: joining 64 MB of chunks at the end would stall the loop
-            chunks, size, more, deadline = (bytearray(declared) if placed else []), 0, True, None
+            if declared is not None and declared > lim.large_bytes:
+                await self.take(); placed = True
+                buf = await BodyBuffer.open(declared)
+            chunks, size, more, deadline = [], 0, True, None
             loop = asyncio.get_running_loop()
             while more:
                 if placed and deadline is None: deadline = loop.time() + lim.read_seconds
@@ -87,18 +136,24 @@ class LargeBodies(Places):
                     raise InferError(f"the body did not arrive within {lim.read_seconds:g} s", 408, hostile=True) from None
                 if msg["type"] == "http.disconnect": return None
                 chunk = msg.get("body", b"")
-                if size + len(chunk) > (len(chunks) if isinstance(chunks, bytearray) else lim.max_bytes): raise too_big
-                if isinstance(chunks, bytearray): chunks[size:size + len(chunk)] = chunk
+                if size + len(chunk) > (buf.capacity if buf else lim.max_bytes): raise too_big
+                if buf: buf.write(chunk)
                 else: chunks.append(chunk)
                 size += len(chunk); more = msg.get("more_body", False)
-                if not placed and size > lim.large_bytes: await self.take(); placed = True
-            if isinstance(chunks, bytearray): body = chunks if size == len(chunks) else bytes(chunks[:size])
-            else: body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            del chunks
-            if not placed: return decode_request(body, header_length, signature, entities=entities)
-            got = await loop.run_in_executor(self.pool, decode_outcome, body, header_length, signature, entities,
-                                             lim.worker_memory_bytes)
+                if not placed and size > lim.large_bytes:  # streamed without a length: room for the largest body
+                    await self.take(); placed = True
+                    buf = await BodyBuffer.open(lim.max_bytes)
+                    for c in chunks: buf.write(c)
+                    chunks = []
+            if not placed:
+                return decode_request(chunks[0] if len(chunks) == 1 else b"".join(chunks), header_length, signature, entities=entities)
+            work = self.pool.submit(decode_shared, *buf.handover(), header_length, signature, entities, lim.worker_memory_bytes)
+            got = await asyncio.wrap_future(work)
             if got[0] == "ok": return got[1]
             raise InferError(*got[1:])
         finally:
             if placed: self.places.release()
+            # the segment goes once no worker reads it: now, or when the worker of an abandoned request is done
+            if buf is not None:
+                if work is None or work.done(): buf.discard()
+                else: work.add_done_callback(lambda _: buf.discard())

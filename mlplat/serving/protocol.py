@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import orjson
@@ -33,7 +34,7 @@ class InferRequest:
 
 # %% auto #0
 __all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'decode_cost',
-           'decode_outcome', 'encode_response', 'error_body', 'dumps']
+           'decode_outcome', 'decode_shared', 'encode_response', 'error_body', 'dumps']
 
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
@@ -157,6 +158,16 @@ def decode_outcome(body: bytes, header_length: str | None, signature: dict, enti
                          f"{memory_limit / 2**20:.0f} MB serving.large_body_memory_mb allows", 413, True)
     try: return ("ok", decode_request(body, header_length, signature, entities=entities))
     except InferError as e: return ("error", e.message, e.status, e.hostile)
+
+def decode_shared(body: str | bytes, size: int, header_length: str | None, signature: dict, entities: bool = False,
+                  memory_limit: int | None = None) -> tuple:
+    "`decode_outcome` in a worker process, of a body handed over by `mlplat.serving.bodies.BodyBuffer`: a shared memory segment's name, or the body itself."
+    if isinstance(body, str):
+        try: shm = SharedMemory(body)
+        except FileNotFoundError: return ("error", "the request was abandoned before its body was decoded", 503, False)
+        try: body = bytes(shm.buf[:size])  # the copy is the worker's, off the server's event loop
+        finally: shm.close()
+    return decode_outcome(body, header_length, signature, entities, memory_limit)
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
 def encode_response(model: str, version: str, request: InferRequest, outputs: dict,
