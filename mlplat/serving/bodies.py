@@ -11,10 +11,14 @@ import secrets
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 
-from .protocol import InferError, InferRequest, decode_request, decode_shared
+import mmap
+
+import numpy as np
+
+from .protocol import SEGMENT_PREFIX, InferError, InferRequest, decode_request, decode_shared, reserve_pages
 
 # %% auto #0
-__all__ = ['SEGMENT_PREFIX', 'BodyLimits', 'Places', 'reserve_pages', 'BodyBuffer', 'LargeBodies']
+__all__ = ['BodyLimits', 'Places', 'BodyBuffer', 'drop_segment', 'shared_request', 'forget', 'LargeBodies']
 
 # %% ../../notebooks/54d_serving_bodies.ipynb #9c0b9689
 @dataclass
@@ -69,16 +73,6 @@ class Places:
         if not take.done() or take.cancelled(): raise busy
 
 # %% ../../notebooks/54d_serving_bodies.ipynb #a9eb0594
-SEGMENT_PREFIX = "mlplat_body_"
-
-def reserve_pages(name: str, size: int):
-    "Allocate the pages of segment `name` now: OSError (ENOSPC) if /dev/shm has no room, not a SIGBUS on a later write."
-    path = f"/dev/shm/{name}"
-    if not os.path.exists(path): return  # not Linux: segments are not files of a size-limited tmpfs
-    fd = os.open(path, os.O_RDWR)
-    try: os.posix_fallocate(fd, 0, size)
-    finally: os.close(fd)
-
 class BodyBuffer:
     "A large body as it arrives, up to `capacity` bytes: in a shared memory segment, else in the server's memory."
     def __init__(self, capacity: int):
@@ -112,6 +106,27 @@ class BodyBuffer:
         shm.close()
         try: shm.unlink()
         except FileNotFoundError: pass
+
+def drop_segment(name: str):
+    "Remove segment `name`, if it is still there."
+    try: shm = SharedMemory(name)
+    except FileNotFoundError: return
+    shm.close(); shm.unlink()
+
+def shared_request(got: tuple) -> InferRequest:
+    "The request of a worker's ('shared', request, segment, layout): its arrays are views of the segment, not copies."
+    _, req, name, layout = got
+    with open(f"/dev/shm/{name}", "r+b") as f: pages = mmap.mmap(f.fileno(), 0)
+    drop_segment(name)  # unlinked now: its memory goes with the last array that maps it
+    for n, (dtype, shape, offset) in layout.items():
+        req.inputs[n] = np.ndarray(shape, np.dtype(dtype), pages, offset)
+    return req
+
+def forget(work, buf: BodyBuffer):
+    "Remove the segments of an abandoned request once its worker is done: the body's, and the arrays' it decoded."
+    buf.discard()
+    got = None if work.cancelled() or work.exception() is not None else work.result()
+    if got is not None and got[0] == "shared": drop_segment(got[2])
 
 
 # %% ../../notebooks/54d_serving_bodies.ipynb #06c50246
@@ -150,10 +165,11 @@ class LargeBodies(Places):
             work = self.pool.submit(decode_shared, *buf.handover(), header_length, signature, entities, lim.worker_memory_bytes)
             got = await asyncio.wrap_future(work)
             if got[0] == "ok": return got[1]
+            if got[0] == "shared": return shared_request(got)
             raise InferError(*got[1:])
         finally:
             if placed: self.places.release()
             # the segment goes once no worker reads it: now, or when the worker of an abandoned request is done
             if buf is not None:
                 if work is None or work.done(): buf.discard()
-                else: work.add_done_callback(lambda _: buf.discard())
+                else: work.add_done_callback(lambda work: forget(work, buf))

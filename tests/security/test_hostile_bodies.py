@@ -168,6 +168,10 @@ def test_hostile_large_bodies_leave_health_fast_and_memory_bounded(tmp_path, pro
         assert max(samples) <= workers_before.get(w, 150) + WORKER_MB, (w, max(samples))
     ok = httpx.post(url + "/v2/models/m/infer", content=infer_doc([1, 4], b"1, -2, 3, -4"))
     assert ok.status_code == 200                                    # still serving, and the places were given back
+    valid = httpx.post(url + "/v2/models/m/infer", content=infer_doc([300_000, 4], b",".join([b"1,-2,3,-4"] * 300_000)), timeout=60)
+    assert valid.status_code == 200, valid.text[:300]                # a large valid body: its arrays come back shared
+    out = valid.json()["outputs"][0]["data"]
+    assert len(out) == 1_200_000 and out[:4] == out[-4:] == [1, 0, 3, 0]
     assert watch.segments or not Path("/dev/shm").exists()         # the large bodies went through shared memory
     stop_process(proc)                                               # ... and left none of it behind
     assert not body_segments() - segments_before, body_segments() - segments_before
