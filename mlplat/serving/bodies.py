@@ -41,21 +41,23 @@ class BodyLimits:
 class Places:
     "At most `limits.in_flight` large bodies at once, and their worker processes (`start` inside the event loop)."
     def __init__(self, limits: BodyLimits):
-        self.limits, self.pool, self.waiting = limits, None, 0
+        self.limits, self.pool, self.chores, self.waiting = limits, None, None, 0
         self.places: asyncio.Semaphore | None = None
 
     def start(self):
         "Create the places and the worker processes (spawned: forking a server with gRPC and ONNX Runtime threads is unsafe)."
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
         self.places = asyncio.Semaphore(self.limits.in_flight)
         # niced: on a busy machine the event loop (health checks, small requests) comes before a large parse
         self.pool = ProcessPoolExecutor(self.limits.in_flight, multiprocessing.get_context("spawn"), initializer=os.nice, initargs=(10,))
         for _ in range(self.limits.in_flight): self.pool.submit(os.getpid)  # workers start now, not on the first body
+        self.chores = ThreadPoolExecutor(self.limits.in_flight, "mlplat-bodies")  # what the kernel does slowly: reserving, freeing
 
     def close(self):
         "Stop the workers, and wait for them: a server that stops leaves no process behind."
         if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.chores is not None: self.chores.shutdown(wait=True)
 
     async def take(self):
         "Take a place: wait at most `wait_seconds`, refuse at once past 4 x `in_flight` waiting (503 either way)."
@@ -74,39 +76,53 @@ class Places:
 
 # %% ../../notebooks/54d_serving_bodies.ipynb #a9eb0594
 class BodyBuffer:
-    "A large body as it arrives, up to `capacity` bytes: in a shared memory segment, else in the server's memory."
+    """A large body as it arrives, up to `capacity` bytes: in a shared memory segment, else (no room for one) in the
+    server's memory. Where the segment is a file of /dev/shm (Linux) it is written through a file descriptor: no page of
+    it is mapped in the server, so the event loop neither faults 16,000 pages in nor unmaps them."""
     def __init__(self, capacity: int):
-        self.capacity, self.size, self.shm, self.local = capacity, 0, None, None
+        self.capacity, self.size, self.shm, self.fd, self.local = capacity, 0, None, None, None
 
     @classmethod
-    async def open(cls, capacity: int) -> "BodyBuffer":
+    async def open(cls, capacity: int, chores) -> "BodyBuffer":
+        "A buffer whose segment's pages are reserved by a thread of `chores` (zeroing 64 MB would stall the loop)."
         buf = cls(capacity)
         try:
             buf.shm = SharedMemory(SEGMENT_PREFIX + secrets.token_hex(8), create=True, size=capacity)
-            await asyncio.to_thread(reserve_pages, buf.shm.name, capacity)  # zeroing 64 MB would stall the loop
+            if os.path.exists(path := f"/dev/shm/{buf.shm.name}"): buf.shm.close(); buf.fd = os.open(path, os.O_RDWR)
         except OSError: buf.discard(); buf.local = bytearray(capacity)
-        except BaseException: buf.discard(); raise  # cancelled (the server stops): no segment left behind
+        if buf.fd is None: return buf  # elsewhere no size-limited tmpfs: written through the mapping
+        reserving = chores.submit(os.posix_fallocate, buf.fd, 0, capacity)
+        try: await asyncio.wrap_future(reserving)
+        except OSError: buf.discard(); buf.local = bytearray(capacity)
+        except BaseException:  # cancelled (the server stops): the segment goes once the thread has let go of it
+            reserving.add_done_callback(lambda _: buf.discard()); raise
         return buf
 
     def write(self, chunk: bytes):
-        end = self.size + len(chunk)
-        (self.shm.buf if self.shm is not None else self.local)[self.size:end] = chunk
-        self.size = end
+        if self.fd is None: (self.shm.buf if self.shm is not None else self.local)[self.size:self.size + len(chunk)] = chunk
+        else:
+            view, offset = memoryview(chunk), self.size
+            while view: written = os.pwrite(self.fd, view, offset); view, offset = view[written:], offset + written
+        self.size += len(chunk)
 
     def handover(self) -> tuple:
         "What the decoding worker gets: (segment name or the body itself, size)."
         if self.shm is None: return (self.local if self.size == self.capacity else bytes(self.local[:self.size])), self.size
-        self.shm.close()  # the server reads no more of it; the segment stays until `discard`
+        if self.fd is not None: os.close(self.fd); self.fd = None
+        self.shm.close()  # the server writes no more of it; the segment stays until `discard`
         return self.shm.name, self.size
 
     def discard(self):
         "Remove the segment (if any); safe to call twice."
-        shm, self.shm, self.local = self.shm, None, None
+        shm, fd, self.shm, self.fd, self.local = self.shm, self.fd, None, None, None
+        if fd is not None: os.close(fd)
         if shm is None: return
         shm.close()
         try: shm.unlink()
         except FileNotFoundError: pass
 
+
+# %% ../../notebooks/54d_serving_bodies.ipynb #cbeeae58
 def drop_segment(name: str):
     "Remove segment `name`, if it is still there."
     try: shm = SharedMemory(name)
@@ -141,7 +157,7 @@ class LargeBodies(Places):
         try:
             if declared is not None and declared > lim.large_bytes:
                 await self.take(); placed = True
-                buf = await BodyBuffer.open(declared)
+                buf = await BodyBuffer.open(declared, self.chores)
             chunks, size, more, deadline = [], 0, True, None
             loop = asyncio.get_running_loop()
             while more:
@@ -157,7 +173,7 @@ class LargeBodies(Places):
                 size += len(chunk); more = msg.get("more_body", False)
                 if not placed and size > lim.large_bytes:  # streamed without a length: room for the largest body
                     await self.take(); placed = True
-                    buf = await BodyBuffer.open(lim.max_bytes)
+                    buf = await BodyBuffer.open(lim.max_bytes, self.chores)
                     for c in chunks: buf.write(c)
                     chunks = []
             if not placed:
@@ -171,5 +187,5 @@ class LargeBodies(Places):
             if placed: self.places.release()
             # the segment goes once no worker reads it: now, or when the worker of an abandoned request is done
             if buf is not None:
-                if work is None or work.done(): buf.discard()
+                if work is None or work.done(): self.chores.submit(buf.discard)  # freeing 64 MB of pages takes ~10 ms
                 else: work.add_done_callback(lambda work: forget(work, buf))

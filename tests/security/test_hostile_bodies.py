@@ -175,7 +175,6 @@ def test_hostile_large_bodies_leave_health_fast_and_memory_bounded(tmp_path, pro
     assert watch.segments or not Path("/dev/shm").exists()         # the large bodies went through shared memory
     stop_process(proc)                                               # ... and left none of it behind
     assert not body_segments() - segments_before, body_segments() - segments_before
-    assert "leaked shared_memory" not in "".join(p.read_text() for p in tmp_path.glob("serve-*.log"))
     print(f"health p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms over {len(lat)} probes; server RSS {baseline:.0f} -> peak "
           f"{max(watch.server_mb):.0f} MB (budget {budget:.0f}); workers peak "
           f"{max((max(s) for s in watch.worker_mb.values()), default=0):.0f} MB; {took:.1f} s")
