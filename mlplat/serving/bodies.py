@@ -91,7 +91,8 @@ class BodyBuffer:
             if os.path.exists(path := f"/dev/shm/{buf.shm.name}"): buf.shm.close(); buf.fd = os.open(path, os.O_RDWR)
         except OSError: buf.discard(); buf.local = bytearray(capacity)
         if buf.fd is None: return buf  # elsewhere no size-limited tmpfs: written through the mapping
-        reserving = chores.submit(os.posix_fallocate, buf.fd, 0, capacity)
+        try: reserving = chores.submit(os.posix_fallocate, buf.fd, 0, capacity)
+        except RuntimeError: buf.discard(); raise  # the server is stopping
         try: await asyncio.wrap_future(reserving)
         except OSError: buf.discard(); buf.local = bytearray(capacity)
         except BaseException:  # cancelled (the server stops): the segment goes once the thread has let go of it
@@ -148,6 +149,11 @@ def forget(work, buf: BodyBuffer):
 # %% ../../notebooks/54d_serving_bodies.ipynb #06c50246
 class LargeBodies(Places):
     "Reads and decodes inference request bodies under `BodyLimits` (one per server)."
+    def free(self, buf: BodyBuffer):
+        "Discard `buf` on a thread (freeing 64 MB of pages takes 10 ms or more), or here once the threads are gone."
+        try: self.chores.submit(buf.discard)
+        except RuntimeError: buf.discard()
+
     async def request(self, receive, declared: int | None, header_length: str | None, signature: dict,
                       entities: bool = False) -> InferRequest | None:
         "The decoded request (None: the client went away); `InferError` 413, 408 or 503 as the limits say."
@@ -187,5 +193,5 @@ class LargeBodies(Places):
             if placed: self.places.release()
             # the segment goes once no worker reads it: now, or when the worker of an abandoned request is done
             if buf is not None:
-                if work is None or work.done(): self.chores.submit(buf.discard)  # freeing 64 MB of pages takes ~10 ms
+                if work is None or work.done(): self.free(buf)
                 else: work.add_done_callback(lambda work: forget(work, buf))
