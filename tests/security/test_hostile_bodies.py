@@ -1,8 +1,9 @@
 """Hostile large bodies cannot stall `mlplat serve` or grow its memory without bound: four 64 MB bodies sent at once
 (a shape the data does not fill, too many rows, JSON built to cost 20x its size, one slow-streamed) are each answered
 4xx, while `/v2/health/live` keeps a p99 under 100 ms and never a 5xx, and the server's resident memory stays within
-its stated budget: what it had before, plus `serving.large_bodies_in_flight` x 2 x 64 MB (each place holds a body and
-the copy sent to its decoding worker), plus 64 MB for sockets and the allocator. Each decoding worker stays within
+its stated budget: what it had before, plus `serving.large_bodies_in_flight` x 2 x 64 MB (where /dev/shm has no room
+for a body, each place holds it and the copy sent to its decoding worker; in shared memory, written through a file
+descriptor, the server maps neither), plus 64 MB for sockets and the allocator. Each decoding worker stays within
 `serving.large_body_memory_mb` of what it had. The shared memory segments that carried the bodies to the workers
 are all gone once the server stopped. gRPC answers calls past `serving.grpc_max_concurrent_rpcs`
 RESOURCE_EXHAUSTED at once and keeps serving.
