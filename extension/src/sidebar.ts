@@ -451,7 +451,8 @@ class PipelinesSection extends Section {
             ['step', 'status', 's', ''],
             r.steps.map(s => [
               s.name,
-              badge(s.status),
+              // a step reused from an earlier identical run shows as cached, with where it came from
+              s.cached_from ? Object.assign(badge('cached'), { title: `reused from ${s.cached_from}` }) : badge(s.status),
               s.seconds?.toFixed(1) ?? '–',
               s.notebook
                 ? h('button', { class: 'jp-mod-styled mlplat-small', 'data-open-step': s.name, onclick: () => void openStep(this.app, r.id, s.name) }, 'Open')

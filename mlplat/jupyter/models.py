@@ -203,6 +203,8 @@ class Run(Out):
     created_at: Optional[str] = None
     finished_at: Optional[str] = None
     steps: list[Step]
+    reproduce: dict[str, Any] = Field({}, description="what reproduces the run: git commit and dirty flag, notebook hashes, "
+                                                      "environments, images, lock file, each step's cache key parts")
 
 # %% ../../notebooks/80_jupyter_models.ipynb #4dec4f04
 class NotebookParameter(Out):
