@@ -6,11 +6,9 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -18,22 +16,16 @@ from pathlib import Path
 from ..db import table, utcnow
 from ..errors import ValidationError
 from .spec import convert, notebook_parameters, references, render
+from ..reproduce import code_state, digest, python_environment
 
-LOCK_FILES = ("uv.lock", "poetry.lock", "pylock.toml", "Pipfile.lock", "conda-lock.yml", "environment.yml",
-              "environment.yaml", "requirements*.txt")
 RUN_ID_OUTPUT = ("run_id", "*_run_id", "mlflow_run")   # outputs naming an MLflow run, checked before a reuse
 
 # %% auto #0
-__all__ = ['LOCK_FILES', 'RUN_ID_OUTPUT', 'digest', 'notebook_source', 'notebook_hash', 'python_environment',
-           'kernel_environment', 'kernel_name', 'Environments', 'step_values', 'components', 'cache_key',
-           'missing_artifacts', 'StepCache', 'link_or_copy', 'reuse', 'changes', 'plan', 'RunCache', 'git_state',
-           'lock_file', 'reproduce_record']
+__all__ = ['RUN_ID_OUTPUT', 'notebook_source', 'notebook_hash', 'kernel_environment', 'kernel_name', 'Environments',
+           'step_values', 'components', 'cache_key', 'missing_artifacts', 'StepCache', 'link_or_copy', 'reuse',
+           'changes', 'plan', 'RunCache', 'reproduce_record']
 
 # %% ../../notebooks/62e_pipelines_cache.ipynb #103b2b05
-def digest(value) -> str:
-    "SHA-256 of a JSON value in canonical form (sorted keys, no spaces)."
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
 def notebook_source(path) -> dict:
     "What of a notebook decides what it does: its code cells' source and tags, and its kernelspec's name."
     nb = json.loads(Path(path).read_text())
@@ -45,20 +37,6 @@ def notebook_source(path) -> dict:
 def notebook_hash(path) -> str: return digest(notebook_source(path))
 
 # %% ../../notebooks/62e_pipelines_cache.ipynb #2f4dafa1
-_PACKAGES = ("import importlib.metadata as m, json, sys; print(json.dumps([sys.version.split()[0], "
-             "sorted({(d.metadata['Name'] or '?').lower() + '==' + d.version for d in m.distributions()})]))")
-
-def python_environment(python: str | None = None) -> dict:
-    "{python, packages, hash} of the interpreter `python` (None: this one): its version and installed distributions."
-    if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
-        import importlib.metadata as m
-        version, pkgs = sys.version.split()[0], sorted({(d.metadata["Name"] or "?").lower() + "==" + d.version for d in m.distributions()})
-    else:
-        r = subprocess.run([python, "-c", _PACKAGES], capture_output=True, text=True, timeout=120)
-        if r.returncode: raise ValidationError(f"could not list the packages of {python}: {r.stderr.strip()[-300:]}")
-        version, pkgs = json.loads(r.stdout)
-    return {"python": version, "packages": len(pkgs), "hash": digest([version, pkgs])}
-
 def kernel_environment(kernel: str) -> dict:
     "The environment of kernel `kernel` (a kernelspec name); see above."
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -253,36 +231,12 @@ class RunCache:
         reuse(row, s, Path(self.rec.folder))
         return True
 
-# %% ../../notebooks/62e_pipelines_cache.ipynb #2a42d015
-def git_state(folder) -> dict | None:
-    "{root, commit, dirty} of the git repository holding `folder` (dirty: changes in `folder` not committed); None outside one."
-    def git(*args):
-        try: r = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired): return None
-        return r.stdout.strip() if r.returncode == 0 else None
-    root, commit = git("rev-parse", "--show-toplevel"), git("rev-parse", "HEAD")
-    if not root: return None
-    status = git("status", "--porcelain", "--", ".")
-    return {"root": root, "commit": commit, "dirty": bool(status) or status is None}
-
-def lock_file(folder, root=None) -> dict | None:
-    "{path, sha256} of the nearest lock or requirements file, from `folder` up to `root` (else 3 levels up)."
-    folder = Path(folder).resolve()
-    stop = Path(root).resolve() if root else None
-    for i, d in enumerate([folder, *folder.parents]):
-        for pattern in LOCK_FILES:
-            for f in sorted(d.glob(pattern)):
-                if f.is_file(): return {"path": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-        if d == stop or (stop is None and i >= 3): return None
-    return None
-
 # %% ../../notebooks/62e_pipelines_cache.ipynb #ef5f06bf
 def reproduce_record(p, envs: Environments) -> dict:
     "What reproduces a run of pipeline `p` (see above)."
-    folder = Path(p.source).parent if p.source else Path(p.steps[0].notebook).parent
-    git = git_state(folder)
     local = [s for s in p.steps if s.placement.backend != "kubernetes"]
-    return {"git": git, "notebooks": {s.name: notebook_hash(s.notebook) for s in p.steps},
+    return {**code_state(Path(p.source).parent if p.source else Path(p.steps[0].notebook).parent),
+            "notebooks": {s.name: notebook_hash(s.notebook) for s in p.steps},
             "environments": {k: envs.kernel(k) for k in dict.fromkeys(kernel_name(s) for s in local)},
             "images": {s.name: envs.image(s) for s in p.steps if s.placement.backend == "kubernetes"},
-            "lock": lock_file(folder, git["root"] if git else None), "recorded_at": utcnow().isoformat(), "steps": {}}
+            "recorded_at": utcnow().isoformat(), "steps": {}}
