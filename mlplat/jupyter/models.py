@@ -221,6 +221,8 @@ class NotebookParameters(Out):
 class RunNotebookRequest(In):
     path: str = Field(description="the notebook, relative to the Jupyter server's root")
     parameters: dict[str, Any] = {}
+    cache: bool = Field(False, description="reuse an identical earlier run of the notebook instead of running it (off: "
+                                           "asking to run a notebook means running it)")
 
 class Schedule(Out):
     name: str

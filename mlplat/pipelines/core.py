@@ -146,13 +146,14 @@ class Pipelines(_RunControl, _Reads):
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
         prepared = prepare(ws, p, p.steps)   # every step's backend and secrets, before anything is recorded
+        envs = Environments(ws)              # each kernel's environment (a missing kernel stops the run here), once per run
+        reproduce = reproduce_record(p, envs)
         run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id
         folder.mkdir(parents=True)
-        envs = Environments(ws)              # each kernel's environment, worked out once for the run
         rec = RunRecord(run_id, p.name, "running", values, p.to_dict(), str(p.source) if p.source else None, str(folder),
                         RunTracking(ws).start(run_id, p, values), ws.principal.name, utcnow(),
-                        steps={s.name: StepRecord(s.name) for s in p.steps}, reproduce=reproduce_record(p, envs))
+                        steps={s.name: StepRecord(s.name) for s in p.steps}, reproduce=reproduce)
         self.store.create(rec, trigger)
         return p, rec, max_parallel or p.max_parallel, prepared, envs
 
