@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 from ..db import utcnow
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
+from . import step_log_bytes
 from .backends import prepare
 from .cache import Environments, plan as plan_steps, reproduce_record
 from .executor import Executor
@@ -83,7 +84,7 @@ class _RunControl:
         RunTracking(ws).reopen(rec)
         return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared, cache).run()
 
-# %% ../../notebooks/62c_pipelines_core.ipynb #0fc2c571
+# %% ../../notebooks/62c_pipelines_core.ipynb #329a782b
 class _Reads:
     "What a run would do, before it starts, and what runs did."
     def plan(self, pipeline, params: dict | None = None, cache: bool = True) -> list[dict]:
@@ -107,9 +108,45 @@ class _Reads:
         self.ws.governance.authorize("pipelines:read", f"pipeline:{pipeline}" if pipeline else "pipelines")
         return self.store.list(pipeline, limit)
 
+# %% ../../notebooks/62c_pipelines_core.ipynb #df8a61ab
+class _StepFiles:
+    "What a step left in its run's folder, read for a caller who may read the run."
+    def step_log(self, run_id: str, step: str, tail: int = 64 * 1024) -> dict:
+        """The end of step `step`'s log (papermill's progress and the kernel's output): `{"text", "truncated"}`, at most
+        `tail` bytes (permission `pipelines:read`). A step that has not started has an empty log."""
+        rec = self.get(run_id)
+        if step not in rec.steps: raise NotFoundError(f"run {run_id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
+        if not isinstance(tail, int) or isinstance(tail, bool) or not 1 <= tail <= 16 * 2**20:
+            raise ValidationError(f"tail must be a number of bytes from 1 to {16 * 2**20}, got {tail!r}")
+        path = Path(rec.folder)/f"{step}.log"
+        if not path.is_file(): return {"text": "", "truncated": False}
+        data = step_log_bytes(path, self.ws.crypto)   # sealed at rest when encryption is on
+        return {"text": data[-tail:].decode(errors="replace"), "truncated": len(data) > tail}
+
+# %% ../../notebooks/62c_pipelines_core.ipynb #05cf580a
+class _RunNotebooks:
+    "What the steps of a run left: their executed notebooks, sealed at rest or not."
+    def notebook(self, run_id: str, step: str) -> bytes:
+        """Step `step`'s executed notebook (`pipelines:read`), opened with the workspace's keys when it is sealed at rest;
+        handing a sealed one out in plaintext is audited (`pipeline.notebook_open`)."""
+        from mlplat.errors import NotFoundError
+        from mlplat.governance.crypto import is_sealed
+        from mlplat.pipelines import notebook_bytes
+        rec = self.get(run_id)
+        s = rec.steps.get(step)
+        if s is None: raise NotFoundError(f"run {run_id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
+        if not s.notebook or not Path(s.notebook).is_file():
+            raise NotFoundError(f"step {step} of run {run_id} has no executed notebook yet ({s.status})")
+        data = notebook_bytes(s.notebook, self.ws.crypto)
+        if is_sealed(s.notebook):
+            self.ws.governance.audit.append(self.ws.principal.name, "pipeline.notebook_open", f"pipeline_run:{run_id}",
+                                            "success", self.ws.config.workspace.region, {"step": step})
+        return data
+
+
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
-class Pipelines(_RunControl, _Reads):
-    "Pipelines of a workspace (`ws.pipelines`): plan, run, start, resume, cancel, list, get."
+class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
+    "Pipelines of a workspace (`ws.pipelines`): plan, run, start, resume, cancel, list, get, notebook, step_log."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
     def load(self, pipeline) -> Pipeline:
@@ -123,15 +160,15 @@ class Pipelines(_RunControl, _Reads):
         run's record (its `status` is `succeeded`, `failed` or `cancelled`; such a run can be resumed).
         `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers;
         `cache=False` runs every step, even one identical to an earlier succeeded step (see `plan`)."""
-        p, rec, parallel, prepared, envs = self._begin(pipeline, params, max_parallel, run_id, trigger)
-        return Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache, envs).run()
+        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, run_id, trigger)
+        return Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache).run()
 
     def start(self, pipeline, params: dict | None = None, max_parallel: int | None = None, trigger: str | None = None,
               cache: bool = True) -> RunRecord:
         """Validate and record the run like `run`, then execute it in a background thread of this process: returns
         at once with the run's record (status `running`); follow it with `get`, stop it with `cancel`."""
-        p, rec, parallel, prepared, envs = self._begin(pipeline, params, max_parallel, None, trigger)
-        executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache, envs)
+        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, None, trigger)
+        executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache)
         threading.Thread(target=executor.run_guarded, name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
 
@@ -146,8 +183,7 @@ class Pipelines(_RunControl, _Reads):
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
         prepared = prepare(ws, p, p.steps)   # every step's backend and secrets, before anything is recorded
-        envs = Environments(ws)              # each kernel's environment (a missing kernel stops the run here), once per run
-        reproduce = reproduce_record(p, envs)
+        reproduce = reproduce_record(p, Environments(ws))   # each kernel's environment: a missing kernel stops the run here
         run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id
         folder.mkdir(parents=True)
@@ -155,9 +191,8 @@ class Pipelines(_RunControl, _Reads):
                         RunTracking(ws).start(run_id, p, values), ws.principal.name, utcnow(),
                         steps={s.name: StepRecord(s.name) for s in p.steps}, reproduce=reproduce)
         self.store.create(rec, trigger)
-        return p, rec, max_parallel or p.max_parallel, prepared, envs
+        return p, rec, max_parallel or p.max_parallel, prepared
 
     @staticmethod
     def new_run_id(pipeline_name: str) -> str:
         return f"{pipeline_name}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
