@@ -72,12 +72,14 @@ def test_a_rerun_redoes_only_what_changed_and_plan_says_so_first(ws, tmp_path):
     assert second.steps["report"].outputs == {"line": "second: 20"} and second.steps["double"].outputs == {"double": 20}
     linked = Path(second.steps["double"].notebook)
     assert linked.parent == Path(second.folder) and linked.is_file()
+    import nbformat   # sealed at rest as the second run's own step: it opens as such
+    assert nbformat.reads(ws.pipelines.notebook(second.id, "double").decode(), as_version=4).cells
     shown = run_cli("pipelines", "show", second.id, check=0).stdout
     assert f"cached from {first.id}/source" in shown and f"git          {head}" in shown
     audit = [e for e in ws.governance.audit.records() if e["action"] == "pipeline.run"][-1]
     assert audit["details"]["cached_from"] == {"source": f"{first.id}/source", "double": f"{first.id}/double"}
 
-    # a deleted executed notebook invalidates its entry; the link in the second run's folder still holds it
+    # a deleted executed notebook invalidates its entry; the copy in the second run's folder still holds it
     Path(first.steps["double"].notebook).unlink()
     assert plan(spec, "-p", "label=second")["double"] == ("reuse", f"{second.id}/double", [])
     linked.unlink()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ import threading
 from pathlib import Path
 
 from ..db import table, utcnow
-from ..errors import ValidationError
+from ..errors import MlplatError, ValidationError
 from .spec import convert, notebook_parameters, references, render
 from ..reproduce import code_state, digest, python_environment
 
@@ -22,7 +23,7 @@ RUN_ID_OUTPUT = ("run_id", "*_run_id", "mlflow_run")   # outputs naming an MLflo
 
 # %% auto #0
 __all__ = ['RUN_ID_OUTPUT', 'notebook_source', 'notebook_hash', 'kernel_environment', 'kernel_name', 'Environments',
-           'step_values', 'components', 'cache_key', 'missing_artifacts', 'StepCache', 'link_or_copy', 'reuse',
+           'step_values', 'components', 'cache_key', 'missing_artifacts', 'StepCache', 'copy_notebook', 'reuse',
            'changes', 'plan', 'RunCache', 'reproduce_record']
 
 # %% ../../notebooks/62e_pipelines_cache.ipynb #103b2b05
@@ -148,16 +149,26 @@ class StepCache:
         return rows[0] if rows and self.readable else None
 
 # %% ../../notebooks/62e_pipelines_cache.ipynb #675da40c
-def link_or_copy(src: Path, dst: Path):
-    "`dst` as a hard link to `src` (a copy across file systems); replaces `dst`."
+def copy_notebook(src: Path, dst: Path, keys=None):
+    """An earlier run's executed notebook as `dst`. With encryption at rest (`keys`, the workspace's `crypto`), it is
+    opened as the earlier run's step (authenticated: an altered or swapped file raises) and sealed as `dst`'s: a sealed
+    notebook is bound to its run and step. Else a hard link (a copy across file systems)."""
+    from mlplat.governance.crypto import is_sealed
+    from mlplat.pipelines import notebook_bytes, notebook_context
     dst.unlink(missing_ok=True)
+    if keys is not None and (keys.enabled or is_sealed(src)):
+        data = notebook_bytes(src, keys)
+        if keys.enabled: keys.seal_to(data, dst, notebook_context(dst))
+        else:
+            with os.fdopen(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f: f.write(data)
+        return
     try: os.link(src, dst)
     except OSError: shutil.copy2(src, dst)
 
-def reuse(row, s, folder: Path):
-    "Fill step record `s` from the earlier step `row`: its executed notebook linked into `folder`, its outputs, where it came from."
+def reuse(row, s, folder: Path, keys=None):
+    "Fill step record `s` from the earlier step `row`: its executed notebook copied into `folder`, its outputs, where it came from."
     out = Path(folder)/f"{s.name}.ipynb"
-    link_or_copy(Path(row.notebook), out)
+    copy_notebook(Path(row.notebook), out, keys)
     s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), json.loads(row.outputs_json or "{}")
     s.cached_from, s.backend, s.attempts = f"{row.run_id}/{row.name}", row.backend, 0
 
@@ -215,7 +226,7 @@ class RunCache:
     """The cache as one run's executor uses it: each step's key recorded (in its step record, and its parts in the
     run's reproducibility record); with `enabled` (and the step's `cache`), a match is reused instead of run."""
     def __init__(self, ws, p, rec, store, enabled: bool = True, envs: Environments | None = None):
-        self.rec, self.store, self.enabled = rec, store, enabled
+        self.rec, self.store, self.enabled, self.keys = rec, store, enabled, ws.crypto
         self.envs, self.finder, self.lock = envs or Environments(ws), StepCache(ws, p), threading.Lock()
 
     def reuse(self, step, s, values: dict) -> bool:
@@ -228,7 +239,10 @@ class RunCache:
         if not (self.enabled and step.placement.cache): return False
         row, _ = self.finder.find(s.cache_key)
         if row is None: return False
-        reuse(row, s, Path(self.rec.folder))
+        try: reuse(row, s, Path(self.rec.folder), self.keys)
+        except MlplatError as e:   # its notebook no longer opens (altered, or sealed under keys gone): run the step instead
+            logging.getLogger("mlplat.pipelines").warning("step %s: not reusing %s/%s: %s", s.name, row.run_id, row.name, e.message)
+            return False
         return True
 
 # %% ../../notebooks/62e_pipelines_cache.ipynb #ef5f06bf
