@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ValidationError
 from ..jobs.k8s_backend import KubeClient
+from . import seal_notebook, seal_step_log
 from .argo import WorkflowApi
 from .argo_workflow import k8s_name, task_names, workflow
 from .runs import RunRecord, RunStore
@@ -80,6 +81,8 @@ class _Recording:
             step_progress(s, names[s.name], status.get("nodes") or {}, ended)
             executed = Path(rec.folder)/f"{s.name}.ipynb"
             if executed.exists(): s.notebook = str(executed)
+            if s.status in ("succeeded", "failed"):   # the pod wrote them plain on the volume; sealed once it has ended
+                seal_notebook(self.ws.crypto, executed); seal_step_log(self.ws.crypto, Path(rec.folder)/f"{s.name}.log")
             self.store.save_step(rec.id, s)
         if ended:
             reason = self.store.cancel_request(rec.id)

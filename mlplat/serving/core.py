@@ -11,6 +11,7 @@ import threading
 from ..errors import ResidencyViolation, ValidationError
 from .app import Server, create_app
 from .auth import RefusalLog, ServingAuth, Tls
+from .bodies import BodyLimits
 from .models import ModelHost
 from .prediction_log import PredictionLog, check_name
 
@@ -142,7 +143,8 @@ class Serving(ServingRecords):
         refused = log_residency(ws, mh)   # decided once, here: never a check per request
         plog = PredictionLog(ws.config.home, retention_days=ws.config.serving.prediction_retention_days, on_prune=pruned,
                              on_fault=log_faults(ws), keys=ws.crypto, refused=refused)
-        app = create_app(mh, plog, refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
+        app = create_app(mh, plog, refresh_seconds, BodyLimits.from_config(ws.config.serving), grpc_port=grpc_port,
+                         grpc_max_rpcs=ws.config.serving.grpc_max_concurrent_rpcs, grpc_bind=host, audit=audit,
                          auth=guard, tls=tls, refusals=RefusalLog(reject, ws.config.serving.refusal_audit_seconds))
         srv = Server(app, host, port, tls)
         ws.governance.audit.append(ws.principal.name, "serving.start", ",".join(names), "success", ws.config.workspace.region,
