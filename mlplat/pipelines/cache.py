@@ -80,9 +80,9 @@ def step_values(step, params: dict, outputs: dict) -> dict:
     declared = notebook_parameters(step.notebook)
     return {k: convert(v, declared[k].type, declared[k].choices, f"parameter {k} of {step.notebook.name}") for k, v in values.items()}
 
-def components(step, values: dict, upstream: dict, environment: str) -> dict:
+def components(step, values: dict, upstream: dict, environment: str, principal: str) -> dict:
     "What a step's cache key is made of (see the top of this page); kept per step in the run's reproducibility record."
-    return {"notebook": notebook_hash(step.notebook), "parameters": digest(values), "upstream": dict(sorted(upstream.items())),
+    return {"principal": principal, "notebook": notebook_hash(step.notebook), "parameters": digest(values), "upstream": dict(sorted(upstream.items())),
             "environment": environment, "kernel": kernel_name(step),
             "placement": {"image": step.placement.image, "node_selector": step.placement.node_selector},
             "secrets": sorted(step.secrets)}
@@ -186,6 +186,7 @@ def changes(prev, parts: dict, values: dict) -> list[tuple[str, str]]:
     ups = sorted(n for n in set(theirs["upstream"]) | set(parts["upstream"]) if theirs["upstream"].get(n) != parts["upstream"].get(n))
     if ups: out.append(("upstream", f"upstream {', '.join(ups)} changed"))
     out += [(k, f"{k} changed") for k in ("environment", "kernel", "placement", "secrets") if theirs.get(k) != parts.get(k)]
+    if theirs.get("principal") != parts.get("principal"): out.append(("principal", f"last run by {theirs.get('principal')}"))
     return out or [("key", "key changed")]
 
 def _note(entry: dict, code: str, text: str):
@@ -206,7 +207,7 @@ def plan(ws, p, values: dict, cache: bool = True, envs: Environments | None = No
                          | {d for d in step.depends_on if d not in keys})
         if waiting: _note(entry, "upstream_runs", f"upstream {', '.join(waiting)} runs first"); continue
         vals = step_values(step, values, outputs)
-        parts = components(step, vals, {d: keys[d] for d in step.depends_on}, envs.of(step))
+        parts = components(step, vals, {d: keys[d] for d in step.depends_on}, envs.of(step), ws.principal.name)
         entry["key"] = keys[name] = cache_key(parts)
         if not (cache and step.placement.cache):
             _note(entry, "cache_off", "cache off (--no-cache)" if not cache else "cache off (cache: false)"); continue
@@ -231,7 +232,7 @@ class RunCache:
 
     def reuse(self, step, s, values: dict) -> bool:
         "Key step `s` (parameters `values`); True when an earlier step's results were reused: `s` is then succeeded."
-        parts = components(step, values, {d: self.rec.steps[d].cache_key for d in step.depends_on}, self.envs.of(step))
+        parts = components(step, values, {d: self.rec.steps[d].cache_key for d in step.depends_on}, self.envs.of(step), self.rec.started_by)
         s.cache_key = cache_key(parts)
         with self.lock:   # steps finish on several threads
             self.rec.reproduce.setdefault("steps", {})[step.name] = parts
