@@ -101,3 +101,17 @@ def test_a_rerun_redoes_only_what_changed_and_plan_says_so_first(ws, tmp_path):
     p = plan(spec, "-p", "label=second")
     assert p["source"][0] == "reuse" and p["double"] == ("run", None, ["notebook"]) and p["report"][2] == ["upstream_runs"]
     assert ws.pipelines.plan(spec, {"label": "second"}, cache=True)[1]["reasons"] == ["notebook changed"]
+
+    # a failed run, fixed and resumed: what it reused or ran stays, only the failed step runs again
+    report = ("import mlplat.pipelines as pl\n"
+              "if label == 'boom': raise ValueError('boom')\n"
+              "pl.output('line', f'{label}: {x}')")
+    write_notebook(repo / "report.ipynb", "step = 'report'\nx: int = 0\nlabel: str = ''", count, report)
+    before = len(executions(counter))
+    failed = ws.pipelines.run(spec, {"label": "boom"})
+    assert failed.status == "failed" and failed.steps["source"].cached_from and failed.steps["double"].cached_from is None
+    assert executions(counter)[before:] == ["double", "report"]
+    write_notebook(repo / "report.ipynb", "step = 'report'\nx: int = 0\nlabel: str = ''", count, report.replace("'boom'", "'bang'"))
+    resumed = ws.pipelines.resume(failed.id)
+    assert resumed.status == "succeeded" and resumed.steps["report"].outputs == {"line": "boom: 30"}
+    assert executions(counter)[before:] == ["double", "report", "report"] and resumed.steps["double"].attempts == 1
