@@ -64,8 +64,9 @@ def _dry_run(args):
 def _show_check(args, p):
     if args.json: return print_json(p.to_dict())
     print(f"pipeline {p.name}: valid — {len(p.steps)} step(s), at most {p.max_parallel} at once")
-    if p.parameters: print("  parameters: " + ", ".join(f"{n}={json.dumps(q.default)}" + (" (required)" if q.required else "")
-                                                      for n, q in p.parameters.items()))
+    for q in p.parameter_schema():   # the schema the CLI, schedules and the JupyterLab dialog share
+        print(f"  parameter {q['name']}: {q['type'] or 'any'}" + (" (required)" if q["required"] else f" = {json.dumps(q['default'])}")
+              + (f", one of {json.dumps(q['choices'])}" if q["choices"] else "") + (f"  # {q['help']}" if q["help"] else ""))
     for name in p.order():
         s = p.step(name)
         after = f"  after {', '.join(s.depends_on)}" if s.depends_on else ""
@@ -75,20 +76,20 @@ def _show_check(args, p):
 def cmd_pipelines(args):
     pl, a = open_workspace(args).pipelines, args.action
     if a == "run" and args.dry_run: return _dry_run(args)
-    from mlplat.pipelines.argo_runs import ArgoRuns
     if a in ("run", "resume"):
         trigger = f"schedule:{os.environ['MLPLAT_SCHEDULE']}" if os.environ.get("MLPLAT_SCHEDULE") else None  # set in CronJob pods
         rec = (pl.run(args.file, parse_params(args.param), args.max_parallel, trigger=trigger, cache=not args.no_cache) if a == "run"
                else pl.resume(args.id, args.max_parallel, cache=not args.no_cache))
         _show_run(args, rec)
         if rec.status != "succeeded": raise SystemExit(1)
-    elif a == "submit": _show_run(args, ArgoRuns(pl.ws).submit(args.file, parse_params(args.param)))
-    elif a == "show":
-        rec = pl.get(args.id)
-        _show_run(args, ArgoRuns(pl.ws).sync(rec.id) if ArgoRuns.ref(rec) else rec)   # a submitted run: Argo has its progress
+    elif a == "submit": _show_run(args, pl.submit(args.file, parse_params(args.param)))
+    elif a == "show": _show_run(args, pl.get(args.id))   # a run submitted to Argo is brought up to date with its Workflow
+    elif a == "log":
+        got = pl.step_log(args.id, args.step, args.tail)
+        if got["truncated"]: print(f"(the first part of the log is cut: showing its last {args.tail} bytes)", file=sys.stderr)
+        sys.stdout.write(got["text"])
     elif a == "cancel":
-        argo = ArgoRuns.ref(pl.get(args.id))
-        rec = ArgoRuns(pl.ws).cancel(args.id, args.reason) if argo else pl.cancel(args.id, args.reason, args.wait)
+        rec = pl.cancel(args.id, args.reason, args.wait)
         if args.json: return print_json(rec.to_dict())
         print(f"run {rec.id}: {rec.status}" + ("  (the runner stops within seconds)" if rec.status == "running" else "")
               + (f"\nresume with: mlplat pipelines resume {rec.id}" if rec.status != "running" else ""))
@@ -188,6 +189,8 @@ def _add_pipelines(c):
     x = ps.add_parser("resume", help="run again what failed or was skipped in a run"); x.add_argument("id")
     x.add_argument("--max-parallel", type=int); x.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     ps.add_parser("show", help="one run: status, steps, times, outputs, executed notebooks").add_argument("id")
+    x = ps.add_parser("log", help="the end of a step's log (papermill's progress and what the kernel printed)")
+    x.add_argument("id"); x.add_argument("step"); x.add_argument("--tail", type=int, default=65536, help="bytes from the end (default 65536)")
     x = ps.add_parser("list", help="recent runs"); x.add_argument("--pipeline"); x.add_argument("--limit", type=int, default=50)
     x = ps.add_parser("cancel", help="stop a running run (from any process); it stays resumable"); x.add_argument("id")
     x.add_argument("--reason"); x.add_argument("--wait", type=float, default=30, help="seconds to wait for it to stop (default 30)")

@@ -209,8 +209,11 @@ def plan(ws, p, values: dict, cache: bool = True, envs: Environments | None = No
         vals = step_values(step, values, outputs)
         parts = components(step, vals, {d: keys[d] for d in step.depends_on}, envs.of(step), ws.principal.name)
         entry["key"] = keys[name] = cache_key(parts)
-        if not (cache and step.placement.cache):
-            _note(entry, "cache_off", "cache off (--no-cache)" if not cache else "cache off (cache: false)"); continue
+        if not (cache and step.placement.cache):   # it runs anyway; what changed since its last run is still worth saying
+            _note(entry, "cache_off", "cache off (--no-cache)" if not cache else "cache off (cache: false)")
+            for code, text in changes(finder.previous(p.name, name), parts, vals) if finder.readable else []:
+                if code not in ("never_run", "key"): _note(entry, code, text)
+            continue
         row, rejected = finder.find(entry["key"])
         if row is not None:
             entry.update(action="reuse", cached_from=f"{row.run_id}/{row.name}")

@@ -5,13 +5,16 @@
 # %% ../../notebooks/62c_pipelines_core.ipynb #b218a7a5
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from pathlib import Path
 
 from ..db import utcnow
-from ..errors import NotFoundError, ValidationError
+from ..errors import MlplatError, NotFoundError, ValidationError
+from .argo_runs import ArgoRuns
+from .argo_workflow import require_kubernetes
 from . import step_log_bytes
 from .backends import prepare
 from .cache import Environments, plan as plan_steps, reproduce_record
@@ -44,6 +47,7 @@ class _RunControl:
         rec = self.store.get(run_id)
         if rec.status != "running":
             raise ValidationError(f"run {run_id} is not running (it {rec.status})", hint="only a running run can be cancelled")
+        if ArgoRuns.ref(rec): return self._cancel_workflow(run_id, reason, wait)
         ws.governance.authorize("pipelines:run", rec.pipeline, "pipeline.cancel", ws.config.workspace.region)
         reason = reason or f"cancelled by {ws.principal.name}"
         self.store.request_cancel(run_id, ws.principal.name, reason)
@@ -61,6 +65,15 @@ class _RunControl:
             if rec.status != "running": return rec
             time.sleep(0.2)
         return self.store.get(run_id)
+
+    def _cancel_workflow(self, run_id: str, reason: str | None, wait: float) -> RunRecord:
+        "A run Argo runs as one Workflow: Argo is asked to stop it; with `wait`, up to that many seconds for it to stop."
+        runs = ArgoRuns(self.ws)
+        rec = runs.cancel(run_id, reason)
+        deadline = time.monotonic() + wait
+        while rec.status == "running" and time.monotonic() < deadline:
+            time.sleep(1.0); rec = runs.sync(run_id)
+        return rec
 
     def resume(self, run_id: str, max_parallel: int | None = None, cache: bool = True) -> RunRecord:
         """Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs,
@@ -99,9 +112,15 @@ class _Reads:
         return plan_steps(ws, p, values, cache)
 
     def get(self, run_id: str) -> RunRecord:
-        "One run with its steps, parameters, outputs and executed notebooks (permission `pipelines:read`)."
+        """One run with its steps, parameters, outputs and executed notebooks (permission `pipelines:read`). A run
+        submitted to Argo as one Workflow is brought up to date with it first (when the cluster answers)."""
         self.ws.governance.authorize("pipelines:read", f"pipeline_run:{run_id}")
-        return self.store.get(run_id)
+        rec = self.store.get(run_id)
+        if rec.status == "running" and ArgoRuns.ref(rec):
+            try: return ArgoRuns(self.ws).sync(run_id)
+            except MlplatError as e:   # the record as last seen is still an answer; why it may be stale goes to the log
+                logging.getLogger("mlplat.pipelines").warning("run %s: cannot follow its Workflow: %s", run_id, e.message)
+        return rec
 
     def list(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
         "Recent runs, newest first (permission `pipelines:read`)."
@@ -146,7 +165,7 @@ class _RunNotebooks:
 
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
 class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
-    "Pipelines of a workspace (`ws.pipelines`): plan, run, start, resume, cancel, list, get, notebook, step_log."
+    "Pipelines of a workspace (`ws.pipelines`): plan, run, start, submit, resume, cancel, list, get, notebook, step_log."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
     def load(self, pipeline) -> Pipeline:
@@ -171,6 +190,13 @@ class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
         executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache)
         threading.Thread(target=executor.run_guarded, name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
+
+    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None) -> RunRecord:
+        """Run `pipeline` (every step `backend: kubernetes`) on Argo Workflows as ONE Workflow, with no runner on this
+        side: checked and recorded like `run`, then returns at once (`running`). `get` follows it, `cancel` stops it."""
+        p = require_kubernetes(self.load(pipeline))
+        p, rec, _, (_, secrets) = self._begin(p, params, None, None, trigger)
+        return ArgoRuns(self.ws).launch(p, rec, secrets)
 
     def _begin(self, pipeline, params, max_parallel, run_id, trigger) -> tuple:
         "Everything before the first step: checks, authorization, the run's folder, MLflow run, DB rows and lineage."
