@@ -50,11 +50,12 @@ def ray_jobs(address: str, run_id: str) -> list:
 
 
 def processes_of(run_id: str) -> list[psutil.Process]:
-    "Live processes working for the run (the entrypoint and the kernel carry MLPLAT_PIPELINE_RUN)."
+    "Live processes working for the run: the entrypoint (its spec file's name holds the run id) and the kernel (its environment)."
     found = []
     for p in psutil.process_iter():
         try:
-            if p.environ().get("MLPLAT_PIPELINE_RUN") == run_id and p.status() != psutil.STATUS_ZOMBIE:
+            ours = p.environ().get("MLPLAT_PIPELINE_RUN") == run_id or run_id in " ".join(p.cmdline())
+            if ours and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -123,16 +124,21 @@ def test_cancel_stops_the_ray_job_and_kernel_and_resume_submits_a_new_job(ray_ws
     assert [str(j.status.value) for j in jobs] == ["STOPPED", "SUCCEEDED"]
 
 
-def test_timeout_fails_the_step_and_ends_it_on_the_cluster(ray_ws, ray_address, tmp_path):
+def test_timeout_and_failing_cell_fail_the_step_and_end_it_on_the_cluster(ray_ws, ray_address, tmp_path):
     write_notebook(tmp_path / "slow.ipynb", "seconds = 120", "import time\ntime.sleep(seconds)")
+    write_notebook(tmp_path / "bad.ipynb", "n = 1", "assert n > 1, f'n is {n}'")
     t0 = time.monotonic()
-    rec = ray_ws.pipelines.run({"name": "late", "backend": "ray",
-                                "steps": [{"name": "s", "notebook": str(tmp_path / "slow.ipynb"), "timeout": 3}]})
-    s = rec.steps["s"]
+    rec = ray_ws.pipelines.run({"name": "late", "backend": "ray", "max_parallel": 2, "steps": [
+        {"name": "s", "notebook": str(tmp_path / "slow.ipynb"), "timeout": 3},
+        {"name": "bad", "notebook": str(tmp_path / "bad.ipynb"), "retries": 1, "backoff": 0.1}]})
+    s, bad = rec.steps["s"], rec.steps["bad"]
     assert rec.status == "failed" and s.error == "timed out after 3 s (the executed notebook shows how far it got)", s.error
-    assert time.monotonic() - t0 < 90 and Path(s.notebook).is_file()
-    assert [str(j.status.value) for j in ray_jobs(ray_address, rec.id)] == ["FAILED"]
-    assert [j.driver_exit_code for j in ray_jobs(ray_address, rec.id)] == [124]
+    assert time.monotonic() - t0 < 120 and Path(s.notebook).is_file()
+    assert (bad.status, bad.error, bad.attempts) == ("failed", "AssertionError: n is 1", 2)
+    assert (tmp_path / "ws" / "pipelines" / rec.id / "bad.attempt-1.ipynb").is_file()
+    jobs = {j.submission_id: j for j in ray_jobs(ray_address, rec.id)}           # each attempt its own Ray job
+    assert sorted((j.metadata["mlplat.step"], j.metadata["mlplat.attempt"], str(j.status.value), j.driver_exit_code)
+                  for j in jobs.values()) == [("bad", "1", "FAILED", 1), ("bad", "2", "FAILED", 1), ("s", "1", "FAILED", 124)]
     wait_for(lambda: not processes_of(rec.id), 15, "the timed-out step's kernel to end")
 
 
