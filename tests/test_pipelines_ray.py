@@ -157,3 +157,28 @@ def test_a_run_the_cluster_can_never_hold_is_refused_before_it_starts(ray_ws, tm
     monkeypatch.setattr(ray_ws.config.ray, "address", "http://127.0.0.1:9")
     with pytest.raises(ValidationError, match="step\\(s\\) big, gpu, fits run on Ray: cannot reach the Ray cluster at http://127.0.0.1:9"):
         ray_ws.pipelines.run({"name": "huge", "backend": "ray", "steps": steps})
+
+
+def test_resume_after_the_runner_died_stops_the_job_it_left_running(ray_ws, ray_address, tmp_path):
+    import subprocess
+    from helpers import BIN, write_pipeline
+    flag = tmp_path / "mode"
+    flag.write_text("hold")                                  # the first kernel holds for ever; a later one reads "go"
+    write_notebook(tmp_path / "hold.ipynb", f"flag = {str(flag)!r}",
+                   "import time, mlplat.pipelines as pl\nhold = open(flag).read() == 'hold'\n"
+                   "if hold: open(flag + '.held', 'w').close()\nwhile hold: time.sleep(0.2)\npl.output('done', True)")
+    spec = write_pipeline(tmp_path, {"name": "orphan", "backend": "ray", "steps": [{"name": "s", "notebook": "hold.ipynb"}]})
+    runner = subprocess.Popen([str(BIN / "mlplat"), "pipelines", "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_id = wait_for(lambda: [r.id for r in ray_ws.pipelines.list()], 90, "the run's record")[0]
+        wait_for(lambda: Path(f"{flag}.held").exists(), 90, "the step's kernel on Ray to hold")
+    finally:
+        runner.kill()                                        # the runner dies; its Ray job goes on
+        runner.wait()
+    assert [str(j.status.value) for j in ray_jobs(ray_address, run_id)] == ["RUNNING"]
+    flag.write_text("go")
+    rec = ray_ws.pipelines.resume(run_id)
+    assert rec.status == "succeeded" and rec.steps["s"].outputs == {"done": True}, rec.steps["s"].error
+    assert [str(j.status.value) for j in ray_jobs(ray_address, run_id)] == ["STOPPED", "SUCCEEDED"]
+    assert "left running by an earlier runner" in (Path(rec.folder) / "s.log").read_text()
+    wait_for(lambda: not processes_of(run_id), 15, "the orphaned kernel to end")
