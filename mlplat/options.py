@@ -185,6 +185,23 @@ class ServingConfig:
     refusal_audit_seconds: float = _opt(10.0, "`mlplat serve` audits refused requests as one record per client address, "
                                               "reason and this many seconds, with their count (the first at once), written "
                                               "off the request path; what is still counted at shutdown is written then.")
+    large_body_mb: float = _opt(1.0, "An inference request body larger than this (MB) is large: it is decoded in a worker "
+                                     "process (JSON decoding holds Python's lock, so a thread would still stall the event "
+                                     "loop) and counts against `large_bodies_in_flight`. Smaller bodies are decoded inline.")
+    large_bodies_in_flight: int = _opt(2, "Large bodies read and decoded at once (one decoding worker process each). "
+                                          "The server holds at most about 2 x 64 MB per place (the body and the copy sent "
+                                          "to its worker) besides the arrays of valid requests; each worker at most "
+                                          "`large_body_memory_mb` more.")
+    large_body_wait_seconds: float = _opt(5.0, "How long a large body waits for a place (unread: the client is held by "
+                                               "TCP flow control) before it is answered 503 with Retry-After; at most "
+                                               "4 x `large_bodies_in_flight` wait, more are answered 503 at once.")
+    large_body_read_seconds: float = _opt(30.0, "A large body must arrive within this many seconds of getting its place, "
+                                                "or it is answered 408 (a slow-streamed body cannot hold a place for long).")
+    large_body_memory_mb: int = _opt(1024, "Memory (MB) decoding one large body may take in its worker, estimated before "
+                                           "parsing (the JSON's bytes plus 100 per value): a body that would need more "
+                                           "(e.g. millions of tiny nested lists) is answered 413.")
+    grpc_max_concurrent_rpcs: int = _opt(64, "gRPC calls the server handles at once; more are answered "
+                                             "RESOURCE_EXHAUSTED at once. 0: no limit.")
 
 # %% ../notebooks/01b_options.ipynb #867c6819
 @dataclass

@@ -220,6 +220,15 @@ def write_pipeline(folder: Path, doc: dict) -> Path:
     return path
 
 
+def cut_off(page, inner: str, outer: str) -> list:
+    "The visible elements matching `inner` whose right edge passes `outer`'s: cut off by it (the start of each one's HTML)."
+    return page.evaluate("""([inner, outer]) => {
+        const box = document.querySelector(outer).getBoundingClientRect();
+        return [...document.querySelectorAll(inner)].filter(e => e.offsetParent !== null)
+            .filter(e => e.getBoundingClientRect().right > box.right + 0.5).map(e => e.outerHTML.slice(0, 120));
+    }""", [inner, outer])
+
+
 def run_first_cell(page, attempts: int = 3) -> None:
     """Run the open notebook's first cell once its kernel is idle. A keystroke that lands while JupyterLab is still laying
     out the notebook is lost, so the run is retried until the cell's prompt shows it was taken ([*] or [1])."""
@@ -273,3 +282,12 @@ def wait_for(cond, timeout, what):
         if cond(): return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def logged_predictions(ws, name, n, timeout=30):
+    "Wait until a server's writer has written `n` records of `name` (it writes every 20 ms, off the response path); they, read with the workspace's keys."
+    from mlplat.serving.prediction_log import read_predictions
+    end = time.time() + timeout
+    while len(recs := read_predictions(ws.config.home, name, keys=ws.crypto)) < n and time.time() < end:
+        time.sleep(0.05)
+    return recs

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ARTIFACTS, BIN, REPO, clear_mlplat_env, free_port, parameters_notebook, run_cli, run_first_cell, start_process, stop_process, wait_http
+from helpers import ARTIFACTS, BIN, REPO, clear_mlplat_env, cut_off, free_port, parameters_notebook, run_cli, run_first_cell, start_process, stop_process, wait_http
 
 pytestmark = pytest.mark.slow   # the demo's pipeline (DeepSpeed trainings, kernels), then JupyterLab and Voila on its workspace
 
@@ -135,6 +135,8 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
 
     # promote v2 to champion: the gate results are shown before confirming
     page.click("li[data-model='churn'] > button.mlplat-item")
+    page.wait_for_selector("li[data-model='churn'] button[data-promote='2']")
+    assert cut_off(page, "#mlplat-sidebar .mlplat-table button", "#mlplat-sidebar") == []   # at the default width
     page.click("li[data-model='churn'] button[data-promote='2']")
     dialog = page.wait_for_selector(".jp-Dialog:has(input[name=alias])")
     assert "Every gate passes" in dialog.inner_text() and "residency" in dialog.inner_text()   # run now, before confirming

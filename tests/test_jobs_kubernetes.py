@@ -15,9 +15,7 @@ from mlplat.errors import ValidationError
 @pytest.fixture
 def kube(home, monkeypatch, tmp_path):
     with KubeApiDouble() as api:
-        monkeypatch.setenv("MLPLAT_KUBERNETES_KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
-        monkeypatch.setenv("MLPLAT_KUBERNETES_HOME_CLAIM", "mlplat-home")
-        monkeypatch.setenv("MLPLAT_KUBERNETES_IMAGE", "registry.local/mlplat-train:0.1")
+        api.configure(monkeypatch, tmp_path, "registry.local/mlplat-train:0.1")
         yield api
 
 

@@ -223,6 +223,7 @@ async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws,
     assert step["outputs"] == {"total": 70} and step["lab_path"] is None   # executed under the workspace
     opened = body(await jp_fetch("mlplat", "api", "pipelines", "runs", run["id"], "steps", step["name"], "open", method="POST", body=""))
     assert (jp_root_dir / opened["paths"][0]).is_file() and opened["paths"][0].startswith("mlplat-runs/")
+    assert '"total"' in (jp_root_dir / opened["paths"][0]).read_text()    # sealed under the workspace, opened decrypted
     assert run["id"] in [r["id"] for r in valid("/pipelines/runs", "GET", body(await jp_fetch("mlplat", "api", "pipelines", "runs")))]
     assert f"pipeline_run:{run['id']}" in ws.lineage.of(f"jupyter:{ws.principal.name}")["downstream_nodes"]
 

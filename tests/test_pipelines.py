@@ -86,9 +86,13 @@ def test_a_failing_step_is_retried_blocks_its_dependents_and_resume_finishes(ws,
     assert "RuntimeError: injected failure" in steps["flaky"]["error"]
     assert steps["after"]["status"] == "skipped" and "flaky did not succeed" in steps["after"]["error"]
     # the failed notebook is kept, with the failing cell's error in it; the first attempt too
-    failed_nb = nbformat.read(steps["flaky"]["notebook"], as_version=4)
+    # (sealed at rest: the failed attempts too, opened with the workspace's keys)
+    from mlplat.governance.crypto import is_sealed
+    from mlplat.pipelines import notebook_bytes
+    failed_nb = nbformat.reads(notebook_bytes(steps["flaky"]["notebook"], ws.crypto).decode(), as_version=4)
     assert any(o.get("ename") == "RuntimeError" for c in failed_nb.cells for o in c.get("outputs", []))
     assert (Path(rec["folder"]) / "flaky.attempt-1.ipynb").is_file()
+    assert all(is_sealed(p) for p in Path(rec["folder"]).glob("*.ipynb")) and b"injected failure" not in Path(steps["flaky"]["notebook"]).read_bytes()
     assert counter.read_text().split() == ["ok", "flaky", "flaky"]
     text = run_cli("pipelines", "show", rec["id"], check=0).stdout
     assert "injected failure" in text and f"mlplat pipelines resume {rec['id']}" in text
@@ -127,7 +131,7 @@ def test_parameter_values_are_data_never_code(ws, tmp_path):
     r = run_cli("pipelines", "check", bad, check=1)
     assert "is not a reference" in r.stderr
     r = run_cli("pipelines", "run", spec, "-p", "texts=[1, 2]", "-p", "nope=1", check=1)
-    assert "unknown pipeline parameter(s) ['nope']" in r.stderr
+    assert "pipeline inject: unknown parameter(s) ['nope']" in r.stderr
 
 
 def test_bad_pipelines_are_refused_before_anything_runs(ws, tmp_path):

@@ -89,7 +89,8 @@ def test_steps_run_as_ray_jobs_with_outputs_secrets_and_notebooks(ray_ws, ray_ad
     assert sorted(p.name for p in folder.iterdir()) == ["b.ipynb", "b.log", "c.ipynb", "c.log", "source.ipynb", "source.log"]
     for name, s in rec.steps.items():
         assert s.backend == "ray" and Path(s.notebook) == folder / f"{name}.ipynb"
-    executed, log = (folder / "b.ipynb").read_text(), (folder / "b.log").read_text()
+    executed = ray_ws.pipelines.notebook(rec.id, "b").decode()      # sealed at rest: read through the workspace
+    log = ray_ws.pipelines.step_log(rec.id, "b")["text"]
     assert "password is [secret DB_PASSWORD]" in executed and "pw-on-the-runner-only" not in executed + log
     assert "Running entrypoint for job onray-" in log and "Executing Cell 2" in log       # Ray's driver log, copied back
     jobs = {j.metadata["mlplat.step"]: j for j in ray_jobs(ray_address, rec.id)}
@@ -180,5 +181,5 @@ def test_resume_after_the_runner_died_stops_the_job_it_left_running(ray_ws, ray_
     rec = ray_ws.pipelines.resume(run_id)
     assert rec.status == "succeeded" and rec.steps["s"].outputs == {"done": True}, rec.steps["s"].error
     assert [str(j.status.value) for j in ray_jobs(ray_address, run_id)] == ["STOPPED", "SUCCEEDED"]
-    assert "left running by an earlier runner" in (Path(rec.folder) / "s.log").read_text()
+    assert "left running by an earlier runner" in ray_ws.pipelines.step_log(run_id, "s", tail=2**20)["text"]
     wait_for(lambda: not processes_of(run_id), 15, "the orphaned kernel to end")

@@ -1,8 +1,10 @@
-"""The prediction log under a live `mlplat serve`: A/B reports read it while the server appends (a half-written last
-line is read next time, a damaged one is skipped and counted, a line a crash cut off never fails a report), outcomes
+"""The prediction log under a live `mlplat serve`, sealed at rest (the default): A/B reports read it while the server
+appends (a half-written last frame is read next time, a torn one is skipped and counted, a line a crash cut off never
+fails a report), outcomes
 never land outside the workspace, the server applies the retention when it starts a day (audited), and a disk that
 refuses the log (ENOSPC from /dev/full, EMFILE from a lowered RLIMIT_NOFILE) never stops the server: the lost lines
 are counted on /metrics, audited and notified once, and writing resumes when the fault clears."""
+import base64
 import json
 import os
 import re
@@ -15,7 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from helpers import BIN, X, configure, free_port, onnx_chain, run_cli, start_process, stop_process, wait_for, wait_http
+from helpers import (BIN, X, configure, free_port, logged_predictions as logged, onnx_chain, run_cli, start_process,
+                     stop_process, wait_for, wait_http)
+from mlplat.governance.crypto import LOG_MAGIC
 from mlplat.serving.prediction_log import TORN_AFTER_SECONDS, outcomes_folder, predictions_folder, read_predictions
 
 
@@ -35,12 +39,11 @@ def send(client, url, ids):
         assert r.status_code == 200, r.text
 
 
-def logged(ws, name, n):
-    "Wait until the server's writer has written `n` records of `name` (it writes every 20 ms, off the response path)."
-    end = time.time() + 30
-    while len(recs := read_predictions(ws.config.home, name)) < n and time.time() < end:
-        time.sleep(0.05)
-    return recs
+def frame_marker(path) -> bytes:
+    "The sync marker every frame of a sealed log starts with (from its header)."
+    data = path.read_bytes()
+    n = len(LOG_MAGIC)
+    return base64.b64decode(json.loads(data[n + 4:n + 4 + int.from_bytes(data[n:n + 4], "big")])["sync"])
 
 
 @pytest.mark.services
@@ -53,25 +56,23 @@ def test_ab_report_reads_the_log_while_the_server_appends(ws, server, tmp_path):
     outcomes.write_text("request_id,outcome\n" + "".join(f"r{i},{i % 2}\n" for i in range(60)))
     run_cli("ab", "outcomes", "shop", outcomes, check=0)
 
-    # what a reader sees while the server, and `ab outcomes`, are in the middle of a write
-    [day_file] = predictions_folder(ws.config.home, "shop").glob("*.jsonl")
-    with open(day_file, "a") as f:
-        f.write('{"ts": "2026-12-02T10:00:00.000001+00:00", "request_id": "r6')
-    [outcome_file] = outcomes_folder(ws.config.home, "shop").glob("*.jsonl")
-    with open(outcome_file, "a") as f:
-        f.write('{"request_id": "r1", "outc')
+    # what a reader sees while the server, and `ab outcomes`, are in the middle of a write: the start of a frame
+    [day_file] = predictions_folder(ws.config.home, "shop").glob("*.sealed")
+    [outcome_file] = outcomes_folder(ws.config.home, "shop").glob("*.sealed")
+    for f in (day_file, outcome_file):
+        with open(f, "ab") as out:
+            out.write(frame_marker(f) + (400).to_bytes(4, "big") + b"\0" * 30)
     rep = ws.serving.ab_report("shop")
     assert (rep["requests"], rep["with_outcome"], "skipped_lines" in rep) == (60, 60, False)
     assert json.loads(run_cli("ab", "report", "shop", "--json", check=0).stdout)["requests"] == 60
-    with open(outcome_file, "a") as f:   # `ab outcomes` finishes its write (left unfinished, it would be damage once stale)
-        f.write('ome": 1}\n')
 
-    # the server goes on appending after the torn line (as after a crash): the damage is skipped and counted
+    # the server goes on appending after the torn frame (as after a crash): the frame is skipped and counted, and
+    # every frame after it is read
     with httpx.Client() as c:
         send(c, url, [f"s{i}" for i in range(10)])
-    logged(ws, "shop", 69)
+    logged(ws, "shop", 70)
     rep = ws.serving.ab_report("shop")
-    assert (rep["requests"], rep["skipped_lines"]) == (69, 1)  # the torn line swallowed the first one written after it
+    assert (rep["requests"], rep["skipped_lines"]) == (70, 1)
 
     # reports during live traffic never fail on a line the server is writing
     stop, failures = threading.Event(), []
@@ -177,7 +178,7 @@ def test_server_keeps_serving_when_its_log_cannot_be_written(ws, home, tmp_path,
     configure(home, hook, ["serving.prediction_log_failed"])
     model, port = onnx_chain(tmp_path / "m.onnx"), free_port()
     today = f"{datetime.now(timezone.utc):%Y-%m-%d}"
-    full = predictions_folder(ws.config.home, "m") / f"{today}.jsonl"
+    full = predictions_folder(ws.config.home, "m") / f"{today}.sealed"
     full.parent.mkdir(parents=True)
     full.symlink_to("/dev/full")                                   # every write to it: ENOSPC, from the kernel
     log = tmp_path / "serve.log"
@@ -200,7 +201,7 @@ def test_server_keeps_serving_when_its_log_cannot_be_written(ws, home, tmp_path,
             full.unlink()                                           # the disk has room again
             for _ in range(5):
                 assert c.post(f"{base}/v2/models/m/infer", json=body).status_code == 200
-            wait_for(lambda: len(read_predictions(ws.config.home, "m")) == 5, 30, "writing to resume")
+            wait_for(lambda: len(read_predictions(ws.config.home, "m", keys=ws.crypto)) == 5, 30, "writing to resume")
 
             # too many open files: no descriptor below the limit is free, so opening n's day file fails (EMFILE)
             soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
@@ -214,7 +215,7 @@ def test_server_keeps_serving_when_its_log_cannot_be_written(ws, home, tmp_path,
                 resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
             for _ in range(3):
                 assert c.post(f"{base}/v2/models/n/infer", json=body).status_code == 200
-            wait_for(lambda: len(read_predictions(ws.config.home, "n")) == 3, 30, "n's lines once the limit is back")
+            wait_for(lambda: len(read_predictions(ws.config.home, "n", keys=ws.crypto)) == 3, 30, "n's lines once the limit is back")
             assert metric(c, base, "mlplat_prediction_log_written_total") == 8
         assert len(failed()) == 1 and len(got) == 1                 # one alert per interval, however many failures
         assert got[0]["event"] == "serving.prediction_log_failed" and "lost" in got[0]["subject"]

@@ -40,7 +40,8 @@ def test_tritonclient_http_matches_in_process_ort(ws, server):
     metrics = httpx.get(f"http://{url}/metrics").text
     assert 'mlplat_requests_total{model="risk",protocol="rest",variant="default",version="1"} 2.0' in metrics
     time.sleep(1)
-    logged = [json.loads(l) for f in (ws.config.home / "predictions" / "risk").glob("*.jsonl") for l in f.read_text().splitlines()]
+    from mlplat.serving.prediction_log import read_predictions
+    logged = read_predictions(ws.config.home, "risk", keys=ws.crypto)           # sealed at rest: read with the keys
     assert len(logged) == 2 and logged[0]["request_id"] == "req-7" and len(logged[0]["inputs"]["input"]) == 17
 
 

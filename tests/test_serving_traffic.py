@@ -64,7 +64,8 @@ def test_canary_ab_and_shadow(ws, two_versions, server, tmp_path):
                         if l.startswith("mlplat_requests_total") and 'variant="shadow"' in l)
     assert shadow_count == 400 + 25 + 15 + 200
     assert "mlplat_shadow_max_abs_diff_count" in metrics
-    lines = [json.loads(l) for f in (ws.config.home / "predictions" / "risk-live").glob("*.jsonl") for l in f.read_text().splitlines()]
+    from mlplat.serving.prediction_log import read_predictions
+    lines = read_predictions(ws.config.home, "risk-live", keys=ws.crypto)
     shadows = {l["request_id"] for l in lines if l["variant"] == "shadow"}
     served = {l["request_id"] for l in lines if l["variant"] != "shadow"}
     assert "r5" in shadows and shadows <= served

@@ -11,6 +11,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { DisposableDelegate, IDisposable } from '@lumino/disposable';
 import { Copied, Template, request, showError } from './api';
 import { runWithParameters, scheduleNotebook } from './notebook';
+import { openRunView } from './pipeline';
 import { MlplatSidebar } from './sidebar';
 
 const ICON = new LabIcon({
@@ -26,6 +27,7 @@ const CMD = {
   schedule: 'mlplat:schedule-notebook',
   refresh: 'mlplat:refresh',
   openJob: 'mlplat:open-job-log',
+  openRun: 'mlplat:open-pipeline-run',
   copy: 'mlplat:copy-template'
 };
 
@@ -115,6 +117,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(CMD.openJob, {
       label: args => `Open the log of job ${args.jobId ?? ''}`,
       execute: args => sidebar.jobs.open(String(args.jobId))
+    });
+    app.commands.addCommand(CMD.openRun, {
+      label: args => `Open pipeline run ${args.runId ?? ''}`,
+      caption: 'The run as a graph: each step live, its duration and backend; click a step for its notebook',
+      execute: args => openRunView(app, String(args.runId))
     });
     app.commands.addCommand(CMD.copy, {
       label: args => String(args.label ?? args.name ?? 'Copy an mlplat template'),

@@ -5,13 +5,34 @@ import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Widget } from '@lumino/widgets';
 import { NotebookParameter, NotebookParameters, Run, Schedule, request, showError } from './api';
 import { h } from './dom';
-import { openStep } from './sidebar';
+import { openStepNotebook } from './pipeline';
 
 type Value = string | number | boolean | unknown[] | Record<string, unknown> | null;
 
 /** The form's field for one parameter; `read()` gives the typed value, or undefined when left at the default. */
 function field(p: NotebookParameter): { row: HTMLElement; read: () => Value | undefined } {
   const def = p.default === null || p.default === undefined ? '' : typeof p.default === 'string' ? p.default : JSON.stringify(p.default);
+  const choices = p.choices ?? null;
+  if (choices && choices.length) {
+    const select = h(
+      'select',
+      { class: 'jp-mod-styled', name: p.name },
+      choices.map((c, i) => h('option', { value: String(i), selected: JSON.stringify(c) === JSON.stringify(p.default) }, typeof c === 'string' ? c : JSON.stringify(c)))
+    ) as HTMLSelectElement;
+    const row = h(
+      'label',
+      { class: 'mlplat-param' },
+      h('span', { class: 'mlplat-param-name' }, p.name),
+      h('span', { class: 'mlplat-muted' }, 'choice'),
+      select,
+      p.help ? h('span', { class: 'mlplat-muted' }, p.help.replace(/^#\s*/, '')) : null
+    );
+    const read = (): Value | undefined => {
+      const chosen = choices[Number(select.value)] as Value;
+      return JSON.stringify(chosen) === JSON.stringify(p.default) && !p.required ? undefined : chosen;
+    };
+    return { row, read };
+  }
   let input: HTMLInputElement;
   if (p.type === 'bool') {
     input = h('input', { type: 'checkbox', name: p.name, checked: p.default === true }) as HTMLInputElement;
@@ -120,10 +141,10 @@ export async function runWithParameters(app: JupyterFrontEnd, path: string): Pro
     message: ok ? `${path} ran in ${step?.seconds?.toFixed(1) ?? '?'} s (${run.id})` : `${path} ${run.status}: ${step?.error?.split('\n')[0] ?? ''}`,
     type: ok ? 'success' : 'error',
     autoClose: 8000,
-    actions: step?.notebook ? [{ label: 'Open result', callback: () => void openStep(app, run.id, step.name) }] : []
+    actions: step?.notebook ? [{ label: 'Open result', callback: () => void openStepNotebook(app, run.id, step.name) }] : []
   });
   if (step?.notebook) {
-    await openStep(app, run.id, step.name);
+    await openStepNotebook(app, run.id, step.name);
   }
   return run;
 }

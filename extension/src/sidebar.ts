@@ -19,6 +19,7 @@ import {
   streamJobLog
 } from './api';
 import { badge, h, table, when } from './dom';
+import { openRunView, openStepNotebook } from './pipeline';
 
 abstract class Section {
   /** refreshed on the sidebar's timer (states and metrics that change by themselves) */
@@ -447,14 +448,19 @@ class PipelinesSection extends Section {
       runs.map(r => {
         const steps = h('div', { class: 'mlplat-detail', hidden: true });
         steps.append(
+          h(
+            'div',
+            { class: 'mlplat-actions' },
+            h('button', { class: 'jp-mod-styled mlplat-small', 'data-open-run': r.id, onclick: () => void openRunView(this.app, r.id) }, 'Graph')
+          ),
           table(
             ['step', 'status', 's', ''],
             r.steps.map(s => [
               s.name,
-              badge(s.status),
+              badge(s.status === 'succeeded' && s.cached_from ? 'cached' : s.status),
               s.seconds?.toFixed(1) ?? '–',
               s.notebook
-                ? h('button', { class: 'jp-mod-styled mlplat-small', 'data-open-step': s.name, onclick: () => void openStep(this.app, r.id, s.name) }, 'Open')
+                ? h('button', { class: 'jp-mod-styled mlplat-small', 'data-open-step': s.name, onclick: () => void openStepNotebook(this.app, r.id, s.name) }, 'Open')
                 : ''
             ])
           )
@@ -474,18 +480,6 @@ class PipelinesSection extends Section {
         );
       })
     );
-  }
-}
-
-/** Open a step's executed notebook (the server copies it under the root when it lives in the workspace). */
-export async function openStep(app: JupyterFrontEnd, runId: string, step: string): Promise<void> {
-  try {
-    const copied = await request<{ paths: string[] }>(`pipelines/runs/${encodeURIComponent(runId)}/steps/${encodeURIComponent(step)}/open`, {
-      method: 'POST'
-    });
-    await app.commands.execute('docmanager:open', { path: copied.paths[0] });
-  } catch (err) {
-    await showError(`Open ${step} of ${runId}`, err);
   }
 }
 

@@ -21,12 +21,13 @@ from ..errors import AuditIntegrityError, ConfigError, NotFoundError
 
 log = logging.getLogger("mlplat.crypto")
 MAGIC = b"MLPLATSEAL\x01\n"
+LOG_MAGIC = b"MLPLATSLOG\x01\n"  # an append-only sealed log (`mlplat.governance.sealed_log` owns its frames)
 CHUNK = 1 << 20
 TAG = 16
 ALG = "AES-256-GCM"
 
 # %% auto #0
-__all__ = ['log', 'MAGIC', 'CHUNK', 'TAG', 'ALG', 'is_sealed', 'local_artifacts', 'sealed_roots', 'sealed_files',
+__all__ = ['log', 'MAGIC', 'LOG_MAGIC', 'CHUNK', 'TAG', 'ALG', 'is_sealed', 'local_artifacts', 'sealed_roots', 'sealed_files',
            'LocalKeyProvider', 'key_provider', 'Sealer', 'KeysApi']
 
 # %% ../../notebooks/07b_crypto.ipynb #b2b2b427
@@ -67,9 +68,9 @@ def _write_private(path: Path, data: dict):
 
 # %% ../../notebooks/07b_crypto.ipynb #b94884b4
 def is_sealed(path) -> bool:
-    "Whether `path` is a sealed file (by its first bytes)."
+    "Whether `path` is a sealed file or a sealed log (by its first bytes)."
     try:
-        with open(path, "rb") as f: return f.read(len(MAGIC)) == MAGIC
+        with open(path, "rb") as f: return f.read(len(MAGIC)) in (MAGIC, LOG_MAGIC)
     except OSError: return False
 
 def local_artifacts(config) -> Path | None:
@@ -78,10 +79,12 @@ def local_artifacts(config) -> Path | None:
     return Path(art) if art and "://" not in art and not art.endswith(":") else None
 
 def sealed_roots(config) -> list[Path]:
-    "Where a workspace keeps sealed files: its data, its serving cache and MLflow's artifacts when they are a local folder."
+    """Where a workspace keeps sealed files: its data, its serving cache, its prediction and outcome logs, its pipeline runs'
+    executed notebooks and MLflow's artifacts when they are a local folder."""
     home = getattr(config, "home", None)
     if home is None: return []
-    return [Path(home)/"data", Path(home)/"serving-cache"] + [p for p in [local_artifacts(config)] if p is not None]
+    return [Path(home)/d for d in ("data", "serving-cache", "predictions", "outcomes", "pipelines")] + \
+           [p for p in [local_artifacts(config)] if p is not None]
 
 def sealed_files(roots):
     "Every sealed file under the folders `roots` (missing folders are skipped)."
@@ -257,18 +260,26 @@ class _DataKeys:
         if self._provider is None: self._provider = key_provider(self.config)
         return self._provider
 
-    def _refuse(self, what: str, reason: str):
+    def refuse(self, what: str, reason: str):
+        "Audit, then raise `AuditIntegrityError`: `what` (a file) is `reason` (tampered, swapped, ...)."
         if self._audit: self._audit(what, reason)
         raise AuditIntegrityError(f"{what} {reason}; it was not loaded", hint="restore it from a backup or re-create it")
 
-    def _dek(self, header: dict, what: str) -> bytes:
+    def new_data_key(self, context: str) -> tuple[bytes, dict]:
+        "(a fresh data key, the header fields that unwrap it: `kek`, `wrapped_key`), bound to `context`."
+        dek = secrets.token_bytes(32)
+        kid, wrapped = self.provider.wrap(dek, _wrap_aad(context))
+        return dek, {"kek": f"{self.provider.name}:{kid}", "wrapped_key": _b64(wrapped)}
+
+    def data_key(self, header: dict, what: str) -> bytes:
+        "The data key a header (`kek`, `wrapped_key`, `context`) wraps; `what` names the file in errors."
         provider_name, _, kid = header["kek"].partition(":")
         if provider_name != self.provider.name:
             raise ConfigError(f"{what} was sealed by key provider {provider_name!r}, but encryption.key_provider is {self.provider.name!r}",
                               hint="configure the provider that sealed it")
         try: return self.provider.unwrap(kid, _unb64(header["wrapped_key"]), _wrap_aad(header["context"]))
-        except AuditIntegrityError: self._refuse(what, "failed authentication (its data key does not unwrap)")
-        except ValueError: self._refuse(what, "has a damaged header")
+        except AuditIntegrityError: self.refuse(what, "failed authentication (its data key does not unwrap)")
+        except ValueError: self.refuse(what, "has a damaged header")
 
     def rewrap(self, path) -> bool:
         """Re-wrap `path`'s data key under the provider's current KEK, copying the encrypted data unchanged.
@@ -279,7 +290,7 @@ class _DataKeys:
             f.seek(0); header, start = _read_header(f, what)
             current = f"{self.provider.name}:{self.provider.current()}"
             if header["kek"] == current: return False
-            dek = self._dek(header, what)
+            dek = self.data_key(header, what)
             kid, wrapped = self.provider.wrap(dek, _wrap_aad(header["context"]))
             new = {**header, "kek": f"{self.provider.name}:{kid}", "wrapped_key": _b64(wrapped)}
             def write(out):
@@ -330,15 +341,15 @@ class Sealer(_DataKeys):
         path, what = Path(path), f"the sealed file {path}"
         with open(path, "rb") as f:
             if f.read(len(MAGIC)) != MAGIC:
-                if require_sealed: self._refuse(what, "is not sealed (it was replaced by an unencrypted file)")
+                if require_sealed: self.refuse(what, "is not sealed (it was replaced by an unencrypted file)")
                 f.seek(0); return f.read()
             f.seek(0)
             try: header, _ = _read_header(f, what)
-            except AuditIntegrityError: self._refuse(what, "has a damaged header")
+            except AuditIntegrityError: self.refuse(what, "has a damaged header")
             if context is not None and header["context"] != context:
-                self._refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
-            return _decrypt_chunks(AESGCM(self._dek(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header), f,
-                                   header["chunk"], lambda reason: self._refuse(what, reason))
+                self.refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
+            return _decrypt_chunks(AESGCM(self.data_key(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header), f,
+                                   header["chunk"], lambda reason: self.refuse(what, reason))
 
 # %% ../../notebooks/07b_crypto.ipynb #cb0f64b0
 class KeysApi:

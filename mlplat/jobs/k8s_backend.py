@@ -45,12 +45,12 @@ def snapshot_code(script: Path, dest: Path, skip: tuple = ()) -> Path:
         shutil.copy2(p, target)
     return dest/script.name
 
-def _api_error(e, what: str) -> ValidationError:
-    "A readable error from a kubernetes ApiException (status, reason, the API server's message)."
+def _api_error(e, what: str, missing: str | None = None) -> ValidationError:
+    "A readable error from a kubernetes ApiException (status, reason, the API server's message); `missing`: the 404 hint."
     try: msg = json.loads(e.body).get("message", "")
     except Exception: msg = (e.body or "")[:300] if isinstance(e.body, str) else ""
     hints = {401: "the credentials in the kubeconfig were refused", 403: "the account may not do this: check its RBAC",
-             404: f"no TrainJob API in the cluster (is Kubeflow Trainer installed, {GROUP}/{VERSION})? or wrong namespace"}
+             404: missing or f"no TrainJob API in the cluster (is Kubeflow Trainer installed, {GROUP}/{VERSION})? or wrong namespace"}
     return ValidationError(f"Kubernetes refused to {what}: {e.status} {e.reason}{': ' + msg if msg else ''}",
                            hint=hints.get(e.status, "see the message from the API server"))
 
@@ -72,6 +72,7 @@ def trainjob_observation(status: dict, pods: list, log: str | None = None, code:
 # %% ../../notebooks/48_jobs_k8s_backend.ipynb #4f62a5fd
 class KubeClient:
     "The cluster: credentials from the configuration (or in-cluster), and API errors turned into readable ones."
+    missing_api: str | None = None   # what a 404 most likely means for this client's kind of object
     @property
     def settings(self): return self.ws.config.kubernetes
 
@@ -91,10 +92,18 @@ class KubeClient:
         from kubernetes.client.exceptions import ApiException
         import urllib3
         try: return fn(*args, **kw)
-        except ApiException as e: raise _api_error(e, what) from None
+        except ApiException as e: raise _api_error(e, what, self.missing_api) from None
         except urllib3.exceptions.HTTPError as e:
             raise ValidationError(f"cannot reach the Kubernetes API to {what}: {type(e).__name__}: {str(e)[:200]}",
                                   hint="check the cluster address in the kubeconfig and the network") from None
+
+    def owned_secret(self, owner: dict, name: str, values: dict, labels: dict):
+        "A Secret holding `values`, owned by the created object `owner` (Kubernetes deletes it with its owner)."
+        from kubernetes import client
+        ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": values,
+                "metadata": {"name": name, "namespace": self.settings.namespace, "labels": labels, "ownerReferences": [ref]}}
+        self._call(f"create Secret {name}", client.CoreV1Api(self.api()).create_namespaced_secret, self.settings.namespace, body)
 
 # %% ../../notebooks/48_jobs_k8s_backend.ipynb #80583a74
 class TrainJobManifests:
@@ -141,14 +150,7 @@ class TrainJobManifests:
 
     def _identity(self, rec, attempt: int, trainjob: dict, secrets: dict):
         "The attempt's Secret holding the delegated token, owned by its TrainJob (deleted with it by Kubernetes)."
-        from kubernetes import client
-        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainJob", "name": trainjob["metadata"]["name"],
-                 "uid": trainjob["metadata"]["uid"]}
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "stringData": secrets,
-                "metadata": {"name": self.identity_secret(rec, attempt), "namespace": self.settings.namespace,
-                             "labels": {"mlplat.dev/job-id": rec.id}, "ownerReferences": [owner]}}
-        self._call(f"create Secret {body['metadata']['name']}", client.CoreV1Api(self.api()).create_namespaced_secret,
-                   self.settings.namespace, body)
+        self.owned_secret(trainjob, self.identity_secret(rec, attempt), secrets, {"mlplat.dev/job-id": rec.id})
 
     def plan(self, rec) -> str:
         note = "" if self.volume.mounted else \

@@ -14,7 +14,7 @@ __all__ = ['Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Entity', 'FeatureServ
            'TrainingSet', 'Edge', 'Lineage', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion',
            'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment', 'TrafficBucket', 'Step',
            'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest', 'Schedule',
-           'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied']
+           'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied', 'StepLog']
 
 # %% ../../notebooks/80_jupyter_models.ipynb #828b97e2
 class Out(BaseModel):
@@ -192,6 +192,7 @@ class Step(Out):
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
     backend: Optional[str] = Field(None, description="where it ran: local, ray, kubernetes, ...")
+    depends_on: list[str] = Field([], description="the steps it runs after (the run's DAG)")
     cached_from: Optional[str] = Field(None, description="RUN/STEP whose results it reused instead of running")
 
 class Run(Out):
@@ -211,6 +212,7 @@ class NotebookParameter(Out):
     default: Any = None
     required: bool = False
     help: str = ""
+    choices: Optional[list[Any]] = Field(None, description="the only values allowed (an annotation `Literal[...]`)")
 
 class NotebookParameters(Out):
     path: str
@@ -254,3 +256,7 @@ class CopyTemplateRequest(In):
 
 class Copied(Out):
     paths: list[str] = Field(description="the new files, relative to the Jupyter server's root")
+
+class StepLog(Out):
+    text: str = Field(description="the end of the step's log")
+    truncated: bool = Field(description="whether the log is longer than what was returned")

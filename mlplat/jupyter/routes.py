@@ -16,15 +16,15 @@ from ..errors import NotFoundError, ValidationError
 from .models import (
     AliasEvent, Copied, CopyTemplateRequest, DatasetVersion, Definition, Deployment, Entity, FeatureService, FeatureView,
     GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
-    RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, Template, TrafficBucket, TrainingSet)
+    RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
 __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
            'dataset_versions', 'training_sets', 'lineage', 'match', 'jobs', 'job', 'job_log', 'job_log_stream',
            'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote', 'model_rollback',
-           'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'notebook_parameters',
-           'notebook_run', 'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove',
-           'templates', 'template_copy']
+           'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'run_step_log',
+           'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume',
+           'schedule_remove', 'templates', 'template_copy']
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #2ce9fcc3
 @dataclass
@@ -225,7 +225,11 @@ def deployment_traffic(c: Ctx, name: str, window: str = "1h", every: str = "5m")
 # %% ../../notebooks/80a_jupyter_routes.ipynb #f7f834fe
 def _run(c: Ctx, rec) -> dict:
     d = rec.to_dict()
-    for s in d["steps"]: s["lab_path"] = c.rel(s["notebook"]) if s.get("notebook") else None
+    from mlplat.governance.crypto import is_sealed
+    deps = {s["name"]: s.get("depends_on", []) for s in (getattr(rec, "spec", None) or {}).get("steps", [])}
+    for s in d["steps"]:   # a sealed notebook is opened through run_step_open (JupyterLab cannot read it)
+        s["lab_path"] = c.rel(s["notebook"]) if s.get("notebook") and not is_sealed(s["notebook"]) else None
+        s.setdefault("depends_on", deps.get(s["name"], []))
     return d
 
 @route("GET", "/pipelines/runs", "recent pipeline runs, newest first", list[Run],
@@ -241,20 +245,23 @@ def run(c: Ctx, id: str):
 def run_cancel(c: Ctx, id: str):
     return _run(c, c.ws.pipelines.cancel(id, "cancelled from JupyterLab", wait=10))
 
-@route("POST", "/pipelines/runs/{id}/steps/{step}/open", "copy a step's executed notebook under the server's root to open it",
-       Copied)
+@route("POST", "/pipelines/runs/{id}/steps/{step}/open", "copy a step's executed notebook (decrypted, when it is sealed at "
+       "rest) under the server's root to open it", Copied)
 def run_step_open(c: Ctx, id: str, step: str):
-    import shutil
-    rec = c.ws.pipelines.get(id)
-    s = rec.steps.get(step)
-    if s is None: raise NotFoundError(f"run {id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
-    if not s.notebook or not Path(s.notebook).is_file():
-        raise NotFoundError(f"step {step} of run {id} has no executed notebook yet ({s.status})")
-    if c.rel(s.notebook): return {"paths": [c.rel(s.notebook)]}
+    import os
+    data = c.ws.pipelines.notebook(id, step)   # authorized, and opened with the workspace's keys
+    s = c.ws.pipelines.get(id).steps[step]
+    if c.rel(s.notebook) and Path(s.notebook).read_bytes() == data: return {"paths": [c.rel(s.notebook)]}   # plain, in reach
     dest = c.root/"mlplat-runs"/id/Path(s.notebook).name
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(s.notebook, dest)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # for the caller's eyes only
+    with os.fdopen(fd, "wb") as f: f.write(data)
     return {"paths": [c.rel(dest)]}
+
+@route("GET", "/pipelines/runs/{id}/steps/{step}/log", "the end of a step's log (papermill's progress and the kernel's output)",
+       StepLog, query={"tail": (int, 65536, "at most this many bytes, from the end")})
+def run_step_log(c: Ctx, id: str, step: str, tail: int = 65536):
+    return c.ws.pipelines.step_log(id, step, tail)
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #d1c2c83d
 @route("GET", "/notebooks/parameters", "the `parameters` cell of a notebook: names, types, defaults", NotebookParameters,

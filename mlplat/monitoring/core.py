@@ -163,8 +163,8 @@ class _Traffic:
         specs = {p.stem: p for p in (home/"deployments").glob("*.yaml")}
         logged = set(logged_names(home))
         for name in sorted(logged | set(specs)):
-            recs = read_predictions(home, name, since, until) if name in logged else []
-            last = last_prediction(home, name) if name in logged else None
+            recs = read_predictions(home, name, since, until, keys=self.ws.crypto) if name in logged else []
+            last = last_prediction(home, name, self.ws.crypto) if name in logged else None
             out.append({"name": name, "window": window, "requests": len(recs), "last_request": last,
                         "weights": _weights(specs.get(name)), "variants": _by_variant(recs)})
         return out
@@ -180,7 +180,7 @@ class _Traffic:
             if (self.ws.config.home/"deployments"/f"{name}.yaml").is_file(): return []   # configured, nothing served yet
             raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         return [{"start": (since + i * step).isoformat(), "requests": len(b), "variants": _by_variant(b)}
-                for i, b in _buckets(read_predictions(self.ws.config.home, name, since, until), since, step)]
+                for i, b in _buckets(read_predictions(self.ws.config.home, name, since, until, keys=self.ws.crypto), since, step)]
 
 # %% ../../notebooks/71_monitoring_core.ipynb #26b10f7f
 class _Judging:
@@ -231,11 +231,11 @@ class Monitoring(_Traffic, _Judging):
         if not predictions_folder(ws.config.home, name).is_dir():
             raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
         skipped: list = []
-        recs = [r for r in read_predictions(ws.config.home, name, since, until, skipped) if r.get("variant") != "shadow"]
+        recs = [r for r in read_predictions(ws.config.home, name, since, until, skipped, ws.crypto) if r.get("variant") != "shadow"]
         model = model or name
         rep = {"name": name, "model": model, "since": since.isoformat(), "until": until.isoformat(), "predictions": len(recs),
                "versions": [], "alerts": []}
-        outcomes = read_outcomes(ws.config.home, name, skipped)
+        outcomes = read_outcomes(ws.config.home, name, skipped, ws.crypto)
         if skipped: rep["skipped_lines"] = len(skipped)  # damaged lines of the logs, named in the warning log
         for version in _versions(recs):
             rep["versions"].append(self._version(model, version, [r for r in recs if r["version"] == version], outcomes, cfg))
@@ -255,8 +255,8 @@ class Monitoring(_Traffic, _Judging):
         if (until - since) / step > 1000: raise ValidationError(f"{every} buckets over {until - since} is over 1000 buckets", hint="choose a longer --every")
         if not predictions_folder(ws.config.home, name).is_dir():
             raise NotFoundError(f"no prediction log for {name!r}", hint="serve it with `mlplat serve`")
-        recs = [r for r in read_predictions(ws.config.home, name, since, until) if r.get("variant") != "shadow"]
-        outcomes, model, refs, out = read_outcomes(ws.config.home, name), model or name, {}, []
+        recs = [r for r in read_predictions(ws.config.home, name, since, until, keys=ws.crypto) if r.get("variant") != "shadow"]
+        outcomes, model, refs, out = read_outcomes(ws.config.home, name, keys=ws.crypto), model or name, {}, []
         for i, bucket in _buckets(recs, since, step):
             start = since + i * step
             for version in _versions(bucket):

@@ -11,7 +11,8 @@ from pathlib import Path
 MIME = "application/vnd.mlplat.pipeline-output+json"
 
 # %% auto #0
-__all__ = ['MIME', 'output', 'read_outputs']
+__all__ = ['MIME', 'output', 'read_outputs', 'notebook_context', 'seal_notebook', 'notebook_bytes', 'log_context',
+           'seal_step_log', 'unseal_step_log', 'step_log_bytes']
 
 # %% ../../notebooks/61_pipelines_output.ipynb #739f4def
 def output(name: str, value):
@@ -25,10 +26,11 @@ def output(name: str, value):
     display({MIME: {"name": name, "value": value}, "text/plain": f"pipeline output {name} = {json.dumps(value)[:200]}"}, raw=True)
     return value
 
-def read_outputs(notebook) -> dict:
-    "The outputs an executed notebook recorded ({name: value}; the last value of a name wins)."
+def read_outputs(notebook, keys=None) -> dict:
+    """The outputs an executed notebook (a path, or the notebook) recorded ({name: value}; the last value of a name
+    wins). `keys` (the workspace's `crypto`) opens a sealed one."""
     import nbformat
-    nb = nbformat.read(str(notebook), as_version=4) if isinstance(notebook, (str, Path)) else notebook
+    nb = nbformat.reads(notebook_bytes(notebook, keys).decode(), as_version=4) if isinstance(notebook, (str, Path)) else notebook
     found = {}
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -37,3 +39,55 @@ def read_outputs(notebook) -> dict:
                 if isinstance(data, str): data = json.loads(data)
                 found[data["name"]] = data["value"]
     return found
+
+# %% ../../notebooks/61_pipelines_output.ipynb #9b5b499a
+def notebook_context(path) -> str:
+    "What an executed notebook (`HOME/pipelines/<run>/<step>[.attempt-N].ipynb`) is sealed as: its run and step."
+    path = Path(path)
+    return f"pipeline_run:{path.parent.name}/{path.name.split('.')[0]}"
+
+def seal_notebook(keys, path) -> bool:
+    "Seal the executed notebook `path` in place when `keys` (the workspace's `crypto`) has encryption at rest on; whether it was."
+    from mlplat.governance.crypto import is_sealed
+    path = Path(path)
+    if keys is None or not keys.enabled or not path.is_file() or is_sealed(path): return False
+    keys.seal_file(path, notebook_context(path))
+    return True
+
+def notebook_bytes(path, keys=None) -> bytes:
+    "The plaintext of the executed notebook `path`: opened (and authenticated) with `keys` when it is sealed."
+    from mlplat.errors import ConfigError
+    from mlplat.governance.crypto import is_sealed
+    if keys is not None: return keys.open_bytes(path, notebook_context(path))
+    if is_sealed(path): raise ConfigError(f"{path} is sealed: it is read with the workspace's keys",
+                                          hint="read it through the workspace (keys=ws.crypto)")
+    return Path(path).read_bytes()
+
+def log_context(path) -> str:
+    "What a step's log (`HOME/pipelines/<run>/<step>.log`) is sealed as: not interchangeable with its notebook."
+    return notebook_context(path) + "/log"
+
+def seal_step_log(keys, path) -> bool:
+    "Seal a step's log in place when encryption at rest is on (it holds the kernel's output: data); whether it was."
+    from mlplat.governance.crypto import is_sealed
+    path = Path(path)
+    if keys is None or not keys.enabled or not path.is_file() or is_sealed(path): return False
+    keys.seal_file(path, log_context(path))
+    return True
+
+def unseal_step_log(keys, path):
+    """Make a sealed step log plain again so that the next attempt's process can append to it (sealed again when that
+    attempt ends; the run's folder is private to the runner meanwhile, as the running notebook is)."""
+    import os
+    from mlplat.governance.crypto import is_sealed
+    path = Path(path)
+    if keys is None or not path.is_file() or not is_sealed(path): return
+    data = keys.open_bytes(path, log_context(path), require_sealed=True)
+    tmp = path.with_name(path.name + ".plain")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f: f.write(data)
+    os.replace(tmp, path)
+
+def step_log_bytes(path, keys=None) -> bytes:
+    "A step's log, opened with `keys` when it is sealed."
+    return keys.open_bytes(path, log_context(path)) if keys is not None else Path(path).read_bytes()

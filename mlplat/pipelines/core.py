@@ -11,7 +11,8 @@ import uuid
 from pathlib import Path
 
 from ..db import utcnow
-from ..errors import ValidationError
+from ..errors import NotFoundError, ValidationError
+from . import step_log_bytes
 from .backends import prepare
 from .executor import Executor
 from .runs import RunRecord, RunStore, RunTracking, StepRecord, runner_alive
@@ -81,9 +82,45 @@ class _RunControl:
         RunTracking(ws).reopen(rec)
         return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared).run()
 
+# %% ../../notebooks/62c_pipelines_core.ipynb #df8a61ab
+class _StepFiles:
+    "What a step left in its run's folder, read for a caller who may read the run."
+    def step_log(self, run_id: str, step: str, tail: int = 64 * 1024) -> dict:
+        """The end of step `step`'s log (papermill's progress and the kernel's output): `{"text", "truncated"}`, at most
+        `tail` bytes (permission `pipelines:read`). A step that has not started has an empty log."""
+        rec = self.get(run_id)
+        if step not in rec.steps: raise NotFoundError(f"run {run_id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
+        if not isinstance(tail, int) or isinstance(tail, bool) or not 1 <= tail <= 16 * 2**20:
+            raise ValidationError(f"tail must be a number of bytes from 1 to {16 * 2**20}, got {tail!r}")
+        path = Path(rec.folder)/f"{step}.log"
+        if not path.is_file(): return {"text": "", "truncated": False}
+        data = step_log_bytes(path, self.ws.crypto)   # sealed at rest when encryption is on
+        return {"text": data[-tail:].decode(errors="replace"), "truncated": len(data) > tail}
+
+# %% ../../notebooks/62c_pipelines_core.ipynb #05cf580a
+class _RunNotebooks:
+    "What the steps of a run left: their executed notebooks, sealed at rest or not."
+    def notebook(self, run_id: str, step: str) -> bytes:
+        """Step `step`'s executed notebook (`pipelines:read`), opened with the workspace's keys when it is sealed at rest;
+        handing a sealed one out in plaintext is audited (`pipeline.notebook_open`)."""
+        from mlplat.errors import NotFoundError
+        from mlplat.governance.crypto import is_sealed
+        from mlplat.pipelines import notebook_bytes
+        rec = self.get(run_id)
+        s = rec.steps.get(step)
+        if s is None: raise NotFoundError(f"run {run_id} has no step {step!r}", hint=f"steps: {', '.join(rec.steps)}")
+        if not s.notebook or not Path(s.notebook).is_file():
+            raise NotFoundError(f"step {step} of run {run_id} has no executed notebook yet ({s.status})")
+        data = notebook_bytes(s.notebook, self.ws.crypto)
+        if is_sealed(s.notebook):
+            self.ws.governance.audit.append(self.ws.principal.name, "pipeline.notebook_open", f"pipeline_run:{run_id}",
+                                            "success", self.ws.config.workspace.region, {"step": step})
+        return data
+
+
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
-class Pipelines(_RunControl):
-    "Pipelines of a workspace (`ws.pipelines`): run, start, resume, cancel, list, get."
+class Pipelines(_RunControl, _StepFiles, _RunNotebooks):
+    "Pipelines of a workspace (`ws.pipelines`): run, start, resume, cancel, list, get, notebook, step_log."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
     def load(self, pipeline) -> Pipeline:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..db import utcnow
 from ..governance.delegation import MAX_LIFETIME, Delegations, work_environment
-from . import read_outputs
+from . import read_outputs, seal_notebook, seal_step_log, unseal_step_log
 from .runs import RunRecord, RunStore, RunTracking, runner_file
 from ..errors import ValidationError
 from .backends import StepAttempt, prepare
@@ -60,17 +60,22 @@ class _StepRunner:
         s.backend = backend.name
         for attempt in range(step.retries + 1):
             if self.stop.is_set(): break
-            if out.exists(): out.rename(folder/f"{name}.attempt-{s.attempts}.ipynb")
+            if out.exists():   # sealed already, unless the runner died before it could seal it
+                seal_notebook(self.ws.crypto, out); out.rename(folder/f"{name}.attempt-{s.attempts}.ipynb")
             s.attempts += 1
             self.store.save_step(self.rec.id, s)
+            unseal_step_log(self.ws.crypto, log)   # the attempt's process appends to it
             try:
                 error = backend.execute(StepAttempt(self.rec.id, step, s.attempts, out, log, values, work, secrets, env, self.stop,
                                                     lambda pid: self.live.__setitem__(name, pid)))
             finally:
                 self.live.pop(name, None)
                 scrub([out, log], secrets)  # a secret the notebook printed is not kept
+            outputs = read_outputs(out) if error is None else {}
+            seal_notebook(self.ws.crypto, out)   # papermill wrote it plain: sealed now, whatever became of the attempt
+            seal_step_log(self.ws.crypto, log)   # it holds what the kernel printed
             if error is None:
-                s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), read_outputs(out)
+                s.status, s.error, s.notebook, s.outputs = "succeeded", None, str(out), outputs
                 return
             s.error, s.notebook = error, str(out) if out.exists() else None
             if attempt < step.retries: self.stop.wait(step.backoff * 2 ** attempt)

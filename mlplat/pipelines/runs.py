@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..db import table, utcnow
 from ..errors import NotFoundError, PermissionDenied, ResidencyViolation, ValidationError
-from ..governance.artifacts import log_file
+from ..governance.artifacts import log_bytes
+from . import notebook_bytes
 
 # %% auto #0
 __all__ = ['StepRecord', 'RunRecord', 'RunStore', 'runner_file', 'runner_alive', 'RunTracking']
@@ -198,7 +199,8 @@ class RunTracking:
             with ws.governance.operation("pipeline.log_notebook", f"pipeline_run:{rec.id}", "pipelines:run",
                                          ws.config.artifact_store_region, classification,
                                          {"step": s.name, "mlflow_run_id": rec.mlflow_run_id}) as audit:
-                audit["sealed"] = log_file(client, ws.crypto, rec.mlflow_run_id, s.notebook, "steps")
+                data = notebook_bytes(s.notebook, ws.crypto)   # sealed at rest: opened, then sealed again for the store
+                audit["sealed"] = log_bytes(client, ws.crypto, rec.mlflow_run_id, data, f"steps/{Path(s.notebook).name}")
             note = "sealed" if audit["sealed"] else "uploaded"
         except (ResidencyViolation, PermissionDenied, ValidationError) as e:   # audited as denied by the operation
             note = self.refused[s.name] = f"not uploaded: {e.message}"

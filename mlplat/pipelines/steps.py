@@ -18,10 +18,11 @@ from ..db import utcnow
 __all__ = ['kill_tree', 'execute_step']
 
 # %% ../../notebooks/62_pipelines_steps.ipynb #2bd26985
-def _last_error(notebook: Path) -> str | None:
-    "`ename: evalue` of the cell that failed in an executed notebook."
+def _last_error(notebook: Path, keys=None) -> str | None:
+    "`ename: evalue` of the cell that failed in an executed notebook (`keys`: the workspace's `crypto`, if it is sealed)."
     import nbformat
-    try: nb = nbformat.read(str(notebook), as_version=4)
+    from mlplat.pipelines import notebook_bytes
+    try: nb = nbformat.reads(notebook_bytes(notebook, keys).decode(), as_version=4)
     except Exception: return None
     for cell in nb.cells:
         for out in cell.get("outputs", []):
@@ -42,7 +43,8 @@ def _papermill_process(notebook: str, out: str, parameters: dict, kernel: str | 
     code = 0
     try: pm.execute_notebook(notebook, out, parameters=parameters, kernel_name=kernel, cwd=str(Path(notebook).parent),
                              progress_bar=False, log_output=True)
-    except pm.PapermillExecutionError: code = 1  # the executed notebook holds the error
+    except pm.PapermillExecutionError as e:  # the executed notebook holds the traceback; the log says what failed
+        print(f"cell {e.exec_count} failed: {e.ename}: {e.evalue}", file=sys.stderr); code = 1
     except BaseException as e: print(f"{type(e).__name__}: {e}", file=sys.stderr); code = 2
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(code)

@@ -209,6 +209,12 @@ class RemotePipelines(RemoteApi):
     def cancel(self, run_id: str, reason: str | None = None, wait: float = 0) -> RemoteRun:
         "Ask the run to stop (the service records why: from the service's API)."
         return RemoteRun(self.api.post(f"/pipelines/runs/{seg(run_id)}/cancel"))
+    def step_log(self, run_id: str, step: str, tail: int = 64 * 1024) -> dict:
+        return self.api.get(f"/pipelines/runs/{seg(run_id)}/steps/{seg(step)}/log", tail=tail)
+    def notebook(self, run_id: str, step: str) -> bytes:
+        "Executed notebooks stay where the service ran them (sealed at rest there): it does not hand them out."
+        raise NotFoundError(f"step {step} of run {run_id} ran on the platform service; its executed notebook stays there",
+                            hint="open it from the MLflow run's steps/ artifacts, or on the service's host")
 
 class RemoteSchedules(RemoteApi):
     "`ws.schedules`: list, pause, resume and remove schedules."

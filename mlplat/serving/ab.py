@@ -25,9 +25,12 @@ def log_outcomes(ws, deployment: str, rows) -> int:
     if out.isna().any():
         bad = df.loc[out.isna(), "outcome"].head(3).tolist()
         raise ValidationError(f"outcome values must be numbers (0/1 for conversions), e.g. not {bad}")
+    # outcomes are about the people the predictions were about, and no model is at hand to say how sensitive that is:
+    # residency judges them as the most sensitive data before a byte is written; encryption at rest seals them
+    most = ws.config.workspace.classifications[-1]
     with ws.governance.operation("serving.outcomes", f"deployment:{deployment}", "outcomes:log", ws.config.workspace.region,
-                                 details={"rows": len(df)}):
-        append_outcomes(ws.config.home, deployment, zip(df["request_id"].astype(str), out))
+                                 most, details={"rows": len(df), "sealed": ws.crypto.enabled}):
+        append_outcomes(ws.config.home, deployment, zip(df["request_id"].astype(str), out), ws.crypto)
     return len(df)
 
 # %% ../../notebooks/58_serving_ab.ipynb #8354c803
@@ -67,10 +70,10 @@ def report(ws, deployment: str, alpha: float = 0.05, baseline: str | None = None
     check_name(deployment, "deployment")
     skipped: list = []
     served = {}
-    for r in read_predictions(ws.config.home, deployment, skipped=skipped):
+    for r in read_predictions(ws.config.home, deployment, skipped=skipped, keys=ws.crypto):
         if r.get("variant") != "shadow": served[r["request_id"]] = (r.get("variant") or "default", r["version"])
     if not served: raise NotFoundError(f"no predictions logged for {deployment!r}", hint="serve it with `mlplat serve --config`")
-    outcomes = read_outcomes(ws.config.home, deployment, skipped)
+    outcomes = read_outcomes(ws.config.home, deployment, skipped, ws.crypto)
     variants = {}
     for rid, (variant, version) in served.items():
         v = variants.setdefault(variant, {"variant": variant, "versions": set(), "requests": 0, "outcomes": []})

@@ -11,11 +11,12 @@ import re
 import threading
 import time
 
+from .bodies import BodyLimits, LargeBodies
 from .dispatch import Dispatcher
 from .models import ModelHost
 from .prediction_log import PredictionLog
 from .auth import OPEN_PATHS, bearer, client_name, refusal_headers
-from .protocol import InferError, decode_request, encode_response, error_body
+from .protocol import InferError, encode_response, error_body
 from ..version import __version__
 
 SERVER_NAME = "mlplat"
@@ -33,23 +34,11 @@ async def _reply(send, status: int, body: bytes, headers: list):
                 "headers": headers + [(b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
-async def _read_body(receive, limit: int) -> bytes | None:
-    "The request body, or None when the client went away; `InferError` 413 past `limit` bytes."
-    chunks, size, more = [], 0, True
-    while more:
-        msg = await receive()
-        if msg["type"] == "http.disconnect": return None
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit: raise InferError(f"the body is over {limit / 2**20:g} MB", 413, hostile=True)
-        chunks.append(chunk); more = msg.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
 def _error_headers(status: int) -> list:
     return JSON_HEADERS + [(b"retry-after", b"1")] if status in (429, 503) else JSON_HEADERS
 
 # %% ../../notebooks/55_serving_app.ipynb #882a8bfd
-def rest_infer(dispatch: Dispatcher, max_body: int):
+def rest_infer(dispatch: Dispatcher, bodies: LargeBodies):
     "The ASGI handler of `POST /v2/models/{name}[/versions/{v}]/infer`."
     host = dispatch.host
     async def infer(scope, receive, send, name: str, version: str | None):
@@ -64,14 +53,12 @@ def rest_infer(dispatch: Dispatcher, max_body: int):
         try:
             primary = dispatch.target(name, version)
             size = headers.get(b"content-length")
-            if size is not None and size.isdigit() and int(size) > max_body:
-                raise InferError(f"the body is over {max_body / 2**20:g} MB", 413, hostile=True)
-            body = await _read_body(receive, max_body)
-            if body is None: return
             header_length = headers.get(b"inference-header-content-length")
             features = host.feature_inputs.get(name)
-            req = decode_request(body, header_length.decode("latin-1") if header_length is not None else None,
-                                 primary.signature, entities=features is not None)
+            req = await bodies.request(receive, int(size) if size is not None and size.isdigit() else None,
+                                       header_length.decode("latin-1") if header_length is not None else None,
+                                       primary.signature, entities=features is not None)
+            if req is None: return  # the client went away
             if not req.inputs:  # entity keys instead of features: read them from the online store
                 req.inputs = await asyncio.get_running_loop().run_in_executor(None, features.build, req.parameters["entities"])
         except InferError as e:
@@ -156,9 +143,11 @@ def operation_routes(host: ModelHost, metrics, rollouts: dict) -> list:
 
 # %% ../../notebooks/55_serving_app.ipynb #9ef3a604
 def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_port: int | None = None,
-             grpc_bind: str = "127.0.0.1", auth=None, tls=None, refusals=None):
+             grpc_bind: str = "127.0.0.1", auth=None, tls=None, refusals=None, bodies: LargeBodies | None = None,
+             grpc_max_rpcs: int = 0):
     """The app's lifespan: follow aliases every `refresh_seconds`, judge rollouts, re-read `auth`'s mlplat.toml every
-    second, audit `refusals` (a `RefusalLog`) from a thread of its own, run gRPC on `grpc_port` in the same event loop;
+    second, audit `refusals` (a `RefusalLog`) from a thread of its own, start the decoding workers of `bodies`, run
+    gRPC on `grpc_port` in the same event loop (at most `grpc_max_rpcs` calls at once, 0: no limit);
     at shutdown stop them, close the prediction log and write the refusals still only counted."""
     from contextlib import asynccontextmanager
     host = dispatch.host
@@ -186,34 +175,40 @@ def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_
                 ([loop.create_task(judge_rollouts())] if rollouts else []) + \
                 ([loop.create_task(follow_config())] if auth is not None and auth.required else [])
         if refusals is not None: refusals.start()
+        if bodies is not None: bodies.start()
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
-            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind, auth, tls)
+            grpc_srv = grpc_server(dispatch, grpc_port, grpc_bind, auth, tls, grpc_max_rpcs)
             await grpc_srv.start()
         yield
         if grpc_srv is not None: await grpc_srv.stop(2)
         for t in tasks: t.cancel()
         dispatch.close()
+        if bodies is not None: bodies.close()
         if refusals is not None: refusals.flush()
     return run
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
-def create_app(host: ModelHost, predictions: PredictionLog | None = None, refresh_seconds: float = 5.0, max_body_mb: float = 64,
-               grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None, auth=None, tls=None, refusals=None):
+def create_app(host: ModelHost, predictions: PredictionLog | None = None, refresh_seconds: float = 5.0,
+               limits: BodyLimits | None = None, grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None,
+               auth=None, tls=None, refusals=None, grpc_max_rpcs: int = 64):
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
     when `tls` (a `Tls`) is given — REST's TLS is the HTTP server's, see `Server`).
     `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
     may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) counts and audits what it
     and the dispatcher refuse (hostile payloads), also on `/metrics`;
-    `predictions` (a `PredictionLog`, None: no log) records every answer and is closed with the app."""
+    `predictions` (a `PredictionLog`, None: no log) records every answer and is closed with the app;
+    `limits` (`BodyLimits`, default: 64 MB bodies, the `[serving]` defaults) bound the request bodies taken at once."""
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
     rollouts = {n: Rollout(host.routes[n], spec, audit) for n, spec in host.rollout_specs.items()}
     dispatch = Dispatcher(host, predictions, rollouts, on_hostile=refusals)
+    bodies = LargeBodies(limits or BodyLimits())
     rest = Starlette(routes=metadata_routes(host) + operation_routes(host, dispatch.metrics, rollouts),
-                     lifespan=lifespan(dispatch, rollouts, refresh_seconds, grpc_port, grpc_bind, auth, tls, refusals))
-    infer = rest_infer(dispatch, int(max_body_mb * 2**20))
+                     lifespan=lifespan(dispatch, rollouts, refresh_seconds, grpc_port, grpc_bind, auth, tls, refusals,
+                                       bodies, grpc_max_rpcs))
+    infer = rest_infer(dispatch, bodies)
     if refusals is not None:
         refusals.metrics(dispatch.metrics.registry)
         if auth is not None and auth.refusals is None: auth.refusals = refusals

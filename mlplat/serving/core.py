@@ -8,16 +8,18 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..errors import ValidationError
+from ..errors import ResidencyViolation, ValidationError
 from .app import Server, create_app
 from .auth import RefusalLog, ServingAuth, Tls
+from .bodies import BodyLimits
 from .models import ModelHost
 from .prediction_log import PredictionLog, check_name
 
 log = logging.getLogger("mlplat.serving")
 
 # %% auto #0
-__all__ = ['log', 'served_names', 'server_audit', 'log_faults', 'ServingRecords', 'Serving']
+__all__ = ['log', 'served_names', 'server_audit', 'log_faults', 'served_classification', 'log_residency', 'ServingRecords',
+           'Serving']
 
 # %% ../../notebooks/59a_serving_core.ipynb #7e507669
 def served_names(models: dict | None, deployments) -> tuple[dict, list, list]:
@@ -60,6 +62,31 @@ def log_faults(ws):
         threading.Thread(target=ws.notifier.send, args=("serving.prediction_log_failed", subject, report),
                          name="notify", daemon=True).start()
     return faulted
+
+# %% ../../notebooks/59a_serving_core.ipynb #bcfd2e3e
+def served_classification(ws, uri: str, version: str) -> str:
+    "The classification of the data a served model takes: its training set's; from a file (no lineage): the most sensitive."
+    residency = ws.governance.residency
+    if not uri.startswith("models:/"): return ws.config.workspace.classifications[-1]
+    from mlplat.models.registry import parse_model_uri
+    ref = ws.models.get(parse_model_uri(uri)[0], version).tags.get("mlplat.training_set")
+    return residency.most_sensitive([ws.features.get_training_set(ref).classification] if ref else [])
+
+def log_residency(ws, mh) -> dict:
+    """{served name: why} for the names of `mh` (a `ModelHost`) whose prediction log may not be kept in the workspace's
+    region, each refusal audited; the others' logs are allowed (and sealed with encryption at rest)."""
+    gov, region, found = ws.governance, ws.config.workspace.region, {}
+    for key, uri in mh.uris.items():
+        found.setdefault(key.split(":")[0], []).append(served_classification(ws, uri, mh.current[key].version))
+    refused = {}
+    for name, classes in found.items():
+        classification = gov.residency.most_sensitive(classes)
+        try: gov.residency.check(classification, region, "serving.prediction_log", f"predictions:{name}")
+        except (ResidencyViolation, ValidationError) as e:
+            refused[name] = e.message
+            gov.audit.append(ws.principal.name, "serving.prediction_log", f"predictions:{name}", "denied", region,
+                             {"classification": classification, "reason": e.message})
+    return refused
 
 # %% ../../notebooks/59a_serving_core.ipynb #e54345b9
 class ServingRecords:
@@ -113,13 +140,16 @@ class Serving(ServingRecords):
             ws.governance.authorize("predictions:prune", ",".join(names))
         mh = ModelHost(ws, models, batching, threads, providers, deps)
         audit, reject, pruned = server_audit(ws)
+        refused = log_residency(ws, mh)   # decided once, here: never a check per request
         plog = PredictionLog(ws.config.home, retention_days=ws.config.serving.prediction_retention_days, on_prune=pruned,
-                             on_fault=log_faults(ws))
-        app = create_app(mh, plog, refresh_seconds, grpc_port=grpc_port, grpc_bind=host, audit=audit,
+                             on_fault=log_faults(ws), keys=ws.crypto, refused=refused)
+        app = create_app(mh, plog, refresh_seconds, BodyLimits.from_config(ws.config.serving), grpc_port=grpc_port,
+                         grpc_max_rpcs=ws.config.serving.grpc_max_concurrent_rpcs, grpc_bind=host, audit=audit,
                          auth=guard, tls=tls, refusals=RefusalLog(reject, ws.config.serving.refusal_audit_seconds))
         srv = Server(app, host, port, tls)
         ws.governance.audit.append(ws.principal.name, "serving.start", ",".join(names), "success", ws.config.workspace.region,
                                    {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}, "auth": auth,
-                                    "tls": "mutual" if tls and tls.client_ca else bool(tls)})
+                                    "tls": "mutual" if tls and tls.client_ca else bool(tls),
+                                    "prediction_log": {"sealed": ws.crypto.enabled, "refused": sorted(refused)}})
         if background: return srv.start()
         srv.run()

@@ -250,14 +250,17 @@ def _unary(fn, req: str, dispatch, allowed):
     return grpc.unary_unary_rpc_method_handler(checked, request_deserializer=parse,
                                                response_serializer=lambda m: m.SerializeToString())
 
-def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=None):
+def grpc_server(dispatch, port: int, bind: str = "127.0.0.1", auth=None, tls=None, max_rpcs: int = 0):
     """A grpc.aio server for the models of `dispatch` (a `Dispatcher`) on `bind:port`; start it inside the running event loop.
-    `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady."""
+    `auth` (a `ServingAuth`) checks the `authorization` metadata of every method but ServerLive and ServerReady.
+    Messages are capped at 64 MB and calls in progress at `max_rpcs` (0: no limit): gRPC answers the ones past it
+    RESOURCE_EXHAUSTED at once, so a flood of large messages cannot queue without bound behind the event loop."""
     import grpc
     allowed, codes = authorizer(auth), grpc_codes()
     methods = {**info_methods(dispatch.host, allowed, codes), "ModelInfer": (infer_method(dispatch, allowed, codes), "ModelInferRequest")}
     handler = grpc.method_handlers_generic_handler(SERVICE, {n: _unary(fn, req, dispatch, allowed) for n, (fn, req) in methods.items()})
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 2**20)])
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 2**20)],
+                             maximum_concurrent_rpcs=max_rpcs or None)
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_secure_port(f"{bind}:{port}", tls.grpc_credentials()) if tls else server.add_insecure_port(f"{bind}:{port}")
     if bound == 0:

@@ -22,6 +22,8 @@ from ..errors import AuditIntegrityError, NotFoundError, ValidationError
 from .protocol import InferError
 
 log = logging.getLogger("mlplat.serving")
+# the longest unbatched ONNX Runtime call run on the event loop (saving the hop to a thread); longer ones go to a worker
+INLINE_SECONDS = 0.002
 
 class Overloaded(InferError):
     def __init__(self, message: str): super().__init__(message, 503)
@@ -33,8 +35,9 @@ class Batching:
     max_queue: int = 256             # queued requests per model beyond which requests are refused
 
 # %% auto #0
-__all__ = ['log', 'Overloaded', 'Batching', 'resolve', 'cache_path', 'verified_bytes', 'read_model', 'cached_model', 'Loaded',
-           'Batcher', 'Route', 'RoutePlan', 'plan_routes', 'Routing', 'AliasGovernance', 'AliasFollowing', 'ModelHost']
+__all__ = ['log', 'INLINE_SECONDS', 'Overloaded', 'Batching', 'resolve', 'cache_path', 'verified_bytes', 'read_model',
+           'cached_model', 'Loaded', 'Batcher', 'Route', 'RoutePlan', 'plan_routes', 'Routing', 'AliasGovernance',
+           'AliasFollowing', 'ModelHost']
 
 # %% ../../notebooks/54_serving_models.ipynb #fbfb472a
 def resolve(ws, uri: str) -> tuple[str, Path]:
@@ -135,12 +138,25 @@ class Loaded:
     loaded_at: float = field(default_factory=time.time)
     max_queue: int = 256               # requests waiting for ONNX Runtime beyond which new ones are refused
     waiting: int = 0                   # unbatched requests admitted and not yet run
+    row_seconds: float = float("inf")  # ONNX Runtime time per row (moving average); unknown: treated as heavy
 
     def depth(self) -> int: return self.batcher.depth() if self.batcher is not None else self.waiting
 
     def run(self, inputs: dict) -> dict:
         outs = self.session.run(None, inputs)
         return dict(zip(self.output_names, outs))
+
+    def inline(self, rows: int) -> bool:
+        "Cheap enough to run on the event loop: the expected call stalls it less than `INLINE_SECONDS`."
+        return self.row_seconds * max(rows, 1) <= INLINE_SECONDS
+
+    def run_timed(self, inputs: dict, rows: int) -> dict:
+        "`run`, measuring the time per row that `inline` judges by."
+        t = time.perf_counter()
+        outs = self.run(inputs)
+        per_row = (time.perf_counter() - t) / max(rows, 1)
+        self.row_seconds = per_row if self.row_seconds == float("inf") else 0.8 * self.row_seconds + 0.2 * per_row
+        return outs
 
     @property
     def output_names(self) -> list: return [o["name"] for o in self.signature["outputs"]]
@@ -388,8 +404,10 @@ class ModelHost(Routing, AliasFollowing):
         if m.batcher is not None: return await m.batcher.submit(inputs, rows)
         if m.waiting >= m.max_queue:
             raise Overloaded(f"model {m.name} has {m.waiting} requests waiting; retry shortly")
-        m.waiting += 1
-        try: await asyncio.sleep(0)  # let the requests that arrived with this one be counted (or refused) first
-        finally: m.waiting -= 1
-        try: return m.run(inputs)
+        m.waiting += 1   # until it has run: the bound also covers requests waiting for a worker thread
+        try:
+            await asyncio.sleep(0)  # let the requests that arrived with this one be counted (or refused) first
+            if m.inline(rows): return m.run_timed(inputs, rows)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, m.run_timed, inputs, rows)
         except Exception as e: raise InferError(f"inference failed: {str(e).splitlines()[0][:300]}") from None
+        finally: m.waiting -= 1

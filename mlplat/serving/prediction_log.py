@@ -16,15 +16,17 @@ import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from ..errors import ValidationError
+from ..errors import ConfigError, MlplatError, ValidationError
+from ..governance.sealed_log import LogAppender, read_log
 from .protocol import dumps
 
 log = logging.getLogger("mlplat.prediction_log")
 
 # %% auto #0
 __all__ = ['log', 'NAME', 'TORN_AFTER_SECONDS', 'MAX_RETENTION_DAYS', 'REASONS', 'check_name', 'predictions_folder',
-           'outcomes_folder', 'logged_names', 'day_files', 'read_predictions', 'last_prediction', 'append_outcomes',
-           'read_outcomes', 'prune', 'loss_reason', 'LogFaults', 'DayFiles', 'LogWriter', 'PredictionLog']
+           'outcomes_folder', 'logged_names', 'day_files', 'day_file', 'log_context', 'sealing', 'read_predictions',
+           'last_prediction', 'append_outcomes', 'read_outcomes', 'prune', 'loss_reason', 'LogFaults', 'DayFiles',
+           'LogWriter', 'PredictionLog']
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #74dc58b0
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -52,20 +54,41 @@ def logged_names(home) -> list[str]:
     return _names(Path(home)/"predictions")
 
 def day_files(folder: Path) -> list[tuple[date, Path]]:
-    "(UTC day, file) of a log folder, oldest first; files not named `YYYY-MM-DD.jsonl` are not the log's."
+    """(UTC day, file) of a log folder, oldest first, a day's plain file before its sealed one; files not named
+    `YYYY-MM-DD.jsonl` or `YYYY-MM-DD.sealed` are not the log's."""
     out = []
-    for p in folder.glob("*.jsonl"):
+    for p in folder.glob("*"):
+        if p.suffix not in (".jsonl", ".sealed"): continue
         try: out.append((date.fromisoformat(p.stem), p))
         except ValueError: continue
     return sorted(out)
+
+def day_file(folder: Path, day: str, sealed: bool) -> Path:
+    "The file of `day` (`YYYY-MM-DD`) in a log folder: JSON lines, or sealed frames with encryption at rest."
+    return folder/f"{day}{'.sealed' if sealed else '.jsonl'}"
+
+def log_context(path: Path) -> str:
+    "What a sealed day file is bound to: its kind, name and day (a file copied over another one fails authentication)."
+    return f"prediction_log:{path.parent.parent.name}/{path.parent.name}/{path.stem}"
+
+def sealing(keys) -> bool:
+    "Whether writers seal: `keys` (the workspace's `crypto`) given and encryption at rest on."
+    return keys is not None and keys.enabled
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #7b91f419
 _warned: set = set()
 TORN_AFTER_SECONDS = 10.0  # an unfinished last line untouched this long was cut off (a crash), it is not being written
 
-def _lines(path: Path) -> list[bytes]:
+def _lines(path: Path, keys=None, torn: list | None = None) -> list[bytes]:
     """The lines of a JSON-lines file a reader judges: its whole lines, and its unfinished last line only when the file
-    has not changed for `TORN_AFTER_SECONDS` (cut off, not being written). A file deleted meanwhile has none."""
+    has not changed for `TORN_AFTER_SECONDS` (cut off, not being written). A file deleted meanwhile has none.
+    A sealed file: the lines of its whole frames, opened with `keys`; where torn frames were skipped goes to `torn`."""
+    if path.suffix == ".sealed":
+        if keys is None: raise ConfigError(f"{path} is sealed: it is read with the workspace's keys",
+                                           hint="read it through the workspace (keys=ws.crypto)")
+        plain, cut = read_log(keys, path, log_context(path), TORN_AFTER_SECONDS)
+        if torn is not None: torn.extend(f"frame at byte {p}" for p in cut)
+        return plain.split(b"\n")[:-1]
     try:
         lines = path.read_bytes().split(b"\n")
         tail = lines.pop()  # b"" after the last newline, or an unfinished line
@@ -73,13 +96,13 @@ def _lines(path: Path) -> list[bytes]:
     except FileNotFoundError: return []  # the retention deleted it while a report listed it
     return lines
 
-def _read(path: Path, keep, skipped: list | None) -> list[dict]:
+def _read(path: Path, keep, skipped: list | None, keys=None) -> list[dict]:
     """The records of one JSON-lines file that `keep(record)` accepts. A last line without its newline is still
     being written: it is read next time (unless it was cut off, `_lines`). A line that is not a JSON object, or that
     `keep` cannot judge (it raises KeyError, TypeError or ValueError), is skipped, added to `skipped` as (file, line
     number), and logged once."""
     out, bad = [], []
-    for i, line in enumerate(_lines(path), 1):
+    for i, line in enumerate(_lines(path, keys, bad), 1):
         if not line.strip(): continue
         try:
             rec = json.loads(line)
@@ -94,13 +117,16 @@ def _read(path: Path, keep, skipped: list | None) -> list[dict]:
                         ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
     return out
 
+
+# %% ../../notebooks/53a_serving_prediction_log.ipynb #fe161f03
 def _utc(t: datetime | None) -> datetime | None:
     return None if t is None else t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 def read_predictions(home, name: str, since: datetime | None = None, until: datetime | None = None,
-                     skipped: list | None = None) -> list[dict]:
+                     skipped: list | None = None, keys=None) -> list[dict]:
     """`name`'s records with since <= ts < until (None: unbounded), oldest day first; day files outside the window
-    are not opened. `skipped`, when given, collects (file, line number) of the unreadable lines passed over."""
+    are not opened. `skipped`, when given, collects (file, line number) of the unreadable lines passed over.
+    `keys` (the workspace's `crypto`) opens sealed day files."""
     since, until = _utc(since), _utc(until)
     def keep(r):  # a record without its time, request id or version raises: it is unreadable
         ts = datetime.fromisoformat(r["ts"]); r["request_id"], r["version"]
@@ -108,33 +134,40 @@ def read_predictions(home, name: str, since: datetime | None = None, until: date
     out = []
     for day, path in day_files(predictions_folder(home, name)):
         if (since and day < since.date()) or (until and day > until.date()): continue
-        out += _read(path, keep, skipped)
+        out += _read(path, keep, skipped, keys)
     return out
 
-def last_prediction(home, name: str) -> str | None:
+def last_prediction(home, name: str, keys=None) -> str | None:
     "The `ts` of `name`'s newest record (None: nothing logged yet)."
     for _, path in reversed(day_files(predictions_folder(home, name))):
-        ts = max((r["ts"] for r in _read(path, lambda r: bool(datetime.fromisoformat(r["ts"])), None)), default=None)
+        ts = max((r["ts"] for r in _read(path, lambda r: bool(datetime.fromisoformat(r["ts"])), None, keys)), default=None)
         if ts is not None: return ts
     return None
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #854368b8
-def append_outcomes(home, name: str, rows) -> int:
-    """Append `(request_id, outcome)` pairs to today's outcomes file of `name`; returns how many. One write: a
-    reader never sees half of another writer's batch interleaved with this one."""
+def append_outcomes(home, name: str, rows, keys=None) -> int:
+    """Append `(request_id, outcome)` pairs to today's outcomes file of `name`, sealed when `keys` (the workspace's
+    `crypto`) has encryption at rest on; returns how many. One write: a reader never sees half of another writer's
+    batch interleaved with this one."""
     folder = outcomes_folder(home, name)
     data = "".join(json.dumps({"request_id": str(rid), "outcome": float(o)}) + "\n" for rid, o in rows).encode()
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder/f"{datetime.now(timezone.utc):%Y-%m-%d}.jsonl", "ab") as f:
+    path = day_file(folder, f"{datetime.now(timezone.utc):%Y-%m-%d}", sealing(keys))
+    if sealing(keys):
+        appender = LogAppender(keys, path, log_context(path))
+        try: appender.write(data)
+        finally: appender.close()
+        return data.count(b"\n")
+    with open(path, "ab") as f:
         _end_torn_line(f)
         f.write(data)
     return data.count(b"\n")
 
-def read_outcomes(home, name: str, skipped: list | None = None) -> dict:
-    "request id -> outcome for `name`; a later row for the same request wins (a correction)."
+def read_outcomes(home, name: str, skipped: list | None = None, keys=None) -> dict:
+    "request id -> outcome for `name`; a later row for the same request wins (a correction). `keys` opens sealed files."
     def keep(r): return isinstance(r["request_id"], str) and isinstance(float(r["outcome"]), float)  # raises: unreadable
     return {r["request_id"]: r["outcome"] for _, path in day_files(outcomes_folder(home, name))
-            for r in _read(path, keep, skipped)}
+            for r in _read(path, keep, skipped, keys)}
 
 def _end_torn_line(f):
     "Before appending to a file whose last line was cut off (a crash mid-write), end it: the new lines stay whole."
@@ -166,7 +199,7 @@ def prune(home, keep_days: int, names=None, today: date | None = None) -> dict:
     return removed
 
 # %% ../../notebooks/53a_serving_prediction_log.ipynb #1a8a034f
-REASONS = ("disk_full", "too_many_open_files", "permission", "io_error", "queue_full", "unserializable", "error")
+REASONS = ("disk_full", "too_many_open_files", "permission", "io_error", "queue_full", "unserializable", "residency", "error")
 _REASON_OF = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EFBIG: "disk_full",
               errno.EMFILE: "too_many_open_files", errno.ENFILE: "too_many_open_files",
               errno.EACCES: "permission", errno.EPERM: "permission", errno.EROFS: "permission"}
@@ -217,9 +250,11 @@ class LogFaults:
 class DayFiles:
     """The writer thread's open files, one per (served name, UTC day). The first line of a new day closes the earlier
     days' files and applies the retention to the served `names`; what it deleted goes to `on_prune`. A write that
-    fails loses its lines (counted in `faults`) and closes its file: the next write opens it again."""
-    def __init__(self, home, names: list, retention_days: int = 0, on_prune=None, faults: LogFaults | None = None):
+    fails loses its lines (counted in `faults`) and closes its file: the next write opens it again. With `keys` (the
+    workspace's `crypto`) and encryption at rest on, a write is one sealed frame."""
+    def __init__(self, home, names: list, retention_days: int = 0, on_prune=None, faults: LogFaults | None = None, keys=None):
         self.home, self.names, self.retention_days, self.on_prune = Path(home), names, retention_days, on_prune
+        self.keys, self.sealed = keys, sealing(keys)
         self.faults = faults or LogFaults()
         self.files: dict = {}
         self.day = None  # the newest day written to
@@ -229,11 +264,12 @@ class DayFiles:
         data, done = b"\n".join(lines) + b"\n", 0
         try:
             f = self.files.get((name, day)) or self._open(name, day)
+            if self.sealed: f.write(data); done = len(data)   # one frame: all of its lines, or none (torn)
             while done < len(data):
                 n = f.write(memoryview(data)[done:])
                 if not n: raise OSError(errno.EIO, "the write wrote nothing")
                 done += n
-        except (OSError, ValidationError) as e:  # a full disk loses these lines, not the writer
+        except (OSError, MlplatError) as e:  # a full disk, or a sealed file that is not this log's, loses these lines, not the writer
             self._close(name, day)
             whole = data.count(b"\n", 0, done)  # a short write: what got out before the fault is in the file
             self.faults.failing = True
@@ -247,7 +283,8 @@ class DayFiles:
         if self.day is None or day > self.day: self._roll(day)
         folder = predictions_folder(self.home, name)
         folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder/f"{day}.jsonl", "ab", buffering=0)  # unbuffered: a short write says which lines got out
+        if self.sealed: f = self.files[(name, day)] = LogAppender(self.keys, p := day_file(folder, day, True), log_context(p)); return f
+        f = open(day_file(folder, day, False), "ab", buffering=0)  # unbuffered: a short write says which lines got out
         try: _end_torn_line(f)
         except OSError: f.close(); raise
         self.files[(name, day)] = f
@@ -275,7 +312,7 @@ class DayFiles:
 class LogWriter:
     "The writer thread of a `PredictionLog`, and what it tells Prometheus (`collect`: the log is a collector)."
     def _write(self):
-        files = DayFiles(self.home, self.names, self.retention_days, self.on_prune, self.faults)
+        files = DayFiles(self.home, self.names, self.retention_days, self.on_prune, self.faults, self.keys)
         try:
             while not self.stopping.wait(self.flush_seconds): self._drain(files)
             self._drain(files)
@@ -313,10 +350,14 @@ class LogWriter:
 class PredictionLog(LogWriter):
     """The server's writer: append-only JSON lines per served name and UTC day. `home=None` logs nothing. At most
     `max_pending_bytes` wait for the writer; what does not fit, and what the disk refuses, is counted by reason and
-    reported to `on_fault(report)` at most once per `alert_seconds`."""
+    reported to `on_fault(report)` at most once per `alert_seconds`. `keys` (the workspace's `crypto`) seals the
+    files when encryption at rest is on. `refused` ({name: why}) names the served names whose log residency refused
+    when the server started: their lines are never written, only counted (`residency`)."""
     def __init__(self, home, flush_seconds: float = 0.02, retention_days: int = 0, on_prune=None,
-                 max_pending_bytes: int = 128 * 2**20, on_fault=None, alert_seconds: float = 300.0):
+                 max_pending_bytes: int = 128 * 2**20, on_fault=None, alert_seconds: float = 300.0, keys=None,
+                 refused: dict | None = None):
         self.home, self.flush_seconds, self.retention_days, self.on_prune = home, flush_seconds, retention_days, on_prune
+        self.keys, self.refused = keys, dict(refused or {})
         self.max_pending_bytes, self.faults = max_pending_bytes, LogFaults(on_fault, alert_seconds)
         self.pending: collections.deque = collections.deque()
         self.queued = 0                  # bytes queued: added to by the event loop's thread only
@@ -336,6 +377,7 @@ class PredictionLog(LogWriter):
     def add(self, name: str, version: str, variant: str, request_id: str, elapsed: float, inputs: dict, outputs: dict):
         "Queue the line of one answered request; never raises (a line that cannot be queued is counted)."
         if self.thread is None: return
+        if name in self.refused: return self.faults.count("residency", 1, name, self.refused[name])
         if self.queued - self.drained >= self.max_pending_bytes:
             return self.faults.count("queue_full", 1, name, f"{self.queued - self.drained} bytes wait for the writer")
         ts = self._timestamp()

@@ -32,8 +32,8 @@ class InferRequest:
     rows: int = 0
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'encode_response',
-           'error_body', 'dumps']
+__all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'decode_cost',
+           'decode_outcome', 'encode_response', 'error_body', 'dumps']
 
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
@@ -141,6 +141,22 @@ def decode_request(body: bytes, header_length: str | None, signature: dict, max_
     outs, binary_out = _requested(doc, signature, bool(params.get("binary_data_output", False)))
     rid = doc.get("id")
     return InferRequest(inputs, str(rid) if rid is not None else None, params, outs, binary_out, rows or 0)
+
+# %% ../../notebooks/53_serving_protocol.ipynb #e7a0cf52
+def decode_cost(body: bytes, header_length: str | None = None) -> int:
+    "An upper estimate of the memory (bytes) decoding `body` takes: its JSON's bytes plus 100 per value."
+    head = body[:int(header_length)] if header_length is not None and header_length.isdigit() else body
+    return len(head) + 100 * sum(head.count(c) for c in (b",", b"[", b"{", b":"))
+
+def decode_outcome(body: bytes, header_length: str | None, signature: dict, entities: bool = False,
+                   memory_limit: int | None = None) -> tuple:
+    "`decode_request` in a worker process, under `memory_limit` bytes: ('ok', InferRequest) or ('error', message, status, hostile)."
+    cost = decode_cost(body, header_length)
+    if memory_limit is not None and cost > memory_limit:
+        return ("error", f"decoding this body would take about {cost / 2**20:.0f} MB, more than the "
+                         f"{memory_limit / 2**20:.0f} MB serving.large_body_memory_mb allows", 413, True)
+    try: return ("ok", decode_request(body, header_length, signature, entities=entities))
+    except InferError as e: return ("error", e.message, e.status, e.hostile)
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
 def encode_response(model: str, version: str, request: InferRequest, outputs: dict,
