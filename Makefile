@@ -99,7 +99,7 @@ pytest-fast: install
 docs: install ## the documentation site: notebooks/*.qmd pages + every notebook, rendered offline -> _docs/index.html
 	python notebooks/_render_docs.py
 
-bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT cost, refusal floods, pipeline and team-mode benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
+bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT cost, refusal floods, pipeline (local, cache and Ray) and team-mode benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
 	python benchmarks/bench_overheads.py
 	python benchmarks/bench_features.py
@@ -108,6 +108,8 @@ bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT
 	python benchmarks/bench_security.py
 	python benchmarks/bench_refusals.py
 	python benchmarks/bench_pipelines.py
+	python benchmarks/bench_pipeline_cache.py
+	python benchmarks/bench_pipeline_ray.py
 	python benchmarks/bench_team.py
 	python benchmarks/bench_demo.py
 

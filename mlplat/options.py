@@ -123,7 +123,7 @@ class JobsConfig:
 
 @dataclass
 class RayConfig:
-    address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs, e.g. `http://127.0.0.1:8265`; "
+    address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs and pipeline steps, e.g. `http://127.0.0.1:8265`; "
                             "empty: `RAY_ADDRESS`.")
 
 @dataclass

@@ -67,6 +67,13 @@ def test_crashing_script_fails_with_its_traceback(backend, churn_ws, tmp_path):
     assert "RuntimeError: the data is upside down" in out and "Traceback" in out
     st = run_cli("jobs", "status", rec.id, "--json", check=0).stdout
     assert '"state": "failed"' in st
+    # what reproduces it: the script's hash, the environment that launched it (the folder is in no git repository)
+    import hashlib
+    import json
+    repro = json.loads(st)["reproduce"]
+    assert repro["git"] is None and repro["script"] == {"path": str(script), "sha256": hashlib.sha256(script.read_bytes()).hexdigest()}
+    tags = churn_ws.mlflow_client().get_run(rec.mlflow_run_id).data.tags
+    assert tags["mlplat.environment"] == f"python {repro['environment']['python']} sha256:{repro['environment']['hash']}"
 
 
 @pytest.mark.slow

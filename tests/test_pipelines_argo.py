@@ -210,9 +210,9 @@ def test_steps_run_as_workflows_with_secrets_by_reference(kube, kws, pipeline, t
     assert len(created) == 2 and created[0][3]["metadata"]["ownerReferences"][0]["kind"] == "Workflow"
     assert not kube.secrets
     # the notebooks travelled in the run's folder on the volume; the log and executed notebook keep no secret
-    log = (kws.config.home / "pipelines" / rec.id / "count.log").read_text()
+    log = kws.pipelines.step_log(rec.id, "count")["text"]                 # sealed at rest, read through the workspace
     assert "counted 40" in log and PASSWORD not in log and "[secret DB_PASSWORD]" in log
-    assert PASSWORD not in open(count.notebook).read()
+    assert PASSWORD.encode() not in kws.pipelines.notebook(rec.id, "count")
     assert (kws.config.home / "pipelines" / rec.id / "code" / "count" / "count.ipynb").is_file()
 
 
@@ -224,8 +224,7 @@ def test_cancel_terminates_the_workflow(kube, kws, pipeline, tmp_path):
     assert done.status == "cancelled" and done.steps["count"].status == "failed" and done.steps["report_rows"].status == "pending"
     patches = [r for r in kube.requests if r[0] == "PATCH"]
     assert len(patches) == 1 and patches[0][3] == {"spec": {"shutdown": "Terminate"}}
-    log = (kws.config.home / "pipelines" / rec.id / "count.log").read_text()
-    assert "terminated" in log
+    assert "terminated" in kws.pipelines.step_log(rec.id, "count")["text"]
 
 
 def test_timeout_stops_the_workflow(kube, kws, tmp_path):
@@ -265,9 +264,9 @@ def test_a_failing_step_is_retried_as_new_workflows_then_fails(kube, kws, tmp_pa
     assert (rec.status, s.status, s.attempts) == ("failed", "failed", 2)
     assert s.error.startswith("ValueError: bad shard 7 (the step's Workflow ") and s.error.endswith("failed: Error (exit code 1))")
     assert sorted(n[-2:] for (_, n) in kube.argo["workflows"]) == ["a1", "a2"]
-    log = (kws.config.home / "pipelines" / rec.id / "load.log").read_text()
+    log = kws.pipelines.step_log(rec.id, "load")["text"]
     assert log.count("the step failed: ValueError: bad shard 7") == 2
-    assert "ValueError" in open(s.notebook).read()   # the executed notebook came back from the volume
+    assert b"ValueError" in kws.pipelines.notebook(rec.id, "load")   # the executed notebook came back from the volume
 
 
 ARGO_VARIABLE = re.compile(r"\{\{([^{}]+)\}\}")

@@ -31,7 +31,8 @@ def test_two_schedulers_never_double_fire_and_schedules_survive_a_restart(ws, ho
     runs = tmp_path / "runs.txt"
     write_notebook(tmp_path / "tick.ipynb", "label = ''",
                    f"import os\nwith open({str(runs)!r}, 'a') as f: f.write(os.environ['MLPLAT_PIPELINE_RUN'] + ' ' + label + '\\n')")
-    spec = write_pipeline(tmp_path, {"name": "tick", "parameters": {"label": "x"},
+    # the notebook's work is its side effect (a line per run), so it is never reused from an earlier run
+    spec = write_pipeline(tmp_path, {"name": "tick", "parameters": {"label": "x"}, "cache": False,
                                      "steps": [{"name": "tick", "notebook": "tick.ipynb", "parameters": {"label": "{{ params.label }}"}}]})
     run_cli("schedule", "add", "every4s", "--pipeline", spec, "--cron", "* * * * * */4", "-p", "label=scheduled", check=0)
     log = open(tmp_path / "schedulers.log", "w")

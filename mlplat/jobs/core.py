@@ -19,9 +19,11 @@ from ..db import dumps, table, utcnow
 from ..errors import NotFoundError, ValidationError
 from ..governance.delegation import MAX_LIFETIME, Delegation, Delegations
 from .spec import TrainingJob
+from ..reproduce import code_state, file_hash, python_environment
 
 # %% auto #0
-__all__ = ['JobRecord', 'job_environment', 'job_spec', 'JobSubmission', 'JobReads', 'JobLogs', 'Jobs']
+__all__ = ['JobRecord', 'job_environment', 'job_reproduce', 'reproduce_tags', 'job_spec', 'JobSubmission', 'JobReads', 'JobLogs',
+           'Jobs']
 
 # %% ../../notebooks/44_jobs_core.ipynb #4844d475
 @dataclass
@@ -64,7 +66,7 @@ class JobRecord:
         "The token the job's processes act as (its submitter), for a launch from `ws` (see `Delegations.for_work`)."
         return Delegations(ws).for_work(self.node, self.submitted_by, self.token_lifetime, f"jobs@{socket.gethostname()}")
     def to_dict(self) -> dict:
-        d = asdict(self); d["spec"] = self.spec.get("job"); return d
+        d = asdict(self); d["spec"], d["reproduce"] = self.spec.get("job"), self.spec.get("reproduce"); return d
 
     @classmethod
     def from_row(cls, r) -> "JobRecord":
@@ -87,14 +89,37 @@ def job_environment(ws, job_id: str, folder: Path, run_id: str | None, hw, res, 
     if ts: env["MLPLAT_TRAINING_SET"] = ts.id
     return env
 
+# %% ../../notebooks/44_jobs_core.ipynb #3072ba09
+def job_reproduce(job, backend: str, cfg) -> dict:
+    """What reproduces a job (`mlplat.reproduce`): the git state and lock file of its script's folder, the script's
+    hash, and its environment: the image on Kubernetes, else this interpreter's, which launches the job's processes."""
+    script = job.script_path()
+    out = {**code_state(script.parent if script else Path(job.base_dir or ".")),
+           "script": {"path": str(script), "sha256": file_hash(script)} if script and script.is_file() else None}
+    if backend == "kubernetes": out["image"] = job.image or cfg.kubernetes.image or None
+    else: out["environment"] = python_environment()
+    return out
+
+def reproduce_tags(r: dict) -> dict:
+    "The record as MLflow run tags: MLflow's own `mlflow.source.git.commit`, and mlplat's for the rest."
+    tags = {}
+    if r.get("git"):
+        if r["git"]["commit"]: tags["mlflow.source.git.commit"] = r["git"]["commit"]
+        tags["mlplat.git_dirty"] = str(r["git"]["dirty"]).lower()
+    if r.get("lock"): tags["mlplat.lock_file"] = f"{r['lock']['path']} sha256:{r['lock']['sha256']}"
+    if r.get("environment"): tags["mlplat.environment"] = f"python {r['environment']['python']} sha256:{r['environment']['hash']}"
+    if r.get("image"): tags["mlplat.image"] = r["image"]
+    if r.get("script"): tags["mlplat.script_sha256"] = r["script"]["sha256"]
+    return tags
+
 # %% ../../notebooks/44_jobs_core.ipynb #b085afd9
-def job_spec(job, folder: Path, res, hw, world: int, runtime_env: dict) -> dict:
-    "What the platform DB keeps of a job: the spec as submitted, what `auto` resolved to, its environment and command."
+def job_spec(job, folder: Path, res, hw, world: int, runtime_env: dict, reproduce: dict | None = None) -> dict:
+    "What the platform DB keeps of a job: the spec as submitted, what `auto` resolved to, its environment and command, what reproduces it."
     from mlplat.jobs.local import launch_command
     spec = {"job": job.to_dict(), "entrypoint": str(job.script_path() or job.entrypoint), "args": list(job.args),
             "env": dict(job.env), "retries": job.retries, "timeout_seconds": job.timeout_seconds,
             "processes": world, "resources": asdict(res), "hardware": asdict(hw), "runtime_env": runtime_env,
-            "workdir": str(folder)}
+            "workdir": str(folder), "reproduce": reproduce}
     spec["command"] = launch_command(spec, res.processes_per_node)
     return spec
 
@@ -126,12 +151,13 @@ class JobSubmission:
                                      ts.classification if ts else None, details):
             folder = cfg.home/"jobs"/job_id
             run_id = "(created at submission)" if dry_run else None
+            reproduce = job_reproduce(job, backend_name, cfg)
             if not dry_run:
                 backend.check(job)
                 folder.mkdir(parents=True)
                 (folder/"deepspeed.json").write_text(json.dumps(ds_config, indent=2))
-                run_id = self._mlflow_run(job, job_id, ts)
-            spec = job_spec(job, folder, res, hw, world, job_environment(ws, job_id, folder, run_id, hw, res, ts))
+                run_id = self._mlflow_run(job, job_id, ts, reproduce)
+            spec = job_spec(job, folder, res, hw, world, job_environment(ws, job_id, folder, run_id, hw, res, ts), reproduce)
             rec = JobRecord(job_id, job.name, backend_name, "queued", 0, None, None, ts.id if ts else None, run_id, region,
                             str(folder/"job.log"), ws.principal.name, str(utcnow()), None, None, spec, None)
             if dry_run: return backend.plan(rec)
@@ -139,13 +165,14 @@ class JobSubmission:
             backend.start(self.get(job_id))
         return self.wait(job_id, timeout) if wait else self.get(job_id)
 
-    def _mlflow_run(self, job, job_id, ts) -> str:
+    def _mlflow_run(self, job, job_id, ts, reproduce: dict) -> str:
         client = self.ws.mlflow_client()
         name = job.experiment or self.ws.config.workspace.project
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=f"{self.ws.config.artifact_root}/{name}")
         tags = {"mlplat.job_id": job_id, "mlplat.submitted_by": self.ws.principal.name}
         if ts: tags["mlplat.training_set"] = ts.id
+        tags.update(reproduce_tags(reproduce))
         return client.create_run(exp_id, run_name=job_id, tags=tags).info.run_id
 
     def _record(self, rec: JobRecord, ts):

@@ -204,6 +204,8 @@ class Run(Out):
     created_at: Optional[str] = None
     finished_at: Optional[str] = None
     steps: list[Step]
+    reproduce: dict[str, Any] = Field({}, description="what reproduces the run: git commit and dirty flag, notebook hashes, "
+                                                      "environments, images, lock file, each step's cache key parts")
 
 # %% ../../notebooks/80_jupyter_models.ipynb #4dec4f04
 class NotebookParameter(Out):
@@ -221,6 +223,8 @@ class NotebookParameters(Out):
 class RunNotebookRequest(In):
     path: str = Field(description="the notebook, relative to the Jupyter server's root")
     parameters: dict[str, Any] = {}
+    cache: bool = Field(False, description="reuse an identical earlier run of the notebook instead of running it (off: "
+                                           "asking to run a notebook means running it)")
 
 class Schedule(Out):
     name: str

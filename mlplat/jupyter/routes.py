@@ -276,7 +276,7 @@ def notebook_parameters(c: Ctx, path: str | None = None):
 def notebook_run(c: Ctx, body: RunNotebookRequest):
     from mlplat.pipelines.spec import notebook_pipeline
     p = notebook_pipeline(c.path(body.path), body.parameters)
-    return _run(c, c.ws.pipelines.start(p, trigger=f"jupyter:{c.ws.principal.name}"))
+    return _run(c, c.ws.pipelines.start(p, trigger=f"jupyter:{c.ws.principal.name}", cache=body.cache))
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #38acf6aa
 def _schedule(s, last: dict | None) -> dict:

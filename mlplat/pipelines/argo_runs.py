@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ValidationError
 from ..jobs.k8s_backend import KubeClient
+from . import seal_notebook, seal_step_log
 from .argo import WorkflowApi
 from .argo_workflow import k8s_name, task_names, workflow
 from .runs import RunRecord, RunStore
@@ -80,6 +81,8 @@ class _Recording:
             step_progress(s, names[s.name], status.get("nodes") or {}, ended)
             executed = Path(rec.folder)/f"{s.name}.ipynb"
             if executed.exists(): s.notebook = str(executed)
+            if s.status in ("succeeded", "failed"):   # the pod wrote them plain on the volume; sealed once it has ended
+                seal_notebook(self.ws.crypto, executed); seal_step_log(self.ws.crypto, Path(rec.folder)/f"{s.name}.log")
             self.store.save_step(rec.id, s)
         if ended:
             reason = self.store.cancel_request(rec.id)
@@ -92,15 +95,16 @@ class ArgoRuns(KubeClient, WorkflowApi, _Recording):
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
     def submit(self, pipeline, params: dict | None = None, trigger: str | None = None) -> RunRecord:
-        """Check, record and submit a run of `pipeline` with `params`; returns at once with the record (`running`).
-        Every check of a local run happens first; nothing is recorded or created when one fails."""
+        "`ws.pipelines.submit`: the checks and records of every run, then `launch`."
+        return self.ws.pipelines.submit(pipeline, params, trigger)
+
+    def launch(self, p, rec: RunRecord, secrets: dict) -> RunRecord:
+        """Submit recorded run `rec` of pipeline `p` (every step on Kubernetes; `secrets`: step -> {NAME: value}) as one
+        Workflow with its Secret; returns the record (`running`). A refused submission fails the run, recorded."""
         from mlplat.governance.delegation import Delegations
         from mlplat.pipelines.argo import notebook_in_pod
-        from mlplat.pipelines.argo_workflow import require_kubernetes
         from mlplat.pipelines.executor import run_lifetime
         ws = self.ws
-        p = require_kubernetes(ws.pipelines.load(pipeline))
-        p, rec, _, (_, secrets) = ws.pipelines._begin(p, params, None, None, trigger)   # the checks and records of every run
         name = k8s_name(rec.id)
         token = Delegations(ws).mint(f"pipeline-run:{rec.id}", run_lifetime(p), f"argo-workflow:{self.settings.namespace}/{name}")
         values = {**token.env(), **{f"{step}.{n}": v for step, given in secrets.items() for n, v in given.items()}}

@@ -186,10 +186,9 @@ def require_kubernetes(p):
 
 def pipeline_workflow(ws, pipeline, params: dict | None = None) -> tuple[dict, list[str]]:
     "(the Workflow of a run of `pipeline` with `params`, notes on what it needs); every step must run on kubernetes."
-    from mlplat.pipelines.core import Pipelines
     p = require_kubernetes(ws.pipelines.load(pipeline))
     values = p.resolve_params(params)
-    run_id = Pipelines.new_run_id(p.name)
+    run_id = ws.pipelines.new_run_id(p.name)
     volume, notes = WorkspaceVolume.of(ws.config), []
     if not volume.mounted: notes.append("kubernetes.home_claim is not set: running needs it (the pods mount the workspace from it)")
     away = [s.notebook.name for s in p.steps if volume.mounted and not volume.holds(s.notebook)]

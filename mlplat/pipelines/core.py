@@ -5,15 +5,19 @@
 # %% ../../notebooks/62c_pipelines_core.ipynb #b218a7a5
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from pathlib import Path
 
 from ..db import utcnow
-from ..errors import NotFoundError, ValidationError
+from ..errors import MlplatError, NotFoundError, ValidationError
+from .argo_runs import ArgoRuns
+from .argo_workflow import require_kubernetes
 from . import step_log_bytes
 from .backends import prepare
+from .cache import Environments, plan as plan_steps, reproduce_record
 from .executor import Executor
 from .runs import RunRecord, RunStore, RunTracking, StepRecord, runner_alive
 from .spec import Pipeline
@@ -43,6 +47,7 @@ class _RunControl:
         rec = self.store.get(run_id)
         if rec.status != "running":
             raise ValidationError(f"run {run_id} is not running (it {rec.status})", hint="only a running run can be cancelled")
+        if ArgoRuns.ref(rec): return self._cancel_workflow(run_id, reason, wait)
         ws.governance.authorize("pipelines:run", rec.pipeline, "pipeline.cancel", ws.config.workspace.region)
         reason = reason or f"cancelled by {ws.principal.name}"
         self.store.request_cancel(run_id, ws.principal.name, reason)
@@ -61,8 +66,18 @@ class _RunControl:
             time.sleep(0.2)
         return self.store.get(run_id)
 
-    def resume(self, run_id: str, max_parallel: int | None = None) -> RunRecord:
-        "Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs."
+    def _cancel_workflow(self, run_id: str, reason: str | None, wait: float) -> RunRecord:
+        "A run Argo runs as one Workflow: Argo is asked to stop it; with `wait`, up to that many seconds for it to stop."
+        runs = ArgoRuns(self.ws)
+        rec = runs.cancel(run_id, reason)
+        deadline = time.monotonic() + wait
+        while rec.status == "running" and time.monotonic() < deadline:
+            time.sleep(1.0); rec = runs.sync(run_id)
+        return rec
+
+    def resume(self, run_id: str, max_parallel: int | None = None, cache: bool = True) -> RunRecord:
+        """Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs,
+        and with `cache` a step identical to an earlier succeeded one is reused."""
         ws = self.ws
         _check_parallel(max_parallel)
         rec = self.store.get(run_id)
@@ -80,7 +95,37 @@ class _RunControl:
         self.store.clear_cancel(run_id)  # an old request must not stop the resumed run
         self.store.save_run(rec)
         RunTracking(ws).reopen(rec)
-        return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared).run()
+        return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared, cache).run()
+
+# %% ../../notebooks/62c_pipelines_core.ipynb #329a782b
+class _Reads:
+    "What a run would do, before it starts, and what runs did."
+    def plan(self, pipeline, params: dict | None = None, cache: bool = True) -> list[dict]:
+        """For each step of `pipeline` run with `params`, in order, whether it would `run` (and why: notebook,
+        parameter, upstream or environment changed, artifact gone, cache off, never run) or be reused from an earlier
+        run (`cached_from`: RUN/STEP). Nothing runs and nothing is recorded. Permission `pipelines:read`: a plan
+        reads earlier runs (see `mlplat.pipelines.cache`)."""
+        ws = self.ws
+        p = self.load(pipeline)
+        values = p.resolve_params(params)
+        ws.governance.authorize("pipelines:read", f"pipeline:{p.name}")
+        return plan_steps(ws, p, values, cache)
+
+    def get(self, run_id: str) -> RunRecord:
+        """One run with its steps, parameters, outputs and executed notebooks (permission `pipelines:read`). A run
+        submitted to Argo as one Workflow is brought up to date with it first (when the cluster answers)."""
+        self.ws.governance.authorize("pipelines:read", f"pipeline_run:{run_id}")
+        rec = self.store.get(run_id)
+        if rec.status == "running" and ArgoRuns.ref(rec):
+            try: return ArgoRuns(self.ws).sync(run_id)
+            except MlplatError as e:   # the record as last seen is still an answer; why it may be stale goes to the log
+                logging.getLogger("mlplat.pipelines").warning("run %s: cannot follow its Workflow: %s", run_id, e.message)
+        return rec
+
+    def list(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
+        "Recent runs, newest first (permission `pipelines:read`)."
+        self.ws.governance.authorize("pipelines:read", f"pipeline:{pipeline}" if pipeline else "pipelines")
+        return self.store.list(pipeline, limit)
 
 # %% ../../notebooks/62c_pipelines_core.ipynb #df8a61ab
 class _StepFiles:
@@ -119,8 +164,8 @@ class _RunNotebooks:
 
 
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
-class Pipelines(_RunControl, _StepFiles, _RunNotebooks):
-    "Pipelines of a workspace (`ws.pipelines`): run, start, resume, cancel, list, get, notebook, step_log."
+class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
+    "Pipelines of a workspace (`ws.pipelines`): plan, run, start, submit, resume, cancel, list, get, notebook, step_log."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
     def load(self, pipeline) -> Pipeline:
@@ -129,20 +174,29 @@ class Pipelines(_RunControl, _StepFiles, _RunNotebooks):
         return Pipeline.from_yaml(pipeline)
 
     def run(self, pipeline, params: dict | None = None, max_parallel: int | None = None, run_id: str | None = None,
-            trigger: str | None = None) -> RunRecord:
+            trigger: str | None = None, cache: bool = True) -> RunRecord:
         """Validate, then run `pipeline` (a YAML path, a dict or a `Pipeline`) with `params`; returns the finished
         run's record (its `status` is `succeeded`, `failed` or `cancelled`; such a run can be resumed).
-        `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers."""
+        `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers;
+        `cache=False` runs every step, even one identical to an earlier succeeded step (see `plan`)."""
         p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, run_id, trigger)
-        return Executor(self.ws, p, rec, parallel, "pipeline.run", prepared).run()
+        return Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache).run()
 
-    def start(self, pipeline, params: dict | None = None, max_parallel: int | None = None, trigger: str | None = None) -> RunRecord:
+    def start(self, pipeline, params: dict | None = None, max_parallel: int | None = None, trigger: str | None = None,
+              cache: bool = True) -> RunRecord:
         """Validate and record the run like `run`, then execute it in a background thread of this process: returns
         at once with the run's record (status `running`); follow it with `get`, stop it with `cancel`."""
         p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, None, trigger)
-        executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared)
+        executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache)
         threading.Thread(target=executor.run_guarded, name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
+
+    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None) -> RunRecord:
+        """Run `pipeline` (every step `backend: kubernetes`) on Argo Workflows as ONE Workflow, with no runner on this
+        side: checked and recorded like `run`, then returns at once (`running`). `get` follows it, `cancel` stops it."""
+        p = require_kubernetes(self.load(pipeline))
+        p, rec, _, (_, secrets) = self._begin(p, params, None, None, trigger)
+        return ArgoRuns(self.ws).launch(p, rec, secrets)
 
     def _begin(self, pipeline, params, max_parallel, run_id, trigger) -> tuple:
         "Everything before the first step: checks, authorization, the run's folder, MLflow run, DB rows and lineage."
@@ -155,25 +209,16 @@ class Pipelines(_RunControl, _StepFiles, _RunNotebooks):
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
         prepared = prepare(ws, p, p.steps)   # every step's backend and secrets, before anything is recorded
+        reproduce = reproduce_record(p, Environments(ws))   # each kernel's environment: a missing kernel stops the run here
         run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id
         folder.mkdir(parents=True)
         rec = RunRecord(run_id, p.name, "running", values, p.to_dict(), str(p.source) if p.source else None, str(folder),
                         RunTracking(ws).start(run_id, p, values), ws.principal.name, utcnow(),
-                        steps={s.name: StepRecord(s.name) for s in p.steps})
+                        steps={s.name: StepRecord(s.name) for s in p.steps}, reproduce=reproduce)
         self.store.create(rec, trigger)
         return p, rec, max_parallel or p.max_parallel, prepared
 
     @staticmethod
     def new_run_id(pipeline_name: str) -> str:
         return f"{pipeline_name}-{utcnow().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-    def get(self, run_id: str) -> RunRecord:
-        "One run with its steps, parameters, outputs and executed notebooks (permission `pipelines:read`)."
-        self.ws.governance.authorize("pipelines:read", f"pipeline_run:{run_id}")
-        return self.store.get(run_id)
-
-    def list(self, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
-        "Recent runs, newest first (permission `pipelines:read`)."
-        self.ws.governance.authorize("pipelines:read", f"pipeline:{pipeline}" if pipeline else "pipelines")
-        return self.store.list(pipeline, limit)

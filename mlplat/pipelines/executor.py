@@ -20,7 +20,8 @@ from .runs import RunRecord, RunStore, RunTracking, runner_file
 from ..errors import ValidationError
 from .backends import StepAttempt, prepare
 from .secrets import scrub
-from .spec import Pipeline, convert, notebook_parameters, render
+from .cache import RunCache, step_values
+from .spec import Pipeline, render
 from .steps import kill_tree
 
 # %% auto #0
@@ -39,13 +40,12 @@ class _StepRunner:
     "One step on a worker thread: its parameters rendered and checked, then its attempts; fills its StepRecord."
     def _run_step(self, name: str, outputs: dict):
         step, s = self.p.step(name), self.rec.steps[name]
-        values = render(step.parameters, self.rec.parameters, outputs)
-        declared = notebook_parameters(step.notebook)
-        try: values = {k: convert(v, declared[k].type, declared[k].choices, f"parameter {k} of {step.notebook.name}") for k, v in values.items()}
+        try: values = step_values(step, self.rec.parameters, outputs)
         except ValidationError as e:  # a value from an upstream step's outputs, known only now
-            s.status, s.parameters, s.error = "failed", values, e.message
+            s.status, s.parameters, s.error = "failed", render(step.parameters, self.rec.parameters, outputs), e.message
             return
         s.parameters = values
+        if self.cache.reuse(step, s, values): return   # an earlier identical step's results (see mlplat.pipelines.cache)
         self._attempts(step, s, values)
 
     def _attempts(self, step, s, values: dict):
@@ -152,6 +152,8 @@ class _Ending:
         if self.tracking.refused: details["notebooks_not_uploaded"] = dict(self.tracking.refused)   # and why
         used = {s.name: sorted(s.secrets) for s in self.p.steps if s.secrets and rec.steps[s.name].attempts}
         if used: details["secrets_used"] = used                                                       # names, never values
+        cached = {n: s.cached_from for n, s in rec.steps.items() if s.cached_from}
+        if cached: details["cached_from"] = cached
         ws.governance.audit.append(ws.principal.name, self.action, f"pipeline_run:{rec.id}",
                                    "success" if rec.status == "succeeded" else "failure", ws.config.workspace.region, details)
         if rec.status in ("succeeded", "failed"): self._notify()
@@ -169,12 +171,15 @@ class _Ending:
 # %% ../../notebooks/62b_pipelines_executor.ipynb #a7abc59f
 class Executor(_StepRunner, _Scheduling, _Ending):
     """Runs the pending steps of run `rec` of pipeline `p`, at most `max_parallel` at once; `action` (`pipeline.run`,
-    `pipeline.resume`) names it in the audit log. Succeeded steps (of a resumed run) keep their outputs."""
-    def __init__(self, ws, p: Pipeline, rec: RunRecord, max_parallel: int, action: str = "pipeline.run", prepared: tuple | None = None):
+    `pipeline.resume`) names it in the audit log. Succeeded steps (of a resumed run) keep their outputs. Every step gets
+    its cache key; with `cache`, one identical to an earlier succeeded step is reused (see `mlplat.pipelines.cache`)."""
+    def __init__(self, ws, p: Pipeline, rec: RunRecord, max_parallel: int, action: str = "pipeline.run", prepared: tuple | None = None,
+                 cache: bool = True):
         self.ws, self.p, self.rec, self.max_parallel, self.action = ws, p, rec, max_parallel, action
         if prepared is None: prepared = prepare(ws, p, [p.step(n) for n, s in rec.steps.items() if s.status != "succeeded"])
         self.backends, self.secrets = prepared           # each step's backend and secret values (see backends.prepare)
         self.store, self.tracking = RunStore(ws), RunTracking(ws)
+        self.cache = RunCache(ws, p, rec, self.store, cache)   # `cache` False: key every step, reuse none
         self.outputs = {n: s.outputs for n, s in rec.steps.items() if s.status == "succeeded"}
         self.failed: set = set()
         self.running: dict = {}                         # future -> step name

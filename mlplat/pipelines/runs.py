@@ -61,13 +61,14 @@ class RunRecord:
     created_at: object
     finished_at: object = None
     steps: dict = field(default_factory=dict)   # name -> StepRecord
+    reproduce: dict = field(default_factory=dict)   # git, notebook hashes, environments, images, lock file, step key parts
 
     def to_dict(self) -> dict:
         return {"id": self.id, "pipeline": self.pipeline, "status": self.status, "parameters": self.parameters,
                 "source": self.source, "folder": self.folder, "mlflow_run_id": self.mlflow_run_id, "started_by": self.started_by,
                 "created_at": self.created_at.isoformat() if self.created_at else None,
                 "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-                "steps": [s.to_dict() for s in self.steps.values()]}
+                "steps": [s.to_dict() for s in self.steps.values()], "reproduce": self.reproduce}
 
 # %% ../../notebooks/62a_pipelines_runs.ipynb #89a0998a
 class _Reads:
@@ -80,7 +81,7 @@ class _Reads:
             if r is None: raise NotFoundError(f"no pipeline run {run_id!r}", hint="see `mlplat pipelines list`")
             steps = c.execute(sa.select(st).where(st.c.run_id == run_id)).all()
         rec = RunRecord(r.id, r.pipeline, r.status, json.loads(r.parameters_json), json.loads(r.spec_json), r.source, r.folder,
-                        r.mlflow_run_id, r.started_by, r.created_at, r.finished_at)
+                        r.mlflow_run_id, r.started_by, r.created_at, r.finished_at, reproduce=json.loads(r.reproduce_json or "{}"))
         order = [s["name"] for s in rec.spec["steps"]]
         for row in sorted(steps, key=lambda x: order.index(x.name)):
             rec.steps[row.name] = StepRecord(row.name, row.status, row.attempts, json.loads(row.parameters_json or "{}"),
@@ -116,7 +117,8 @@ class RunStore(_Reads):
         with ws.engine.begin() as c:
             c.execute(t.insert().values(id=rec.id, pipeline=rec.pipeline, status=rec.status, parameters_json=json.dumps(rec.parameters),
                                         spec_json=json.dumps(rec.spec), source=rec.source, folder=rec.folder,
-                                        mlflow_run_id=rec.mlflow_run_id, started_by=rec.started_by, created_at=rec.created_at))
+                                        mlflow_run_id=rec.mlflow_run_id, started_by=rec.started_by, created_at=rec.created_at,
+                                        reproduce_json=json.dumps(rec.reproduce)))
             c.execute(table("pipeline_steps").insert(), [{"run_id": rec.id, "name": s.name, "status": "pending", "attempts": 0}
                                                          for s in rec.steps.values()])
             ws.lineage.add(f"pipeline:{rec.pipeline}", f"pipeline_run:{rec.id}", conn=c)
@@ -130,6 +132,11 @@ class RunStore(_Reads):
                 status=s.status, attempts=s.attempts, parameters_json=json.dumps(s.parameters), outputs_json=json.dumps(s.outputs),
                 notebook=s.notebook, error=s.error, started_at=s.started_at, finished_at=s.finished_at, backend=s.backend,
                 cache_key=s.cache_key, cached_from=s.cached_from))
+
+    def save_reproduce(self, run_id: str, record: dict):
+        "The run's reproducibility record (see `mlplat.pipelines.cache`), as it grows with each step's key."
+        t = table("pipeline_runs")
+        with self.ws.engine.begin() as c: c.execute(t.update().where(t.c.id == run_id).values(reproduce_json=json.dumps(record)))
 
     def save_run(self, rec: RunRecord):
         t = table("pipeline_runs")
@@ -187,6 +194,7 @@ class RunTracking:
         if s.notebook and Path(s.notebook).exists(): self.log_notebook(client, rec, s)
         if s.seconds is not None: client.log_metric(rec.mlflow_run_id, f"step_seconds_{s.name}", s.seconds)
         client.set_tag(rec.mlflow_run_id, f"step.{s.name}", s.status)
+        if s.cached_from: client.set_tag(rec.mlflow_run_id, f"step.{s.name}.cached_from", s.cached_from)
 
     def log_notebook(self, client, rec: RunRecord, s: StepRecord):
         """Step `s`'s executed notebook into the run's artifacts as `steps/<name>.ipynb`: its outputs are data, so it is
