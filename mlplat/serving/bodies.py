@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 
-from .protocol import InferError, InferRequest, decode_outcome, decode_request
+import mmap
+
+import numpy as np
+
+from .protocol import SEGMENT_PREFIX, InferError, InferRequest, decode_request, decode_shared, reserve_pages
 
 # %% auto #0
-__all__ = ['BodyLimits', 'Places', 'LargeBodies']
+__all__ = ['BodyLimits', 'Places', 'BodyBuffer', 'drop_segment', 'shared_request', 'forget', 'LargeBodies']
 
 # %% ../../notebooks/54d_serving_bodies.ipynb #9c0b9689
 @dataclass
@@ -35,21 +41,23 @@ class BodyLimits:
 class Places:
     "At most `limits.in_flight` large bodies at once, and their worker processes (`start` inside the event loop)."
     def __init__(self, limits: BodyLimits):
-        self.limits, self.pool, self.waiting = limits, None, 0
+        self.limits, self.pool, self.chores, self.waiting = limits, None, None, 0
         self.places: asyncio.Semaphore | None = None
 
     def start(self):
         "Create the places and the worker processes (spawned: forking a server with gRPC and ONNX Runtime threads is unsafe)."
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
         self.places = asyncio.Semaphore(self.limits.in_flight)
         # niced: on a busy machine the event loop (health checks, small requests) comes before a large parse
         self.pool = ProcessPoolExecutor(self.limits.in_flight, multiprocessing.get_context("spawn"), initializer=os.nice, initargs=(10,))
         for _ in range(self.limits.in_flight): self.pool.submit(os.getpid)  # workers start now, not on the first body
+        self.chores = ThreadPoolExecutor(self.limits.in_flight, "mlplat-bodies")  # what the kernel does slowly: reserving, freeing
 
     def close(self):
         "Stop the workers, and wait for them: a server that stops leaves no process behind."
         if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.chores is not None: self.chores.shutdown(wait=True)
 
     async def take(self):
         "Take a place: wait at most `wait_seconds`, refuse at once past 4 x `in_flight` waiting (503 either way)."
@@ -66,19 +74,97 @@ class Places:
                 take.add_done_callback(lambda t: t.cancelled() or self.places.release())
         if not take.done() or take.cancelled(): raise busy
 
+# %% ../../notebooks/54d_serving_bodies.ipynb #a9eb0594
+class BodyBuffer:
+    """A large body as it arrives, up to `capacity` bytes: in a shared memory segment, else (no room for one) in the
+    server's memory. Where the segment is a file of /dev/shm (Linux) it is written through a file descriptor: no page of
+    it is mapped in the server, so the event loop neither faults 16,000 pages in nor unmaps them."""
+    def __init__(self, capacity: int):
+        self.capacity, self.size, self.shm, self.fd, self.local = capacity, 0, None, None, None
+
+    @classmethod
+    async def open(cls, capacity: int, chores) -> "BodyBuffer":
+        "A buffer whose segment's pages are reserved by a thread of `chores` (zeroing 64 MB would stall the loop)."
+        buf = cls(capacity)
+        try:
+            buf.shm = SharedMemory(SEGMENT_PREFIX + secrets.token_hex(8), create=True, size=capacity)
+            if os.path.exists(path := f"/dev/shm/{buf.shm.name}"): buf.shm.close(); buf.fd = os.open(path, os.O_RDWR)
+        except OSError: buf.discard(); buf.local = bytearray(capacity)
+        if buf.fd is None: return buf  # elsewhere no size-limited tmpfs: written through the mapping
+        try: reserving = chores.submit(os.posix_fallocate, buf.fd, 0, capacity)
+        except RuntimeError: buf.discard(); raise  # the server is stopping
+        try: await asyncio.wrap_future(reserving)
+        except OSError: buf.discard(); buf.local = bytearray(capacity)
+        except BaseException:  # cancelled (the server stops): the segment goes once the thread has let go of it
+            reserving.add_done_callback(lambda _: buf.discard()); raise
+        return buf
+
+    def write(self, chunk: bytes):
+        if self.fd is None: (self.shm.buf if self.shm is not None else self.local)[self.size:self.size + len(chunk)] = chunk
+        else:
+            view, offset = memoryview(chunk), self.size
+            while view: written = os.pwrite(self.fd, view, offset); view, offset = view[written:], offset + written
+        self.size += len(chunk)
+
+    def handover(self) -> tuple:
+        "What the decoding worker gets: (segment name or the body itself, size)."
+        if self.shm is None: return (self.local if self.size == self.capacity else bytes(self.local[:self.size])), self.size
+        if self.fd is not None: os.close(self.fd); self.fd = None
+        self.shm.close()  # the server writes no more of it; the segment stays until `discard`
+        return self.shm.name, self.size
+
+    def discard(self):
+        "Remove the segment (if any); safe to call twice."
+        shm, fd, self.shm, self.fd, self.local = self.shm, self.fd, None, None, None
+        if fd is not None: os.close(fd)
+        if shm is None: return
+        shm.close()
+        try: shm.unlink()
+        except FileNotFoundError: pass
+
+
+# %% ../../notebooks/54d_serving_bodies.ipynb #cbeeae58
+def drop_segment(name: str):
+    "Remove segment `name`, if it is still there."
+    try: shm = SharedMemory(name)
+    except FileNotFoundError: return
+    shm.close(); shm.unlink()
+
+def shared_request(got: tuple) -> InferRequest:
+    "The request of a worker's ('shared', request, segment, layout): its arrays are views of the segment, not copies."
+    _, req, name, layout = got
+    with open(f"/dev/shm/{name}", "r+b") as f: pages = mmap.mmap(f.fileno(), 0)
+    drop_segment(name)  # unlinked now: its memory goes with the last array that maps it
+    for n, (dtype, shape, offset) in layout.items():
+        req.inputs[n] = np.ndarray(shape, np.dtype(dtype), pages, offset)
+    return req
+
+def forget(work, buf: BodyBuffer):
+    "Remove the segments of an abandoned request once its worker is done: the body's, and the arrays' it decoded."
+    buf.discard()
+    got = None if work.cancelled() or work.exception() is not None else work.result()
+    if got is not None and got[0] == "shared": drop_segment(got[2])
+
+
 # %% ../../notebooks/54d_serving_bodies.ipynb #06c50246
 class LargeBodies(Places):
     "Reads and decodes inference request bodies under `BodyLimits` (one per server)."
+    def free(self, buf: BodyBuffer):
+        "Discard `buf` on a thread (freeing 64 MB of pages takes 10 ms or more), or here once the threads are gone."
+        try: self.chores.submit(buf.discard)
+        except RuntimeError: buf.discard()
+
     async def request(self, receive, declared: int | None, header_length: str | None, signature: dict,
                       entities: bool = False) -> InferRequest | None:
         "The decoded request (None: the client went away); `InferError` 413, 408 or 503 as the limits say."
-        lim, placed = self.limits, False
+        lim, placed, buf, work = self.limits, False, None, None
         too_big = InferError(f"the body is over {lim.max_bytes / 2**20:g} MB", 413, hostile=True)
         if declared is not None and declared > lim.max_bytes: raise too_big
         try:
-            if declared is not None and declared > lim.large_bytes: await self.take(); placed = True
-            # a declared large body fills one buffer as it arrives: joining 64 MB of chunks at the end would stall the loop
-            chunks, size, more, deadline = (bytearray(declared) if placed else []), 0, True, None
+            if declared is not None and declared > lim.large_bytes:
+                await self.take(); placed = True
+                buf = await BodyBuffer.open(declared, self.chores)
+            chunks, size, more, deadline = [], 0, True, None
             loop = asyncio.get_running_loop()
             while more:
                 if placed and deadline is None: deadline = loop.time() + lim.read_seconds
@@ -87,18 +173,25 @@ class LargeBodies(Places):
                     raise InferError(f"the body did not arrive within {lim.read_seconds:g} s", 408, hostile=True) from None
                 if msg["type"] == "http.disconnect": return None
                 chunk = msg.get("body", b"")
-                if size + len(chunk) > (len(chunks) if isinstance(chunks, bytearray) else lim.max_bytes): raise too_big
-                if isinstance(chunks, bytearray): chunks[size:size + len(chunk)] = chunk
+                if size + len(chunk) > (buf.capacity if buf else lim.max_bytes): raise too_big
+                if buf: buf.write(chunk)
                 else: chunks.append(chunk)
                 size += len(chunk); more = msg.get("more_body", False)
-                if not placed and size > lim.large_bytes: await self.take(); placed = True
-            if isinstance(chunks, bytearray): body = chunks if size == len(chunks) else bytes(chunks[:size])
-            else: body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            del chunks
-            if not placed: return decode_request(body, header_length, signature, entities=entities)
-            got = await loop.run_in_executor(self.pool, decode_outcome, body, header_length, signature, entities,
-                                             lim.worker_memory_bytes)
+                if not placed and size > lim.large_bytes:  # streamed without a length: room for the largest body
+                    await self.take(); placed = True
+                    buf = await BodyBuffer.open(lim.max_bytes, self.chores)
+                    for c in chunks: buf.write(c)
+                    chunks = []
+            if not placed:
+                return decode_request(chunks[0] if len(chunks) == 1 else b"".join(chunks), header_length, signature, entities=entities)
+            work = self.pool.submit(decode_shared, *buf.handover(), header_length, signature, entities, lim.worker_memory_bytes)
+            got = await asyncio.wrap_future(work)
             if got[0] == "ok": return got[1]
+            if got[0] == "shared": return shared_request(got)
             raise InferError(*got[1:])
         finally:
             if placed: self.places.release()
+            # the segment goes once no worker reads it: now, or when the worker of an abandoned request is done
+            if buf is not None:
+                if work is None or work.done(): self.free(buf)
+                else: work.add_done_callback(lambda work: forget(work, buf))

@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import math
+import os
+import secrets
 from dataclasses import dataclass, field
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import orjson
@@ -32,8 +35,9 @@ class InferRequest:
     rows: int = 0
 
 # %% auto #0
-__all__ = ['DTYPE_NAMES', 'DTYPES', 'InferError', 'InferRequest', 'check_input', 'decode_request', 'decode_cost',
-           'decode_outcome', 'encode_response', 'error_body', 'dumps']
+__all__ = ['DTYPE_NAMES', 'DTYPES', 'SEGMENT_PREFIX', 'InferError', 'InferRequest', 'check_input', 'decode_request',
+           'decode_cost', 'decode_outcome', 'reserve_pages', 'share_inputs', 'decode_shared', 'encode_response',
+           'error_body', 'dumps']
 
 # %% ../../notebooks/53_serving_protocol.ipynb #22aa3305
 def _loads(raw: bytes):
@@ -157,6 +161,48 @@ def decode_outcome(body: bytes, header_length: str | None, signature: dict, enti
                          f"{memory_limit / 2**20:.0f} MB serving.large_body_memory_mb allows", 413, True)
     try: return ("ok", decode_request(body, header_length, signature, entities=entities))
     except InferError as e: return ("error", e.message, e.status, e.hostile)
+
+
+# %% ../../notebooks/53_serving_protocol.ipynb #2c2aa7d8
+SEGMENT_PREFIX = "mlplat_body_"
+
+def reserve_pages(name: str, size: int) -> bool:
+    """Allocate the pages of segment `name` now (True; False where segments are not files of /dev/shm): OSError (ENOSPC)
+    if /dev/shm has no room, not a SIGBUS on a later write."""
+    path = f"/dev/shm/{name}"
+    if not os.path.exists(path): return False  # not Linux: segments are not files of a size-limited tmpfs
+    fd = os.open(path, os.O_RDWR)
+    try: os.posix_fallocate(fd, 0, size)
+    finally: os.close(fd)
+    return True
+
+def share_inputs(req: InferRequest, above: int = 2**20) -> tuple | None:
+    """Move the numeric input arrays of `req`, past `above` bytes in all, into a new segment (Linux; None elsewhere, or if
+    /dev/shm has no room): ('shared', `req` with None for them, segment name, {name: (dtype, shape, offset)})."""
+    arrays = {n: a for n, a in req.inputs.items() if isinstance(a, np.ndarray) and a.dtype != object}
+    size = sum(a.nbytes for a in arrays.values())
+    if size <= above: return None
+    shm = SharedMemory(SEGMENT_PREFIX + secrets.token_hex(8), create=True, size=size)
+    try:
+        if not reserve_pages(shm.name, size): raise OSError("segments are not files of /dev/shm")
+        layout, offset = {}, 0
+        for n, a in arrays.items():
+            np.ndarray(a.shape, a.dtype, shm.buf, offset)[...] = a
+            layout[n], offset, req.inputs[n] = (a.dtype.str, a.shape, offset), offset + a.nbytes, None
+    except OSError: shm.close(); shm.unlink(); return None
+    shm.close()
+    return ("shared", req, shm.name, layout)
+
+def decode_shared(body: str | bytes, size: int, header_length: str | None, signature: dict, entities: bool = False,
+                  memory_limit: int | None = None) -> tuple:
+    "`decode_outcome` in a worker process, of a body handed over by `mlplat.serving.bodies.BodyBuffer`: a shared memory segment's name, or the body itself."
+    if isinstance(body, str):
+        try: shm = SharedMemory(body)
+        except FileNotFoundError: return ("error", "the request was abandoned before its body was decoded", 503, False)
+        try: body = bytes(shm.buf[:size])  # the copy is the worker's, off the server's event loop
+        finally: shm.close()
+    got = decode_outcome(body, header_length, signature, entities, memory_limit)
+    return (got[0] == "ok" and share_inputs(got[1])) or got
 
 # %% ../../notebooks/53_serving_protocol.ipynb #2d290992
 def encode_response(model: str, version: str, request: InferRequest, outputs: dict,

@@ -1,9 +1,11 @@
 """Hostile large bodies cannot stall `mlplat serve` or grow its memory without bound: four 64 MB bodies sent at once
 (a shape the data does not fill, too many rows, JSON built to cost 20x its size, one slow-streamed) are each answered
 4xx, while `/v2/health/live` keeps a p99 under 100 ms and never a 5xx, and the server's resident memory stays within
-its stated budget: what it had before, plus `serving.large_bodies_in_flight` x 2 x 64 MB (each place holds a body and
-the copy sent to its decoding worker), plus 64 MB for sockets and the allocator. Each decoding worker stays within
-`serving.large_body_memory_mb` of what it had. gRPC answers calls past `serving.grpc_max_concurrent_rpcs`
+its stated budget: what it had before, plus `serving.large_bodies_in_flight` x 2 x 64 MB (where /dev/shm has no room
+for a body, each place holds it and the copy sent to its decoding worker; in shared memory, written through a file
+descriptor, the server maps neither), plus 64 MB for sockets and the allocator. Each decoding worker stays within
+`serving.large_body_memory_mb` of what it had. The shared memory segments that carried the bodies to the workers
+are all gone once the server stopped. gRPC answers calls past `serving.grpc_max_concurrent_rpcs`
 RESOURCE_EXHAUSTED at once and keeps serving.
 
 Memory is read from /proc (Linux), the platform these servers run on."""
@@ -19,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import BIN, free_port, onnx_chain, start_process, wait_http
+from helpers import BIN, free_port, onnx_chain, start_process, stop_process, wait_http
 
 pytestmark = pytest.mark.services   # every test runs `mlplat serve`
 MB = 2**20
@@ -53,6 +55,11 @@ def infer_doc(shape, data: bytes) -> bytes:
     return b'{"inputs": [{"name": "input", "shape": %s, "datatype": "FP32", "data": [' % str(shape).encode() + data + b"]}]}"
 
 
+def body_segments() -> set:
+    "The shared memory segments that hold large bodies while they are decoded (Linux: files in /dev/shm)."
+    return {p.name for p in Path("/dev/shm").glob("mlplat_body_*")}
+
+
 def hostile_bodies():
     "Four bodies just under 64 MB and the status each must get."
     fill = 64 * MB - 200
@@ -77,12 +84,13 @@ class Watch:
     probes), and samples the memory of the server and its workers from a thread."""
     def __init__(self, url, pid, tmp_path):
         self.url, self.pid, self.stop, self.out = url, pid, threading.Event(), tmp_path / "probes.txt"
-        self.server_mb, self.worker_mb = [], {}
+        self.server_mb, self.worker_mb, self.segments = [], {}, set()
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
     def sample(self):
         while not self.stop.is_set():
             self.server_mb.append(rss_mb(self.pid))
+            self.segments |= body_segments()
             for w in children(self.pid):
                 try: self.worker_mb.setdefault(w, []).append(rss_mb(w))
                 except OSError: pass
@@ -138,6 +146,7 @@ def test_hostile_large_bodies_leave_health_fast_and_memory_bounded(tmp_path, pro
     assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [1, 0, 3, 0]
     time.sleep(1)                                                  # the decoding workers are up
     bodies = hostile_bodies()
+    segments_before = body_segments()
     baseline = rss_mb(proc.pid)
     workers_before = {w: rss_mb(w) for w in children(proc.pid)}
     assert len(workers_before) >= IN_FLIGHT, workers_before    # (and multiprocessing's resource tracker)
@@ -160,6 +169,13 @@ def test_hostile_large_bodies_leave_health_fast_and_memory_bounded(tmp_path, pro
         assert max(samples) <= workers_before.get(w, 150) + WORKER_MB, (w, max(samples))
     ok = httpx.post(url + "/v2/models/m/infer", content=infer_doc([1, 4], b"1, -2, 3, -4"))
     assert ok.status_code == 200                                    # still serving, and the places were given back
+    valid = httpx.post(url + "/v2/models/m/infer", content=infer_doc([300_000, 4], b",".join([b"1,-2,3,-4"] * 300_000)), timeout=60)
+    assert valid.status_code == 200, valid.text[:300]                # a large valid body: its arrays come back shared
+    out = valid.json()["outputs"][0]["data"]
+    assert len(out) == 1_200_000 and out[:4] == out[-4:] == [1, 0, 3, 0]
+    assert watch.segments or not Path("/dev/shm").exists()         # the large bodies went through shared memory
+    stop_process(proc)                                               # ... and left none of it behind
+    assert not body_segments() - segments_before, body_segments() - segments_before
     print(f"health p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms over {len(lat)} probes; server RSS {baseline:.0f} -> peak "
           f"{max(watch.server_mb):.0f} MB (budget {budget:.0f}); workers peak "
           f"{max((max(s) for s in watch.worker_mb.values()), default=0):.0f} MB; {took:.1f} s")
