@@ -84,9 +84,10 @@ class _Recording:
             if s.status in ("succeeded", "failed"):   # the pod wrote them plain on the volume; sealed once it has ended
                 seal_notebook(self.ws.crypto, executed); seal_step_log(self.ws.crypto, Path(rec.folder)/f"{s.name}.log")
             self.store.save_step(rec.id, s)
-        if ended:
+        if ended and self.store.claim_end(rec.id):   # another sync that saw the end at the same time records nothing twice
             reason = self.store.cancel_request(rec.id)
             self._finish(p, rec, f"cancelled: {reason}" if reason else None)
+        elif ended: return self.store.get(rec.id)
         return rec
 
 # %% ../../notebooks/64c_pipelines_argo_runs.ipynb #88b54505

@@ -138,6 +138,15 @@ class RunStore(_Reads):
         t = table("pipeline_runs")
         with self.ws.engine.begin() as c: c.execute(t.update().where(t.c.id == run_id).values(reproduce_json=json.dumps(record)))
 
+    def claim_end(self, run_id: str) -> bool:
+        """Whether this caller is the one to end running run `run_id`: of two processes that see it end at once (two
+        syncs of an Argo Workflow), exactly one gets True; it then records the end with `save_run`."""
+        t = table("pipeline_runs")
+        with self.ws.engine.begin() as c:
+            done = c.execute(t.update().where((t.c.id == run_id) & (t.c.status == "running") & t.c.finished_at.is_(None))
+                             .values(finished_at=utcnow()))
+        return done.rowcount == 1
+
     def save_run(self, rec: RunRecord):
         t = table("pipeline_runs")
         with self.ws.engine.begin() as c:
