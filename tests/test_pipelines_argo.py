@@ -104,7 +104,12 @@ class Controller:
                 continue
             ref = e["valueFrom"]["secretKeyRef"]
             secret = self.kube.secrets.get(("default", ref["name"]))
-            if secret is not None:   # a missing Secret (k8s: references of the test) leaves the variable unset
+            if secret is None and ref["name"] != "warehouse-creds":
+                # the run's own Secret is created just after its Workflow (it needs the Workflow's uid as owner): a
+                # kubelet holds the pod (CreateContainerConfigError) until it exists, and so does this controller
+                wait_for(lambda: ("default", ref["name"]) in self.kube.secrets, 30, f"Secret {ref['name']}")
+                secret = self.kube.secrets[("default", ref["name"])]
+            if secret is not None:   # the Secret of the test's k8s: references does not exist: the variable stays unset
                 out[e["name"]] = secret["stringData"][ref["key"]]
         return out
 
