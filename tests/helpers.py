@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BIN = Path(sys.executable).parent                      # the venv's console scripts: mlplat, jupyter, ray, deepspeed...
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +228,19 @@ def cut_off(page, inner: str, outer: str) -> list:
         return [...document.querySelectorAll(inner)].filter(e => e.offsetParent !== null)
             .filter(e => e.getBoundingClientRect().right > box.right + 0.5).map(e => e.outerHTML.slice(0, 120));
     }""", [inner, outer])
+
+
+def sidebar_shows(page, selector: str, lab_log: Path, timeout: int = 90_000):
+    """The sidebar's element `selector` once it is visible; if it never is, fail with what the sidebar shows instead (a
+    section's error, or still loading) and the Jupyter server's log: a timeout alone says nothing on a CI machine."""
+    try:
+        return page.wait_for_selector(selector, timeout=timeout)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "lab-sidebar-failed.png"))
+        shown = page.evaluate("""() => [...document.querySelectorAll('#mlplat-sidebar details')].map(d =>
+            `[${d.dataset.section}${d.getAttribute('aria-busy') ? ', loading' : ''}] ${d.innerText.slice(0, 300)}`).join('\\n')""")
+        pytest.fail(f"{selector} never showed in {timeout / 1000:.0f} s; the sidebar reads:\n{shown}\n--- jupyter lab log ---\n"
+                    + lab_log.read_text()[-3000:])
 
 
 def run_first_cell(page, attempts: int = 3) -> None:

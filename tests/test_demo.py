@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ARTIFACTS, BIN, REPO, clear_mlplat_env, cut_off, free_port, parameters_notebook, run_cli, run_first_cell, start_process, stop_process, wait_http
+from helpers import ARTIFACTS, BIN, REPO, clear_mlplat_env, cut_off, free_port, parameters_notebook, run_cli, run_first_cell, sidebar_shows, start_process, stop_process, wait_http
 
 pytestmark = pytest.mark.slow   # the demo's pipeline (DeepSpeed trainings, kernels), then JupyterLab and Voila on its workspace
 
@@ -129,7 +129,7 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     page.goto(f"{url}/lab?token={token}")
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
     page.click("li.lm-TabBar-tab[data-id='mlplat-sidebar']")
-    model = page.wait_for_selector("li[data-model='churn']", timeout=30_000)
+    model = sidebar_shows(page, "li[data-model='churn']", root.parent / "lab.log")
     assert "champion → v1" in model.inner_text() and "challenger → v2" in model.inner_text()
     page.screenshot(path=str(ARTIFACTS / "lab-sidebar.png"))
 

@@ -2,7 +2,7 @@
 opens a step's executed notebook, "log" its log; the sidebar's step table keeps its buttons inside the sidebar."""
 import pytest
 
-from helpers import ARTIFACTS, cut_off, write_notebook, write_pipeline
+from helpers import ARTIFACTS, cut_off, sidebar_shows, write_notebook, write_pipeline
 
 
 def _pipeline(folder):
@@ -26,14 +26,14 @@ def test_a_pipeline_run_opens_as_a_live_graph(home, browser, jupyter_lab, tmp_pa
     folder = tmp_path / "pipes"
     folder.mkdir()
     spec = _pipeline(folder)
-    url, token, _ = jupyter_lab(home)
+    url, token, root = jupyter_lab(home)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     rec = None
     try:
         page.goto(f"{url}/lab?token={token}")
         page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
         page.click("li.lm-TabBar-tab[data-id='mlplat-sidebar']")
-        page.wait_for_selector("details[data-section='pipelines'] .mlplat-empty", timeout=30_000)
+        sidebar_shows(page, "details[data-section='pipelines'] .mlplat-empty", root.parent / "lab.log")
         rec = ws.pipelines.start(spec)          # now, so that its slow step is still running when the graph opens
         page.click("details[data-section='pipelines'] > summary .mlplat-link")
         page.click(f"li[data-run='{rec.id}'] > button.mlplat-item", timeout=30_000)
@@ -56,10 +56,10 @@ def test_a_pipeline_run_opens_as_a_live_graph(home, browser, jupyter_lab, tmp_pa
         page.click(f"{graph} g[data-step='slow'] rect")
         page.wait_for_selector(".jp-OutputArea-output:has-text('working 23')", timeout=60_000)   # the executed notebook
 
-        # the sidebar's step table keeps its buttons inside the sidebar at its default width
+        # a refresh keeps the opened run open; its step table keeps its buttons inside the sidebar at its default width
         page.click("details[data-section='pipelines'] > summary .mlplat-link")
-        page.click(f"li[data-run='{rec.id}'] > button.mlplat-item", timeout=30_000)
-        page.wait_for_selector(f"li[data-run='{rec.id}'] button[data-open-step='slow']")
+        page.wait_for_selector("details[data-section='pipelines']:not([aria-busy])", timeout=30_000)
+        page.wait_for_selector(f"li[data-run='{rec.id}'] button[data-open-step='slow']", timeout=5_000)
         assert cut_off(page, "#mlplat-sidebar .mlplat-table button", "#mlplat-sidebar") == []
     finally:
         page.close()

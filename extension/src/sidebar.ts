@@ -27,6 +27,7 @@ abstract class Section {
   readonly node: HTMLDetailsElement;
   protected readonly content: HTMLElement;
   private readonly status: HTMLElement;
+  private refreshes = 0;
 
   constructor(
     readonly id: string,
@@ -45,15 +46,25 @@ abstract class Section {
   }
 
   async refresh(): Promise<void> {
+    const mine = ++this.refreshes;
+    this.node.setAttribute('aria-busy', 'true');   // until the newest content is in: what scripts and screen readers wait for
     try {
       const body = await this.load();
-      this.content.replaceChildren(body);
-      this.status.textContent = '';
+      if (mine === this.refreshes) {   // an older refresh that answers late must not overwrite a newer one
+        this.content.replaceChildren(body);
+        this.status.textContent = '';
+      }
     } catch (err) {
-      this.status.textContent = '⚠';
-      this.content.replaceChildren(
-        h('div', { class: 'mlplat-error' }, err instanceof Error ? err.message : String(err))
-      );
+      if (mine === this.refreshes) {
+        this.status.textContent = '⚠';
+        this.content.replaceChildren(
+          h('div', { class: 'mlplat-error' }, err instanceof Error ? err.message : String(err))
+        );
+      }
+    } finally {
+      if (mine === this.refreshes) {
+        this.node.removeAttribute('aria-busy');
+      }
     }
   }
 
@@ -434,6 +445,9 @@ class DeploymentsSection extends Section {
 }
 
 class PipelinesSection extends Section {
+  /** runs whose step table is open: a refresh keeps them open (it re-renders every run) */
+  private readonly expanded = new Set<string>();
+
   constructor(private readonly app: JupyterFrontEnd) {
     super('pipelines', 'Pipelines');
   }
@@ -446,7 +460,7 @@ class PipelinesSection extends Section {
       'ul',
       { class: 'mlplat-list' },
       runs.map(r => {
-        const steps = h('div', { class: 'mlplat-detail', hidden: true });
+        const steps = h('div', { class: 'mlplat-detail', hidden: !this.expanded.has(r.id) });
         steps.append(
           h(
             'div',
@@ -470,7 +484,7 @@ class PipelinesSection extends Section {
           { 'data-run': r.id },
           h(
             'button',
-            { class: 'mlplat-item', onclick: () => (steps.hidden = !steps.hidden) },
+            { class: 'mlplat-item', onclick: () => this.toggle(r.id, steps) },
             badge(r.status),
             ' ',
             h('b', {}, r.pipeline),
@@ -480,6 +494,15 @@ class PipelinesSection extends Section {
         );
       })
     );
+  }
+
+  private toggle(runId: string, steps: HTMLElement): void {
+    steps.hidden = !steps.hidden;
+    if (steps.hidden) {
+      this.expanded.delete(runId);
+    } else {
+      this.expanded.add(runId);
+    }
   }
 }
 
