@@ -210,7 +210,7 @@ async def test_run_a_notebook_with_parameters_then_open_the_result(jp_fetch, ws,
     assert code == 400 and "not int" in err["message"]
     code, err = await error(jp_fetch, "mlplat", "api", "notebooks", "run", method="POST",
                             body=json.dumps({"path": "../outside.ipynb"}))
-    assert code == 400 and "outside the Jupyter server's root" in err["message"]
+    assert code == 400 and "outside the server's root" in err["message"]
     run = body(await jp_fetch("mlplat", "api", "notebooks", "run", method="POST",
                               body=json.dumps({"path": "report.ipynb", "parameters": {"n": 7}})))
     assert run["status"] == "running" and run["parameters"] == {"n": 7}

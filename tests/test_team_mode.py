@@ -8,7 +8,8 @@ import ssl
 import pytest
 import sqlalchemy as sa
 
-from helpers import BIN, free_port, register_version, run_cli, start_process, stop_process, wait_for, wait_http
+from helpers import (BIN, free_port, register_version, run_cli, start_process, stop_process, wait_for, wait_http, write_notebook,
+                     write_pipeline)
 from oidc_issuer import Issuer
 
 pytestmark = pytest.mark.services
@@ -85,7 +86,7 @@ audit = "auditor"
     url = f"https://127.0.0.1:{port}"
     try:
         wait_http(url + "/health/ready", proc, log, verify=ssl.create_default_context(cafile=str(ca)))
-        yield {"url": url, "ca": str(ca), "issuer": issuer, "operator": operator, "log": log,
+        yield {"url": url, "ca": str(ca), "issuer": issuer, "operator": operator, "log": log, "root": root,
                "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     finally:
         stop_process(proc)
@@ -270,6 +271,41 @@ def test_the_cli_is_the_same_in_team_mode(team, tmp_path):
     assert not (tmp_path / "mlplat.toml").exists() and not (tmp_path / ".mlplat").exists()   # no local workspace was made
     p = run_cli("models", "list", env_extra={**env, "MLPLAT_SERVICE_CA_BUNDLE": ""}, cwd=tmp_path)
     assert p.returncode == 2 and "not trusted" in p.stderr
+
+
+def test_the_service_plans_and_runs_a_pipeline_of_its_project_folder_as_the_caller(team, tmp_path):
+    """A pipeline file in the service's project folder: a data scientist asks what a run would do, runs it (its step acts
+    as them, with a delegated token), and the next plan reuses it; the CLI says the same; nobody climbs out of the folder
+    and a viewer neither plans nor runs."""
+    from mlplat.errors import PermissionDenied, ValidationError
+    folder = team["root"] / "pipes"
+    folder.mkdir(exist_ok=True)
+    write_notebook(folder / "who.ipynb", "n: int = 1",
+                   "import mlplat, mlplat.pipelines as pl\npl.output('who', [mlplat.connect().principal.name, n])")
+    write_pipeline(folder, {"name": "team-who", "parameters": {"n": 1},
+                            "steps": [{"name": "who", "notebook": "who.ipynb", "parameters": {"n": "{{ params.n }}"}}]})
+    ws = as_(team, "ds", sub="ds-pipe")
+    first = ws.pipelines.plan("pipes/team-who.yaml", {"n": 2})
+    assert [(e["step"], e["action"]) for e in first] == [("who", "run")] and first[0]["reasons"]
+    rec = ws.pipelines.run("pipes/team-who.yaml", {"n": 2})
+    assert rec.status == "succeeded", rec.steps["who"].error
+    assert rec.started_by == ws.principal.name and rec.steps["who"].outputs["who"] == [ws.principal.name, 2]
+    again = ws.pipelines.plan("pipes/team-who.yaml", {"n": 2})
+    assert [(e["action"], e["cached_from"]) for e in again] == [("reuse", f"{rec.id}/who")]
+    env = {"MLPLAT_URL": team["url"], "MLPLAT_TOKEN": team["issuer"].token(groups=["ds"], sub="ds-pipe"),
+           "MLPLAT_SERVICE_CA_BUNDLE": team["ca"], "MLPLAT_CONFIG": ""}
+    out = run_cli("pipelines", "plan", "pipes/team-who.yaml", "-p", "n=3", "--json", env_extra=env, cwd=tmp_path, check=0)
+    assert [(e["action"], e["why"]) for e in json.loads(out.stdout)] == [("run", ["parameters"])]
+    with pytest.raises(ValidationError, match="outside the server's root"):
+        ws.pipelines.plan("../../etc/pipeline.yaml")
+    with pytest.raises(ValidationError, match="runs pipeline files from its project folder"):
+        ws.pipelines.start({"name": "inline", "steps": []})
+    viewer = as_(team, "view", sub="viewer-pipe")
+    with pytest.raises(PermissionDenied, match="may not pipelines:read"):   # a plan reads earlier runs
+        viewer.pipelines.plan("pipes/team-who.yaml", {"n": 2})
+    with pytest.raises(PermissionDenied, match="may not pipelines:run"):
+        viewer.pipelines.start("pipes/team-who.yaml")
+    assert audited(team, "denied", viewer.principal.name, "pipelines:run")
 
 
 def test_plain_http_to_a_network_address_is_refused():

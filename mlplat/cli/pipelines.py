@@ -21,7 +21,8 @@ PIPELINE_COLS = ["id", "pipeline", "status", "started_by", "created_at", "finish
 
 def _show_run(args, rec):
     if args.json: return print_json(rec.to_dict())
-    print(f"run {rec.id}: {rec.status}  (pipeline {rec.pipeline}, by {rec.started_by}; folder {rec.folder})")
+    where = f"; folder {rec.folder}" if getattr(rec, "folder", None) else ""   # a run on the platform service: no folder here
+    print(f"run {rec.id}: {rec.status}  (pipeline {rec.pipeline}, by {rec.started_by}{where})")
     for s in rec.steps.values():
         took = f"{s.seconds:.1f} s" if s.seconds is not None else "-"
         status = "cached" if s.cached_from else s.status

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = ['Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Entity', 'FeatureService', 'Definition', 'DatasetVersion',
            'TrainingSet', 'Edge', 'Lineage', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion',
            'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment', 'TrafficBucket', 'Step',
-           'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest', 'Schedule',
-           'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied', 'StepLog']
+           'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest', 'PipelineRequest', 'PlannedStep',
+           'Schedule', 'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied', 'StepLog']
 
 # %% ../../notebooks/80_jupyter_models.ipynb #828b97e2
 class Out(BaseModel):
@@ -225,6 +225,20 @@ class RunNotebookRequest(In):
     parameters: dict[str, Any] = {}
     cache: bool = Field(False, description="reuse an identical earlier run of the notebook instead of running it (off: "
                                            "asking to run a notebook means running it)")
+
+class PipelineRequest(In):
+    pipeline: str = Field(description="the pipeline's YAML file, relative to the server's root (the team's project folder "
+                                      "on the platform service)")
+    parameters: dict[str, Any] = {}
+    cache: bool = Field(True, description="reuse a step identical to an earlier succeeded one (off: --no-cache)")
+
+class PlannedStep(Out):
+    step: str
+    action: Literal["run", "reuse"]
+    cached_from: Optional[str] = Field(None, description="RUN/STEP whose results a reuse takes")
+    key: Optional[str] = Field(None, description="the step's cache key, where it is known before upstream steps run")
+    why: list[str] = Field([], description="codes of why it runs: notebook, parameters, upstream, environment, cache_off, ...")
+    reasons: list[str] = Field([], description="the same, in words")
 
 class Schedule(Out):
     name: str

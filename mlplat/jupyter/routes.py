@@ -16,15 +16,15 @@ from ..errors import NotFoundError, ValidationError
 from .models import (
     AliasEvent, Copied, CopyTemplateRequest, DatasetVersion, Definition, Deployment, Entity, FeatureService, FeatureView,
     GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
-    RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
+    PipelineRequest, PlannedStep, RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
 __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
            'dataset_versions', 'training_sets', 'lineage', 'match', 'jobs', 'job', 'job_log', 'job_log_stream',
            'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote', 'model_rollback',
            'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'run_step_log',
-           'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume',
-           'schedule_remove', 'templates', 'template_copy']
+           'pipeline_plan', 'pipeline_start', 'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook',
+           'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates', 'template_copy']
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #2ce9fcc3
 @dataclass
@@ -36,8 +36,9 @@ class Ctx:
         "A path under the server's root (no escaping it with `..` or an absolute path)."
         p = (self.root/str(rel or "")).resolve()
         if p != self.root and self.root not in p.parents:
-            raise ValidationError(f"{rel!r} is outside the Jupyter server's root", hint="give a path relative to the file browser's root")
-        if must_exist and not p.exists(): raise NotFoundError(f"{rel!r} does not exist under the Jupyter server's root")
+            raise ValidationError(f"{rel!r} is outside the server's root ({self.root})",
+                                  hint="give a path relative to it: JupyterLab's file browser root, or the platform service's project folder")
+        if must_exist and not p.exists(): raise NotFoundError(f"{rel!r} does not exist under the server's root ({self.root})")
         return p
 
     def rel(self, p) -> str | None:
@@ -262,6 +263,18 @@ def run_step_open(c: Ctx, id: str, step: str):
        StepLog, query={"tail": (int, 65536, "at most this many bytes, from the end")})
 def run_step_log(c: Ctx, id: str, step: str, tail: int = 65536):
     return c.ws.pipelines.step_log(id, step, tail)
+
+# %% ../../notebooks/80a_jupyter_routes.ipynb #f76679f6
+@route("POST", "/pipelines/plan", "which steps a run would run and why, and which it would reuse from which run: nothing runs",
+       list[PlannedStep], body=PipelineRequest)
+def pipeline_plan(c: Ctx, body: PipelineRequest):
+    return c.ws.pipelines.plan(c.path(body.pipeline), body.parameters, cache=body.cache)
+
+@route("POST", "/pipelines/runs", "check and record a run of a pipeline file, then run it as the caller (returns at once)", Run,
+       body=PipelineRequest)
+def pipeline_start(c: Ctx, body: PipelineRequest):
+    return _run(c, c.ws.pipelines.start(c.path(body.pipeline), body.parameters, trigger=f"api:{c.ws.principal.name}",
+                                        cache=body.cache))
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #d1c2c83d
 @route("GET", "/notebooks/parameters", "the `parameters` cell of a notebook: names, types, defaults", NotebookParameters,

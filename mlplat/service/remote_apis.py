@@ -201,8 +201,35 @@ class RemoteRun(Record):
     @property
     def steps(self) -> dict: return {st["name"]: Record(st) for st in self.get("steps") or []}
 
+def _pipeline_path(pipeline) -> str:
+    "A pipeline the service runs is a file in its project folder: a path relative to it (or absolute, inside it)."
+    import os
+    if not isinstance(pipeline, (str, os.PathLike)):
+        raise ValidationError(f"the platform service runs pipeline files from its project folder, not a {type(pipeline).__name__}",
+                              hint="commit the pipeline's YAML and notebooks to the team's project folder and give its path there")
+    return os.fspath(pipeline)
+
 class RemotePipelines(RemoteApi):
-    "`ws.pipelines`: runs as the service records them."
+    "`ws.pipelines`: plan, start and follow runs that the service runs as you, from files in its project folder."
+    def plan(self, pipeline, params: dict | None = None, cache: bool = True) -> list[dict]:
+        "Which steps would run and why, which would be reused from which run; nothing runs."
+        return self.api.post("/pipelines/plan", {"pipeline": _pipeline_path(pipeline), "parameters": params or {}, "cache": cache})
+    def start(self, pipeline, params: dict | None = None, trigger: str | None = None, cache: bool = True) -> RemoteRun:
+        "Checked and recorded by the service, which runs it as you; returns at once (`running`)."
+        return RemoteRun(self.api.post("/pipelines/runs", {"pipeline": _pipeline_path(pipeline), "parameters": params or {},
+                                                           "cache": cache}))
+    def run(self, pipeline, params: dict | None = None, max_parallel: int | None = None, run_id: str | None = None,
+            trigger: str | None = None, cache: bool = True) -> RemoteRun:
+        "`start`, then follow the run until it ends: its final record (`succeeded`, `failed` or `cancelled`)."
+        import time
+        if max_parallel is not None or run_id is not None:
+            raise ValidationError("the platform service runs a pipeline with its own max_parallel and run id",
+                                  hint="set max_parallel in the pipeline's YAML")
+        rec = self.start(pipeline, params, cache=cache)
+        while rec["status"] == "running":
+            time.sleep(1)
+            rec = self.get(rec["id"])
+        return rec
     def list(self, pipeline: str | None = None, limit: int = 50) -> list[RemoteRun]:
         return [RemoteRun(r) for r in self.api.get("/pipelines/runs", pipeline=pipeline, limit=limit) or []]
     def get(self, run_id: str) -> RemoteRun: return RemoteRun(self.api.get(f"/pipelines/runs/{seg(run_id)}"))
