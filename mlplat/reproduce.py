@@ -18,7 +18,8 @@ LOCK_FILES = ("uv.lock", "poetry.lock", "pylock.toml", "Pipfile.lock", "conda-lo
               "environment.yaml", "requirements*.txt")
 
 # %% auto #0
-__all__ = ['LOCK_FILES', 'digest', 'file_hash', 'python_environment', 'git_state', 'lock_file', 'code_state']
+__all__ = ['LOCK_FILES', 'SOURCE_SUFFIXES', 'digest', 'file_hash', 'git_state', 'lock_file', 'code_state', 'source_state',
+           'python_environment']
 
 # %% ../notebooks/08a_reproduce.ipynb #a3327ee3
 def digest(value) -> str:
@@ -26,31 +27,6 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 def file_hash(path) -> str: return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-# %% ../notebooks/08a_reproduce.ipynb #298e4bb9
-_PACKAGES = ("import importlib.metadata as m, json, sys; print(json.dumps([sys.version.split()[0], "
-             "sorted({(d.metadata['Name'] or '?').lower() + '==' + d.version for d in m.distributions()})]))")
-
-_SEEN: dict = {}   # this interpreter's environment, by the state of the folders on sys.path
-
-def _installed_here() -> dict:
-    "This interpreter's environment, listed again only when a folder on sys.path changed (a package installed or removed)."
-    import importlib.metadata as m
-    state = tuple((p, os.stat(p).st_mtime_ns) for p in sys.path if p and os.path.isdir(p))
-    if state not in _SEEN:
-        pkgs = sorted({(d.metadata["Name"] or "?").lower() + "==" + d.version for d in m.distributions()})
-        _SEEN.clear(); _SEEN[state] = {"python": sys.version.split()[0], "packages": len(pkgs), "hash": digest([sys.version.split()[0], pkgs])}
-    return dict(_SEEN[state])
-
-def python_environment(python: str | None = None) -> dict:
-    "{python, packages, hash} of the interpreter `python` (None: this one): its version and installed distributions."
-    if python is None or os.path.realpath(python) == os.path.realpath(sys.executable): return _installed_here()
-    else:
-        try: r = subprocess.run([python, "-c", _PACKAGES], capture_output=True, text=True, timeout=120)
-        except OSError as e: raise ValidationError(f"could not start {python} to list its packages: {e}") from None
-        if r.returncode: raise ValidationError(f"could not list the packages of {python}: {r.stderr.strip()[-300:]}")
-        version, pkgs = json.loads(r.stdout)
-    return {"python": version, "packages": len(pkgs), "hash": digest([version, pkgs])}
 
 # %% ../notebooks/08a_reproduce.ipynb #30598108
 def git_state(folder) -> dict | None:
@@ -79,3 +55,69 @@ def code_state(folder) -> dict:
     "{git, lock} of the code in `folder`."
     git = git_state(folder)
     return {"git": git, "lock": lock_file(folder, git["root"] if git else None)}
+
+# %% ../notebooks/08a_reproduce.ipynb #8fb85afa
+SOURCE_SUFFIXES = ("*.py", "*.pyx", "*.pyi")   # what an import runs: data and notebooks in the project do not count
+
+def source_state(folder) -> dict:
+    """{path, commit, changes} of an editable install's source folder: in git, its commit and a hash of its Python
+    files' uncommitted changes (diff and untracked files; None when there are none); outside git, a hash of its Python
+    files' paths, sizes and modification times."""
+    folder = Path(folder)
+    def git(*args) -> bytes:
+        try: r = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired): return b""
+        return r.stdout if r.returncode == 0 else b""
+    g = git_state(folder) if folder.is_dir() else None
+    if g is None:
+        files = sorted(p for s in SOURCE_SUFFIXES for p in folder.rglob(s) if ".venv" not in p.parts) if folder.is_dir() else []
+        return {"path": str(folder), "commit": None,
+                "changes": digest([(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])}
+    h = hashlib.sha256(git("diff", "HEAD", "--binary", "--", *SOURCE_SUFFIXES) if g["commit"] else b"")
+    for name in sorted(git("ls-files", "-z", "--others", "--exclude-standard", "--", *SOURCE_SUFFIXES).split(b"\0")):
+        if name: h.update(name + b"\0" + hashlib.sha256((folder/name.decode()).read_bytes()).digest())
+    changed = h.hexdigest() != hashlib.sha256(b"").hexdigest()
+    return {"path": str(folder), "commit": g["commit"], "changes": h.hexdigest() if changed else None}
+
+# %% ../notebooks/08a_reproduce.ipynb #c1ea437a
+# run here and, for another interpreter, in it (`python -c`): so it imports nothing but the standard library
+_LISTING = """
+import importlib.metadata as m, json, sys
+def listing():
+    "[python version, sorted name==version, {name: file URL} of the editable installs (PEP 610 direct_url.json)]"
+    pkgs, editable = set(), {}
+    for d in m.distributions():
+        name = (d.metadata["Name"] or "?").lower()
+        pkgs.add(name + "==" + d.version)
+        try: url = json.loads(d.read_text("direct_url.json") or "{}")
+        except ValueError: url = {}
+        if url.get("dir_info", {}).get("editable") and str(url.get("url", "")).startswith("file:"): editable[name] = url["url"]
+    return [sys.version.split()[0], sorted(pkgs), editable]
+"""
+
+_SEEN: dict = {}   # this interpreter's listing, by the state of the folders on sys.path
+
+def _listed_here() -> list:
+    "This interpreter's listing, made again only when a folder on sys.path changed (a package installed or removed)."
+    state = tuple((p, os.stat(p).st_mtime_ns) for p in sys.path if p and os.path.isdir(p))
+    if state not in _SEEN:
+        ns: dict = {}
+        exec(_LISTING, ns)
+        _SEEN.clear(); _SEEN[state] = ns["listing"]()
+    return _SEEN[state]
+
+def _listed_by(python: str) -> list:
+    try: r = subprocess.run([python, "-c", _LISTING + "print(json.dumps(listing()))"], capture_output=True, text=True, timeout=120)
+    except OSError as e: raise ValidationError(f"could not start {python} to list its packages: {e}") from None
+    if r.returncode: raise ValidationError(f"could not list the packages of {python}: {r.stderr.strip()[-300:]}")
+    return json.loads(r.stdout)
+
+def python_environment(python: str | None = None) -> dict:
+    """{python, packages, hash} of the interpreter `python` (None: this one): its version and installed distributions;
+    with `editable` ({name: source_state}) where some are editable installs, whose code changes without their version."""
+    here = python is None or os.path.realpath(python) == os.path.realpath(sys.executable)
+    version, pkgs, editable = _listed_here() if here else _listed_by(python)
+    if not editable: return {"python": version, "packages": len(pkgs), "hash": digest([version, pkgs])}
+    from urllib.parse import unquote, urlparse
+    sources = {name: source_state(unquote(urlparse(url).path)) for name, url in sorted(editable.items())}
+    return {"python": version, "packages": len(pkgs), "hash": digest([version, pkgs, sources]), "editable": sources}

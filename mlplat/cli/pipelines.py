@@ -43,6 +43,9 @@ def _show_reproduce(r: dict):
     if r.get("lock"): print(f"  lock file    {r['lock']['path']}  sha256 {r['lock']['sha256'][:16]}")
     for kernel, e in (r.get("environments") or {}).items():
         print(f"  environment  {kernel}: " + (f"Python {e['python']}, {e['packages']} packages, " if "python" in e else "") + f"sha256 {e['hash'][:16]}")
+        for name, s in (e.get("editable") or {}).items():   # installed with pip -e: their code is counted, not their version
+            state = (f"at {s['commit'][:12]}" + (" + uncommitted changes" if s["changes"] else "")) if s["commit"] else "(not in git: its files hashed)"
+            print(f"  editable     {name}: {s['path']} {state}")
     for step, image in (r.get("images") or {}).items(): print(f"  image        {step}: {image}")
     for step, h in (r.get("notebooks") or {}).items(): print(f"  notebook     {step}: sha256 {h[:16]}")
 
