@@ -11,8 +11,8 @@ from pathlib import Path
 from ..errors import ValidationError
 
 # %% auto #0
-__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged', 'with_fresh_registry',
-           'push_source_name', 'to_feast', 'to_feast_services']
+__all__ = ['feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged', 'read_staged',
+           'with_fresh_registry', 'push_source_name', 'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def feature_store_yaml(config) -> str:
@@ -108,6 +108,14 @@ def staged(sealer, paths):
                 _staged_refs[p] -= 1
                 if not _staged_refs[p]:
                     del _staged_refs[p]; fs.rm(feast_uri(p))
+
+def read_staged(path, columns: list):
+    "Columns of the snapshot at `path`, read where Feast reads it (inside `staged` for a sealed one)."
+    import pyarrow.parquet as pq
+    uri = feast_uri(path)
+    if uri == str(path): return pq.read_table(uri, columns=columns)
+    import fsspec
+    with fsspec.filesystem("memory").open(uri, "rb") as f: return pq.read_table(f, columns=columns)
 
 class _NoMemoryUriWarnings(logging.Filter):
     # Feast validates file sources with pyarrow, which knows no memory:// filesystem; mlplat checks them itself
