@@ -134,23 +134,27 @@ def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: d
     "`df` (a normalized entity frame) with the point-in-time values of `refs` added; returns it and the feature columns."
     q = df.rename(columns={timestamp_column: "event_timestamp"})
     result, feat_cols, distinct = df.copy(), [], {}
-    store = features_api.store
+    store, file_store = features_api.store, features_api.ws.config.feast.offline_store == "file"
     sources = {view: features_api.datasets.get(spec["source"]).path for view, (_, spec) in views.items()}
+    view_keys = {view: tuple(entities[e][1]["join_key"] for e in spec["entities"]) for view, (_, spec) in views.items()}
+    # The file store drops rows: one query per view. The duckdb store keeps every row: one query for all views.
+    batches = [(view_keys[v], [v]) for v in views] if file_store else \
+        [(tuple(dict.fromkeys(k for ks in view_keys.values() for k in ks)), list(views))]
     with staged(features_api.ws.crypto, sources.values()):  # sealed snapshots are decrypted into memory for Feast, never to disk
-        for view, (_, spec) in views.items():
-            keys = tuple(entities[e][1]["join_key"] for e in spec["entities"])
+        for keys, batch in batches:
             if keys not in distinct: distinct[keys] = _distinct(q, ["event_timestamp", *keys])
             uq, group = distinct[keys]
-            vrefs = [r for r in refs if r.split(":")[0] == view]
+            vrefs = [r for r in refs if r.split(":")[0] in batch]
             got = with_fresh_registry(store, lambda: store.get_historical_features(
                 entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
-            cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
-            got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
-            # Feast's file store breaks ties between corrections at random (its two sorts are not stable)
-            names = {r.split(":")[1]: r.replace(":", "__") if full_feature_names else r.split(":")[1] for r in vrefs}
-            got = _latest_created(got, uq, sources[view], keys, spec, names)
-            for c in cols: result[c] = got[c].to_numpy()[group]
-            feat_cols += cols
+            got = got.drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
+            for view in batch:
+                names = {r.split(":")[1]: r.replace(":", "__") if full_feature_names else r.split(":")[1]
+                         for r in vrefs if r.split(":")[0] == view}
+                # Feast's file store breaks ties between corrections at random (its two sorts are not stable)
+                if file_store: got = _latest_created(got, uq, sources[view], keys, views[view][1], names)
+                for c in names.values(): result[c] = got[c].to_numpy()[group]
+                feat_cols += names.values()
     return result[[*df.columns, *feat_cols]], feat_cols
 
 # %% ../../notebooks/15_training.ipynb #66483d78
