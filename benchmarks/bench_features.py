@@ -30,6 +30,21 @@ b) Online lookup of one entity (random customer id per iteration), after `ws.fea
 Targets: mlplat's overhead over direct Feast < 10% (ratio < 1.10). Nothing is asserted; numbers are reported.
 `--profile` additionally runs cProfile over the mlplat variants and prints where their time goes.
 Writes benchmarks/.work/features.json.
+
+c) `--scale 10000,100000,1000000`: mlplat's training set against a bare DuckDB `ASOF JOIN` on the same parquet
+   files, at each entity-frame size N (instead of a and b). Data, per N (seeded): N/10 customers over 90 days; a
+   long-TTL view (3650 d, two features) over N/2 source rows and a 2-day-TTL view (two features, with a created
+   timestamp) over 2N source rows; an entity frame of N rows with a label. Encryption at rest off, so both read the
+   same plain snapshot files. Every measurement runs in a fresh child process (`--child`), which reports the
+   wall time of the build and its own peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) — peak of the
+   whole process, imports included — and the RSS before the build:
+   * mlplat: `ws.features.training_set(entity_df, features=[4 features], name="scale").to_df()` (a new version:
+     the entity frames differ per rep), Feast's offline store as configured (`--offline-store`, default duckdb).
+   * duckdb: one query, two `ASOF LEFT JOIN`s of the entity frame (a pandas frame, scanned in place) onto the
+     snapshot files, TTLs applied, ordered as the input, fetched as a pandas frame.
+   The reps alternate which variant goes first. Targets at 1M rows: mlplat at most 2x DuckDB's time and 2x its
+   peak memory. At the smallest N the two results are also compared value for value.
+   Writes benchmarks/.work/features_scale.json.
 """
 import argparse, itertools, json, os, platform, subprocess, sys, time, warnings
 from datetime import datetime, timezone
@@ -155,10 +170,142 @@ def profile(ws, data, builds=5, lookups=1000):
     st.print_stats(15)
 
 
+SCALE_FEATURES = ["profile:age", "profile:plan", "activity:spend", "activity:n_tx"]
+
+
+def scale_data(n: int, folder: Path):
+    "Seeded parquet files for size `n` (see c) in the module docs), and the mlplat workspace reading them."
+    import pandas as pd
+    import mlplat
+    if (folder/"done").exists(): return
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, keys = np.random.default_rng(n), max(n // 10, 100)
+    t0, span = pd.Timestamp("2026-01-01", tz="UTC"), 90 * 86400
+    at = lambda m: (t0 + pd.to_timedelta(rng.integers(0, span, m), unit="s")).astype("datetime64[us, UTC]")
+    prof = pd.DataFrame({"customer_id": rng.integers(0, keys, n // 2), "event_timestamp": at(n // 2),
+                         "age": rng.integers(18, 90, n // 2), "plan": rng.choice(["basic", "plus", "pro"], n // 2)})
+    act = pd.DataFrame({"customer_id": rng.integers(0, keys, 2 * n), "event_timestamp": at(2 * n),
+                        "spend": rng.gamma(2.0, 30.0, 2 * n).round(2), "n_tx": rng.integers(0, 20, 2 * n)})
+    act["created"] = act["event_timestamp"] + pd.Timedelta(minutes=5)
+    ents = pd.DataFrame({"customer_id": rng.integers(0, keys, n), "event_timestamp": at(n), "label": rng.integers(0, 2, n)})
+    ents.to_parquet(folder/"entities.parquet")
+    home = folder/"ws"
+    mlplat.connect(home)
+    toml = home/"mlplat.toml"
+    toml.write_text(toml.read_text().replace("at_rest = true", "at_rest = false"))
+    ws = mlplat.connect(home)
+    assert not ws.crypto.enabled
+    ws.features.register_source("profiles", prof, classification="internal", timestamp_field="event_timestamp")
+    ws.features.register_source("activity", act, classification="internal", timestamp_field="event_timestamp")
+    ws.features.apply({"entities": [{"name": "customer", "join_key": "customer_id"}], "feature_views": [
+        {"name": "profile", "entities": ["customer"], "source": "profiles", "ttl": "3650d",
+         "features": [{"name": "age", "dtype": "int64"}, {"name": "plan", "dtype": "string"}]},
+        {"name": "activity", "entities": ["customer"], "source": "activity", "ttl": "2d", "created_timestamp_field": "created",
+         "features": [{"name": "spend", "dtype": "float64"}, {"name": "n_tx", "dtype": "int64"}]}]})
+    (folder/"sources.json").write_text(json.dumps({s: ws.features.datasets.get(s).path for s in ("profiles", "activity")}))
+    (folder/"done").write_text("")
+
+
+def child(variant: str, folder: Path, rep: int, keep: bool):
+    "One measured build in this (fresh) process; prints a JSON line."
+    import resource
+    import pandas as pd
+    ents = pd.read_parquet(folder/"entities.parquet").sample(frac=1.0, random_state=rep).reset_index(drop=True)
+    if variant == "mlplat":
+        import mlplat
+        ws = mlplat.connect(folder/"ws")
+        ws.features.store  # noqa: B018  (opening Feast is start-up, not the build)
+        build = lambda: ws.features.training_set(ents, features=SCALE_FEATURES, name="scale").to_df()
+    else:
+        import duckdb
+        src = json.loads((folder/"sources.json").read_text())
+        con = duckdb.connect()
+        con.register("e", ents.assign(__row=np.arange(len(ents))))
+        sql = f"""
+            SELECT e.customer_id, e.event_timestamp, e.label,
+                   CASE WHEN p.p_ts >= e.event_timestamp - INTERVAL 3650 DAY THEN p.age END AS age,
+                   CASE WHEN p.p_ts >= e.event_timestamp - INTERVAL 3650 DAY THEN p.plan END AS plan,
+                   CASE WHEN a.a_ts >= e.event_timestamp - INTERVAL 2 DAY THEN a.spend END AS spend,
+                   CASE WHEN a.a_ts >= e.event_timestamp - INTERVAL 2 DAY THEN a.n_tx END AS n_tx
+            FROM e
+            ASOF LEFT JOIN (SELECT customer_id, event_timestamp AS p_ts, age, plan FROM read_parquet('{src["profiles"]}')) p
+              ON e.customer_id = p.customer_id AND e.event_timestamp >= p.p_ts
+            ASOF LEFT JOIN (SELECT customer_id, event_timestamp AS a_ts, spend, n_tx FROM read_parquet('{src["activity"]}')) a
+              ON e.customer_id = a.customer_id AND e.event_timestamp >= a.a_ts
+            ORDER BY e.__row"""
+        build = lambda: con.execute(sql).df()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter(); df = build(); seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if keep: df.to_parquet(folder/f"result-{variant}.parquet")
+    print(json.dumps({"variant": variant, "rows": len(df), "rows_in": len(ents), "seconds": seconds,
+                      "peak_gb": peak / 2**20, "rss_before_gb": before / 2**20}))
+
+
+def run_child(variant, folder, rep, keep, offline_store) -> dict:
+    env = {**os.environ, "MLPLAT_FEAST_OFFLINE_STORE": offline_store, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, __file__, "--child", variant, "--dir", str(folder), "--rep", str(rep)]
+                         + (["--keep"] if keep else []), capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode: raise SystemExit(f"{variant} child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(sizes, offline_store: str):
+    result = {"benchmark": "features_scale", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "code": code_version(), "offline_store": offline_store, "machine": {"nproc": os.cpu_count()}, "sizes": {}}
+    print(f"{'N':>10} {'variant':<8}{'seconds p50':>12}{'peak GB':>9}{'rss before':>11}{'rows':>10}")
+    for n in sizes:
+        folder = WORK/f"scale-{n}"
+        t = time.perf_counter(); scale_data(n, folder)
+        runs, reps = {"mlplat": [], "duckdb": []}, 3 if n <= 100_000 else 2
+        for rep in range(reps):
+            for v in (["mlplat", "duckdb"] if rep % 2 == 0 else ["duckdb", "mlplat"]):
+                runs[v].append(run_child(v, folder, rep, keep=(rep == 0 and n == min(sizes)), offline_store=offline_store))
+        if n == min(sizes): check_same(folder)
+        row = {v: {"seconds_p50": float(np.median([r["seconds"] for r in rs])), "peak_gb_max": max(r["peak_gb"] for r in rs),
+                   "rss_before_gb": float(np.median([r["rss_before_gb"] for r in rs])), "rows": rs[0]["rows"], "runs": rs}
+               for v, rs in runs.items()}
+        row["time_ratio"] = row["mlplat"]["seconds_p50"] / row["duckdb"]["seconds_p50"]
+        row["peak_ratio"] = row["mlplat"]["peak_gb_max"] / row["duckdb"]["peak_gb_max"]
+        row["setup_seconds"] = time.perf_counter() - t
+        result["sizes"][str(n)] = row
+        for v in runs:
+            r = row[v]
+            print(f"{n:>10} {v:<8}{r['seconds_p50']:12.2f}{r['peak_gb_max']:9.2f}{r['rss_before_gb']:11.2f}{r['rows']:>10}")
+        print(f"{'':>10} ratio mlplat/duckdb: time {row['time_ratio']:.2f}, peak memory {row['peak_ratio']:.2f}", flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK/"features_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {(WORK/'features_scale.json').relative_to(ROOT)}")
+
+
+def check_same(folder: Path):
+    "mlplat's rows equal DuckDB's, value for value (the data has no corrections, so a bare ASOF JOIN is right)."
+    import pandas as pd
+    a, b = (pd.read_parquet(folder/f"result-{v}.parquet") for v in ("mlplat", "duckdb"))
+    assert len(a) == len(b) and (a["label"].to_numpy() == b["label"].to_numpy()).all()
+    for c in ("age", "spend", "n_tx"):
+        np.testing.assert_allclose(a[c].astype(float).to_numpy(), b[c].astype(float).to_numpy(), equal_nan=True, err_msg=c)
+    assert (a["plan"].fillna("-").to_numpy() == b["plan"].fillna("-").to_numpy()).all()
+    print(f"values: mlplat == duckdb on all {len(a)} rows")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", action="store_true", help="also print cProfile of the mlplat variants")
+    ap.add_argument("--scale", help="c) only: comma-separated entity-frame sizes, e.g. 10000,100000,1000000")
+    ap.add_argument("--offline-store", default="duckdb", choices=["duckdb", "file"], help="c): Feast's offline store for mlplat")
+    ap.add_argument("--child", choices=["mlplat", "duckdb"], help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    ap.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        warnings.filterwarnings("ignore")
+        return child(args.child, Path(args.dir), args.rep, args.keep)
+    if args.scale:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        warnings.filterwarnings("ignore")
+        return bench_scale([int(x) for x in args.scale.split(",")], args.offline_store)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore")  # Feast's deprecation notices are noise here
     t0 = time.perf_counter()

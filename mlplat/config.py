@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .options import (  # the sections and their options are declared there, with their documentation
-    ALIASES, NOTIFY_EVENTS, SECTIONS, AuditConfig, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
+    ALIASES, NOTIFY_EVENTS, OFFLINE_STORES, SECTIONS, AuditConfig, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
     MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig, RayConfig, RbacConfig,
     ResidencyConfig, SchedulerConfig, ServiceConfig, ServingConfig, WorkspaceConfig)
 
@@ -152,6 +152,9 @@ def _check_services(cfg):
         raise ConfigError(f"jobs.default_backend must be one of {', '.join(job_backends.names())}, got {cfg.jobs.default_backend!r}")
     if cfg.feast.online_store not in ("sqlite", "redis"):
         raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {cfg.feast.online_store!r}")
+    if cfg.feast.offline_store not in OFFLINE_STORES:
+        raise ConfigError(f"feast.offline_store must be one of {', '.join(map(repr, OFFLINE_STORES))}, got {cfg.feast.offline_store!r}",
+                          hint="'duckdb' is the embedded default; Feast's Spark store is not wired up yet")
 
 def _check_notifications(cfg):
     "Notification events and destinations, and the scheduler's limits."

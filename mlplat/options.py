@@ -9,11 +9,11 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 # %% auto #0
-__all__ = ['CORE_READS', 'WORK_READS', 'DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'NOTIFY_EVENTS', 'SECTIONS', 'ALIASES',
-           'WorkspaceConfig', 'RbacConfig', 'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig', 'MlflowConfig',
-           'FeastConfig', 'JobsConfig', 'RayConfig', 'KubernetesConfig', 'EncryptionConfig', 'ModelsConfig',
-           'MonitoringConfig', 'ServingConfig', 'NotificationsConfig', 'SchedulerConfig', 'ServiceConfig',
-           'AuditConfig', 'options_markdown']
+__all__ = ['CORE_READS', 'WORK_READS', 'DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'OFFLINE_STORES', 'NOTIFY_EVENTS', 'SECTIONS',
+           'ALIASES', 'WorkspaceConfig', 'RbacConfig', 'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig',
+           'MlflowConfig', 'FeastConfig', 'JobsConfig', 'RayConfig', 'KubernetesConfig', 'EncryptionConfig',
+           'ModelsConfig', 'MonitoringConfig', 'ServingConfig', 'NotificationsConfig', 'SchedulerConfig',
+           'ServiceConfig', 'AuditConfig', 'options_markdown']
 
 # %% ../notebooks/01b_options.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -110,11 +110,15 @@ class MlflowConfig:
     registry_uri: str = _opt("", "MLflow model registry URI; empty: same as the tracking URI.")
     artifact_root: str = _opt("", "Artifact root for new experiments; empty: `<home>/mlartifacts`.")
 
+OFFLINE_STORES = ("duckdb", "file")  # Feast offline stores mlplat builds training sets with
+
 @dataclass
 class FeastConfig:
     online_store: str = _opt("sqlite", "Online store: `sqlite` (embedded) or `redis`.")
     redis_connection_string: str = _opt("localhost:6379", "Redis connection string when `online_store = \"redis\"`.")
     online_store_region: str = _opt("", "Region of the online store; empty: the workspace region.")
+    offline_store: str = _opt("duckdb", "Offline store for training sets: `duckdb` (embedded, fast, no dropped rows) or `file` "
+                                        "(Feast's dask-based store, slower and memory-hungry).")
 
 @dataclass
 class JobsConfig:

@@ -234,8 +234,9 @@ class Features(TrainingAndOnline, FeatureCatalog):
         for name, (_, spec) in views.items():
             ours = feast_uri(self.datasets.get(spec["source"]).path)
             src = with_fresh_registry(self.store, lambda: self.store.get_feature_view(name)).batch_source
-            theirs = getattr(getattr(src, "batch_source", None) or src, "path", ours)
-            if theirs != ours:
+            src = getattr(src, "batch_source", None) or src
+            theirs = getattr(src, "path", ours)
+            if theirs != ours or getattr(src, "file_format", True) is None:  # moved, or applied naming no format (older mlplat)
                 raise ValidationError(f"Feast's registry reads feature view {name!r} from {theirs}, but the workspace keeps "
-                                      f"{spec['source']} at {ours} (was the workspace moved?)",
+                                      f"{spec['source']} at {ours}" + (" (was the workspace moved?)" if theirs != ours else " as parquet"),
                                       hint="run `mlplat features sync` (ws.features.sync()) to point Feast at the workspace")

@@ -15,7 +15,7 @@ from ..errors import NotFoundError, ValidationError
 from .datasets import (check_name, insert_version, parse_ref, read_verified, repair_snapshot, snapshot_path,
                                       table_hash, write_snapshot)
 from .definitions import coerce_column
-from .feast_repo import staged, with_fresh_registry
+from .feast_repo import read_staged, staged, with_fresh_registry
 
 ROW_ID = "__mlplat_row_id"
 
@@ -107,24 +107,54 @@ def _distinct(q, cols: list):
     uq[ROW_ID] = range(len(uq))
     return uq, group
 
+def _latest_created(got, uq, path, keys: tuple, spec: dict, names: dict):
+    """Where the row Feast took for an entity row is one of several rows of the same keys and event time (a late
+    correction), put the values of the latest-created of them in `got` (indexed by row id). `names` maps the
+    view's source columns to their output columns."""
+    import pandas as pd
+    ts, created = spec["timestamp_field"], spec.get("created_timestamp_field")
+    if not created: return got
+    src = read_staged(path, [*keys, ts, created, *names]).to_pandas()
+    corrected = src.duplicated([*keys, ts], keep=False)
+    if not corrected.any(): return got
+    src = src.astype({k: uq[k].dtype for k in keys}).rename(columns={ts: "_at"})
+    src["_at"] = src["_at"].astype(uq["event_timestamp"].dtype)
+    winners = (src[corrected].sort_values(created, kind="stable", na_position="first")  # an empty created time loses
+               .drop_duplicates([*keys, "_at"], keep="last"))
+    # the event time the join took for each entity row of a corrected key: the latest at or before it within the TTL
+    times = src[[*keys, "_at"]].merge(winners[list(keys)].drop_duplicates()).drop_duplicates().sort_values("_at")
+    ents = uq[[ROW_ID, "event_timestamp", *keys]].merge(winners[list(keys)].drop_duplicates()).sort_values("event_timestamp")
+    took = pd.merge_asof(ents, times, left_on="event_timestamp", right_on="_at", by=list(keys),
+                         tolerance=pd.Timedelta(seconds=spec["ttl"]) if spec["ttl"] else None)  # inclusive, as Feast's TTL
+    took = took.merge(winners, on=[*keys, "_at"])
+    for col, out in names.items(): got.loc[took[ROW_ID].to_numpy(), out] = took[col].to_numpy()
+    return got
+
 def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: dict, entities: dict, full_feature_names: bool):
     "`df` (a normalized entity frame) with the point-in-time values of `refs` added; returns it and the feature columns."
     q = df.rename(columns={timestamp_column: "event_timestamp"})
     result, feat_cols, distinct = df.copy(), [], {}
-    store = features_api.store
-    sources = [features_api.datasets.get(spec["source"]).path for _, spec in views.values()]
-    with staged(features_api.ws.crypto, sources):  # sealed snapshots are decrypted into memory for Feast, never to disk
-        for view, (_, spec) in views.items():
-            keys = tuple(entities[e][1]["join_key"] for e in spec["entities"])
+    store, file_store = features_api.store, features_api.ws.config.feast.offline_store == "file"
+    sources = {view: features_api.datasets.get(spec["source"]).path for view, (_, spec) in views.items()}
+    view_keys = {view: tuple(entities[e][1]["join_key"] for e in spec["entities"]) for view, (_, spec) in views.items()}
+    # The file store drops rows: one query per view. The duckdb store keeps every row: one query for all views.
+    batches = [(view_keys[v], [v]) for v in views] if file_store else \
+        [(tuple(dict.fromkeys(k for ks in view_keys.values() for k in ks)), list(views))]
+    with staged(features_api.ws.crypto, sources.values()):  # sealed snapshots are decrypted into memory for Feast, never to disk
+        for keys, batch in batches:
             if keys not in distinct: distinct[keys] = _distinct(q, ["event_timestamp", *keys])
             uq, group = distinct[keys]
-            vrefs = [r for r in refs if r.split(":")[0] == view]
+            vrefs = [r for r in refs if r.split(":")[0] in batch]
             got = with_fresh_registry(store, lambda: store.get_historical_features(
                 entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
-            cols = [c for c in got.columns if c not in (ROW_ID, "event_timestamp", *keys)]
-            got = got[[ROW_ID, *cols]].drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
-            for c in cols: result[c] = got[c].to_numpy()[group]
-            feat_cols += cols
+            got = got.drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
+            for view in batch:
+                names = {r.split(":")[1]: r.replace(":", "__") if full_feature_names else r.split(":")[1]
+                         for r in vrefs if r.split(":")[0] == view}
+                # Feast's file store breaks ties between corrections at random (its two sorts are not stable)
+                if file_store: got = _latest_created(got, uq, sources[view], keys, views[view][1], names)
+                for c in names.values(): result[c] = got[c].to_numpy()[group]
+                feat_cols += names.values()
     return result[[*df.columns, *feat_cols]], feat_cols
 
 # %% ../../notebooks/15_training.ipynb #66483d78
