@@ -85,8 +85,8 @@ def cmd_pipelines(args):
         rec = (pl.run(args.file, parse_params(args.param), args.max_parallel, trigger=trigger, cache=not args.no_cache) if a == "run"
                else pl.resume(args.id, args.max_parallel, cache=not args.no_cache))
         _show_run(args, rec)
-        if rec.status != "succeeded": raise SystemExit(1)
-    elif a == "submit": _show_run(args, pl.submit(args.file, parse_params(args.param)))
+        if rec.status not in ("succeeded", "running"): raise SystemExit(1)   # running: a resume handed to Argo
+    elif a == "submit": _show_run(args, pl.submit(args.file, parse_params(args.param), cache=not args.no_cache))
     elif a == "show": _show_run(args, pl.get(args.id))   # a run submitted to Argo is brought up to date with its Workflow
     elif a == "log":
         got = pl.step_log(args.id, args.step, args.tail)
@@ -131,10 +131,18 @@ def _cronjob(args, ws):
 
 def _cronworkflow(args, ws):
     import yaml
-    from mlplat.pipelines.argo_workflow import cron_workflow
-    m = cron_workflow(ws, ws.schedules.get(args.name), args.namespace)
+    from mlplat.pipelines.argo_workflow import credential_secret, cron_workflow
+    if args.apply:
+        from mlplat.pipelines.argo_fires import ScheduleOnArgo
+        m = ScheduleOnArgo(ws).apply(args.name)
+        print(f"applied CronWorkflow {m['metadata']['namespace']}/{m['metadata']['name']} and the Secret with the schedule's credential",
+              file=sys.stderr)
+    else:
+        m = cron_workflow(ws, ws.schedules.get(args.name), args.namespace)
+        print(f"note: its fires need the schedule's credential in Secret {credential_secret(m['metadata']['name'])}: "
+              f"--apply creates both (the credential is never printed)", file=sys.stderr)
     print(f"note: once this CronWorkflow runs the schedule, pause it here (mlplat schedule pause {args.name}), "
-          f"or `mlplat scheduler` will run each slot too", file=sys.stderr)
+          f"or `mlplat scheduler` will run each slot too (a slot is fired once either way)", file=sys.stderr)
     if args.json: return print_json(m)
     sys.stdout.write(yaml.safe_dump(m, sort_keys=False))
 
@@ -186,6 +194,7 @@ def _add_pipelines(c):
     x.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     x = ps.add_parser("submit", help="record a run and hand it to Argo Workflows whole (steps all on kubernetes); returns at once")
     x.add_argument("file"); x.add_argument("-p", "--param", action="append", help=PARAM_HELP)
+    x.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     ps.add_parser("check", help="validate a pipeline against its notebooks without running it").add_argument("file")
     x = ps.add_parser("plan", help="which steps a run would run and why, and which it would reuse from earlier runs")
     x.add_argument("file"); x.add_argument("-p", "--param", action="append", help=PARAM_HELP)
@@ -216,6 +225,7 @@ def _add_schedule(c):
     x.add_argument("--image", help="container image (default: kubernetes.image)"); x.add_argument("--namespace")
     x = ss.add_parser("cronworkflow", help="the schedule as an Argo CronWorkflow, one pod per step (steps on kubernetes), as YAML")
     x.add_argument("name"); x.add_argument("--namespace")
+    x.add_argument("--apply", action="store_true", help="create it (and the Secret with the schedule's credential) through the Kubernetes API")
     c.leaves(ss)
 
 def add_commands(c):

@@ -19,14 +19,16 @@ from .audit import AuditLog
 from .identity import Principal
 
 PREFIX = "mlpd_"
-KINDS = ("pipeline-run", "job", "schedule-fire")
+KINDS = ("pipeline-run", "job", "schedule-fire", "schedule")
+EXCHANGE_ONLY = ("schedule",)   # kinds exchanged for a run by the code that starts it; they never sign in
 MAX_LIFETIME = timedelta(days=7)
+CREDENTIAL_LIFETIME = timedelta(days=366)   # of an exchange-only credential
 _TOKEN = re.compile(r"mlpd_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _SCOPE = re.compile(r"([a-z-]+):(\S{1,280})")
 
 # %% auto #0
-__all__ = ['PREFIX', 'KINDS', 'MAX_LIFETIME', 'IDENTITY_VARIABLES', 'check_scope', 'Delegation', 'work_environment',
-           'secret_digest', 'Delegations', 'verify_delegated']
+__all__ = ['PREFIX', 'KINDS', 'EXCHANGE_ONLY', 'MAX_LIFETIME', 'CREDENTIAL_LIFETIME', 'IDENTITY_VARIABLES', 'check_scope',
+           'Delegation', 'work_environment', 'secret_digest', 'Delegations', 'verify_delegated']
 
 # %% ../../notebooks/07c_delegation.ipynb #6ab60718
 def check_scope(scope: str) -> str:
@@ -69,7 +71,7 @@ class _Minting:
         ws, p = self.ws, principal or self.ws.principal
         check_scope(scope)
         now = utcnow()
-        expires = now + min(lifetime, MAX_LIFETIME)
+        expires = now + min(lifetime, CREDENTIAL_LIFETIME if scope.split(":", 1)[0] in EXCHANGE_ONLY else MAX_LIFETIME)
         if p.claims.get("delegated") and isinstance(p.claims.get("exp"), (int, float)):
             expires = min(expires, datetime.fromtimestamp(p.claims["exp"], now.tzinfo))
         parent = p.claims.get("token_id") if p.provider in ("token", "delegated") else None
@@ -122,8 +124,9 @@ class Delegations(_Minting):
             return c.execute(t.update().where((t.c.scope == scope) & t.c.revoked_at.is_(None)).values(revoked_at=utcnow())).rowcount
 
 # %% ../../notebooks/07c_delegation.ipynb #74498b62
-def verify_delegated(engine, credentials: str) -> Principal:
-    "The delegated principal of an `mlpd_` token, or `AuthenticationError` (malformed, unknown, revoked, expired)."
+def verify_delegated(engine, credentials: str, exchange: str | None = None) -> Principal:
+    """The delegated principal of an `mlpd_` token, or `AuthenticationError` (malformed, unknown, revoked, expired, or
+    an exchange-only credential). With `exchange`, only the exchange-only credential of that scope is accepted."""
     import sqlalchemy as sa
     m = _TOKEN.fullmatch(credentials.strip())
     if not m: raise AuthenticationError("the delegated token is malformed", hint="delegated tokens look like mlpd_<16 hex>_<43 characters>")
@@ -131,6 +134,10 @@ def verify_delegated(engine, credentials: str) -> Principal:
     with engine.connect() as c: row = c.execute(sa.select(t).where(t.c.id == m[1])).first()
     if row is None or not hmac.compare_digest(row.secret_sha256, secret_digest(m[2])):
         raise AuthenticationError("the delegated token is not valid", hint="delegated tokens are minted by mlplat for one run or job")
+    if (row.scope.split(":", 1)[0] in EXCHANGE_ONLY) != (exchange is not None) or (exchange and row.scope != exchange):
+        raise AuthenticationError(f"this credential is not for {exchange}" if exchange else
+                                  f"this is the credential of {row.scope}: it starts that schedule's runs, it does not sign in",
+                                  hint="present it only where it is exchanged (the CronWorkflow's pods do)")
     if row.revoked_at is not None:
         raise AuthenticationError(f"the delegated token for {row.scope} was revoked (the work ended)",
                                   hint="a delegated token works only while its run or job does")

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..db import table, utcnow
 from ..errors import ValidationError
 from ..jobs.k8s_backend import KubeClient
 from . import seal_notebook, seal_step_log
@@ -21,7 +23,7 @@ PHASES = {"Pending": "running", "Running": "running", "Succeeded": "succeeded", 
           "Skipped": "skipped", "Omitted": "skipped"}
 
 # %% auto #0
-__all__ = ['REF_FILE', 'PHASES', 'step_progress', 'ArgoRuns']
+__all__ = ['REF_FILE', 'PHASES', 'step_progress', 'end_fire', 'ArgoRuns']
 
 # %% ../../notebooks/64c_pipelines_argo_runs.ipynb #5bedf50f
 def _time(value):
@@ -45,11 +47,18 @@ def step_progress(s, task: str, nodes: dict, ended: bool):
         s.outputs = next((json.loads(p["value"]) for p in params if p.get("name") == "outputs" and p.get("value")), {})
 
 # %% ../../notebooks/64c_pipelines_argo_runs.ipynb #33e95c96
+def end_fire(engine, rec: RunRecord):
+    "A run that a CronWorkflow fired ends its fire too (`mlplat schedule history`), as a fire of `mlplat scheduler` does."
+    t = table("schedule_fires")
+    with engine.begin() as c:
+        c.execute(t.update().where((t.c.run_id == rec.id) & t.c.finished_at.is_(None)).values(status=rec.status, finished_at=utcnow()))
+
 class _Recording:
     "The run's record from the Workflow: each step's progress, and the end of the run as every run ends."
     @staticmethod
     def ref(rec: RunRecord) -> dict | None:
-        "Where the run's Workflow is (`namespace`, `name`); None for a run that a runner on this side executes."
+        """Where the run's Workflow is (`namespace`, `name`; the audit `action`, the steps it `kept` from before a resume,
+        the `earlier` Workflows); None for a run that a runner on this side executes."""
         f = Path(rec.folder)/REF_FILE
         return json.loads(f.read_text()) if f.is_file() else None
 
@@ -57,16 +66,22 @@ class _Recording:
         from mlplat.pipelines.spec import Pipeline
         return Pipeline.from_dict(rec.spec, ".", Path(rec.source) if rec.source else None)   # notebook paths are absolute
 
-    def _finish(self, p, rec: RunRecord, cancelled: str | None):
-        "Record, track, audit and notify the end of the run as the executor does, and revoke the run's token."
+    def _finish(self, p, rec: RunRecord, cancelled: str | None, action: str = "pipeline.run", kept=()):
+        """Record, track, audit and notify the end of the run as the executor does, and revoke the run's token. The run's
+        own identity records it (a fresh secret of its token), not whoever happened to sync it, while its token lives."""
+        from mlplat.errors import AuthenticationError
         from mlplat.governance.delegation import Delegations
         from mlplat.pipelines.executor import Executor
-        ended = Executor(self.ws, p, rec, 1, "pipeline.run", prepared=({}, {}))
+        own = Delegations(self.ws).renew(f"pipeline-run:{rec.id}", "mlplat:end-of-run")
+        try: acting = self.ws.authenticate(own.token, "argo") if own else self.ws
+        except AuthenticationError: acting = self.ws   # e.g. its service account's token is gone
+        ended = Executor(acting, p, rec, 1, action, prepared=({}, {}))
         for s in rec.steps.values():
-            if s.status in ("succeeded", "failed"): ended.tracking.step(rec, s)
+            if s.status in ("succeeded", "failed") and s.name not in kept: ended.tracking.step(rec, s)
         ended.failed = {n for n, s in rec.steps.items() if s.status in ("failed", "skipped")}
         ended.finish(cancelled)
         Delegations(self.ws).revoke(f"pipeline-run:{rec.id}")
+        end_fire(self.ws.engine, rec)
 
     def sync(self, run_id: str) -> RunRecord:
         "The run's record, brought up to date with its Workflow (and finished, once the Workflow has ended)."
@@ -85,43 +100,104 @@ class _Recording:
                 seal_notebook(self.ws.crypto, executed); seal_step_log(self.ws.crypto, Path(rec.folder)/f"{s.name}.log")
             self.store.save_step(rec.id, s)
         if ended and self.store.claim_end(rec.id):   # another sync that saw the end at the same time records nothing twice
+            self._key(p, rec)
             reason = self.store.cancel_request(rec.id)
-            self._finish(p, rec, f"cancelled: {reason}" if reason else None)
+            self._finish(p, rec, f"cancelled: {reason}" if reason else None, ref.get("action", "pipeline.run"), ref.get("kept", ()))
         elif ended: return self.store.get(rec.id)
         return rec
 
+# %% ../../notebooks/64c_pipelines_argo_runs.ipynb #d5192f62
+class _Planning:
+    "What a new Workflow of a run leaves out, where its pods find the notebooks, and the keys of what its pods ran."
+    def _reuse(self, p, rec: RunRecord, cache: bool) -> dict:
+        """Step -> outputs of the steps the Workflow will not run: those that succeeded already (a resumed run's) and, with
+        `cache` (and the step's own `cache`), those whose key matches an earlier succeeded step (then `cached from
+        RUN/STEP`). A step is keyed only when all its inputs are known now: one after a step that runs, runs."""
+        from mlplat.pipelines.cache import RunCache, step_values
+        keyer = RunCache(self.ws, p, rec, self.store, cache)
+        done = {n: s.outputs for n, s in rec.steps.items() if s.status == "succeeded"}
+        for name in p.order():
+            s, step = rec.steps[name], p.step(name)
+            if name in done: continue
+            s.cache_key = None   # an earlier attempt's key says nothing about this one
+            if not set(step.depends_on) <= set(done): continue
+            try: s.parameters = step_values(step, rec.parameters, done)
+            except ValidationError: continue   # its pod renders them and says why
+            if keyer.reuse(step, s, s.parameters):
+                s.started_at = s.finished_at = utcnow()
+                done[name] = s.outputs
+            self.store.save_step(rec.id, s)
+        return done
+
+    def _notebooks(self, p, rec: RunRecord, steps: list, fresh: bool) -> dict:
+        """Step -> where its pod finds its notebook; `fresh` (a resume): copies taken for an earlier Workflow are taken
+        again, so a notebook fixed since runs as fixed, and the run's record says which source it ran."""
+        from mlplat.pipelines.argo import notebook_in_pod
+        from mlplat.pipelines.cache import notebook_hash
+        if fresh:
+            for name in steps:
+                shutil.rmtree(Path(rec.folder)/"code"/name, ignore_errors=True)
+                rec.reproduce.setdefault("notebooks", {})[name] = notebook_hash(p.step(name).notebook)
+            self.store.save_reproduce(rec.id, rec.reproduce)
+        return {name: notebook_in_pod(self.ws, p.step(name), Path(rec.folder)) for name in steps}
+
+    def _key(self, p, rec: RunRecord):
+        """Key the steps the pods ran, their parameters rendered as the pods did, so that later runs may reuse them. A
+        step whose notebook changed since it was submitted is left unkeyed: what it ran is no longer known here."""
+        from mlplat.pipelines.cache import RunCache, notebook_hash, step_values
+        keyer = RunCache(self.ws, p, rec, self.store, enabled=False)
+        outputs = {n: s.outputs for n, s in rec.steps.items() if s.status == "succeeded"}
+        for name in p.order():
+            s, step = rec.steps[name], p.step(name)
+            if s.status != "succeeded" or s.cache_key or any(not rec.steps[d].cache_key for d in step.depends_on): continue
+            try:
+                if notebook_hash(step.notebook) != (rec.reproduce.get("notebooks") or {}).get(name): continue
+                s.parameters = step_values(step, rec.parameters, outputs)
+            except (ValidationError, OSError): continue
+            keyer.reuse(step, s, s.parameters)
+            self.store.save_step(rec.id, s)
+
 # %% ../../notebooks/64c_pipelines_argo_runs.ipynb #88b54505
-class ArgoRuns(KubeClient, WorkflowApi, _Recording):
+class ArgoRuns(KubeClient, WorkflowApi, _Recording, _Planning):
     "Runs of pipelines whose steps all run on Kubernetes, each submitted whole as one Argo Workflow."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
-    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None) -> RunRecord:
+    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None, cache: bool = True) -> RunRecord:
         "`ws.pipelines.submit`: the checks and records of every run, then `launch`."
-        return self.ws.pipelines.submit(pipeline, params, trigger)
+        return self.ws.pipelines.submit(pipeline, params, trigger, cache)
 
-    def launch(self, p, rec: RunRecord, secrets: dict) -> RunRecord:
+    def launch(self, p, rec: RunRecord, secrets: dict, cache: bool = True, action: str = "pipeline.run") -> RunRecord:
         """Submit recorded run `rec` of pipeline `p` (every step on Kubernetes; `secrets`: step -> {NAME: value}) as one
-        Workflow with its Secret; returns the record (`running`). A refused submission fails the run, recorded."""
+        Workflow with its Secret; returns the record (`running`, or `succeeded` when every step was reused). Steps that
+        succeeded already and reused steps are not in it (see above). A refused submission fails the run, recorded."""
         from mlplat.governance.delegation import Delegations
-        from mlplat.pipelines.argo import notebook_in_pod
         from mlplat.pipelines.executor import run_lifetime
         ws = self.ws
-        name = k8s_name(rec.id)
+        kept = sorted(n for n, s in rec.steps.items() if s.status == "succeeded")
+        done = self._reuse(p, rec, cache)
+        if len(done) == len(rec.steps):   # nothing left for Argo to run
+            self._finish(p, rec, None, action, kept)
+            return rec
+        old = self.ref(rec)
+        earlier = [*old.get("earlier", []), old["name"]] if old else []
+        name = k8s_name(f"{rec.id}-r{len(earlier)}" if earlier else rec.id)
         token = Delegations(ws).mint(f"pipeline-run:{rec.id}", run_lifetime(p), f"argo-workflow:{self.settings.namespace}/{name}")
-        values = {**token.env(), **{f"{step}.{n}": v for step, given in secrets.items() for n, v in given.items()}}
+        values = {**token.env(), **{f"{step}.{n}": v for step, given in secrets.items() if step not in done for n, v in given.items()}}
         try:
-            notebooks = {s.name: notebook_in_pod(ws, s, Path(rec.folder)) for s in p.steps}
+            notebooks = self._notebooks(p, rec, [n for n in p.order() if n not in done], fresh=bool(earlier))
             body = workflow(ws, p, rec.parameters, rec.id, rec.folder, secret=f"{name}-secrets", token=True, notebooks=notebooks,
-                            labels={"mlplat.dev/pipeline-run": name})
+                            labels={"mlplat.dev/pipeline-run": k8s_name(rec.id)}, done=done)
+            body["metadata"]["name"] = name   # a resumed run's Workflow is named after its attempt, not the run
             self._submit(self.api(), body, values)
         except ValidationError as e:
-            for s in rec.steps.values(): s.status, s.error = "failed", f"not submitted: {e.message}"
-            self._finish(p, rec, None)
+            for n, s in rec.steps.items():
+                if n not in done: s.status, s.error = "failed", f"not submitted: {e.message}"
+            self._finish(p, rec, None, action, kept)
             raise
-        (Path(rec.folder)/REF_FILE).write_text(json.dumps({"namespace": self.settings.namespace, "name": name}))
-        for s in rec.steps.values():
-            s.backend = "kubernetes"
-            self.store.save_step(rec.id, s)
+        (Path(rec.folder)/REF_FILE).write_text(json.dumps({"namespace": self.settings.namespace, "name": name, "action": action,
+                                                           "kept": kept, "earlier": earlier}))
+        for n, s in rec.steps.items():
+            if n not in done: s.backend = "kubernetes"; self.store.save_step(rec.id, s)
         return rec
 
     def cancel(self, run_id: str, reason: str | None = None) -> RunRecord:

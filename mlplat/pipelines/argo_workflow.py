@@ -20,9 +20,9 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 MANAGED = {"app.kubernetes.io/managed-by": "mlplat"}
 
 # %% auto #0
-__all__ = ['WORKFLOW_API', 'OUTPUTS_FILE', 'GPU_TOLERATION', 'MANAGED', 'RUN_ONCE_DEADLINE', 'k8s_name', 'argo_json',
+__all__ = ['WORKFLOW_API', 'OUTPUTS_FILE', 'GPU_TOLERATION', 'MANAGED', 'RUN_ONCE_DEADLINE', 'FIRE_TASK', 'k8s_name', 'argo_json',
            'task_names', 'step_image', 'secret_key', 'step_env', 'step_resources', 'step_template', 'workflow',
-           'step_workflow', 'cron_workflow', 'require_kubernetes', 'pipeline_workflow']
+           'step_workflow', 'credential_secret', 'cron_workflow', 'require_kubernetes', 'pipeline_workflow']
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #7aa2d2a7
 def k8s_name(text: str, limit: int = 63) -> str:
@@ -78,9 +78,11 @@ def step_resources(step) -> dict:
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #874952bd
 def step_template(ws, step, name: str, notebook: str, out: str, parameters: dict, params: dict, env: dict,
-                  upstream: dict | None = None, secret: str | None = None, secret_names=(), retries: bool = True) -> dict:
+                  upstream: dict | None = None, secret: str | None = None, secret_names=(), retries: bool = True,
+                  given: dict | None = None) -> dict:
     """The Argo template running `step`'s `notebook` (a path inside the pod) into `out`. `parameters` are the step's
-    (templates, rendered in the pod with the run's `params` and the outputs of `upstream`: step -> Argo task name)."""
+    (templates, rendered in the pod with the run's `params` and the outputs of `upstream`: step -> Argo task name, and
+    of `given`: step -> its outputs, known before the Workflow starts)."""
     image = step_image(ws, step)
     if not image: raise ValidationError(f"step {step.name} has no container image to run on Kubernetes",
                                         hint="set image: on the step or the pipeline, or kubernetes.image in mlplat.toml")
@@ -88,6 +90,7 @@ def step_template(ws, step, name: str, notebook: str, out: str, parameters: dict
     args = [notebook, out, "--parameters", argo_json(parameters), "--params", argo_json(params), "--outputs", OUTPUTS_FILE]
     if step.kernel: args += ["--kernel", step.kernel]
     for u, task in upstream.items(): args += ["--upstream", f"{u}={{{{inputs.parameters.upstream-{task}}}}}"]
+    for u, value in (given or {}).items(): args += ["--upstream", f"{u}={argo_json(value)}"]
     volume = WorkspaceVolume.of(ws.config)
     container = {"name": "main", "image": image, "command": ["python", "-m", "mlplat.pipelines.pod_step"], "args": args,
                  "env": step_env(step, {**{e["name"]: e["value"] for e in volume.env()}, **env}, secret, secret_names)}
@@ -115,17 +118,19 @@ def _step_env(ws, run_id: str, step) -> dict:
     return env
 
 def workflow(ws, p, params: dict, run_id: str, folder: str, secret: str | None = None, token: bool = False,
-             labels: dict | None = None, notebooks: dict | None = None) -> dict:
-    "The Argo `Workflow` (a dict) running pipeline `p` with the resolved `params` as run `run_id`; `notebooks`: step -> path in the pod."
-    names, notebooks = task_names(p), notebooks or {}
+             labels: dict | None = None, notebooks: dict | None = None, done: dict | None = None) -> dict:
+    """The Argo `Workflow` (a dict) running pipeline `p` with the resolved `params` as run `run_id`; `notebooks`: step ->
+    path in the pod; `done`: step -> outputs of the steps not to run (reused or kept), given to the others as values."""
+    names, notebooks, done = task_names(p), notebooks or {}, done or {}
     templates, tasks = [], []
-    for s in (p.step(n) for n in p.order()):
-        upstream = {ref[1]: names[ref[1]] for ref in references(s.parameters) if ref[0] == "steps"}
+    for s in (p.step(n) for n in p.order() if n not in done):
+        reads = [ref[1] for ref in references(s.parameters) if ref[0] == "steps"]
+        upstream = {u: names[u] for u in reads if u not in done}
         secret_names = [*(["MLPLAT_TOKEN"] if token else []), *(n for n, r in s.secrets.items() if r.source != "k8s")]
         templates.append(step_template(ws, s, names[s.name], notebooks.get(s.name, str(s.notebook)), f"{folder}/{s.name}.ipynb", s.parameters, params,
-                                       _step_env(ws, run_id, s), upstream, secret, secret_names))
+                                       _step_env(ws, run_id, s), upstream, secret, secret_names, given={u: done[u] for u in reads if u in done}))
         task = {"name": names[s.name], "template": names[s.name]}
-        if s.depends_on: task["dependencies"] = [names[d] for d in s.depends_on]
+        if set(s.depends_on) - set(done): task["dependencies"] = [names[d] for d in s.depends_on if d not in done]
         if upstream: task["arguments"] = {"parameters": [{"name": f"upstream-{t}", "value": f"{{{{tasks.{t}.outputs.parameters.outputs}}}}"}
                                                          for t in upstream.values()]}
         tasks.append(task)
@@ -150,6 +155,28 @@ def step_workflow(ws, step, name: str, notebook: str, out: str, values: dict, en
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #b1db3e5e
 RUN_ONCE_DEADLINE = 86400   # misfire: run_once — a slot missed by up to a day still runs (once)
+FIRE_TASK = "mlplat-fire"   # a fire's first task: checks and records the fire before any step runs
+
+def credential_secret(cron_name: str) -> str:
+    "The Secret holding a CronWorkflow's schedule credential (key `credential`)."
+    return f"{cron_name}-credential"
+
+def _fire_first(ws, s, p, spec: dict, cred: str):
+    "Make the fire's task the first of `spec`'s DAG, and give every pod of it the schedule's credential by reference."
+    volume, image = WorkspaceVolume.of(ws.config), ws.config.kubernetes.image or step_image(ws, p.steps[0])
+    if FIRE_TASK in task_names(p).values(): raise ValidationError(f"a step of {p.name} is named like the fire's task {FIRE_TASK!r}: rename it")
+    by_ref = [{"name": "MLPLAT_SCHEDULE", "value": s.name},
+              {"name": "MLPLAT_SCHEDULE_CREDENTIAL", "valueFrom": {"secretKeyRef": {"name": cred, "key": "credential"}}}]
+    dag, *steps = spec["templates"]
+    for t in steps: t["container"]["env"] = sorted([*t["container"]["env"], *by_ref], key=lambda e: e["name"])
+    env = [*volume.env(), *by_ref, {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"}]
+    if ws.config.source and volume.holds(ws.config.source): env.append({"name": "MLPLAT_CONFIG", "value": str(ws.config.source)})
+    container = {"name": "main", "image": image, "command": ["python", "-m", "mlplat.pipelines.argo_fires"], "env": env,
+                 "args": [s.name, "--run", "{{workflow.name}}", "--slot", "{{workflow.scheduledTime}}", "--namespace", "{{workflow.namespace}}"],
+                 "volumeMounts": [volume.mount()]}
+    spec["templates"].append({"name": FIRE_TASK, "metadata": {"labels": dict(MANAGED)}, "container": container})
+    for task in dag["dag"]["tasks"]: task.setdefault("dependencies", [FIRE_TASK])
+    dag["dag"]["tasks"].insert(0, {"name": FIRE_TASK, "template": FIRE_TASK})
 
 def cron_workflow(ws, s, namespace: str | None = None) -> dict:
     "The Argo `CronWorkflow` running schedule `s`'s pipeline with its parameters and policies."
@@ -165,6 +192,7 @@ def cron_workflow(ws, s, namespace: str | None = None) -> dict:
     labels = {"mlplat.dev/schedule": name}
     wf = workflow(ws, p, p.resolve_params(s.parameters), "{{workflow.name}}", f"{ws.config.home}/pipelines/{{{{workflow.name}}}}",
                   labels=labels)
+    _fire_first(ws, s, p, wf["spec"], credential_secret(name))
     spec = {"schedules": [s.cron], "timezone": s.timezone, "suspend": s.paused,
             "concurrencyPolicy": {"forbid": "Forbid", "allow": "Allow", "replace": "Replace"}[s.overlap],
             "startingDeadlineSeconds": max(10, int(ws.config.scheduler.misfire_grace_seconds)) if s.misfire == "skip" else RUN_ONCE_DEADLINE,

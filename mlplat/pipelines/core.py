@@ -66,23 +66,17 @@ class _RunControl:
             time.sleep(0.2)
         return self.store.get(run_id)
 
-    def _cancel_workflow(self, run_id: str, reason: str | None, wait: float) -> RunRecord:
-        "A run Argo runs as one Workflow: Argo is asked to stop it; with `wait`, up to that many seconds for it to stop."
-        runs = ArgoRuns(self.ws)
-        rec = runs.cancel(run_id, reason)
-        deadline = time.monotonic() + wait
-        while rec.status == "running" and time.monotonic() < deadline:
-            time.sleep(1.0); rec = runs.sync(run_id)
-        return rec
-
     def resume(self, run_id: str, max_parallel: int | None = None, cache: bool = True) -> RunRecord:
         """Run again the steps of `run_id` that did not succeed (and what they block); succeeded steps keep their outputs,
-        and with `cache` a step identical to an earlier succeeded one is reused."""
+        and with `cache` a step identical to an earlier succeeded one is reused. A run submitted to Argo is resumed
+        on Argo (a new Workflow of the same run, returning at once)."""
         ws = self.ws
         _check_parallel(max_parallel)
         rec = self.store.get(run_id)
+        on_argo = ArgoRuns.ref(rec) is not None
+        if rec.status == "running" and on_argo: rec = ArgoRuns(ws).sync(run_id)   # it may have ended since it was last seen
         if rec.status == "succeeded": raise ValidationError(f"run {run_id} already succeeded; nothing to resume")
-        if rec.status == "running" and runner_alive(rec):
+        if rec.status == "running" and (on_argo or runner_alive(rec)):
             raise ValidationError(f"run {run_id} is still running", hint="wait for it, then resume what failed")
         p = Pipeline.from_dict(rec.spec, ".", Path(rec.source) if rec.source else None)  # notebook paths are absolute
         _check_regions(p, ws.config.workspace.region)
@@ -95,6 +89,7 @@ class _RunControl:
         self.store.clear_cancel(run_id)  # an old request must not stop the resumed run
         self.store.save_run(rec)
         RunTracking(ws).reopen(rec)
+        if on_argo: return ArgoRuns(ws).launch(p, rec, prepared[1], cache, "pipeline.resume")   # a new Workflow, same record
         return Executor(ws, p, rec, max_parallel or p.max_parallel, "pipeline.resume", prepared, cache).run()
 
 # %% ../../notebooks/62c_pipelines_core.ipynb #329a782b
@@ -163,8 +158,34 @@ class _RunNotebooks:
         return data
 
 
+# %% ../../notebooks/62c_pipelines_core.ipynb #60b7aa17
+class _OnArgo:
+    "Runs Argo executes whole: submit one, record one a CronWorkflow fired, follow a cancel until Argo stops it."
+    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None, cache: bool = True) -> RunRecord:
+        """Run `pipeline` (every step `backend: kubernetes`) on Argo Workflows as ONE Workflow, with no runner on this
+        side: checked and recorded like `run`, then returns at once (`running`). `get` follows it, `cancel` stops it.
+        Steps identical to an earlier succeeded step are reused, as in `run`, and left out of the Workflow."""
+        p = require_kubernetes(self.load(pipeline))
+        p, rec, _, (_, secrets) = self._begin(p, params, None, None, trigger)
+        return ArgoRuns(self.ws).launch(p, rec, secrets, cache)
+
+    def register(self, pipeline, params: dict | None, run_id: str, trigger: str) -> RunRecord:
+        """Record run `run_id` of `pipeline` that something else executes — a CronWorkflow's fire, from its first pod
+        (see `mlplat.pipelines.argo_fires`): the checks, authorization and records of `run`, no step backend contacted."""
+        return self._begin(require_kubernetes(self.load(pipeline)), params, None, run_id, trigger, placed=False)[1]
+
+    def _cancel_workflow(self, run_id: str, reason: str | None, wait: float) -> RunRecord:
+        "A run Argo runs as one Workflow: Argo is asked to stop it; with `wait`, up to that many seconds for it to stop."
+        runs = ArgoRuns(self.ws)
+        rec = runs.cancel(run_id, reason)
+        deadline = time.monotonic() + wait
+        while rec.status == "running" and time.monotonic() < deadline:
+            time.sleep(1.0); rec = runs.sync(run_id)
+        return rec
+
+
 # %% ../../notebooks/62c_pipelines_core.ipynb #1f902365
-class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
+class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks, _OnArgo):
     "Pipelines of a workspace (`ws.pipelines`): plan, run, start, submit, resume, cancel, list, get, notebook, step_log."
     def __init__(self, ws): self.ws, self.store = ws, RunStore(ws)
 
@@ -191,14 +212,7 @@ class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
         threading.Thread(target=executor.run_guarded, name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
 
-    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None) -> RunRecord:
-        """Run `pipeline` (every step `backend: kubernetes`) on Argo Workflows as ONE Workflow, with no runner on this
-        side: checked and recorded like `run`, then returns at once (`running`). `get` follows it, `cancel` stops it."""
-        p = require_kubernetes(self.load(pipeline))
-        p, rec, _, (_, secrets) = self._begin(p, params, None, None, trigger)
-        return ArgoRuns(self.ws).launch(p, rec, secrets)
-
-    def _begin(self, pipeline, params, max_parallel, run_id, trigger) -> tuple:
+    def _begin(self, pipeline, params, max_parallel, run_id, trigger, placed: bool = True) -> tuple:
         "Everything before the first step: checks, authorization, the run's folder, MLflow run, DB rows and lineage."
         ws = self.ws
         _check_parallel(max_parallel)
@@ -208,7 +222,7 @@ class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks):
         if p.classification: ws.governance.residency.validate_classification(p.classification)  # before a kernel starts
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
-        prepared = prepare(ws, p, p.steps)   # every step's backend and secrets, before anything is recorded
+        prepared = prepare(ws, p, p.steps) if placed else ({}, {})   # every step's backend and secrets, before anything is recorded
         reproduce = reproduce_record(p, Environments(ws))   # each kernel's environment: a missing kernel stops the run here
         run_id = run_id or self.new_run_id(p.name)
         folder = ws.config.home/"pipelines"/run_id

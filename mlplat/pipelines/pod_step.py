@@ -12,11 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import ValidationError
+from ..errors import MlplatError
 from .secrets import scrub, scrub_text
 
 # %% auto #0
-__all__ = ['step_values', 'main']
+__all__ = ['step_values', 'act_for_the_fire', 'main']
 
 # %% ../../notebooks/64a_pipelines_pod_step.ipynb #181b5593
 def step_values(notebook: Path, parameters: dict, params: dict, outputs: dict) -> dict:
@@ -43,6 +43,14 @@ def _arguments(argv):
     return ap.parse_args(argv)
 
 # %% ../../notebooks/64a_pipelines_pod_step.ipynb #3d47c41b
+def act_for_the_fire():
+    "In a CronWorkflow's pod: the schedule's credential (taken out of the environment) exchanged for the run's token."
+    credential = os.environ.pop("MLPLAT_SCHEDULE_CREDENTIAL", None)
+    if credential is None: return
+    from mlplat.pipelines.argo_fires import step_token, workspace_in_pod
+    os.environ["MLPLAT_TOKEN"] = step_token(workspace_in_pod(), credential, os.environ.get("MLPLAT_SCHEDULE", ""),
+                                            os.environ.get("MLPLAT_PIPELINE_RUN", ""), os.environ.get("MLPLAT_PIPELINE_STEP", ""))
+
 def main(argv=None) -> int:
     a = _arguments(sys.argv[1:] if argv is None else argv)
     outputs_file, out, notebook = Path(a.outputs), Path(a.out), Path(a.notebook)
@@ -54,9 +62,10 @@ def main(argv=None) -> int:
     handler.setFormatter(_ScrubbingFormatter(secrets))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     try:
+        act_for_the_fire()
         upstream = {u.split("=", 1)[0]: json.loads(u.split("=", 1)[1]) for u in a.upstream}
         values = step_values(notebook, json.loads(a.parameters), json.loads(a.params), upstream)
-    except (ValidationError, ValueError, IndexError) as e:
+    except (MlplatError, ValueError, IndexError) as e:
         print(f"the step cannot start: {getattr(e, 'message', e)}", flush=True)
         return 2
     import papermill as pm

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from ..db import table, utcnow
 from ..errors import AuthenticationError, MlplatError, NotFoundError, PermissionDenied, ValidationError
+from ..governance.audit import AuditLog
 from ..governance.delegation import Delegations
 from ..governance.guard import Governance
 from ..governance.policy import merged_bindings
@@ -26,7 +27,7 @@ from .schedules import HEARTBEAT_SECONDS, Schedule, parse_slot, schedule_creator
 log = logging.getLogger("mlplat.scheduler")
 
 # %% auto #0
-__all__ = ['log', 'Scheduler']
+__all__ = ['log', 'creator_now', 'Scheduler']
 
 # %% ../../notebooks/63a_pipelines_scheduler.ipynb #2c956c62
 class _Fires:
@@ -160,6 +161,25 @@ class _Firing:
         threading.Thread(target=self.ws.notifier.send, args=(event, subject, body), name="notify", daemon=True).start()
 
 # %% ../../notebooks/63a_pipelines_scheduler.ipynb #810d2029
+def creator_now(ws, s: Schedule, key: str, fired_by: str) -> tuple:
+    """(the creator of `s`, None) if they may run it now — `pipelines:run` from their current bindings or recorded
+    roles, their service account's API token still valid — and their code may run on `ws`'s host
+    (`Governance.user_code`); else (the creator, why not), audited. `ws` is the workspace as its configuration reads
+    now; `key` the slot, `fired_by` who fires it. A CronWorkflow's fire asks the same ([its fires](64d_pipelines_argo_fires.ipynb))."""
+    cfg, who = ws.config, schedule_creator(ws.engine, s)
+    try:
+        if who.claims.get("token_id"): token_principal(ws.engine, who.claims["token_id"])
+        Rbac(cfg.rbac.roles, merged_bindings(cfg, ws.engine)).check(who, "pipelines:run", f"schedule:{s.name}")
+    except (AuthenticationError, PermissionDenied) as e:
+        AuditLog(ws.engine, cfg).append(who.name, "schedule.fire", f"schedule:{s.name}", "denied", cfg.workspace.region,
+                                        {"slot": key, "reason": e.message, "scheduler": fired_by})
+        return who, f"the schedule's creator cannot run it now: {e.message}"
+    try:   # the run's kernels would run the creator's notebooks there
+        Governance(cfg, ws.engine, who, ws.host).user_code(
+            "a scheduled pipeline run (its steps' kernels run the notebooks' code)", f"schedule:{s.name}", details={"slot": key})
+    except PermissionDenied as e: return who, e.message   # audited there (usercode.run)
+    return who, None
+
 class _Creators:
     "Whom a fire acts as: the schedule's creator, with the permissions they hold now."
     def _current(self):
@@ -177,20 +197,8 @@ class _Creators:
         """The creator of `s` if they may still run it (`pipelines:run` from their current bindings or recorded roles,
         their service account's API token still valid) and their code may run on this scheduler's host
         (`Governance.user_code`); else the fire is refused (recorded, audited, notified): None."""
-        key, cfg = slot_key(slot), self._current().config
-        who = schedule_creator(self.ws.engine, s)
-        try:
-            if who.claims.get("token_id"): token_principal(self.ws.engine, who.claims["token_id"])
-            Rbac(cfg.rbac.roles, merged_bindings(cfg, self.ws.engine)).check(who, "pipelines:run", f"schedule:{s.name}")
-        except (AuthenticationError, PermissionDenied) as e:
-            self.ws.governance.audit.append(who.name, "schedule.fire", f"schedule:{s.name}", "denied", cfg.workspace.region,
-                                            {"slot": key, "reason": e.message, "scheduler": self.id})
-            return self._refused(s, slot, who, f"the schedule's creator cannot run it now: {e.message}")
-        try:   # the run's kernels would run the creator's notebooks here, on this scheduler's host
-            Governance(cfg, self.ws.engine, who, self.ws.host).user_code(
-                "a scheduled pipeline run (its steps' kernels run the notebooks' code)", f"schedule:{s.name}", details={"slot": key})
-        except PermissionDenied as e: return self._refused(s, slot, who, e.message)   # audited there (usercode.run)
-        return who
+        who, why = creator_now(self._current(), s, slot_key(slot), self.id)
+        return self._refused(s, slot, who, why) if why else who
 
     def _refused(self, s: Schedule, slot: datetime, who, why: str):
         "Record and notify that the fire of `slot` is refused (`why`); None."

@@ -187,8 +187,10 @@ class _ScheduleStore:
                     c.execute(table("schedule_creators").delete().where(table("schedule_creators").c.schedule == name))
 
     def remove(self, name: str) -> None:
-        "Delete the schedule (its fire history stays; a running run is not stopped)."
+        "Delete the schedule (its fire history stays; a running run is not stopped); its CronWorkflow's credential is revoked."
+        from mlplat.governance.delegation import Delegations
         self._set(name, "schedule.remove")
+        Delegations(self.ws).revoke(f"schedule:{name}")
         (self.ws.config.home/"schedules"/f"{name}.pipeline.yaml").unlink(missing_ok=True)   # add_notebook's, if any
 
     def pause(self, name: str) -> Schedule:
