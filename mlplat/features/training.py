@@ -15,7 +15,8 @@ from ..errors import NotFoundError, ValidationError
 from .datasets import (check_name, insert_version, parse_ref, read_verified, repair_snapshot, snapshot_path,
                                       table_hash, write_snapshot)
 from .definitions import coerce_column
-from .feast_repo import read_staged, staged, with_fresh_registry
+from .feast_repo import read_staged, with_fresh_registry
+from .spark_store import offline_sources
 
 ROW_ID = "__mlplat_row_id"
 
@@ -137,10 +138,10 @@ def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: d
     store, file_store = features_api.store, features_api.ws.config.feast.offline_store == "file"
     sources = {view: features_api.datasets.get(spec["source"]).path for view, (_, spec) in views.items()}
     view_keys = {view: tuple(entities[e][1]["join_key"] for e in spec["entities"]) for view, (_, spec) in views.items()}
-    # The file store drops rows: one query per view. The duckdb store keeps every row: one query for all views.
+    # The file store drops rows: one query per view. The duckdb and Spark stores keep every row: one query for all views.
     batches = [(view_keys[v], [v]) for v in views] if file_store else \
         [(tuple(dict.fromkeys(k for ks in view_keys.values() for k in ks)), list(views))]
-    with staged(features_api.ws.crypto, sources.values()):  # sealed snapshots are decrypted into memory for Feast, never to disk
+    with offline_sources(features_api, views):  # sealed snapshots: decrypted in memory (Spark: a private temporary copy)
         for keys, batch in batches:
             if keys not in distinct: distinct[keys] = _distinct(q, ["event_timestamp", *keys])
             uq, group = distinct[keys]
