@@ -64,28 +64,43 @@ def sites(ents, seed=0):
                          "status": rng.choice(["ok", "degraded", "down"], n), "errors": rng.integers(0, 50, n)})
 
 
-DEFS = {"entities": [{"name": "device", "join_key": "device_id"}],
+def placements(ents):
+    """A view keyed by two entities, with key pairs that read alike when written one after the other: (1, 23) and
+    (12, 3) at the same times (Feast's Spark SQL identifies entity rows by such a concatenation)."""
+    t = pd.Timestamp("2026-01-05", tz="UTC")
+    ents["site_id"] = np.where(ents.index % 2 == 0, 3, 23)
+    ents.loc[ents.index[:4], ["device_id", "site_id", "event_timestamp"]] = [[1, 23, t], [12, 3, t], [1, 23, t + timedelta(days=1)], [12, 3, t]]
+    pairs = ents[["device_id", "site_id"]].drop_duplicates()
+    src = pd.concat([pairs.assign(event_timestamp=t - timedelta(days=d), slot=np.arange(len(pairs)) * 10 + d) for d in (1, 3)])
+    return src.reset_index(drop=True)
+
+
+DEFS = {"entities": [{"name": "device", "join_key": "device_id"}, {"name": "site", "join_key": "site_id"}],
         "feature_views": [{"name": "sensor", "entities": ["device"], "source": "readings", "ttl": "2d", "created_timestamp_field": "created",
                            "features": [{"name": "temp", "dtype": "float64"}]},
                           {"name": "site", "entities": ["device"], "source": "sites", "ttl": 0,
-                           "features": [{"name": "status", "dtype": "string"}, {"name": "errors", "dtype": "int64"}]}]}
+                           "features": [{"name": "status", "dtype": "string"}, {"name": "errors", "dtype": "int64"}]},
+                          {"name": "placement", "entities": ["device", "site"], "source": "placements", "ttl": "30d",
+                           "features": [{"name": "slot", "dtype": "int64"}]}]}
+FEATURES = ["sensor:temp", "site:status", "site:errors", "placement:slot"]
 
 
 def test_spark_training_set_equals_duckdb_and_the_oracle(spark, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clear_mlplat_env(monkeypatch)
     src, ents = readings_with_gaps()
-    site = sites(ents)
+    site, place = sites(ents), placements(ents)
     built, times = {}, {}
     staging_before = set(os.listdir(tempfile.gettempdir()))
     for store in ("duckdb", "spark"):
         ws = workspace(tmp_path/store, store, monkeypatch)
         ws.features.register_source("readings", src, classification="internal", timestamp_field="event_timestamp")
         ws.features.register_source("sites", site, classification="internal", timestamp_field="event_timestamp")
+        ws.features.register_source("placements", place, classification="internal", timestamp_field="event_timestamp")
         assert ws.features.datasets.get("readings").path.endswith(".enc")  # sealed at rest: Spark reads a staged copy
         ws.features.apply(DEFS)
         t0 = time.perf_counter()
-        ts = ws.features.training_set(ents, features=["sensor:temp", "site:status", "site:errors"], name="readings")
+        ts = ws.features.training_set(ents, features=FEATURES, name="readings")
         times[store] = time.perf_counter() - t0
         built[store] = ts.to_df()
         assert ws.features.get_training_set(ts.id).to_df().equals(built[store])  # stored and re-read the same
@@ -99,6 +114,10 @@ def test_spark_training_set_equals_duckdb_and_the_oracle(spark, tmp_path, monkey
     exp = oracle_by_definition(ents, site, "device_id", ["status", "errors"], None)
     assert (spk["status"].fillna("-") == exp["status"].fillna("-")).all()
     np.testing.assert_array_equal(spk["errors"].astype(float).to_numpy(), exp["errors"].astype(float).to_numpy())
+    pair = lambda d: d.assign(pair=d["device_id"] * 1000 + d["site_id"])  # noqa: E731
+    exp = oracle_by_definition(pair(ents), pair(place), "pair", ["slot"], "30D")
+    np.testing.assert_array_equal(spk["slot"].astype(float).to_numpy(), exp["slot"].astype(float).to_numpy())
+    assert spk["slot"].head(4).tolist() != [spk["slot"].iloc[0]] * 4  # the look-alike pairs got their own values
     tail = spk.tail(5)  # the empty-created corrections: the created one wins a tie, an empty one still counts alone
     np.testing.assert_array_equal(tail["temp"].to_numpy(), [2.0, 2.0, 3.0, 4.0, np.nan])
     assert spk["temp"].isna().any() and spk["status"].isna().any() and spk["temp"].notna().sum() > len(spk) // 2

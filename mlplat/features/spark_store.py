@@ -20,7 +20,7 @@ _spark_lock = threading.RLock()  # one Spark read at a time: Feast's temporary v
 _session = None
 
 # %% auto #0
-__all__ = ['java_runtime', 'spark_session', 'stop_spark', 'spark_sources', 'offline_sources']
+__all__ = ['java_runtime', 'spark_session', 'stop_spark', 'spark_sources', 'offline_sources', 'spark_parts']
 
 # %% ../../notebooks/15a_spark_store.ipynb #f22f42e6
 def java_runtime() -> str | None:
@@ -102,3 +102,17 @@ def offline_sources(features_api, views: dict):
     "The block in which the workspace's offline store can read the sources of `views` (see `staged` and `spark_sources`)."
     if features_api.ws.config.feast.offline_store == "spark": return spark_sources(features_api, views)
     return staged(features_api.ws.crypto, [features_api.datasets.get(spec["source"]).path for _, spec in views.values()])
+
+# %% ../../notebooks/15a_spark_store.ipynb #10eea02b
+def spark_parts(uq, view_keys: list) -> list:
+    "`uq` (distinct entity rows, `event_timestamp` and join keys) split into parts in which no two rows look alike to Spark."
+    import numpy as np
+    import pandas as pd
+    part = np.zeros(len(uq), dtype=int)
+    for keys in {tuple(k) for k in view_keys if len(k) > 1}:  # one key and a time never look like another pair
+        written = uq[keys[0]].astype(str)
+        for k in keys[1:]: written = written + uq[k].astype(str)
+        pairs = uq.groupby([*keys, "event_timestamp"], sort=False).ngroup().to_numpy()
+        alike = pd.Series(pairs).groupby([written.to_numpy(), uq["event_timestamp"].to_numpy()]).rank(method="dense")
+        part = np.maximum(part, alike.to_numpy(dtype=int) - 1)
+    return [uq] if not part.any() else [uq[part == i].copy() for i in range(part.max() + 1)]
