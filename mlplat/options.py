@@ -119,12 +119,12 @@ class FeastConfig:
     online_store_region: str = _opt("", "Region of the online store; empty: the workspace region.")
     offline_store: str = _opt("duckdb", "Offline store for training sets: `duckdb` (embedded, fast, no dropped rows), `file` "
                                         "(Feast's dask-based store, slower and memory-hungry) or `spark` (Feast's Spark store, for "
-                                        "data beyond one machine: needs `pip install 'feast[spark]==0.67.0'` and Java 17+; same "
+                                        "data beyond one machine: needs `pip install 'mlplat[spark]'` and Java 17+; same "
                                         "training sets, row for row; sealed snapshots are decrypted into a private temporary "
                                         "folder for the duration of a read).")
     spark_master: str = _opt("local[2]", "Spark master when `offline_store = \"spark\"`: `local[N]` runs Spark inside the process "
-                                         "on N cores; a cluster URL (`spark://host:7077`, `yarn`) needs snapshots on storage its "
-                                         "executors can read.")
+                                         "on N cores; with a cluster URL (`spark://host:7077`, `yarn`) its executors must reach the "
+                                         "workspace's snapshots and the temporary folder of sealed ones.")
 
 @dataclass
 class JobsConfig:

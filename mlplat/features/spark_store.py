@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from .feast_repo import feast_uri, spark_conf, spark_table, staged
 
 _spark_lock = threading.RLock()  # one Spark read at a time: Feast's temporary view names are fixed
 _session = None
+def _quiet_feast():
+    # mlplat chose Feast's Spark store knowingly; its "experimental" notices would follow every registry read (Feast's
+    # Spark module puts its own filter first when imported: hence again after that)
+    warnings.filterwarnings("ignore", r"The spark (data source API|offline store) is an experimental", RuntimeWarning)
+
+_quiet_feast()
 
 # %% auto #0
 __all__ = ['java_runtime', 'spark_session', 'stop_spark', 'spark_sources', 'offline_sources', 'spark_parts']
@@ -40,12 +47,15 @@ def spark_session(config):
             from pyspark.sql import SparkSession
         except ImportError:
             raise ConfigError('feast.offline_store = "spark" needs pyspark, which is not installed',
-                              hint="pip install 'feast[spark]==0.67.0'") from None
+                              hint="pip install 'mlplat[spark]' (feast[spark]==0.67.0, pyspark 4.3)") from None
         if java_runtime() is None:
             raise ConfigError('feast.offline_store = "spark" needs a Java 17+ runtime; none found (JAVA_HOME, PATH)',
                               hint="install one, e.g. apt-get install openjdk-17-jre-headless")
+        if config.feast.spark_master.startswith("local"): os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no name lookup
         _session = SparkSession.builder.config(conf=SparkConf().setAll(list(spark_conf(config).items()))).getOrCreate()
         _session.sparkContext.setLogLevel("ERROR")
+        import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+        _quiet_feast()
         return _session
 
 def stop_spark():
