@@ -12,8 +12,8 @@ from ..errors import ValidationError
 
 # %% auto #0
 __all__ = ['spark_conf', 'spark_table', 'feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged',
-           'read_staged', 'duckdb_reads_staged', 'with_fresh_registry', 'push_source_name', 'to_feast',
-           'to_feast_services']
+           'read_staged', 'duckdb_reads_staged', 'with_fresh_registry', 'push_source_name', 'source_mismatch',
+           'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def spark_conf(config) -> dict:
@@ -180,6 +180,14 @@ def _feast_dtype(name):
 
 def push_source_name(view: str) -> str: return f"{view}_push"
 
+def source_mismatch(src, path: str, created: str, offline_store: str) -> str | None:
+    "How Feast's registered batch source `src` differs from what mlplat applies for the snapshot at `path`; None: it does not."
+    if offline_store == "spark":
+        return None if getattr(src, "table", None) == spark_table(path, created) else "not through the Spark store (run sync after switching)"
+    if getattr(src, "table", None): return "through the Spark store (run sync after switching)"
+    if getattr(src, "path", path) != path: return f"from {src.path} (was the workspace moved?)"
+    return "naming no file format (applied by an older mlplat)" if getattr(src, "file_format", True) is None else None
+
 def _batch_source(name: str, v: dict, path: str, offline_store: str):
     "Where Feast's offline store reads view `name`: the snapshot file, or (Spark) a temporary view mlplat creates per read."
     from feast import FileSource
@@ -196,6 +204,8 @@ def _batch_source(name: str, v: dict, path: str, offline_store: str):
     return FileSource(name=f"{name}_source", path=path, file_format=ParquetFormat(), timestamp_field=v["timestamp_field"],
                       created_timestamp_column=created)
 
+
+# %% ../../notebooks/13_feast_repo.ipynb #501abfde
 def to_feast(resolved: dict, entities: dict, versions: dict, paths: dict, offline_store: str = "duckdb") -> list:
     """Feast objects for resolved definitions. `entities` maps every known entity name to its spec
     (feature views need them); `versions` maps (kind, name) to the mlplat version, recorded as a tag;
