@@ -67,7 +67,7 @@ $(BIN)/python:
 # torch first, pinned: a bare `torch` (asked for by deepspeed) would pull a multi-GB CUDA build
 $(STAMP): $(BIN)/python setup.py settings.ini
 	$(BIN)/pip install $(TORCH_PIN)
-	$(BIN)/pip install -e ".[dev,postgres,ray]"
+	$(BIN)/pip install -e ".[dev,postgres,ray,spark]"
 	$(BIN)/pip check
 	touch $@
 

@@ -63,6 +63,7 @@ setuptools.setup(
         "dev": _reqs("dev_requirements"),
         "postgres": _reqs("postgres_requirements"),
         "ray": _reqs("ray_requirements"),
+        "spark": _reqs("spark_requirements"),
     },
     entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
                   **_plugin_entry_points()},

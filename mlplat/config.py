@@ -154,7 +154,7 @@ def _check_services(cfg):
         raise ConfigError(f"feast.online_store must be 'sqlite' or 'redis', got {cfg.feast.online_store!r}")
     if cfg.feast.offline_store not in OFFLINE_STORES:
         raise ConfigError(f"feast.offline_store must be one of {', '.join(map(repr, OFFLINE_STORES))}, got {cfg.feast.offline_store!r}",
-                          hint="'duckdb' is the embedded default; Feast's Spark store is not wired up yet")
+                          hint="'duckdb' is the embedded default; 'spark' runs Feast's Spark store")
 
 def _check_notifications(cfg):
     "Notification events and destinations, and the scheduler's limits."

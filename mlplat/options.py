@@ -110,15 +110,21 @@ class MlflowConfig:
     registry_uri: str = _opt("", "MLflow model registry URI; empty: same as the tracking URI.")
     artifact_root: str = _opt("", "Artifact root for new experiments; empty: `<home>/mlartifacts`.")
 
-OFFLINE_STORES = ("duckdb", "file")  # Feast offline stores mlplat builds training sets with
+OFFLINE_STORES = ("duckdb", "file", "spark")  # Feast offline stores mlplat builds training sets with
 
 @dataclass
 class FeastConfig:
     online_store: str = _opt("sqlite", "Online store: `sqlite` (embedded) or `redis`.")
     redis_connection_string: str = _opt("localhost:6379", "Redis connection string when `online_store = \"redis\"`.")
     online_store_region: str = _opt("", "Region of the online store; empty: the workspace region.")
-    offline_store: str = _opt("duckdb", "Offline store for training sets: `duckdb` (embedded, fast, no dropped rows) or `file` "
-                                        "(Feast's dask-based store, slower and memory-hungry).")
+    offline_store: str = _opt("duckdb", "Offline store for training sets: `duckdb` (embedded, fast, no dropped rows), `file` "
+                                        "(Feast's dask-based store, slower and memory-hungry) or `spark` (Feast's Spark store, for "
+                                        "data beyond one machine: needs `pip install 'mlplat[spark]'` and Java 17+; same "
+                                        "training sets, row for row; sealed snapshots are decrypted into a private temporary "
+                                        "folder for the duration of a read).")
+    spark_master: str = _opt("local[2]", "Spark master when `offline_store = \"spark\"`: `local[N]` runs Spark inside the process "
+                                         "on N cores; with a cluster URL (`spark://host:7077`, `yarn`) its executors must reach the "
+                                         "workspace's snapshots and the temporary folder of sealed ones.")
 
 @dataclass
 class JobsConfig:

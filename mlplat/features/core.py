@@ -13,7 +13,7 @@ from ..db import dumps, table, utcnow
 from ..errors import ConflictError, NotFoundError, ValidationError
 from . import definitions as defs_mod
 from .datasets import Datasets
-from .feast_repo import feast_uri, open_store, to_feast, to_feast_services, with_fresh_registry
+from .feast_repo import feast_uri, open_store, source_mismatch, to_feast, to_feast_services, with_fresh_registry
 
 # %% auto #0
 __all__ = ['not_found', 'expand_refs', 'ApplyResult', 'FeatureCatalog', 'TrainingAndOnline', 'Features']
@@ -77,7 +77,7 @@ def _record_versions(c, resolved: dict, latest: dict, created_by: str) -> tuple[
 def _feast_objects(features, resolved: dict, entities: dict, versions: dict) -> list:
     "Feast objects for a resolved batch; `entities` holds every known entity (new and applied)."
     paths = {spec["source"]: feast_uri(features.datasets.get(spec["source"]).path) for spec in resolved["feature_view"].values()}
-    objs, views = to_feast(resolved, entities, versions, paths)
+    objs, views = to_feast(resolved, entities, versions, paths, features.ws.config.feast.offline_store)
     for svc in resolved["feature_service"].values():
         for ref in svc["features"]:
             view = ref.partition(":")[0]
@@ -234,9 +234,9 @@ class Features(TrainingAndOnline, FeatureCatalog):
         for name, (_, spec) in views.items():
             ours = feast_uri(self.datasets.get(spec["source"]).path)
             src = with_fresh_registry(self.store, lambda: self.store.get_feature_view(name)).batch_source
-            src = getattr(src, "batch_source", None) or src
-            theirs = getattr(src, "path", ours)
-            if theirs != ours or getattr(src, "file_format", True) is None:  # moved, or applied naming no format (older mlplat)
-                raise ValidationError(f"Feast's registry reads feature view {name!r} from {theirs}, but the workspace keeps "
-                                      f"{spec['source']} at {ours}" + (" (was the workspace moved?)" if theirs != ours else " as parquet"),
+            problem = source_mismatch(getattr(src, "batch_source", None) or src, ours, spec.get("created_timestamp_field") or "",
+                                      self.ws.config.feast.offline_store)
+            if problem:
+                raise ValidationError(f"Feast's registry reads feature view {name!r} {problem}, but the workspace keeps "
+                                      f"{spec['source']} at {ours}",
                                       hint="run `mlplat features sync` (ws.features.sync()) to point Feast at the workspace")

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from ..errors import ValidationError
 from .definitions import coerce_column
 from .feast_repo import feast_uri, import_feast, push_source_name, staged, with_fresh_registry
+from .spark_store import offline_sources
 
 # %% auto #0
 __all__ = ['materialize', 'online_features', 'push']
@@ -87,7 +88,8 @@ def materialize(features_api, views=None, end=None) -> dict:
     with ws.governance.operation("features.materialize", "online_store:" + ",".join(names)[:280], "features:materialize",
                                  region, classification, {"views": names, "full": full, "end": end.isoformat()}):
         sources = [features_api.datasets.get(latest[n][1]["source"]).path for n in names]
-        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources):  # Feast's progress bars are progress, not results
+        # Feast's progress bars are progress, not results; the snapshot start times are read from the staged copies
+        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources), offline_sources(features_api, {n: latest[n] for n in names}):
             for n in full:
                 start = _snapshot_start(features_api, latest[n][1])
                 if start < end: features_api.store.materialize(start_date=start, end_date=end, feature_views=[n])

@@ -15,7 +15,8 @@ from ..errors import NotFoundError, ValidationError
 from .datasets import (check_name, insert_version, parse_ref, read_verified, repair_snapshot, snapshot_path,
                                       table_hash, write_snapshot)
 from .definitions import coerce_column
-from .feast_repo import read_staged, staged, with_fresh_registry
+from .feast_repo import read_staged, with_fresh_registry
+from .spark_store import offline_sources, spark_parts
 
 ROW_ID = "__mlplat_row_id"
 
@@ -132,21 +133,24 @@ def _latest_created(got, uq, path, keys: tuple, spec: dict, names: dict):
 
 def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: dict, entities: dict, full_feature_names: bool):
     "`df` (a normalized entity frame) with the point-in-time values of `refs` added; returns it and the feature columns."
+    import pandas as pd
     q = df.rename(columns={timestamp_column: "event_timestamp"})
     result, feat_cols, distinct = df.copy(), [], {}
-    store, file_store = features_api.store, features_api.ws.config.feast.offline_store == "file"
+    store, offline = features_api.store, features_api.ws.config.feast.offline_store
+    file_store = offline == "file"
     sources = {view: features_api.datasets.get(spec["source"]).path for view, (_, spec) in views.items()}
     view_keys = {view: tuple(entities[e][1]["join_key"] for e in spec["entities"]) for view, (_, spec) in views.items()}
-    # The file store drops rows: one query per view. The duckdb store keeps every row: one query for all views.
+    # The file store drops rows: one query per view. The duckdb and Spark stores keep every row: one query for all views.
     batches = [(view_keys[v], [v]) for v in views] if file_store else \
         [(tuple(dict.fromkeys(k for ks in view_keys.values() for k in ks)), list(views))]
-    with staged(features_api.ws.crypto, sources.values()):  # sealed snapshots are decrypted into memory for Feast, never to disk
+    with offline_sources(features_api, views):  # sealed snapshots: decrypted in memory (Spark: a private temporary copy)
         for keys, batch in batches:
             if keys not in distinct: distinct[keys] = _distinct(q, ["event_timestamp", *keys])
             uq, group = distinct[keys]
             vrefs = [r for r in refs if r.split(":")[0] in batch]
-            got = with_fresh_registry(store, lambda: store.get_historical_features(
-                entity_df=uq, features=vrefs, full_feature_names=full_feature_names).to_df())
+            parts = spark_parts(uq, [view_keys[v] for v in batch]) if offline == "spark" else [uq]
+            got = pd.concat([with_fresh_registry(store, lambda p=p: store.get_historical_features(
+                entity_df=p, features=vrefs, full_feature_names=full_feature_names).to_df()) for p in parts])
             got = got.drop_duplicates(ROW_ID).set_index(ROW_ID).reindex(range(len(uq)))
             for view in batch:
                 names = {r.split(":")[1]: r.replace(":", "__") if full_feature_names else r.split(":")[1]
