@@ -84,6 +84,7 @@ def test_deepspeed_job_is_measured_priced_and_attributed(teams_ws, tmp_path):
     assert log.count(" steps ") == 2   # both ranks trained
     [row] = teams_ws.cost.records(kind="job")
     proc_says = watch.tree_cpu(lambda pid: pid == supervisor)
+    print(f"job: measured {row['cpu_seconds']} CPU-s, /proc {proc_says:.2f} CPU-s, wall {row['wall_seconds']} s")
     assert row["subject"] == rec.id and row["attempt"] == 1 and row["source"] == "process-tree"
     assert row["cpu_seconds"] >= 12 and abs(row["cpu_seconds"] - proc_says) <= 0.2 * proc_says, (row, proc_says)
     assert row["usage"]["cpu_from"] in ("rusage", "rusage+live") and row["memory_peak_mb"] > 200
@@ -117,6 +118,7 @@ def test_pipeline_step_is_measured_and_reported(teams_ws, tmp_path):
     assert run.status == "succeeded", run.steps["burn"].error
     proc_says = watch.tree_cpu(_my_forkserver)   # the step's process, its kernel and the burner: the forkserver's tree
     [row] = teams_ws.cost.records(kind="pipeline_step")
+    print(f"step: measured {row['cpu_seconds']} CPU-s, /proc {proc_says:.2f} CPU-s, wall {row['wall_seconds']} s")
     assert (row["subject"], row["step"], row["pipeline"], row["principal"], row["team"]) == (run.id, "burn", "burner", "ada", "vision")
     assert row["cpu_seconds"] >= 5 and abs(row["cpu_seconds"] - proc_says) <= 0.2 * proc_says, (row, proc_says)
     assert not list(Path(run.folder).glob(".*.json"))   # recorded, then removed
