@@ -99,7 +99,7 @@ pytest-fast: install
 docs: install ## the documentation site: notebooks/*.qmd pages + every notebook, rendered offline -> _docs/index.html
 	python notebooks/_render_docs.py
 
-bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT cost, refusal floods, pipeline (local, cache and Ray) and team-mode benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
+bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT cost, refusal floods, pipeline (local, cache and Ray), team-mode and cost-measurement benchmarks (serving needs Debian's wrk and nghttp2-client) -> benchmarks/RESULTS.md
 	python benchmarks/bench_import.py
 	python benchmarks/bench_overheads.py
 	python benchmarks/bench_features.py
@@ -111,6 +111,7 @@ bench: install ## import, start-up overheads, features, launch, serving, TLS+JWT
 	python benchmarks/bench_pipeline_cache.py
 	python benchmarks/bench_pipeline_ray.py
 	python benchmarks/bench_team.py
+	python benchmarks/bench_cost.py
 	python benchmarks/bench_demo.py
 
 clean-demo:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .options import (  # the sections and their options are declared there, with their documentation
-    ALIASES, NOTIFY_EVENTS, OFFLINE_STORES, SECTIONS, AuditConfig, EncryptionConfig, FeastConfig, IdentityConfig, JobsConfig, KubernetesConfig,
+    ALIASES, NOTIFY_EVENTS, OFFLINE_STORES, SECTIONS, AuditConfig, CostConfig, EncryptionConfig, FeastConfig, IdentityConfig,
+    JobsConfig, KubernetesConfig,
     MlflowConfig, ModelsConfig, MonitoringConfig, NotificationsConfig, PlatformDbConfig, RayConfig, RbacConfig,
     ResidencyConfig, SchedulerConfig, ServiceConfig, ServingConfig, WorkspaceConfig)
 
@@ -217,6 +218,20 @@ def _check_residency(cfg):
             raise ConfigError(f"residency.rules[{i}] names unknown classification {rule['classification']!r}",
                               hint=f"known: {', '.join(cfg.workspace.classifications)} (workspace.classifications)")
 
+def _check_cost(cfg):
+    "Prices are numbers >= 0, the spot discount a fraction, teams plain names."
+    c = cfg.cost
+    prices = {"cost.cpu_hour": c.cpu_hour, "cost.memory_gb_hour": c.memory_gb_hour,
+              **{f"cost.gpu_hour.{k}": v for k, v in c.gpu_hour.items()}}
+    for name, v in prices.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ConfigError(f"{name} must be a price >= 0, got {v!r}", hint="a number in cost.currency per hour")
+    if not 0 <= c.spot_discount <= 1: raise ConfigError(f"cost.spot_discount must be a fraction from 0 to 1, got {c.spot_discount}")
+    if not c.currency.strip(): raise ConfigError("cost.currency must not be empty", hint='e.g. "USD" or "AED"')
+    for who, team in cfg.rbac.teams.items():
+        if not isinstance(team, str) or not team.strip():
+            raise ConfigError(f"rbac.teams.{who} must be a team name, got {team!r}")
+
 # %% ../notebooks/01_config.ipynb #e44dcb56
 class _DerivedSettings:
     "Settings derived from the options: an empty option means the default inside the workspace home."
@@ -261,6 +276,7 @@ class Config(_DerivedSettings):
     serving: ServingConfig = field(default_factory=ServingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     source: Path | None = None  # the mlplat.toml this came from, if any
 
     @classmethod
@@ -281,7 +297,7 @@ class Config(_DerivedSettings):
 
     def validate(self):
         "Cross-field checks, so a bad file fails at load time and not deep inside a dependency."
-        for check in (_check_services, _check_notifications, _check_access, _check_residency): check(self)
+        for check in (_check_services, _check_notifications, _check_access, _check_residency, _check_cost): check(self)
         return self
 
     def to_dict(self) -> dict:
@@ -307,7 +323,8 @@ def render_toml(cfg: Config) -> str:
         if name == "rbac":
             out += ["# Roles -> permissions; principals -> roles. Deny by default.", "[rbac.roles]"]
             out += [f'{val(r)} = {val(p)}' for r, p in sec.roles.items()] + ["", "[rbac.bindings]"]
-            out += [f'{val(u)} = {val(r)}' for u, r in sec.bindings.items()] + [""]
+            out += [f'{val(u)} = {val(r)}' for u, r in sec.bindings.items()] + ["", "[rbac.teams]"]
+            out += [f'{val(u)} = {val(t)}' for u, t in sec.teams.items()] + [""]
             continue
         out.append(f"[{name}]")
         for f in fields(kind):

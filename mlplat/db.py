@@ -16,7 +16,7 @@ from .governance.redact import redact, redact_url
 __all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'aware', 'open_engine', 'dumps']
 
 # %% ../notebooks/02_db.ipynb #12325e8f
-SCHEMA_VERSION = 2   # 2: pipeline steps' backend, cache key and reuse; runs' reproducibility record
+SCHEMA_VERSION = 3   # 2: pipeline steps' backend, cache key and reuse; runs' reproducibility record. 3: usage_records
 
 def _version_tables(sa, md):
     "The schema version; dataset, definition and training-set versions."
@@ -239,6 +239,29 @@ def _delegation_tables(sa, md):
              sa.Column("parent_token", sa.String(32)),
              sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False))
 
+# %% ../notebooks/02_db.ipynb #91242bd1
+def _cost_tables(sa, md):
+    "What each job attempt and pipeline step used, what it cost, and whom it is attributed to."
+    sa.Table("usage_records", md,
+             sa.Column("id", sa.String(64), primary_key=True),
+             sa.Column("kind", sa.String(20), nullable=False),              # job | pipeline_step (later: deployment)
+             sa.Column("subject", sa.String(200), nullable=False, index=True),   # job id, or pipeline run id
+             sa.Column("step", sa.String(80)), sa.Column("attempt", sa.Integer),
+             sa.Column("principal", sa.String(200), nullable=False, index=True),
+             sa.Column("team", sa.String(80), index=True),
+             sa.Column("pipeline", sa.String(120), index=True),
+             sa.Column("experiment", sa.String(200)), sa.Column("model", sa.String(200)),
+             sa.Column("mlflow_run_id", sa.String(64)), sa.Column("backend", sa.String(40)),
+             sa.Column("source", sa.String(40), nullable=False),            # process-tree | ray | kubernetes-requests
+             sa.Column("started_at", sa.DateTime(timezone=True)),
+             sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, index=True),
+             sa.Column("wall_seconds", sa.Float), sa.Column("cpu_seconds", sa.Float),
+             sa.Column("memory_peak_mb", sa.Float), sa.Column("memory_gb_seconds", sa.Float),
+             sa.Column("gpu_seconds", sa.Float), sa.Column("gpu_type", sa.String(80)),
+             sa.Column("spot", sa.Boolean, nullable=False, default=False),
+             sa.Column("cost", sa.Float, nullable=False), sa.Column("currency", sa.String(8), nullable=False),
+             sa.Column("usage_json", sa.Text), sa.Column("price_json", sa.Text))
+
 # %% ../notebooks/02_db.ipynb #c79a6558
 def _policy_tables(sa, md):
     "Role bindings granted through `ws.policy` (mlplat.toml's own bindings stay in the file)."
@@ -255,7 +278,7 @@ def metadata():
     import sqlalchemy as sa
     md = sa.MetaData()
     for tables in (_version_tables, _job_and_model_tables, _pipeline_tables, _schedule_tables, _governance_tables,
-                   _model_artifact_tables, _policy_tables, _delegation_tables):
+                   _model_artifact_tables, _policy_tables, _delegation_tables, _cost_tables):
         tables(sa, md)
     return md
 

@@ -9,11 +9,11 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 # %% auto #0
-__all__ = ['CORE_READS', 'WORK_READS', 'DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'OFFLINE_STORES', 'NOTIFY_EVENTS', 'SECTIONS',
-           'ALIASES', 'WorkspaceConfig', 'RbacConfig', 'ResidencyConfig', 'IdentityConfig', 'PlatformDbConfig',
-           'MlflowConfig', 'FeastConfig', 'JobsConfig', 'RayConfig', 'KubernetesConfig', 'EncryptionConfig',
-           'ModelsConfig', 'MonitoringConfig', 'ServingConfig', 'NotificationsConfig', 'SchedulerConfig',
-           'ServiceConfig', 'AuditConfig', 'options_markdown']
+__all__ = ['CORE_READS', 'WORK_READS', 'OWN_COST', 'DEFAULT_ROLES', 'DEFAULT_RESIDENCY_RULES', 'OFFLINE_STORES', 'NOTIFY_EVENTS',
+           'SECTIONS', 'ALIASES', 'WorkspaceConfig', 'RbacConfig', 'ResidencyConfig', 'IdentityConfig',
+           'PlatformDbConfig', 'MlflowConfig', 'FeastConfig', 'JobsConfig', 'RayConfig', 'KubernetesConfig',
+           'EncryptionConfig', 'ModelsConfig', 'MonitoringConfig', 'ServingConfig', 'NotificationsConfig',
+           'SchedulerConfig', 'ServiceConfig', 'AuditConfig', 'CostConfig', 'options_markdown']
 
 # %% ../notebooks/01b_options.ipynb #9a6e70d3
 def _opt(default, doc: str, **kw):
@@ -26,14 +26,15 @@ def _opt(default, doc: str, **kw):
 CORE_READS = ["models:read", "features:read", "datasets:read", "training_sets:read", "lineage:read", "serving:read",
               "monitoring:read"]  # what the work needs; the audit log, tokens and keys are read only when granted
 WORK_READS = ["jobs:read", "pipelines:read"]  # jobs carry env values, pipeline runs their parameters and notebooks
+OWN_COST = ["cost:read_own"]   # one's own spend; `cost:read` (auditor, admin) is everybody's
 
 DEFAULT_ROLES = {
-    "viewer": [*CORE_READS],
+    "viewer": [*CORE_READS, *OWN_COST],
     "inference-client": ["serving:predict", "serving:read"],
-    "data-scientist": [*CORE_READS, *WORK_READS, "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
+    "data-scientist": [*CORE_READS, *WORK_READS, *OWN_COST, "datasets:register", "features:apply", "training_sets:create", "jobs:submit", "jobs:cancel",
                        "models:register", "runs:log", "serving:run", "serving:predict", "outcomes:log", "pipelines:run",
                        "pipelines:schedule", "monitoring:run"],
-    "ml-engineer": [*CORE_READS, *WORK_READS, "datasets:register", "features:apply", "training_sets:create",
+    "ml-engineer": [*CORE_READS, *WORK_READS, *OWN_COST, "datasets:register", "features:apply", "training_sets:create",
                     "features:materialize", "features:push", "jobs:submit", "jobs:cancel", "models:register", "runs:log", "models:promote",
                     "serving:run", "serving:predict", "outcomes:log", "pipelines:run", "pipelines:schedule", "monitoring:run"],
     "auditor": ["*:read", "audit:export"],
@@ -58,6 +59,8 @@ class RbacConfig:
     roles: dict = _opt(DEFAULT_ROLES, "Role -> permission patterns (`resource:action`, `*` wildcards).", policy=True)
     bindings: dict = _opt({}, "Principal -> list of roles. Anyone not bound is denied (deny by default). OIDC principals "
                               "are named `oidc:<issuer>#<sub>`, service accounts `sa:<name>`.", policy=True)
+    teams: dict = _opt({}, "Principal -> team (a name), for cost attribution (`mlplat cost report --by team`); a principal "
+                           "not listed has no team. Identity providers carry no team notion yet.", policy=True)
 
 @dataclass
 class ResidencyConfig:
@@ -289,6 +292,18 @@ class AuditConfig:
                                     "empty: `HOME/keys/audit-checkpoints.jsonl`.")
 
 SECTIONS["audit"] = AuditConfig
+
+# %% ../notebooks/01b_options.ipynb #8057d98b
+@dataclass
+class CostConfig:
+    currency: str = _opt("USD", "Currency of the prices below (a label: reports show it, nothing converts).")
+    cpu_hour: float = _opt(0.04, "Price of one CPU-hour: one core busy for an hour (measured CPU-seconds / 3600).")
+    memory_gb_hour: float = _opt(0.005, "Price of one GB of memory held for an hour (the work's RSS integrated over time).")
+    gpu_hour: dict = _opt({"default": 2.5}, "GPU type -> price of one GPU-hour. A GPU's name (NVML, e.g. `NVIDIA H200`) "
+                                            "matches the longest key it contains, ignoring case; `default` prices the rest.")
+    spot_discount: float = _opt(0.0, "Fraction taken off the price of work that ran on spot capacity (0.6: 60% off); 0 to 1.")
+
+SECTIONS["cost"] = CostConfig
 
 # %% ../notebooks/01b_options.ipynb #c848cc70
 def _cell(text: str) -> str: return text.replace("|", "\\|")   # a literal `|` inside a Markdown table cell

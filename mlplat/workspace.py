@@ -106,6 +106,12 @@ class _Capabilities:
         return Schedules(self)
 
     @functools.cached_property
+    def cost(self):
+        "What work cost and who spent it (`report`, `records`)."
+        from mlplat.cost.core import Cost
+        return Cost(self)
+
+    @functools.cached_property
     def lineage(self):
         from mlplat.lineage import Lineage
         return Lineage(self)

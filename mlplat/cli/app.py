@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from . import features, jobs, jupyter, models, monitor, pipelines, policy, server, serving, workspace
+from . import cost, features, jobs, jupyter, models, monitor, pipelines, policy, server, serving, workspace
 from .base import Commands
 from .governance import add_audit_commands, add_security_commands
 from ..errors import MlplatError
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = Commands(DESCRIPTION)
     for add in (workspace.add_commands, features.add_commands, jobs.add_commands, pipelines.add_commands,
                 monitor.add_commands, models.add_commands, serving.add_commands, add_audit_commands,
-                workspace.add_demo_command, jupyter.add_commands, add_security_commands, policy.add_commands, server.add_commands):
+                workspace.add_demo_command, jupyter.add_commands, add_security_commands, policy.add_commands, cost.add_commands, server.add_commands):
         add(c)
     return c.parser
 

@@ -16,6 +16,8 @@ from ..db import table, utcnow
 from ..governance.delegation import Delegations
 from .backend import transition, update
 from .local import kill_group, release_shm
+from ..cost.core import record_job_attempt
+from ..cost.usage import ChildMeter, become_subreaper
 
 # %% auto #0
 __all__ = ['take_slot', 'end_launcher', 'run_attempt', 'supervise']
@@ -35,9 +37,13 @@ def take_slot(ws, job_id: str, pause: float = 1.0) -> bool:
         time.sleep(pause)
 
 # %% ../../notebooks/42a_jobs_supervisor.ipynb #438a1491
-def end_launcher(proc: subprocess.Popen):
-    "End an attempt's launcher and its workers (its process group): SIGTERM, then SIGKILL after 10 s."
+def end_launcher(proc: subprocess.Popen, meter: ChildMeter | None = None):
+    """End an attempt's launcher and its workers (its process group): SIGTERM, then SIGKILL after 10 s. With the
+    attempt's `meter`, the launcher is reaped through it, so what the ended tree used is still counted."""
     kill_group(proc.pid, signal.SIGTERM)
+    if meter is not None:
+        if meter.wait(10) is None: kill_group(proc.pid, signal.SIGKILL); meter.wait()
+        return
     try: proc.wait(10)
     except subprocess.TimeoutExpired: kill_group(proc.pid, signal.SIGKILL); proc.wait()
 
@@ -49,13 +55,15 @@ def run_attempt(ws, rec, attempt: int, env: dict, launcher: dict) -> tuple[int, 
     print(f"[mlplat] job {rec.id} attempt {attempt}: {' '.join(rec.command)}", flush=True)
     proc = subprocess.Popen(rec.command, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr, env=env,
                             start_new_session=True, cwd=rec.workdir)
-    launcher["proc"] = proc  # what a cancel (SIGTERM to the supervisor) ends
+    meter = ChildMeter(proc, orphans=True)   # reaps the tree itself: its exact CPU time (see mlplat.cost.usage)
+    launcher.update(proc=proc, meter=meter, attempt=attempt)  # what a cancel (SIGTERM to the supervisor) ends
     update(ws, rec.id, backend_ref=json.dumps({**(rec.backend_ref or {}), "supervisor_pid": os.getpid(), "launcher_pgid": proc.pid}))
-    try: code, msg = proc.wait(timeout=timeout), None
-    except subprocess.TimeoutExpired:
-        end_launcher(proc)
+    code, msg = meter.wait(timeout), None
+    if code is None:
+        end_launcher(proc, meter)
         code, msg = -1, f"timed out after {timeout} s"
     release_shm(rec.command)
+    record_job_attempt(ws, rec, attempt, meter.finish())
     return code, msg
 
 # %% ../../notebooks/42a_jobs_supervisor.ipynb #88a42948
@@ -67,11 +75,13 @@ def supervise(job_id: str) -> int:
     rec = ws.jobs.get(job_id)
     spec = rec.spec
     launcher = {"proc": None}
+    become_subreaper()   # orphans of the job's processes are re-parented here, so their CPU time is counted too
 
-    def on_term(signum, frame):  # cancel: stop the launcher's group, then leave
+    def on_term(signum, frame):  # cancel: stop the launcher's group, record what the attempt used, then leave
         if (proc := launcher["proc"]) is not None:
-            end_launcher(proc)
+            end_launcher(proc, launcher["meter"])
             release_shm(rec.command)
+            record_job_attempt(ws, rec, launcher["attempt"], launcher["meter"].finish())
         os._exit(143)
     signal.signal(signal.SIGTERM, on_term)
 

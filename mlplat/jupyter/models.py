@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # %% auto #0
 __all__ = ['Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Entity', 'FeatureService', 'Definition', 'DatasetVersion',
-           'TrainingSet', 'Edge', 'Lineage', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion',
+           'TrainingSet', 'Edge', 'Lineage', 'CostRow', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion',
            'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment', 'TrafficBucket', 'Step',
            'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest', 'PipelineRequest', 'PlannedStep',
            'Schedule', 'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied', 'StepLog']
@@ -93,6 +93,22 @@ class Lineage(Out):
     downstream: list[Edge]
     upstream_nodes: list[str]
     downstream_nodes: list[str]
+
+# %% ../../notebooks/80_jupyter_models.ipynb #83d15e2e
+class CostRow(Out):
+    "One row of `ws.cost.report(by=...)`: the key it is summed by (one of the five fields) and the sums."
+    user: Optional[str] = None
+    team: Optional[str] = None
+    pipeline: Optional[str] = None
+    job: Optional[str] = None
+    experiment: Optional[str] = None
+    records: int
+    wall_seconds: float
+    cpu_seconds: float
+    gpu_seconds: float
+    memory_gb_hours: float
+    cost: float
+    currency: str
 
 # %% ../../notebooks/80_jupyter_models.ipynb #4493da36
 class Job(Out):

@@ -15,16 +15,16 @@ from pydantic import ValidationError as PydanticError
 from ..errors import NotFoundError, ValidationError
 from .models import (
     AliasEvent, Copied, CopyTemplateRequest, DatasetVersion, Definition, Deployment, Entity, FeatureService, FeatureView,
-    GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
+    CostRow, GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
     PipelineRequest, PlannedStep, RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
 __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
-           'dataset_versions', 'training_sets', 'lineage', 'match', 'jobs', 'job', 'job_log', 'job_log_stream',
-           'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote', 'model_rollback',
-           'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'run_step_log',
-           'pipeline_plan', 'pipeline_start', 'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook',
-           'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates', 'template_copy']
+           'dataset_versions', 'training_sets', 'lineage', 'cost_report', 'match', 'jobs', 'job', 'job_log',
+           'job_log_stream', 'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote',
+           'model_rollback', 'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open',
+           'run_step_log', 'pipeline_plan', 'pipeline_start', 'notebook_parameters', 'notebook_run', 'schedules',
+           'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates', 'template_copy']
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #2ce9fcc3
 @dataclass
@@ -143,6 +143,13 @@ def training_sets(c: Ctx, name: str | None = None):
 @route("GET", "/lineage/{node}", "upstream and downstream of a node, e.g. training_set:churn@1", Lineage)
 def lineage(c: Ctx, node: str):
     return c.ws.lineage.of(node)
+
+@route("GET", "/cost/report", "spend summed by user, team, pipeline, job or experiment, most expensive first (your own "
+       "without cost:read)", list[CostRow], query={"by": (str, "user", "user, team, pipeline, job or experiment"),
+                                                   "since": (str, "30d", "what ended within this long: 30d, 12h, 1w"),
+                                                   "principal": (str, None, "only this principal's (another's needs cost:read)")})
+def cost_report(c: Ctx, by: str = "user", since: str = "30d", principal: str | None = None):
+    return c.ws.cost.report(by, since, principal)
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #d05e47e7
 def match(method: str, path: str) -> tuple[Route, dict]:

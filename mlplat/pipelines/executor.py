@@ -23,6 +23,7 @@ from .secrets import scrub
 from .cache import RunCache, step_values
 from .spec import Pipeline, render
 from .steps import kill_tree
+from ..cost.core import record_step_attempt
 
 # %% auto #0
 __all__ = ['run_lifetime', 'Executor']
@@ -71,6 +72,7 @@ class _StepRunner:
             finally:
                 self.live.pop(name, None)
                 scrub([out, log], secrets)  # a secret the notebook printed is not kept
+            record_step_attempt(self.ws, self.rec, name, s.attempts, out)   # what it used and cost, if its backend measured it
             outputs = read_outputs(out) if error is None else {}
             seal_notebook(self.ws.crypto, out)   # papermill wrote it plain: sealed now, whatever became of the attempt
             seal_step_log(self.ws.crypto, log)   # it holds what the kernel printed

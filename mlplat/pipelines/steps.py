@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..cost.usage import TreeSampler, become_subreaper, self_usage, usage_path, write_step_usage, write_usage
 from ..db import utcnow
 
 # %% auto #0
@@ -33,6 +34,7 @@ def _papermill_process(notebook: str, out: str, parameters: dict, kernel: str | 
     "The body of a step's process: its own session (Ctrl-C in the runner's terminal is the runner's), its log, papermill."
     import logging
     os.setsid()
+    become_subreaper()   # the kernel's orphans are re-parented here: their CPU time counts (mlplat.cost.usage)
     os.environ.clear()   # exactly `env`: the forkserver's own environment (the server's identity) must not leak in
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -47,6 +49,8 @@ def _papermill_process(notebook: str, out: str, parameters: dict, kernel: str | 
         print(f"cell {e.exec_count} failed: {e.ename}: {e.evalue}", file=sys.stderr); code = 1
     except BaseException as e: print(f"{type(e).__name__}: {e}", file=sys.stderr); code = 2
     sys.stdout.flush(); sys.stderr.flush()
+    try: write_usage(usage_path(out, "self"), self_usage())   # its forkserver parent reaps it: it reports its own tree
+    except OSError: pass
     os._exit(code)
 
 # %% ../../notebooks/62_pipelines_steps.ipynb #148dca18
@@ -83,15 +87,18 @@ def execute_step(notebook: Path, out: Path, parameters: dict, kernel: str | None
                                 name=f"pipeline-step-{out.stem}")
     proc.start()
     if on_start: on_start(proc.pid)
+    sampler = TreeSampler(proc.pid).start()   # what the step used, written next to `out` for the runner to record
     deadline = None if timeout is None else time.monotonic() + timeout
-    while proc.is_alive():
-        proc.join(0.25)
-        stopped = stop is not None and stop.is_set()
-        late = deadline is not None and time.monotonic() > deadline
-        if proc.is_alive() and (stopped or late):
-            kill_tree(proc.pid)
-            proc.join(10)
-            return "stopped before it finished" if stopped else f"timed out after {timeout:g} s (the executed notebook shows how far it got)"
+    try:
+        while proc.is_alive():
+            proc.join(0.25)
+            stopped = stop is not None and stop.is_set()
+            late = deadline is not None and time.monotonic() > deadline
+            if proc.is_alive() and (stopped or late):
+                kill_tree(proc.pid)
+                proc.join(10)
+                return "stopped before it finished" if stopped else f"timed out after {timeout:g} s (the executed notebook shows how far it got)"
+    finally: write_step_usage(sampler, out)
     code = proc.exitcode
     if code == 0: return None
     found = _last_error(out) if out.exists() else None

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..governance.identity import Principal
 from .client import ApiClient, Record
 from .remote_apis import (
-    RemoteAudit, RemoteFeatures, RemoteJobs, RemoteKeys, RemoteLineage, RemoteModels, RemoteMonitoring, RemotePipelines,
+    RemoteAudit, RemoteCost, RemoteFeatures, RemoteJobs, RemoteKeys, RemoteLineage, RemoteModels, RemoteMonitoring, RemotePipelines,
     RemotePolicy, RemoteSchedules, RemoteTokens)
 
 # %% auto #0
@@ -76,6 +76,7 @@ class RemoteWorkspace(RemoteActing):
     tokens = functools.cached_property(lambda self: RemoteTokens(self.api))
     audit = functools.cached_property(lambda self: RemoteAudit(self.api))
     keys = functools.cached_property(lambda self: RemoteKeys(self.api))
+    cost = functools.cached_property(lambda self: RemoteCost(self.api))
     policy = functools.cached_property(lambda self: RemotePolicy(self.api))
     lineage = functools.cached_property(lambda self: RemoteLineage(self.api))
     monitoring = functools.cached_property(lambda self: RemoteMonitoring(self.api))

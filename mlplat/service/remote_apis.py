@@ -11,7 +11,7 @@ from .client import ApiClient, Record, records, seg
 # %% auto #0
 __all__ = ['RemoteApi', 'RemoteModels', 'RemoteDatasets', 'RemoteTrainingSet', 'RemoteFeatures', 'RemoteLineage', 'RemoteJobs',
            'RemoteRun', 'RemotePipelines', 'RemoteSchedules', 'RemoteTokens', 'RemoteAudit', 'RemotePolicy',
-           'RemoteKeys', 'RemoteMonitoring']
+           'RemoteKeys', 'RemoteCost', 'RemoteMonitoring']
 
 # %% ../../notebooks/91a_service_remote_apis.ipynb #62002e3e
 class RemoteApi:
@@ -297,6 +297,14 @@ class RemotePolicy(RemoteApi):
 
 class RemoteKeys(RemoteApi):
     def list(self) -> list[Record]: return records(self.api.get("/keys"))
+
+class RemoteCost(RemoteApi):
+    "`ws.cost`: spend as the service's core reports it (your own without `cost:read`)."
+    def report(self, by: str = "user", since="30d", user: str | None = None, format: str = "rows"):
+        from mlplat.cost.core import report_csv
+        if format not in ("rows", "csv"): raise ValidationError(f"format must be 'rows' or 'csv', not {format!r}")
+        rows = records(self.api.get("/cost/report", by=by, since=str(since), principal=user))
+        return rows if format == "rows" else report_csv(rows, by)
 
 class RemoteMonitoring(RemoteApi):
     "`ws.monitoring`: what deployments served, from the service's prediction logs."
