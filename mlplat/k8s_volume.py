@@ -13,7 +13,7 @@ from .errors import ValidationError
 VOLUME = "mlplat-home"
 
 # %% auto #0
-__all__ = ['VOLUME', 'WorkspaceVolume']
+__all__ = ['VOLUME', 'CA_VOLUME', 'CA_DIR', 'WorkspaceVolume', 'guarded_paths', 'ServiceReach']
 
 # %% ../notebooks/45a_k8s_volume.ipynb #8b6a8f09
 @dataclass(frozen=True)
@@ -21,11 +21,12 @@ class WorkspaceVolume:
     "The workspace home (`home`, an absolute path) on the PersistentVolumeClaim `claim` (empty: none configured)."
     claim: str
     home: str
+    guarded: tuple = ()   # what no pod that acts as a client may see: the keys, the platform DB, the configuration
 
     @classmethod
     def of(cls, config) -> "WorkspaceVolume":
         "The volume `kubernetes.home_claim` names, mounted at the workspace home of `config`."
-        return cls(config.kubernetes.home_claim or "", str(config.home))
+        return cls(config.kubernetes.home_claim or "", str(config.home), guarded_paths(config))
 
     @property
     def mounted(self) -> bool: return bool(self.claim)
@@ -47,6 +48,19 @@ class WorkspaceVolume:
         "A container's `volumeMounts` entry: the claim at the home's own path."
         return {"name": name, "mountPath": self.home}
 
+    def part(self, folder, read_only: bool = True, name: str = VOLUME) -> dict:
+        """A `volumeMounts` entry of `folder` alone (a `subPath` of the claim) at its own path; `ValidationError` for
+        the home itself, a folder off the volume, and one that holds or lies in a `guarded` path."""
+        folder = str(folder).rstrip("/")
+        if not self.holds(folder) or Path(folder) == Path(self.home):
+            raise ValidationError(f"{folder} is not a folder inside the workspace home {self.home}: a pod may not mount it",
+                                  hint="keep the pipeline's notebooks in a folder of their own under the home, or in the image")
+        clash = [g for g in self.guarded if Path(g).is_relative_to(folder) or Path(folder).is_relative_to(g)]
+        if clash:
+            raise ValidationError(f"mounting {folder} would show the pod {clash[0]}, which only mlplat server may read",
+                                  hint="move the notebooks into a folder that holds neither the keys, the platform DB nor mlplat.toml")
+        return {"name": name, "mountPath": folder, "subPath": str(Path(folder).relative_to(self.home)), "readOnly": read_only}
+
     def env(self) -> list[dict]:
         "A container's `env` entries that make mlplat in the pod open this workspace."
         return [{"name": "MLPLAT_HOME", "value": self.home}]
@@ -59,3 +73,50 @@ class WorkspaceVolume:
         "`pvc://CLAIM/PATH` for a file on the volume (how KServe reads a model from a claim); None if it is not on it."
         if not self.claim or not self.holds(path): return None
         return f"pvc://{self.claim}/{Path(path).relative_to(self.home)}"
+
+# %% ../notebooks/45a_k8s_volume.ipynb #3d7c2851
+def guarded_paths(config) -> tuple:
+    "The files and folders of the home that only the platform service reads: keys, the audit signing key, the DB, mlplat.toml."
+    home = Path(config.home)
+    paths = [home/"keys"]
+    for getter in (lambda: config.key_file, lambda: config.audit.signing_key_file, lambda: config.audit.checkpoint_file,
+                   lambda: config.source):
+        try: p = getter()
+        except AttributeError: continue   # a partial configuration (tests, older callers)
+        if p: paths.append(Path(p).expanduser())
+    db = getattr(config, "db_url", "") or ""
+    if db.startswith("sqlite:///"): paths.append(Path(db[len("sqlite:///"):]))
+    return tuple(dict.fromkeys(str(p) for p in paths))
+
+# %% ../notebooks/45a_k8s_volume.ipynb #73a2d4fd
+CA_VOLUME, CA_DIR = "mlplat-service-ca", "/etc/mlplat/service-ca"
+
+@dataclass(frozen=True)
+class ServiceReach:
+    "How a pod reaches the platform service (`kubernetes.service_url`; empty: embedded, pods open the home)."
+    url: str
+    ca_configmap: str = ""
+
+    @classmethod
+    def of(cls, config) -> "ServiceReach":
+        k = config.kubernetes
+        url = getattr(k, "service_url", "") or ""
+        if url:
+            from mlplat.service.client import check_service_url
+            url = check_service_url(url)
+        return cls(url, getattr(k, "service_ca_configmap", "") or "")
+
+    @property
+    def team(self) -> bool: return bool(self.url)
+
+    def env(self) -> list[dict]:
+        "`MLPLAT_URL` (and the CA bundle's path): what makes `mlplat.connect()` in the pod reach the service."
+        out = [{"name": "MLPLAT_URL", "value": self.url}]
+        if self.ca_configmap: out.append({"name": "MLPLAT_SERVICE_CA_BUNDLE", "value": f"{CA_DIR}/ca.crt"})
+        return out
+
+    def volumes(self) -> list[dict]:
+        return [{"name": CA_VOLUME, "configMap": {"name": self.ca_configmap}}] if self.ca_configmap else []
+
+    def mounts(self) -> list[dict]:
+        return [{"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}] if self.ca_configmap else []

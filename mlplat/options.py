@@ -149,6 +149,12 @@ class KubernetesConfig:
     image: str = _opt("", "Container image for jobs that do not name one (mlplat, DeepSpeed and the job's code deps).")
     home_claim: str = _opt("", "PersistentVolumeClaim (ReadWriteMany) holding the workspace home; mounted at the "
                                "home's path in every pod so jobs read training sets and log runs. Required to submit.")
+    service_url: str = _opt("", "Team mode on Kubernetes: the in-cluster URL of `mlplat server` that pods use, e.g. "
+                                "`https://mlplat-server.mlplat.svc:8443`. Set, pipeline step pods and a CronWorkflow's fire "
+                                "act as clients of the service (`MLPLAT_URL`, the run's delegated token) and mount only their "
+                                "run's folder and their notebooks' folder of `home_claim`, never the home's keys or DB.")
+    service_ca_configmap: str = _opt("", "ConfigMap (key `ca.crt`) with the CA that signed the service's certificate; mounted "
+                                         "read-only in the pods that reach `service_url`. Empty: the image's trust store.")
 
 @dataclass
 class EncryptionConfig:

@@ -31,6 +31,7 @@ __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'feature
 class Ctx:
     ws: Any
     root: Path
+    credential: str | None = None   # an exchange route's bearer credential, which the core verifies (see `Route.exchange`)
 
     def path(self, rel: str, must_exist: bool = True) -> Path:
         "A path under the server's root (no escaping it with `..` or an absolute path)."
@@ -58,6 +59,8 @@ class Route:
     query: dict = field(default_factory=dict)   # name -> (type, default, description)
     stream: bool = False                # a chunked text response (the handler streams it)
     media: str | None = None            # a binary reply of this media type (the route returns bytes), not JSON
+    exchange: bool = False              # the bearer is a credential the core exchanges (a schedule's): it signs nobody in,
+                                        # so the surface passes it on as `Ctx.credential` to a workspace acting as nobody
 
     @property
     def pattern(self) -> re.Pattern:
@@ -65,10 +68,10 @@ class Route:
 
 ROUTES: list[Route] = []
 
-def route(method, path, summary, response, body=None, query=None, stream=False, media=None):
+def route(method, path, summary, response, body=None, query=None, stream=False, media=None, exchange=False):
     "Register `fn` as the route `method path`; registering the same method and path again replaces it (a re-run cell)."
     def deco(fn):
-        r = Route(method, path, fn, summary, response, body, query or {}, stream, media)
+        r = Route(method, path, fn, summary, response, body, query or {}, stream, media, exchange)
         same = [i for i, x in enumerate(ROUTES) if (x.method, x.path) == (method, path)]
         if same: ROUTES[same[0]] = r
         else: ROUTES.append(r)

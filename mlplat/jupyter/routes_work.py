@@ -14,7 +14,8 @@ from .models import In, Job, ModelVersion, Out
 from .routes import Ctx, route
 
 # %% auto #0
-__all__ = ['RegisterRequest', 'SubmitJobRequest', 'WorkspaceInfo', 'model_register', 'job_submit', 'workspace']
+__all__ = ['RegisterRequest', 'SubmitJobRequest', 'WorkspaceInfo', 'model_register', 'job_submit', 'workspace', 'FireRequest',
+           'FiredRun', 'StepTokenRequest', 'StepToken', 'schedule_fire', 'schedule_fire_token']
 
 # %% ../../notebooks/80d_jupyter_routes_work.ipynb #b6ee72a0
 class RegisterRequest(In):
@@ -64,3 +65,33 @@ def workspace(c: Ctx):
     c.ws.governance.authorize("models:read")
     proxied = cfg.tracking_uri.startswith(("http://", "https://"))   # served through mlplat.service.mlflow_proxy
     return {"project": cfg.workspace.project, "region": cfg.workspace.region, "mlflow_path": "/mlflow" if proxied else None}
+
+# %% ../../notebooks/80d_jupyter_routes_work.ipynb #76bfd95c
+class FireRequest(In):
+    run: str = Field(min_length=1, max_length=253, description="the Workflow Argo made for the fire: the run's id")
+    slot: str = Field(min_length=1, max_length=64, description="Argo's `workflow.scheduledTime` (RFC 3339)")
+    namespace: str = Field(default="default", min_length=1, max_length=63)
+
+class FiredRun(Out):
+    id: str
+    started_by: str = Field(description="whom the run's steps act as: the schedule's creator")
+    status: str
+
+class StepTokenRequest(In):
+    step: str = Field(min_length=1, max_length=200)
+
+class StepToken(Out):
+    token: str = Field(description="a fresh secret of the run's delegated token, for this step's pod")
+
+@route("POST", "/schedules/{name}/fires", "a CronWorkflow's fire (bearer: the schedule's credential): record run `run` as "
+       "the schedule's creator, whose permissions are checked now", FiredRun, body=FireRequest, exchange=True)
+def schedule_fire(c: Ctx, name: str, body: FireRequest):
+    from mlplat.pipelines.argo_fires import fire
+    rec = fire(c.ws, c.credential or "", name, body.run, body.slot, f"{body.namespace}/{body.run}")
+    return {"id": rec.id, "started_by": rec.started_by, "status": rec.status}
+
+@route("POST", "/schedules/{name}/fires/{run}/tokens", "the token a step's pod of a fired run acts with (bearer: the "
+       "schedule's credential)", StepToken, body=StepTokenRequest, exchange=True)
+def schedule_fire_token(c: Ctx, name: str, run: str, body: StepTokenRequest):
+    from mlplat.pipelines.argo_fires import step_token
+    return {"token": step_token(c.ws, c.credential or "", name, run, body.step)}

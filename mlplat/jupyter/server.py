@@ -20,7 +20,7 @@ from tornado.iostream import StreamClosedError
 from traitlets import Enum, Int, Unicode
 from traitlets.config import Configurable
 
-from ..errors import MlplatError
+from ..errors import MlplatError, NotFoundError
 from .openapi import openapi
 from .routes import Ctx, call, jsonable, match
 
@@ -113,6 +113,8 @@ class MlplatHandler(_StreamingHandler):
     async def _handle(self, method: str, path: str):
         try:
             route, args = match(method, "/" + path)
+            if route.exchange:   # its credential is exchanged by the platform service's core, not by a user's JupyterLab
+                raise NotFoundError(f"{route.path} is served by mlplat server only", hint="the CronWorkflow's pods call kubernetes.service_url")
             ws = await self.state.run(self.state.workspace, self.current_user, self.request.headers.get("X-Mlplat-Token"))
             ctx = Ctx(ws, self.state.root)
             if route.stream: return await self._stream(self.state.run, route.fn(ctx, **args))

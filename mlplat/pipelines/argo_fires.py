@@ -28,7 +28,8 @@ from .schedules import schedule_creator, slot_key, stored_schedules
 CREDENTIAL_VARIABLE = "MLPLAT_SCHEDULE_CREDENTIAL"
 
 # %% auto #0
-__all__ = ['CREDENTIAL_VARIABLE', 'ScheduleOnArgo', 'fire', 'step_token', 'workspace_in_pod', 'main']
+__all__ = ['CREDENTIAL_VARIABLE', 'ScheduleOnArgo', 'fire', 'step_token', 'workspace_in_pod', 'through_service',
+           'exchange_for_step', 'main']
 
 # %% ../../notebooks/64d_pipelines_argo_fires.ipynb #962be773
 class ScheduleOnArgo(KubeClient):
@@ -100,7 +101,7 @@ def fire(ws, credential: str, name: str, run_id: str, slot: str, where: str):
     s = _schedule(ws, credential, name, slot, fired_by)
     key = slot_key(_argo_time(slot))
     _claim(ws, s, key, fired_by)
-    who, why = creator_now(ws, s, key, fired_by)
+    who, why = creator_now(ws, s, key, fired_by, runs_here=False)   # its kernels run in the Workflow's pods
     if why:
         _fire_row(ws, name, key, status="refused", detail=f"refused: {why}", finished_at=utcnow())
         ws.notifier.send("schedule.skipped", f"schedule {name}: slot {key} refused",
@@ -151,13 +152,32 @@ def workspace_in_pod():
         raise ValidationError("no mlplat.toml in this pod", hint="the workspace's mlplat.toml must be on kubernetes.home_claim (MLPLAT_HOME)")
     return Workspace(Config.load())
 
+def through_service(credential: str):
+    "A client of the service at `MLPLAT_URL` presenting a schedule's `credential` (team mode), or None (embedded)."
+    url = os.environ.get("MLPLAT_URL")
+    if not url: return None
+    from mlplat.service.client import ApiClient
+    return ApiClient(url, credential or "-", os.environ.get("MLPLAT_SERVICE_CA_BUNDLE") or None)
+
+def exchange_for_step(credential: str, name: str, run_id: str, step: str) -> str:
+    "The token step `step` of run `run_id` fired by schedule `name` acts with: from the service, or from the volume's workspace."
+    service = through_service(credential)
+    if service is None: return step_token(workspace_in_pod(), credential, name, run_id, step)
+    from mlplat.service.client import seg
+    return service.post(f"/schedules/{seg(name)}/fires/{seg(run_id)}/tokens", {"step": step})["token"]
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mlplat.pipelines.argo_fires", description="a CronWorkflow's fire, as mlplat records it")
     ap.add_argument("schedule"); ap.add_argument("--run", required=True); ap.add_argument("--slot", required=True)
     ap.add_argument("--namespace", default="default")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
     credential = os.environ.pop(CREDENTIAL_VARIABLE, "")
-    try: rec = fire(workspace_in_pod(), credential, a.schedule, a.run, a.slot, f"{a.namespace}/{a.run}")
+    try:
+        service = through_service(credential)
+        if service is None: rec = fire(workspace_in_pod(), credential, a.schedule, a.run, a.slot, f"{a.namespace}/{a.run}")
+        else:
+            from mlplat.service.client import Record, seg
+            rec = Record(service.post(f"/schedules/{seg(a.schedule)}/fires", {"run": a.run, "slot": a.slot, "namespace": a.namespace}))
     except MlplatError as e:
         print(f"the fire is refused: {e.message}", flush=True)
         return 1

@@ -11,7 +11,7 @@ import math
 import re
 
 from ..errors import ValidationError
-from ..k8s_volume import WorkspaceVolume
+from ..k8s_volume import ServiceReach, WorkspaceVolume
 from .spec import references
 
 WORKFLOW_API = "argoproj.io/v1alpha1"
@@ -20,9 +20,10 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 MANAGED = {"app.kubernetes.io/managed-by": "mlplat"}
 
 # %% auto #0
-__all__ = ['WORKFLOW_API', 'OUTPUTS_FILE', 'GPU_TOLERATION', 'MANAGED', 'RUN_ONCE_DEADLINE', 'FIRE_TASK', 'k8s_name', 'argo_json',
-           'task_names', 'step_image', 'secret_key', 'step_env', 'step_resources', 'step_template', 'workflow',
-           'step_workflow', 'credential_secret', 'cron_workflow', 'require_kubernetes', 'pipeline_workflow']
+__all__ = ['WORKFLOW_API', 'OUTPUTS_FILE', 'GPU_TOLERATION', 'MANAGED', 'HOME_VARIABLES', 'RUN_ONCE_DEADLINE', 'FIRE_TASK',
+           'k8s_name', 'argo_json', 'task_names', 'pod_workspace', 'pod_volumes', 'step_image', 'secret_key',
+           'step_env', 'step_resources', 'step_template', 'workflow', 'step_workflow', 'credential_secret',
+           'cron_workflow', 'require_kubernetes', 'pipeline_workflow']
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #7aa2d2a7
 def k8s_name(text: str, limit: int = 63) -> str:
@@ -45,6 +46,25 @@ def task_names(p) -> dict:
                                   hint="rename one of them (Argo's names are lower case with - instead of _)")
         seen[n] = step
     return names
+
+# %% ../../notebooks/64_pipelines_argo.ipynb #2ac139d0
+HOME_VARIABLES = ("MLPLAT_HOME", "MLPLAT_CONFIG")   # how an embedded pod opens the home; never in team mode
+
+def pod_workspace(ws, writes: str, notebook: str | None = None) -> tuple[dict, list[dict]]:
+    """(env, volumeMounts) of a pod that writes into folder `writes` and runs `notebook`: the whole home (embedded) or
+    the service's URL and those two folders alone (team mode, see above)."""
+    volume, reach = WorkspaceVolume.of(ws.config), ServiceReach.of(ws.config)
+    if not reach.team: return {e["name"]: e["value"] for e in volume.env()}, [volume.mount()] if volume.mounted else []
+    mounts = [volume.part(writes, read_only=False)] if volume.mounted else []
+    folder = notebook.rsplit("/", 1)[0] if notebook and "/" in notebook else None
+    if volume.mounted and folder and volume.holds(folder) and not (folder + "/").startswith(writes.rstrip("/") + "/"):
+        mounts.insert(0, volume.part(folder))
+    return {e["name"]: e["value"] for e in reach.env()}, mounts + reach.mounts()
+
+def pod_volumes(ws) -> list[dict]:
+    "The pod's `volumes`: the home's claim (whole or in parts, as the mounts say) and the service's CA."
+    volume = WorkspaceVolume.of(ws.config)
+    return ([volume.volume()] if volume.mounted else []) + ServiceReach.of(ws.config).volumes()
 
 # %% ../../notebooks/64_pipelines_argo.ipynb #8fee4518
 def step_image(ws, step) -> str | None:
@@ -91,10 +111,11 @@ def step_template(ws, step, name: str, notebook: str, out: str, parameters: dict
     if step.kernel: args += ["--kernel", step.kernel]
     for u, task in upstream.items(): args += ["--upstream", f"{u}={{{{inputs.parameters.upstream-{task}}}}}"]
     for u, value in (given or {}).items(): args += ["--upstream", f"{u}={argo_json(value)}"]
-    volume = WorkspaceVolume.of(ws.config)
+    reach, mounts = pod_workspace(ws, out.rsplit("/", 1)[0], notebook)
+    if ServiceReach.of(ws.config).team: env = {k: v for k, v in env.items() if k not in HOME_VARIABLES}
     container = {"name": "main", "image": image, "command": ["python", "-m", "mlplat.pipelines.pod_step"], "args": args,
-                 "env": step_env(step, {**{e["name"]: e["value"] for e in volume.env()}, **env}, secret, secret_names)}
-    if volume.mounted: container["volumeMounts"] = [volume.mount()]
+                 "env": step_env(step, {**reach, **env}, secret, secret_names)}
+    if mounts: container["volumeMounts"] = mounts
     if step_resources(step): container["resources"] = step_resources(step)
     t = {"name": name, "metadata": {"labels": {**MANAGED, "mlplat.dev/step": k8s_name(step.name)}}, "container": container,
          "outputs": {"parameters": [{"name": "outputs", "valueFrom": {"path": OUTPUTS_FILE, "default": "{}"}}]}}
@@ -114,7 +135,8 @@ def step_template(ws, step, name: str, notebook: str, out: str, parameters: dict
 # %% ../../notebooks/64_pipelines_argo.ipynb #d418ed3e
 def _step_env(ws, run_id: str, step) -> dict:
     env = {"MLPLAT_PIPELINE_RUN": run_id, "MLPLAT_PIPELINE_STEP": step.name, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    if ws.config.source and WorkspaceVolume.of(ws.config).holds(ws.config.source): env["MLPLAT_CONFIG"] = str(ws.config.source)
+    if ws.config.source and WorkspaceVolume.of(ws.config).holds(ws.config.source) and not ServiceReach.of(ws.config).team:
+        env["MLPLAT_CONFIG"] = str(ws.config.source)
     return env
 
 def workflow(ws, p, params: dict, run_id: str, folder: str, secret: str | None = None, token: bool = False,
@@ -135,8 +157,7 @@ def workflow(ws, p, params: dict, run_id: str, folder: str, secret: str | None =
                                                          for t in upstream.values()]}
         tasks.append(task)
     spec = {"entrypoint": "pipeline", "parallelism": p.max_parallel, "templates": [{"name": "pipeline", "dag": {"tasks": tasks}}, *templates]}
-    volume = WorkspaceVolume.of(ws.config)
-    if volume.mounted: spec["volumes"] = [volume.volume()]
+    if pod_volumes(ws): spec["volumes"] = pod_volumes(ws)
     meta = {"namespace": ws.config.kubernetes.namespace, "labels": {**MANAGED, "mlplat.dev/pipeline": k8s_name(p.name), **(labels or {})}}
     if "{{" not in run_id: meta = {"name": k8s_name(run_id), **meta}
     return {"apiVersion": WORKFLOW_API, "kind": "Workflow", "metadata": meta, "spec": spec}
@@ -147,8 +168,7 @@ def step_workflow(ws, step, name: str, notebook: str, out: str, values: dict, en
     "A Workflow `name` running one attempt of `step` with its rendered parameters `values` (no retries: the executor's)."
     t = step_template(ws, step, "step", notebook, out, values, {}, env, None, secret, secret_names, retries=False)
     spec = {"entrypoint": "step", "templates": [t]}
-    volume = WorkspaceVolume.of(ws.config)
-    if volume.mounted: spec["volumes"] = [volume.volume()]
+    if pod_volumes(ws): spec["volumes"] = pod_volumes(ws)
     return {"apiVersion": WORKFLOW_API, "kind": "Workflow",
             "metadata": {"name": name, "namespace": ws.config.kubernetes.namespace,
                          "labels": {**MANAGED, "mlplat.dev/step": k8s_name(step.name), **(labels or {})}}, "spec": spec}
@@ -163,17 +183,19 @@ def credential_secret(cron_name: str) -> str:
 
 def _fire_first(ws, s, p, spec: dict, cred: str):
     "Make the fire's task the first of `spec`'s DAG, and give every pod of it the schedule's credential by reference."
-    volume, image = WorkspaceVolume.of(ws.config), ws.config.kubernetes.image or step_image(ws, p.steps[0])
+    volume, image, reach = WorkspaceVolume.of(ws.config), ws.config.kubernetes.image or step_image(ws, p.steps[0]), ServiceReach.of(ws.config)
     if FIRE_TASK in task_names(p).values(): raise ValidationError(f"a step of {p.name} is named like the fire's task {FIRE_TASK!r}: rename it")
     by_ref = [{"name": "MLPLAT_SCHEDULE", "value": s.name},
               {"name": "MLPLAT_SCHEDULE_CREDENTIAL", "valueFrom": {"secretKeyRef": {"name": cred, "key": "credential"}}}]
     dag, *steps = spec["templates"]
     for t in steps: t["container"]["env"] = sorted([*t["container"]["env"], *by_ref], key=lambda e: e["name"])
-    env = [*volume.env(), *by_ref, {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"}]
-    if ws.config.source and volume.holds(ws.config.source): env.append({"name": "MLPLAT_CONFIG", "value": str(ws.config.source)})
+    env = [*(reach.env() if reach.team else volume.env()), *by_ref, {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"}]
+    if ws.config.source and volume.holds(ws.config.source) and not reach.team:
+        env.append({"name": "MLPLAT_CONFIG", "value": str(ws.config.source)})
     container = {"name": "main", "image": image, "command": ["python", "-m", "mlplat.pipelines.argo_fires"], "env": env,
                  "args": [s.name, "--run", "{{workflow.name}}", "--slot", "{{workflow.scheduledTime}}", "--namespace", "{{workflow.namespace}}"],
-                 "volumeMounts": [volume.mount()]}
+                 "volumeMounts": reach.mounts() if reach.team else [volume.mount()]}   # in team mode it only calls the service
+    if not container["volumeMounts"]: del container["volumeMounts"]
     spec["templates"].append({"name": FIRE_TASK, "metadata": {"labels": dict(MANAGED)}, "container": container})
     for task in dag["dag"]["tasks"]: task.setdefault("dependencies", [FIRE_TASK])
     dag["dag"]["tasks"].insert(0, {"name": FIRE_TASK, "template": FIRE_TASK})

@@ -23,9 +23,13 @@ from .runs import RunRecord, RunStore, RunTracking, StepRecord, runner_alive
 from .spec import Pipeline
 
 # %% auto #0
-__all__ = ['Pipelines']
+__all__ = ['kernels_here', 'Pipelines']
 
 # %% ../../notebooks/62c_pipelines_core.ipynb #335b891c
+def kernels_here(p: Pipeline) -> bool:
+    "Whether a run of `p` starts kernels on this host: a step on `kubernetes` or `ray` runs in a pod or on the cluster."
+    return any(s.placement.backend not in ("kubernetes", "ray") for s in p.steps)
+
 def _check_parallel(n):
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValidationError(f"max_parallel must be a whole number >= 1, got {n!r}")
@@ -81,7 +85,8 @@ class _RunControl:
         p = Pipeline.from_dict(rec.spec, ".", Path(rec.source) if rec.source else None)  # notebook paths are absolute
         _check_regions(p, ws.config.workspace.region)
         ws.governance.authorize("pipelines:run", p.name, "pipeline.resume", ws.config.workspace.region)
-        ws.governance.user_code("resuming a pipeline run (its steps' kernels run the notebooks' code)", f"pipeline_run:{run_id}")
+        if kernels_here(p):
+            ws.governance.user_code("resuming a pipeline run (its steps' kernels run the notebooks' code)", f"pipeline_run:{run_id}")
         prepared = prepare(ws, p, [p.step(n) for n, s in rec.steps.items() if s.status != "succeeded"])
         for s in rec.steps.values():
             if s.status != "succeeded": s.status, s.error = "pending", None
@@ -221,7 +226,8 @@ class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks, _OnArgo):
         _check_regions(p, ws.config.workspace.region)
         if p.classification: ws.governance.residency.validate_classification(p.classification)  # before a kernel starts
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
-        ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
+        if kernels_here(p):
+            ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
         prepared = prepare(ws, p, p.steps) if placed else ({}, {})   # every step's backend and secrets, before anything is recorded
         reproduce = reproduce_record(p, Environments(ws))   # each kernel's environment: a missing kernel stops the run here
         run_id = run_id or self.new_run_id(p.name)

@@ -47,9 +47,9 @@ def act_for_the_fire():
     "In a CronWorkflow's pod: the schedule's credential (taken out of the environment) exchanged for the run's token."
     credential = os.environ.pop("MLPLAT_SCHEDULE_CREDENTIAL", None)
     if credential is None: return
-    from mlplat.pipelines.argo_fires import step_token, workspace_in_pod
-    os.environ["MLPLAT_TOKEN"] = step_token(workspace_in_pod(), credential, os.environ.get("MLPLAT_SCHEDULE", ""),
-                                            os.environ.get("MLPLAT_PIPELINE_RUN", ""), os.environ.get("MLPLAT_PIPELINE_STEP", ""))
+    from mlplat.pipelines.argo_fires import exchange_for_step
+    os.environ["MLPLAT_TOKEN"] = exchange_for_step(credential, os.environ.get("MLPLAT_SCHEDULE", ""),
+                                                   os.environ.get("MLPLAT_PIPELINE_RUN", ""), os.environ.get("MLPLAT_PIPELINE_STEP", ""))
 
 def main(argv=None) -> int:
     a = _arguments(sys.argv[1:] if argv is None else argv)

@@ -161,11 +161,11 @@ class _Firing:
         threading.Thread(target=self.ws.notifier.send, args=(event, subject, body), name="notify", daemon=True).start()
 
 # %% ../../notebooks/63a_pipelines_scheduler.ipynb #810d2029
-def creator_now(ws, s: Schedule, key: str, fired_by: str) -> tuple:
+def creator_now(ws, s: Schedule, key: str, fired_by: str, runs_here: bool = True) -> tuple:
     """(the creator of `s`, None) if they may run it now — `pipelines:run` from their current bindings or recorded
     roles, their service account's API token still valid — and their code may run on `ws`'s host
     (`Governance.user_code`); else (the creator, why not), audited. `ws` is the workspace as its configuration reads
-    now; `key` the slot, `fired_by` who fires it. A CronWorkflow's fire asks the same ([its fires](64d_pipelines_argo_fires.ipynb))."""
+    now; `key` the slot, `fired_by` who fires it; `runs_here=False`: the run's kernels run in pods, not on `ws`'s host. A CronWorkflow's fire asks the same ([its fires](64d_pipelines_argo_fires.ipynb))."""
     cfg, who = ws.config, schedule_creator(ws.engine, s)
     try:
         if who.claims.get("token_id"): token_principal(ws.engine, who.claims["token_id"])
@@ -174,6 +174,7 @@ def creator_now(ws, s: Schedule, key: str, fired_by: str) -> tuple:
         AuditLog(ws.engine, cfg).append(who.name, "schedule.fire", f"schedule:{s.name}", "denied", cfg.workspace.region,
                                         {"slot": key, "reason": e.message, "scheduler": fired_by})
         return who, f"the schedule's creator cannot run it now: {e.message}"
+    if not runs_here: return who, None
     try:   # the run's kernels would run the creator's notebooks there
         Governance(cfg, ws.engine, who, ws.host).user_code(
             "a scheduled pipeline run (its steps' kernels run the notebooks' code)", f"schedule:{s.name}", details={"slot": key})
