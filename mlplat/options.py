@@ -139,6 +139,8 @@ class RayConfig:
     address: str = _opt("", "Ray Job Submission address for `backend: ray` jobs and pipeline steps, e.g. `http://127.0.0.1:8265`; "
                             "empty: `RAY_ADDRESS`.")
 
+
+# %% ../notebooks/01b_options.ipynb #b063eeeb
 @dataclass
 class KubernetesConfig:
     namespace: str = _opt("default", "Namespace of `backend: kubernetes` TrainJobs.")
