@@ -231,6 +231,35 @@ def _check_cost(cfg):
     for who, team in cfg.rbac.teams.items():
         if not isinstance(team, str) or not team.strip():
             raise ConfigError(f"rbac.teams.{who} must be a team name, got {team!r}")
+    _check_budgets(c)
+
+def _check_budgets(c):
+    "Budgets are amounts per user and per team; quotas whole numbers and quantities per team; priorities integers."
+    import re
+    if set(c.budgets) - {"users", "teams"}:
+        raise ConfigError(f"cost.budgets has {sorted(set(c.budgets) - {'users', 'teams'})}", hint="write users = {...} and teams = {...}")
+    for scope, amounts in c.budgets.items():
+        for name, v in (amounts.items() if isinstance(amounts, dict) else [("?", None)]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"cost.budgets.{scope}.{name} must be an amount >= 0 in {c.currency}, got {v!r}")
+    if c.over_budget not in ("refuse", "queue"): raise ConfigError(f"cost.over_budget must be 'refuse' or 'queue', got {c.over_budget!r}")
+    dns = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+    for team, q in c.quotas.items():
+        where = f"cost.quotas.{team}"
+        if not dns.fullmatch(team): raise ConfigError(f"{where}: the team name must be a Kubernetes name (it names its Kueue queues)")
+        for part, d in ((where, q), (f"{where}.spot", q.get("spot", {}) if isinstance(q, dict) else {})):
+            if not isinstance(d, dict) or set(d) - {"gpus", "cpus", "memory", "spot", "namespaces"}:
+                raise ConfigError(f"{part} must be a table of gpus, cpus, memory (spot and namespaces besides), got {d!r}")
+            for k in ("gpus", "cpus"):
+                if k in d and (isinstance(d[k], bool) or not isinstance(d[k], (int, float)) or d[k] < 0):
+                    raise ConfigError(f"{part}.{k} must be a number >= 0, got {d[k]!r}")
+            if "memory" in d and not re.fullmatch(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti)?", str(d["memory"])):
+                raise ConfigError(f"{part}.memory must be a quantity like 256Gi, got {d['memory']!r}")
+        if not all(isinstance(n, str) and dns.fullmatch(n) for n in q.get("namespaces", [])):
+            raise ConfigError(f"{where}.namespaces must list Kubernetes namespaces")
+    for name, v in c.priority_classes.items():
+        if not dns.fullmatch(name) or isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"cost.priority_classes.{name} must be a Kubernetes name with a whole-number value, got {v!r}")
 
 # %% ../notebooks/01_config.ipynb #e44dcb56
 class _DerivedSettings:

@@ -16,7 +16,7 @@ from .governance.redact import redact, redact_url
 __all__ = ['SCHEMA_VERSION', 'metadata', 'table', 'utcnow', 'aware', 'open_engine', 'dumps']
 
 # %% ../notebooks/02_db.ipynb #12325e8f
-SCHEMA_VERSION = 3   # 2: pipeline steps' backend, cache key and reuse; runs' reproducibility record. 3: usage_records
+SCHEMA_VERSION = 4   # 2: pipeline steps' backend, cache key and reuse; runs' reproducibility record. 3: usage_records. 4: budget_notices
 
 def _version_tables(sa, md):
     "The schema version; dataset, definition and training-set versions."
@@ -261,6 +261,12 @@ def _cost_tables(sa, md):
              sa.Column("spot", sa.Boolean, nullable=False, default=False),
              sa.Column("cost", sa.Float, nullable=False), sa.Column("currency", sa.String(8), nullable=False),
              sa.Column("usage_json", sa.Text), sa.Column("price_json", sa.Text))
+    sa.Table("budget_notices", md,   # one row per budget, month and level notified: the key sends each notice once
+             sa.Column("budget", sa.String(120), primary_key=True),         # user:NAME or team:NAME
+             sa.Column("month", sa.String(7), primary_key=True),            # 2026-12 (UTC)
+             sa.Column("level", sa.Integer, primary_key=True),              # 80 or 100
+             sa.Column("spent", sa.Float, nullable=False), sa.Column("amount", sa.Float, nullable=False),
+             sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False))
 
 # %% ../notebooks/02_db.ipynb #c79a6558
 def _policy_tables(sa, md):

@@ -155,6 +155,14 @@ class KubernetesConfig:
                                 "`https://mlplat-server.mlplat.svc:8443`. Set, pipeline step pods and a CronWorkflow's fire "
                                 "act as clients of the service (`MLPLAT_URL`, the run's delegated token) and mount only their "
                                 "run's folder and their notebooks' folder of `home_claim`, never the home's keys or DB.")
+    spot_node_labels: dict = _opt({"mlplat.dev/capacity": "spot"}, "Labels of the spot nodes: `spot: require` work selects "
+                                  "them, `prefer` prefers them; the Kueue `spot` ResourceFlavor carries them.")
+    on_demand_node_labels: dict = _opt({"mlplat.dev/capacity": "on-demand"}, "Labels of the on-demand nodes: the Kueue "
+                                       "`on-demand` ResourceFlavor carries them (Kueue adds them to the pods it admits there).")
+    spot_node_taints: list = _opt(["mlplat.dev/capacity=spot:NoSchedule"], "Taints of the spot nodes as `key=value:Effect` "
+                                  "(kubectl's notation): spot work tolerates them (besides GKE's, AKS's and EKS's own spot "
+                                  "taints); the `spot` ResourceFlavor declares them, so work that never runs on spot is "
+                                  "not admitted there.")
     service_ca_configmap: str = _opt("", "ConfigMap (key `ca.crt`) with the CA that signed the service's certificate; mounted "
                                          "read-only in the pods that reach `service_url`. Empty: the image's trust store.")
 
@@ -228,11 +236,12 @@ class ServingConfig:
 @dataclass
 class NotificationsConfig:
     events: list = _opt(["pipeline.failed", "schedule.missed", "schedule.skipped", "monitoring.alert", "serving.alias_refused",
-                         "serving.prediction_log_failed"],
+                         "serving.prediction_log_failed", "cost.budget_80", "cost.budget_100"],
                         "Events that notify: `pipeline.failed`, `pipeline.succeeded`, `schedule.missed`, `schedule.skipped`, "
                         "`monitoring.alert`, `serving.alias_refused` (an alias moved outside mlplat, not served), "
                         "`serving.prediction_log_failed` (a server could not write its prediction log: at most once per "
-                        "5 minutes while it lasts).")
+                        "5 minutes while it lasts), `cost.budget_80` and `cost.budget_100` (a user's or team's spend this month "
+                        "reached 80% or 100% of its budget: once per budget and month each).")
     webhooks: list = _opt([], "URLs that receive each event as an HTTP POST with a JSON body.")
     email_to: list = _opt([], "Addresses that receive each event by e-mail (needs `smtp_host`).")
     email_from: str = _opt("mlplat@localhost", "Sender address of notification e-mails.")
@@ -253,7 +262,7 @@ class SchedulerConfig:
     max_running: int = _opt(4, "Scheduled pipeline runs one scheduler process runs at once; more wait for a free place.")
 
 NOTIFY_EVENTS = ("pipeline.failed", "pipeline.succeeded", "schedule.missed", "schedule.skipped", "monitoring.alert",
-                 "serving.alias_refused", "serving.prediction_log_failed")
+                 "serving.alias_refused", "serving.prediction_log_failed", "cost.budget_80", "cost.budget_100")
 
 # %% ../notebooks/01b_options.ipynb #ebd95d75
 @dataclass
@@ -309,7 +318,22 @@ class CostConfig:
     memory_gb_hour: float = _opt(0.005, "Price of one GB of memory held for an hour (the work's RSS integrated over time).")
     gpu_hour: dict = _opt({"default": 2.5}, "GPU type -> price of one GPU-hour. A GPU's name (NVML, e.g. `NVIDIA H200`) "
                                             "matches the longest key it contains, ignoring case; `default` prices the rest.")
-    spot_discount: float = _opt(0.0, "Fraction taken off the price of work that ran on spot capacity (0.6: 60% off); 0 to 1.")
+    spot_discount: float = _opt(0.0, "Fraction taken off the price of work that ran on spot capacity (0.6: 60% off); 0 to 1. "
+                                     "Estimates take it off work that requires spot (`spot: require`).")
+    budgets: dict = _opt({}, "Monthly budgets in `currency`: `[cost.budgets]` with `users = {ada = 200}` and `teams = "
+                             "{vision = 2000}` (teams as in `rbac.teams`). Work whose estimate would take its submitter's "
+                             "or their team's spend this month (UTC) past a budget is refused at submit, or queued "
+                             "(`over_budget`); `cost.budget_80` and `cost.budget_100` notify once a month each.", policy=True)
+    over_budget: str = _opt("refuse", "Work over a budget: `refuse` (a `BudgetExceeded` error saying what was spent) or "
+                                      "`queue` (local jobs wait, `queued`, until the budget allows them: a new month or a "
+                                      "larger budget; other work is still refused).", policy=True)
+    quotas: dict = _opt({}, "Team -> what it may hold at once: `[cost.quotas.vision]` with `gpus = 8`, `cpus = 64`, "
+                            "`memory = \"256Gi\"`, optional `spot = {gpus = 16, ...}` (spot capacity beside it) and "
+                            "`namespaces` (default: `kubernetes.namespace`). mlplat refuses local and Ray jobs past `gpus`; "
+                            "on Kubernetes the quotas render as Kueue queues (`mlplat cost kueue`) and Kueue holds them.",
+                        policy=True)
+    priority_classes: dict = _opt({}, "Kueue WorkloadPriorityClass name -> value (higher is admitted first), e.g. "
+                                      "`{high = 1000, low = 10}`; `priority_class` of a job or step names one.", policy=True)
 
 SECTIONS["cost"] = CostConfig
 

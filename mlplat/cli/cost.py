@@ -5,18 +5,32 @@
 # %% ../../notebooks/30n_cli_cost.ipynb #3fb54410
 from __future__ import annotations
 
-from .base import open_workspace, show
-from ..cost.core import GROUPS, REPORT_COLS
+import sys
+from pathlib import Path
 
+from .base import open_workspace, show
+
+from ..cost.core import GROUPS, REPORT_COLS
+from ..cost.kueue import to_yaml as kueue_yaml
+
+BUDGET_COLS = ["scope", "name", "month", "budget", "spent", "left", "currency"]
 RECORD_COLS = ["finished_at", "kind", "subject", "step", "attempt", "principal", "team", "wall_seconds", "cpu_seconds",
                "memory_peak_mb", "gpu_seconds", "cost", "currency", "source"]
 
 # %% auto #0
-__all__ = ['RECORD_COLS', 'cmd_cost', 'add_commands']
+__all__ = ['BUDGET_COLS', 'RECORD_COLS', 'cmd_cost', 'add_commands']
 
 # %% ../../notebooks/30n_cli_cost.ipynb #edd56452
 def cmd_cost(args):
     ws = open_workspace(args)
+    if args.action == "budgets":
+        rows = ws.cost.budgets(args.principal)
+        return show(args, rows, rows, BUDGET_COLS)
+    if args.action == "kueue":
+        text = kueue_yaml(ws.cost.kueue())
+        if not args.output: return print(text, end="")
+        Path(args.output).write_text(text)
+        return print(f"wrote {args.output}; apply with: kubectl apply -f {args.output}", file=sys.stderr)
     if args.action == "records":
         rows = ws.cost.records(args.since, args.principal)
         return show(args, rows, rows, RECORD_COLS)
@@ -34,4 +48,9 @@ def add_commands(c):
     for p in (rep, rec):
         p.add_argument("--since", default="30d", help="what ended within this long (30d, 12h, 1w; default 30d)")
         p.add_argument("--principal", help="only this principal's spend (someone else's needs cost:read)")
+    b = acts.add_parser("budgets", help="this month's spend against each budget your work counts against (yours, your team's)")
+    b.add_argument("--principal", help="another principal's budgets (needs cost:read)")
+    k = acts.add_parser("kueue", help="the Kueue ResourceFlavors, ClusterQueues, LocalQueues and WorkloadPriorityClasses "
+                                      "of [cost.quotas], as YAML for kubectl apply")
+    k.add_argument("-o", "--output", help="write the YAML to this file instead of stdout")
     c.leaves(acts)

@@ -82,7 +82,8 @@ def cmd_pipelines(args):
     if a == "run" and args.dry_run: return _dry_run(args)
     if a in ("run", "resume"):
         trigger = f"schedule:{os.environ['MLPLAT_SCHEDULE']}" if os.environ.get("MLPLAT_SCHEDULE") else None  # set in CronJob pods
-        rec = (pl.run(args.file, parse_params(args.param), args.max_parallel, trigger=trigger, cache=not args.no_cache) if a == "run"
+        over = {"override_budget": True} if a == "run" and args.override_budget else {}
+        rec = (pl.run(args.file, parse_params(args.param), args.max_parallel, trigger=trigger, cache=not args.no_cache, **over) if a == "run"
                else pl.resume(args.id, args.max_parallel, cache=not args.no_cache))
         _show_run(args, rec)
         if rec.status not in ("succeeded", "running"): raise SystemExit(1)   # running: a resume handed to Argo
@@ -192,6 +193,7 @@ def _add_pipelines(c):
     x.add_argument("--max-parallel", type=int, help="steps at once (default: the spec's max_parallel)")
     x.add_argument("--dry-run", action="store_true", help="print the Argo Workflow the run would be (steps on kubernetes) and run nothing")
     x.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    x.add_argument("--override-budget", action="store_true", help="run it even over a budget (cost:override, MFA; audited)")
     x = ps.add_parser("submit", help="record a run and hand it to Argo Workflows whole (steps all on kubernetes); returns at once")
     x.add_argument("file"); x.add_argument("-p", "--param", action="append", help=PARAM_HELP)
     x.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)

@@ -17,6 +17,8 @@ from ..db import aware, dumps, table, utcnow
 from ..durations import parse_duration
 from ..errors import ValidationError
 from .usage import Usage, usage_path
+from .budgets import notify_budgets, standing
+from .kueue import render_kueue
 
 # %% auto #0
 __all__ = ['GROUPS', 'KINDS', 'REPORT_COLS', 'gpu_price', 'price', 'Attribution', 'record_usage', 'tag_run', 'record_job_attempt',
@@ -70,6 +72,8 @@ def record_usage(ws, usage: Usage, who: Attribution, spot: bool = False) -> dict
            "price_json": dumps(priced)}
     with ws.engine.begin() as c: c.execute(table("usage_records").insert().values(**row))
     if who.mlflow_run_id: tag_run(ws, who.subject, who.mlflow_run_id)
+    try: notify_budgets(ws, who.principal)   # 80% and 100% of a budget, once a month each
+    except Exception as e: logging.getLogger("mlplat.cost").warning("could not check budgets for %s: %s", who.principal, e)
     return row
 
 def tag_run(ws, subject: str, run_id: str):
@@ -172,3 +176,14 @@ def report_csv(rows: list[dict], by: str) -> str:
     return out.getvalue()
 
 Cost.report = _report
+
+def _budgets(self, user: str | None = None) -> list[dict]:
+    """This month's standing of each budget `user`'s work counts against (default: the caller's; another's needs
+    `cost:read`): {scope, name, budget, spent, left, currency, month}. See `mlplat.cost.budgets`."""
+    return standing(self.ws, self._whose(user) or self.ws.principal.name)
+
+def _kueue(self) -> list[dict]:
+    "The Kueue objects of the workspace's `[cost.quotas]` (see `mlplat.cost.kueue`): what an operator applies to a cluster."
+    return render_kueue(self.ws.config)
+
+Cost.budgets, Cost.kueue = _budgets, _kueue

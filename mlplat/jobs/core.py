@@ -19,6 +19,7 @@ from ..db import dumps, table, utcnow
 from ..errors import NotFoundError, ValidationError
 from ..governance.delegation import MAX_LIFETIME, Delegation, Delegations
 from .spec import TrainingJob
+from ..cost.admit import admit_job
 from ..reproduce import code_state, file_hash, python_environment
 
 # %% auto #0
@@ -126,10 +127,12 @@ def job_spec(job, folder: Path, res, hw, world: int, runtime_env: dict, reproduc
 # %% ../../notebooks/44_jobs_core.ipynb #aa291aea
 class JobSubmission:
     "Submitting a job (`ws.jobs.submit`): every check first, then the records, then the backend."
-    def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False):
+    def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False, override_budget: bool = False):
         """Validate and launch a `TrainingJob` (object, YAML path or dict); `wait=True` blocks until it ends.
-        `dry_run=True` checks everything (spec, RBAC, residency) and returns what would be launched — for
-        Kubernetes the `TrainJob` YAML — without launching or recording anything."""
+        `dry_run=True` checks everything (spec, RBAC, residency, budgets) and returns what would be launched — for
+        Kubernetes the `TrainJob` YAML — without launching or recording anything. Work whose estimate passes a budget
+        is refused (`BudgetExceeded`) or queued (`cost.over_budget`); `override_budget=True` starts it anyway
+        (`cost:override` and MFA; audited). See `mlplat.cost.admit`."""
         if isinstance(job, (str, os.PathLike)): job = TrainingJob.from_yaml(job)
         elif isinstance(job, dict): job = TrainingJob.from_dict(job)
         job.validate()
@@ -143,6 +146,7 @@ class JobSubmission:
         res = job.resources.resolve(hw)
         world = res.nodes * res.processes_per_node
         ds_config = job.deepspeed.config(hw, world)
+        budget = admit_job(ws, job, res, hw, backend_name, override_budget, plan=dry_run)   # estimate vs budgets, quota
         region = job.region or cfg.workspace.region
         ts = ws.features.get_training_set(job.training_set) if job.training_set else None
         job_id = f"{job.name}-{secrets.token_hex(4)}"
@@ -157,7 +161,8 @@ class JobSubmission:
                 folder.mkdir(parents=True)
                 (folder/"deepspeed.json").write_text(json.dumps(ds_config, indent=2))
                 run_id = self._mlflow_run(job, job_id, ts, reproduce)
-            spec = job_spec(job, folder, res, hw, world, job_environment(ws, job_id, folder, run_id, hw, res, ts), reproduce)
+            spec = {**job_spec(job, folder, res, hw, world, job_environment(ws, job_id, folder, run_id, hw, res, ts), reproduce),
+                    "budget": budget}
             rec = JobRecord(job_id, job.name, backend_name, "queued", 0, None, None, ts.id if ts else None, run_id, region,
                             str(folder/"job.log"), ws.principal.name, str(utcnow()), None, None, spec, None)
             if dry_run: return backend.plan(rec)

@@ -9,16 +9,14 @@ import re
 
 from ..errors import ValidationError
 from ..k8s_volume import WorkspaceVolume
+from ..cost.kueue import SPOT_TOLERATIONS, spot_scheduling  # noqa: F401 (SPOT_TOLERATIONS: read from here before)
+from ..options import KubernetesConfig
 
 TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
-SPOT_TOLERATIONS = [
-    {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-    {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
-    {"key": "eks.amazonaws.com/capacityType", "operator": "Equal", "value": "SPOT", "effect": "NoSchedule"},
-]
+
 
 # %% auto #0
-__all__ = ['TRAINJOB_API', 'SPOT_TOLERATIONS', 'render_trainjob', 'to_yaml']
+__all__ = ['TRAINJOB_API', 'render_trainjob', 'to_yaml']
 
 # %% ../../notebooks/45_jobs_k8s.ipynb #87f395b0
 def _pod_patch(job_names, pod_spec: dict) -> dict:
@@ -27,11 +25,13 @@ def _pod_patch(job_names, pod_spec: dict) -> dict:
 
 def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = "default",
                     runtime: str = "deepspeed-distributed", volume: WorkspaceVolume | None = None,
-                    code_dir: str | None = None, secret_env: dict | None = None) -> dict:
+                    code_dir: str | None = None, secret_env: dict | None = None, labels: dict | None = None,
+                    nodes: KubernetesConfig | None = None) -> dict:
     """The `TrainJob` manifest (a dict) for `job`. `env` adds the job's runtime environment (MLPLAT_* variables);
     `secret_env` maps variables to `(Secret, key)` (a credential never written into the TrainJob itself);
     a mounted `volume` puts the workspace home in every pod; `code_dir` is where the job's script snapshot lives in
-    the pods (default `/workspace`, i.e. baked into the image)."""
+    the pods (default `/workspace`, i.e. baked into the image); `labels` are added to the TrainJob's (Kueue's queue);
+    `nodes` (the `[kubernetes]` section) names the spot nodes' labels and taints."""
     if not job.image:
         raise ValidationError(f"job {job.name!r} needs an image to run on Kubernetes",
                               hint="set image: in the job spec, or kubernetes.image in mlplat.toml")
@@ -49,7 +49,7 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     target = ["-m", "mlplat.jobs.entry", job.entrypoint] if not job.is_script else \
         [f"{(code_dir or '/workspace').rstrip('/')}/{job.entrypoint.split('/')[-1]}"]
     command = ["mpirun", "--hostfile", "/etc/mpi/hostfile", "python", *target]
-    labels = {"app.kubernetes.io/managed-by": "mlplat", "mlplat.dev/job-id": job_id, "mlplat.dev/job-name": job.name}
+    labels = {"app.kubernetes.io/managed-by": "mlplat", "mlplat.dev/job-id": job_id, "mlplat.dev/job-name": job.name, **(labels or {})}
     if job.priority_class: labels["kueue.x-k8s.io/priority-class"] = job.priority_class
     trainer = {"image": job.image, "command": command, "args": [str(a) for a in job.args],
                "numNodes": res.nodes, "numProcPerNode": procs,
@@ -64,9 +64,8 @@ def render_trainjob(job, job_id: str, env: dict | None = None, namespace: str = 
     if volume and volume.mounted:
         patches.append({"manager": "mlplat.dev/home", **_pod_patch(["node", "launcher"], {
             "volumes": [volume.volume()], "containers": [{"name": "node", "volumeMounts": [volume.mount()]}]})})
-    if job.spot:
-        patches.append({"manager": "mlplat.dev/spot", **_pod_patch(["node", "launcher"], {
-            "tolerations": SPOT_TOLERATIONS, "nodeSelector": {"mlplat.dev/capacity": "spot"}})})
+    if (spot := spot_scheduling(job.spot, nodes or KubernetesConfig())):
+        patches.append({"manager": "mlplat.dev/spot", **_pod_patch(["node", "launcher"], spot)})
     if patches: spec["runtimePatches"] = patches
     return {"apiVersion": TRAINJOB_API, "kind": "TrainJob",
             "metadata": {"name": job_id, "namespace": namespace, "labels": labels}, "spec": spec}

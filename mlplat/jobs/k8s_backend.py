@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import ValidationError
 from .backend import JobBackend, Observation
 from .k8s import render_trainjob, to_yaml
+from ..cost.kueue import queue_labels
 from ..k8s_volume import WorkspaceVolume
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
@@ -138,7 +139,8 @@ class TrainJobManifests:
         env = {n: v for n, v in rec.runtime_env.items() if n not in ("MLPLAT_CONFIG", "TORCH_EXTENSIONS_DIR") or volume.holds(v)}
         secret = self.identity_secret(rec, attempt)
         m = render_trainjob(job, self.object_name(rec, attempt), env=env, namespace=k.namespace,
-                            runtime=k.runtime, volume=volume, code_dir=code, secret_env={v: (secret, v) for v in secrets})
+                            runtime=k.runtime, volume=volume, code_dir=code, secret_env={v: (secret, v) for v in secrets},
+                            labels=queue_labels(self.ws.config, rec.submitted_by, job.priority_class), nodes=k)
         m["metadata"]["labels"].update({"mlplat.dev/job-id": rec.id, "mlplat.dev/attempt": str(attempt)})
         return m
 

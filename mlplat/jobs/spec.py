@@ -15,7 +15,8 @@ from ..durations import parse_duration
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'Hardware', 'detect_hardware', 'DeepSpeedSettings', 'Resources', 'JobChecks', 'JobFiles', 'TrainingJob']
+__all__ = ['PRECISIONS', 'SPOT_MODES', 'Hardware', 'detect_hardware', 'spot_mode', 'DeepSpeedSettings', 'Resources', 'JobChecks',
+           'JobFiles', 'TrainingJob']
 
 # %% ../../notebooks/40_jobs_spec.ipynb #32555f57
 @dataclass
@@ -36,6 +37,13 @@ def detect_hardware() -> Hardware:
 
 # %% ../../notebooks/40_jobs_spec.ipynb #a4527985
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SPOT_MODES = ("never", "prefer", "require")   # spot capacity: never on it, on it when there is some, only on it
+
+def spot_mode(value, where: str) -> str:
+    "A `spot:` value as one of `SPOT_MODES`; true and false (the older form) mean `require` and `never`."
+    if value is True or value is False: return "require" if value else "never"
+    if value not in SPOT_MODES: raise ValidationError(f"{where}: spot must be one of {', '.join(SPOT_MODES)}, got {value!r}")
+    return value
 
 @dataclass
 class DeepSpeedSettings:
@@ -150,6 +158,9 @@ class JobChecks:
         except ValidationError as e: p.append(e.message)
         if not isinstance(self.env, dict) or not all(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) for k in self.env):
             p.append("env must map variable names to values")
+        if self.spot not in SPOT_MODES: p.append(f"spot must be one of {', '.join(SPOT_MODES)}, got {self.spot!r}")
+        if self.priority_class is not None and not (isinstance(self.priority_class, str) and re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", self.priority_class)):
+            p.append(f"priority_class must name a (Workload)PriorityClass, got {self.priority_class!r}")
         p += self.deepspeed.problems() + self.resources.problems()
         return p
 
@@ -213,8 +224,8 @@ class TrainingJob(JobChecks, JobFiles):
     timeout: object = "24h"                # any mlplat.durations form: 600, "45m", "2h", "1d"
     env: dict = field(default_factory=dict)
     image: str | None = None               # container image (kubernetes)
-    priority_class: str | None = None      # kubernetes priority class
-    spot: bool = False                     # tolerate spot/preemptible nodes (checkpoint-resume survives preemption)
+    priority_class: str | None = None      # Kueue WorkloadPriorityClass (kubernetes), see cost.priority_classes
+    spot: str = "never"                    # never | prefer | require spot capacity (kubernetes; checkpoint-resume survives preemption)
     base_dir: str | None = field(default=None, repr=False)  # folder relative paths resolve from (the YAML's)
 
     def __post_init__(self):
@@ -223,6 +234,7 @@ class TrainingJob(JobChecks, JobFiles):
         if isinstance(self.resources, dict): self.resources = _settings(self.resources, Resources, self.name, "resources key(s)")
         elif self.resources == "auto": self.resources = Resources()
         if isinstance(self.args, str): self.args = self.args.split()
+        if isinstance(self.spot, bool): self.spot = spot_mode(self.spot, f"job {self.name!r}")
 
     @property
     def timeout_seconds(self) -> int:

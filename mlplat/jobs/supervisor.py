@@ -17,6 +17,8 @@ from ..governance.delegation import Delegations
 from .backend import transition, update
 from .local import kill_group, release_shm
 from ..cost.core import record_job_attempt
+from ..cost.admit import budget_wait
+from ..config import Config
 from ..cost.usage import ChildMeter, become_subreaper
 
 # %% auto #0
@@ -28,7 +30,13 @@ def take_slot(ws, job_id: str, pause: float = 1.0) -> bool:
     import sqlalchemy as sa
     t = table("jobs")
     while True:  # the UPDATE ... WHERE state='queued' makes taking the slot atomic
-        if ws.jobs.get(job_id).state != "queued": return False
+        rec = ws.jobs.get(job_id)
+        if rec.state != "queued": return False
+        if (why := budget_wait(ws, rec)):   # queued over budget (cost.over_budget = "queue"): a raised budget applies
+            if why != rec.message: update(ws, job_id, message=why)
+            time.sleep(pause)
+            ws.config.cost = Config.load().cost
+            continue
         with ws.engine.begin() as c:
             running = c.execute(sa.select(sa.func.count()).select_from(t).where((t.c.state == "running") & (t.c.backend == "local"))).scalar()
             if running < ws.config.jobs.max_concurrent:

@@ -27,6 +27,7 @@ class RegisterRequest(In):
 class SubmitJobRequest(In):
     spec: dict = Field(description="the TrainingJob as its YAML would hold it; relative paths are under the service's root")
     dry_run: bool = False
+    override_budget: bool = Field(default=False, description="start it even over a budget (cost:override and MFA; audited)")
 
 class WorkspaceInfo(Out):
     project: str
@@ -56,7 +57,7 @@ def model_register(c: Ctx, name: str, body: RegisterRequest):
 def job_submit(c: Ctx, body: SubmitJobRequest):
     from mlplat.jobs.spec import TrainingJob
     job = TrainingJob.from_dict(body.spec, base_dir=str(c.root))
-    out = c.ws.jobs.submit(job, dry_run=body.dry_run)
+    out = c.ws.jobs.submit(job, dry_run=body.dry_run, override_budget=body.override_budget)
     return out.to_dict() if hasattr(out, "to_dict") else {"plan": out}
 
 @route("GET", "/workspace", "the workspace as clients need it: project, region, where MLflow is", WorkspaceInfo)

@@ -12,6 +12,7 @@ import re
 
 from ..errors import ValidationError
 from ..k8s_volume import ServiceReach, WorkspaceVolume
+from ..cost.kueue import queue_labels, spot_scheduling
 from .spec import references
 
 WORKFLOW_API = "argoproj.io/v1alpha1"
@@ -124,9 +125,12 @@ def step_template(ws, step, name: str, notebook: str, out: str, parameters: dict
     if retries and step.retries:
         t["retryStrategy"] = {"limit": step.retries, "retryPolicy": "Always",
                               "backoff": {"duration": f"{step.backoff:g}s", "factor": 2}}
-    pl = step.placement
-    if pl.node_selector: t["nodeSelector"] = dict(pl.node_selector)
-    tolerations = list(pl.tolerations)
+    pl, cfg = step.placement, ws.config
+    spot = spot_scheduling(pl.spot, cfg.kubernetes)   # and the team's Kueue queue: mlplat.cost.kueue
+    t["metadata"]["labels"].update(queue_labels(cfg, ws.principal.name, pl.priority_class))
+    if pl.node_selector or "nodeSelector" in spot: t["nodeSelector"] = {**spot.get("nodeSelector", {}), **pl.node_selector}
+    if "affinity" in spot: t["affinity"] = spot["affinity"]
+    tolerations = list(pl.tolerations) + spot.get("tolerations", [])
     if pl.resources.gpus and not any(x.get("key") == GPU_TOLERATION["key"] for x in tolerations): tolerations.append(GPU_TOLERATION)
     if tolerations: t["tolerations"] = tolerations
     if pl.priority_class: t["priorityClassName"] = pl.priority_class

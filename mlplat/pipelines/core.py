@@ -21,6 +21,7 @@ from .cache import Environments, plan as plan_steps, reproduce_record
 from .executor import Executor
 from .runs import RunRecord, RunStore, RunTracking, StepRecord, runner_alive
 from .spec import Pipeline
+from ..cost.admit import admit_pipeline
 
 # %% auto #0
 __all__ = ['kernels_here', 'Pipelines']
@@ -166,12 +167,13 @@ class _RunNotebooks:
 # %% ../../notebooks/62c_pipelines_core.ipynb #60b7aa17
 class _OnArgo:
     "Runs Argo executes whole: submit one, record one a CronWorkflow fired, follow a cancel until Argo stops it."
-    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None, cache: bool = True) -> RunRecord:
+    def submit(self, pipeline, params: dict | None = None, trigger: str | None = None, cache: bool = True,
+               override_budget: bool = False) -> RunRecord:
         """Run `pipeline` (every step `backend: kubernetes`) on Argo Workflows as ONE Workflow, with no runner on this
         side: checked and recorded like `run`, then returns at once (`running`). `get` follows it, `cancel` stops it.
         Steps identical to an earlier succeeded step are reused, as in `run`, and left out of the Workflow."""
         p = require_kubernetes(self.load(pipeline))
-        p, rec, _, (_, secrets) = self._begin(p, params, None, None, trigger)
+        p, rec, _, (_, secrets) = self._begin(p, params, None, None, trigger, override_budget=override_budget)
         return ArgoRuns(self.ws).launch(p, rec, secrets, cache)
 
     def register(self, pipeline, params: dict | None, run_id: str, trigger: str) -> RunRecord:
@@ -200,24 +202,25 @@ class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks, _OnArgo):
         return Pipeline.from_yaml(pipeline)
 
     def run(self, pipeline, params: dict | None = None, max_parallel: int | None = None, run_id: str | None = None,
-            trigger: str | None = None, cache: bool = True) -> RunRecord:
+            trigger: str | None = None, cache: bool = True, override_budget: bool = False) -> RunRecord:
         """Validate, then run `pipeline` (a YAML path, a dict or a `Pipeline`) with `params`; returns the finished
         run's record (its `status` is `succeeded`, `failed` or `cancelled`; such a run can be resumed).
         `run_id` (from `new_run_id`) and `trigger` (e.g. `schedule:nightly`, linked in lineage) are for schedulers;
-        `cache=False` runs every step, even one identical to an earlier succeeded step (see `plan`)."""
-        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, run_id, trigger)
+        `cache=False` runs every step, even one identical to an earlier succeeded step (see `plan`). A run whose
+        estimate passes a budget is refused (`BudgetExceeded`) unless `override_budget` (see `mlplat.cost.admit`)."""
+        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, run_id, trigger, override_budget=override_budget)
         return Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache).run()
 
     def start(self, pipeline, params: dict | None = None, max_parallel: int | None = None, trigger: str | None = None,
-              cache: bool = True) -> RunRecord:
+              cache: bool = True, override_budget: bool = False) -> RunRecord:
         """Validate and record the run like `run`, then execute it in a background thread of this process: returns
         at once with the run's record (status `running`); follow it with `get`, stop it with `cancel`."""
-        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, None, trigger)
+        p, rec, parallel, prepared = self._begin(pipeline, params, max_parallel, None, trigger, override_budget=override_budget)
         executor = Executor(self.ws, p, rec, parallel, "pipeline.run", prepared, cache)
         threading.Thread(target=executor.run_guarded, name=f"pipeline-{rec.id}", daemon=True).start()
         return rec
 
-    def _begin(self, pipeline, params, max_parallel, run_id, trigger, placed: bool = True) -> tuple:
+    def _begin(self, pipeline, params, max_parallel, run_id, trigger, placed: bool = True, override_budget: bool = False) -> tuple:
         "Everything before the first step: checks, authorization, the run's folder, MLflow run, DB rows and lineage."
         ws = self.ws
         _check_parallel(max_parallel)
@@ -228,6 +231,7 @@ class Pipelines(_RunControl, _Reads, _StepFiles, _RunNotebooks, _OnArgo):
         ws.governance.authorize("pipelines:run", p.name, "pipeline.run", ws.config.workspace.region)
         if kernels_here(p):
             ws.governance.user_code("a pipeline or notebook run (its steps' kernels run the notebooks' code)", f"pipeline:{p.name}")
+        if placed: admit_pipeline(ws, p, override_budget)   # a fire being registered already runs: nothing to refuse
         prepared = prepare(ws, p, p.steps) if placed else ({}, {})   # every step's backend and secrets, before anything is recorded
         reproduce = reproduce_record(p, Environments(ws))   # each kernel's environment: a missing kernel stops the run here
         run_id = run_id or self.new_run_id(p.name)

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from ..errors import ValidationError
+from ..jobs.spec import spot_mode
 
 QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
 UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -20,7 +21,7 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
 IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-PLACEMENT_KEYS = ("backend", "resources", "image", "node_selector", "tolerations", "priority_class", "cache")
+PLACEMENT_KEYS = ("backend", "resources", "image", "node_selector", "tolerations", "priority_class", "spot", "cache")
 
 # %% auto #0
 __all__ = ['QUANTITY', 'UNITS', 'LABEL_KEY', 'LABEL_VALUE', 'DNS_NAME', 'ENV_NAME', 'SECRET_KEY', 'IMAGE', 'EFFECTS',
@@ -112,12 +113,14 @@ class Placement:
     node_selector: dict = field(default_factory=dict)
     tolerations: list = field(default_factory=list)
     priority_class: str | None = None
+    spot: str = "never"   # SPOT_MODES; a local step never runs on spot capacity
     cache: bool = True
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "resources": self.resources.to_dict(), "image": self.image,
                 "node_selector": self.node_selector, "tolerations": self.tolerations,
-                "priority_class": self.priority_class, "cache": self.cache}
+                "priority_class": self.priority_class, "cache": self.cache,
+                **({"spot": self.spot} if self.spot != "never" else {})}   # so the cache keys of earlier steps still match
 
 def parse_placement(doc: dict, where: str, base: Placement | None = None) -> Placement:
     "The placement keys of a step (or of a pipeline), each checked; keys not given keep `base`'s (the pipeline's) values."
@@ -134,6 +137,7 @@ def parse_placement(doc: dict, where: str, base: Placement | None = None) -> Pla
         if not isinstance(doc["priority_class"], str) or not DNS_NAME.fullmatch(doc["priority_class"]):
             raise ValidationError(f"{where}: priority_class must be the name of a PriorityClass, got {doc['priority_class']!r}")
         out.priority_class = doc["priority_class"]
+    if doc.get("spot") is not None: out.spot = spot_mode(doc["spot"], where)
     if "cache" in doc:
         if not isinstance(doc["cache"], bool): raise ValidationError(f"{where}: cache must be true or false, got {doc['cache']!r}")
         out.cache = doc["cache"]

@@ -172,9 +172,9 @@ class RemoteJobs(RemoteApi):
             if chunk["eof"]: time.sleep(0.5)
         if not follow: yield from (lines[-tail:] if tail else lines)
     def cancel(self, job_id: str) -> Record: return Record(self.api.post(f"/jobs/{seg(job_id)}/cancel"))
-    def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False):
+    def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False, override_budget: bool = False):
         """Submit a `TrainingJob` (object, YAML path or dict) to run as you where the service runs jobs; its relative
-        paths are relative to the service's root. `wait=True` follows it until it ends."""
+        paths are relative to the service's root. `wait=True` follows it until it ends; `override_budget` as in the core."""
         import os
         import time
         if isinstance(job, (str, os.PathLike)):
@@ -184,7 +184,7 @@ class RemoteJobs(RemoteApi):
             except (OSError, yaml.YAMLError) as e:
                 raise ValidationError(f"cannot read the job spec {job}: {e}") from None
         spec = job.to_dict() if hasattr(job, "to_dict") else job
-        out = self.api.post("/jobs", {"spec": spec, "dry_run": dry_run})
+        out = self.api.post("/jobs", {"spec": spec, "dry_run": dry_run, "override_budget": override_budget})
         if dry_run: return out.get("plan", out)
         rec, end = Record(out), None if timeout is None else time.monotonic() + timeout
         while wait and rec["state"] in ("queued", "running"):
