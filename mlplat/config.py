@@ -233,6 +233,8 @@ def _check_cost(cfg):
             raise ConfigError(f"rbac.teams.{who} must be a team name, got {team!r}")
     _check_budgets(c)
 
+
+# %% ../notebooks/01_config.ipynb #f87621c7
 def _check_budgets(c):
     "Budgets are amounts per user and per team; quotas whole numbers and quantities per team; priorities integers."
     import re

@@ -23,8 +23,8 @@ from ..cost.admit import admit_job
 from ..reproduce import code_state, file_hash, python_environment
 
 # %% auto #0
-__all__ = ['JobRecord', 'job_environment', 'job_reproduce', 'reproduce_tags', 'job_spec', 'JobSubmission', 'JobReads', 'JobLogs',
-           'Jobs']
+__all__ = ['JobRecord', 'job_environment', 'job_reproduce', 'reproduce_tags', 'job_spec', 'JobRecords', 'JobSubmission',
+           'JobReads', 'JobLogs', 'Jobs']
 
 # %% ../../notebooks/44_jobs_core.ipynb #4844d475
 @dataclass
@@ -124,8 +124,31 @@ def job_spec(job, folder: Path, res, hw, world: int, runtime_env: dict, reproduc
     spec["command"] = launch_command(spec, res.processes_per_node)
     return spec
 
+# %% ../../notebooks/44_jobs_core.ipynb #748ef0cb
+class JobRecords:
+    "What a submitted job leaves behind before it launches: its MLflow run, its row and its lineage."
+    def _mlflow_run(self, job, job_id, ts, reproduce: dict) -> str:
+        client = self.ws.mlflow_client()
+        name = job.experiment or self.ws.config.workspace.project
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=f"{self.ws.config.artifact_root}/{name}")
+        tags = {"mlplat.job_id": job_id, "mlplat.submitted_by": self.ws.principal.name}
+        if ts: tags["mlplat.training_set"] = ts.id
+        tags.update(reproduce_tags(reproduce))
+        return client.create_run(exp_id, run_name=job_id, tags=tags).info.run_id
+
+    def _record(self, rec: JobRecord, ts):
+        Path(rec.log_path).touch()
+        with self.ws.engine.begin() as c:  # the job's row and its lineage, together or not at all
+            c.execute(table("jobs").insert().values(
+                id=rec.id, name=rec.name, backend=rec.backend, state="queued", attempt=0, spec_json=dumps(rec.spec),
+                training_set=rec.training_set, mlflow_run_id=rec.mlflow_run_id, region=rec.region, log_path=rec.log_path,
+                submitted_by=rec.submitted_by, submitted_at=utcnow()))
+            if ts: self.ws.lineage.add(ts.node, rec.node, conn=c)
+            self.ws.lineage.add(rec.node, f"mlflow_run:{rec.mlflow_run_id}", conn=c)
+
 # %% ../../notebooks/44_jobs_core.ipynb #aa291aea
-class JobSubmission:
+class JobSubmission(JobRecords):
     "Submitting a job (`ws.jobs.submit`): every check first, then the records, then the backend."
     def submit(self, job, wait: bool = False, timeout: float | None = None, dry_run: bool = False, override_budget: bool = False):
         """Validate and launch a `TrainingJob` (object, YAML path or dict); `wait=True` blocks until it ends.
@@ -170,25 +193,6 @@ class JobSubmission:
             backend.start(self.get(job_id))
         return self.wait(job_id, timeout) if wait else self.get(job_id)
 
-    def _mlflow_run(self, job, job_id, ts, reproduce: dict) -> str:
-        client = self.ws.mlflow_client()
-        name = job.experiment or self.ws.config.workspace.project
-        exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=f"{self.ws.config.artifact_root}/{name}")
-        tags = {"mlplat.job_id": job_id, "mlplat.submitted_by": self.ws.principal.name}
-        if ts: tags["mlplat.training_set"] = ts.id
-        tags.update(reproduce_tags(reproduce))
-        return client.create_run(exp_id, run_name=job_id, tags=tags).info.run_id
-
-    def _record(self, rec: JobRecord, ts):
-        Path(rec.log_path).touch()
-        with self.ws.engine.begin() as c:  # the job's row and its lineage, together or not at all
-            c.execute(table("jobs").insert().values(
-                id=rec.id, name=rec.name, backend=rec.backend, state="queued", attempt=0, spec_json=dumps(rec.spec),
-                training_set=rec.training_set, mlflow_run_id=rec.mlflow_run_id, region=rec.region, log_path=rec.log_path,
-                submitted_by=rec.submitted_by, submitted_at=utcnow()))
-            if ts: self.ws.lineage.add(ts.node, rec.node, conn=c)
-            self.ws.lineage.add(rec.node, f"mlflow_run:{rec.mlflow_run_id}", conn=c)
 
 # %% ../../notebooks/44_jobs_core.ipynb #43fe737e
 class JobReads:

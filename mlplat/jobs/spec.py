@@ -15,7 +15,7 @@ from ..durations import parse_duration
 from ..errors import NotFoundError, ValidationError
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'SPOT_MODES', 'Hardware', 'detect_hardware', 'spot_mode', 'DeepSpeedSettings', 'Resources', 'JobChecks',
+__all__ = ['SPOT_MODES', 'PRECISIONS', 'Hardware', 'detect_hardware', 'spot_mode', 'DeepSpeedSettings', 'Resources', 'JobChecks',
            'JobFiles', 'TrainingJob']
 
 # %% ../../notebooks/40_jobs_spec.ipynb #32555f57
@@ -35,8 +35,7 @@ def detect_hardware() -> Hardware:
         return Hardware(torch.cuda.device_count(), bool(torch.cuda.is_bf16_supported()), cpus, torch.cuda.get_device_name(0))
     return Hardware(0, False, cpus)
 
-# %% ../../notebooks/40_jobs_spec.ipynb #a4527985
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# %% ../../notebooks/40_jobs_spec.ipynb #08039191
 SPOT_MODES = ("never", "prefer", "require")   # spot capacity: never on it, on it when there is some, only on it
 
 def spot_mode(value, where: str) -> str:
@@ -44,6 +43,9 @@ def spot_mode(value, where: str) -> str:
     if value is True or value is False: return "require" if value else "never"
     if value not in SPOT_MODES: raise ValidationError(f"{where}: spot must be one of {', '.join(SPOT_MODES)}, got {value!r}")
     return value
+
+# %% ../../notebooks/40_jobs_spec.ipynb #a4527985
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class DeepSpeedSettings:
