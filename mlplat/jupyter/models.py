@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # %% auto #0
 __all__ = ['Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Entity', 'FeatureService', 'Definition', 'DatasetVersion',
-           'TrainingSet', 'Edge', 'Lineage', 'CostRow', 'Job', 'LogChunk', 'ModelSummary', 'GateResult', 'ModelVersion',
-           'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment', 'TrafficBucket', 'Step',
-           'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest', 'PipelineRequest', 'PlannedStep',
-           'Schedule', 'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest', 'Copied', 'StepLog']
+           'TrainingSet', 'Edge', 'Lineage', 'BudgetRow', 'CostRow', 'Job', 'LogChunk', 'ModelSummary', 'GateResult',
+           'ModelVersion', 'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment',
+           'TrafficBucket', 'Step', 'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest',
+           'PipelineRequest', 'PlannedStep', 'Schedule', 'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest',
+           'Copied', 'StepLog']
 
 # %% ../../notebooks/80_jupyter_models.ipynb #828b97e2
 class Out(BaseModel):
@@ -95,6 +96,16 @@ class Lineage(Out):
     downstream_nodes: list[str]
 
 # %% ../../notebooks/80_jupyter_models.ipynb #83d15e2e
+class BudgetRow(Out):
+    "One budget the caller's work counts against (`ws.cost.budgets()`), this month."
+    scope: str = Field(description="user or team")
+    name: str
+    budget: float
+    spent: float
+    left: float
+    currency: str
+    month: str = Field(description="YYYY-MM (UTC)")
+
 class CostRow(Out):
     "One row of `ws.cost.report(by=...)`: the key it is summed by (one of the five fields) and the sums."
     user: Optional[str] = None

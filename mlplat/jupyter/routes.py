@@ -15,16 +15,17 @@ from pydantic import ValidationError as PydanticError
 from ..errors import NotFoundError, ValidationError
 from .models import (
     AliasEvent, Copied, CopyTemplateRequest, DatasetVersion, Definition, Deployment, Entity, FeatureService, FeatureView,
-    CostRow, GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
+    BudgetRow, CostRow, GateResult, Job, Lineage, LogChunk, Me, ModelSummary, ModelVersion, NotebookParameters, PromoteRequest,
     PipelineRequest, PlannedStep, RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
 __all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
-           'dataset_versions', 'training_sets', 'lineage', 'cost_report', 'match', 'jobs', 'job', 'job_log',
-           'job_log_stream', 'job_cancel', 'models', 'model_versions', 'model_check', 'model_history', 'model_promote',
-           'model_rollback', 'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open',
-           'run_step_log', 'pipeline_plan', 'pipeline_start', 'notebook_parameters', 'notebook_run', 'schedules',
-           'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates', 'template_copy']
+           'dataset_versions', 'training_sets', 'lineage', 'cost_report', 'cost_budgets', 'cost_kueue', 'match', 'jobs',
+           'job', 'job_log', 'job_log_stream', 'job_cancel', 'models', 'model_versions', 'model_check', 'model_history',
+           'model_promote', 'model_rollback', 'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel',
+           'run_step_open', 'run_step_log', 'pipeline_plan', 'pipeline_start', 'notebook_parameters', 'notebook_run',
+           'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates',
+           'template_copy']
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #2ce9fcc3
 @dataclass
@@ -153,6 +154,16 @@ def lineage(c: Ctx, node: str):
                                                    "principal": (str, None, "only this principal's (another's needs cost:read)")})
 def cost_report(c: Ctx, by: str = "user", since: str = "30d", principal: str | None = None):
     return c.ws.cost.report(by, since, principal)
+
+@route("GET", "/cost/budgets", "this month's spend against each budget a principal's work counts against (yours; another's "
+       "needs cost:read)", list[BudgetRow], query={"principal": (str, None, "another principal's budgets")})
+def cost_budgets(c: Ctx, principal: str | None = None):
+    return c.ws.cost.budgets(principal)
+
+@route("GET", "/cost/kueue", "the Kueue objects of the workspace's quotas (ResourceFlavors, ClusterQueues, LocalQueues, "
+       "WorkloadPriorityClasses)", list[dict])
+def cost_kueue(c: Ctx):
+    return c.ws.cost.kueue()
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #d05e47e7
 def match(method: str, path: str) -> tuple[Route, dict]:

@@ -305,6 +305,8 @@ class RemoteCost(RemoteApi):
         if format not in ("rows", "csv"): raise ValidationError(f"format must be 'rows' or 'csv', not {format!r}")
         rows = records(self.api.get("/cost/report", by=by, since=str(since), principal=user))
         return rows if format == "rows" else report_csv(rows, by)
+    def budgets(self, user: str | None = None) -> list[Record]: return records(self.api.get("/cost/budgets", principal=user))
+    def kueue(self) -> list[dict]: return self.api.get("/cost/kueue")
 
 class RemoteMonitoring(RemoteApi):
     "`ws.monitoring`: what deployments served, from the service's prediction logs."
