@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # %% auto #0
 __all__ = ['MlplatError', 'ConfigError', 'ValidationError', 'NotFoundError', 'ConflictError', 'PermissionDenied',
-           'ResidencyViolation', 'AuditIntegrityError', 'AuthenticationError']
+           'ResidencyViolation', 'AuditIntegrityError', 'AuthenticationError', 'BudgetExceeded']
 
 # %% ../notebooks/00_errors.ipynb #50211602
 class MlplatError(Exception):
@@ -61,4 +61,9 @@ class AuditIntegrityError(MlplatError):
 class AuthenticationError(MlplatError):
     "No credentials, or credentials that do not verify (expired, forged, revoked, wrong audience)."
     http_status = 401
+    exit_code = 3
+
+class BudgetExceeded(MlplatError):
+    "Work would take a monthly budget past its amount, or a team past its GPU quota: refused, nothing was launched."
+    http_status = 403
     exit_code = 3

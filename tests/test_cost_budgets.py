@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import crd, crd_schema, run_cli, tiny_job, undeclared_fields, wait_for, write_notebook, write_pipeline
-from mlplat.errors import PermissionDenied
+from mlplat.errors import BudgetExceeded, PermissionDenied
 
 KUEUE = {"ResourceFlavor": "kueue.x-k8s.io_resourceflavors.yaml", "ClusterQueue": "kueue.x-k8s.io_clusterqueues.yaml",
          "LocalQueue": "kueue.x-k8s.io_localqueues.yaml", "WorkloadPriorityClass": "kueue.x-k8s.io_workloadpriorityclasses.yaml"}
@@ -73,7 +73,6 @@ def with_mfa(ws, name):
 
 
 def test_a_submit_over_budget_is_refused_with_what_was_spent(home, tmp_path, monkeypatch):
-    from mlplat.cost.admit import BudgetExceeded
     bo = workspace(home)
     ada = bo.as_user("ada")
     spend(bo, "ada", 900)                           # 0.90 of her 1.00

@@ -11,18 +11,13 @@ from dataclasses import asdict, dataclass
 from .budgets import month_start, standing
 from .core import gpu_price
 from ..db import table
-from ..errors import MlplatError
+from ..errors import BudgetExceeded
 
 # %% auto #0
-__all__ = ['BudgetExceeded', 'Estimate', 'history', 'hourly', 'on_spot', 'job_estimate', 'pipeline_estimate', 'gpus_in_use',
-           'problems', 'admit', 'admit_job', 'admit_pipeline', 'budget_wait']
+__all__ = ['Estimate', 'history', 'hourly', 'on_spot', 'job_estimate', 'pipeline_estimate', 'gpus_in_use', 'problems', 'admit',
+           'admit_job', 'admit_pipeline', 'budget_wait']
 
 # %% ../../notebooks/76c_cost_admit.ipynb #c2a38382
-class BudgetExceeded(MlplatError):
-    "Work would take a monthly budget past its amount, or a team past its GPU quota: refused, nothing was launched."
-    http_status = 403
-    exit_code = 3
-
 @dataclass
 class Estimate:
     "What work will likely cost, and how that was worked out."
