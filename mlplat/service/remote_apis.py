@@ -11,7 +11,7 @@ from .client import ApiClient, Record, records, seg
 # %% auto #0
 __all__ = ['RemoteApi', 'RemoteModels', 'RemoteDatasets', 'RemoteTrainingSet', 'RemoteFeatures', 'RemoteLineage', 'RemoteJobs',
            'RemoteRun', 'RemotePipelines', 'RemoteSchedules', 'RemoteTokens', 'RemoteAudit', 'RemotePolicy',
-           'RemoteKeys', 'RemoteCost', 'RemoteMonitoring']
+           'RemoteKeys', 'RemoteMonitoring', 'RemoteCost']
 
 # %% ../../notebooks/91a_service_remote_apis.ipynb #62002e3e
 class RemoteApi:
@@ -298,6 +298,13 @@ class RemotePolicy(RemoteApi):
 class RemoteKeys(RemoteApi):
     def list(self) -> list[Record]: return records(self.api.get("/keys"))
 
+class RemoteMonitoring(RemoteApi):
+    "`ws.monitoring`: what deployments served, from the service's prediction logs."
+    def deployments(self, window: str = "1h") -> list[Record]: return records(self.api.get("/deployments", window=window))
+    def traffic(self, name: str, window: str = "1h", every: str = "5m") -> list[Record]:
+        return records(self.api.get(f"/deployments/{seg(name)}/traffic", window=window, every=every))
+
+# %% ../../notebooks/91a_service_remote_apis.ipynb #8d950f6b
 class RemoteCost(RemoteApi):
     "`ws.cost`: spend as the service's core reports it (your own without `cost:read`)."
     def report(self, by: str = "user", since="30d", user: str | None = None, format: str = "rows"):
@@ -308,8 +315,3 @@ class RemoteCost(RemoteApi):
     def budgets(self, user: str | None = None) -> list[Record]: return records(self.api.get("/cost/budgets", principal=user))
     def kueue(self) -> list[dict]: return self.api.get("/cost/kueue")
 
-class RemoteMonitoring(RemoteApi):
-    "`ws.monitoring`: what deployments served, from the service's prediction logs."
-    def deployments(self, window: str = "1h") -> list[Record]: return records(self.api.get("/deployments", window=window))
-    def traffic(self, name: str, window: str = "1h", every: str = "5m") -> list[Record]:
-        return records(self.api.get(f"/deployments/{seg(name)}/traffic", window=window, every=every))
