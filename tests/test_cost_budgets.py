@@ -98,6 +98,7 @@ def test_a_submit_over_budget_is_refused_with_what_was_spent(home, tmp_path, mon
     assert [(b["scope"], b["name"], b["spent"], b["budget"]) for b in shown] == [("user", "ada", 0.9, 1.0), ("team", "vision", 0.9, 10.0)]
 
 
+@pytest.mark.slow   # a real job held, then run: about 35 s here
 def test_over_budget_with_queue_waits_until_the_budget_allows_it(home, tmp_path, monkeypatch):
     bo = workspace(home, over="queue")
     ada = bo.as_user("ada")
@@ -142,6 +143,7 @@ def test_80_and_100_percent_notify_once_per_budget(home, webhook):
     assert got[0]["details"]["budget"] == 1.0 and "spent 0.85 of its 1.00 USD budget" in got[0]["subject"]
 
 
+@pytest.mark.slow   # three real jobs: about a minute
 def test_the_estimate_is_the_median_of_earlier_runs(home, tmp_path, monkeypatch):
     from mlplat.cost.admit import job_estimate, pipeline_estimate
     from mlplat.jobs.spec import Hardware, TrainingJob
