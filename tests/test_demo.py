@@ -172,6 +172,8 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 19')", timeout=90_000)
     page.wait_for_selector(".mlplat-joblog-state .mlplat-badge-succeeded", timeout=30_000)
     assert "tick 0" in log.inner_text()
+    assert " · cost " in page.inner_text(".mlplat-joblog-state") and "USD" in page.inner_text(".mlplat-joblog-state")   # measured, priced
+    page.wait_for_selector(f"li[data-job='{rec.id}'] [data-job-cost='{rec.id}']", timeout=60_000)   # the live list shows it too
 
     # run a notebook with parameters from its toolbar
     page.goto(f"{url}/lab/tree/report.ipynb?token={token}")

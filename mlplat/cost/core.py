@@ -172,3 +172,21 @@ def report_csv(rows: list[dict], by: str) -> str:
     return out.getvalue()
 
 Cost.report = _report
+
+# %% ../../notebooks/76a_cost_core.ipynb #ee1d2a19
+def _spent_on(self, kind: str, subjects: list) -> dict:
+    """{subject: {cost, currency, cpu_seconds, wall_seconds, attempts}}: every recorded attempt of each job id (`kind`
+    "job") or pipeline run id ("pipeline_step") in `subjects`, summed, as far as the caller may see it; {} for a caller
+    without `cost:read_own` (lists show no cost rather than an error, and no refusal is audited per listing)."""
+    import sqlalchemy as sa
+    g, me = self.ws.governance, self.ws.principal
+    if not subjects or not (g.rbac.allowed(me, "cost:read") or g.rbac.allowed(me, "cost:read_own")): return {}
+    t = table("usage_records")
+    q = (sa.select(t.c.subject, t.c.currency, sa.func.sum(t.c.cost), sa.func.sum(t.c.cpu_seconds), sa.func.sum(t.c.wall_seconds),
+                   sa.func.count()).where(t.c.kind == kind, t.c.subject.in_(list(subjects))).group_by(t.c.subject, t.c.currency))
+    if not g.rbac.allowed(me, "cost:read"): q = q.where(t.c.principal == me.name)
+    with self.ws.engine.connect() as c: rows = c.execute(q).all()
+    return {s: {"cost": round(cost or 0, 6), "currency": cur, "cpu_seconds": round(cpu or 0, 3), "wall_seconds": round(wall or 0, 3),
+                "attempts": n} for s, cur, cost, cpu, wall, n in rows}
+
+Cost.spent_on = _spent_on
