@@ -19,8 +19,8 @@ from ..errors import ValidationError
 from .usage import Usage, usage_path
 
 # %% auto #0
-__all__ = ['GROUPS', 'KINDS', 'REPORT_COLS', 'gpu_price', 'price', 'Attribution', 'record_usage', 'tag_run', 'record_job_attempt',
-           'record_step_attempt', 'Cost', 'report_csv']
+__all__ = ['GROUPS', 'KINDS', 'REPORT_COLS', 'SERVING_COLS', 'gpu_price', 'price', 'Attribution', 'record_usage', 'tag_run',
+           'record_job_attempt', 'record_step_attempt', 'report_cols', 'Cost', 'report_csv']
 
 # %% ../../notebooks/76a_cost_core.ipynb #7fdb970b
 def gpu_price(gpu_hour: dict, gpu_type: str | None) -> float:
@@ -115,9 +115,13 @@ def record_step_attempt(ws, rec, step: str, attempt: int, out) -> dict | None:
     return row
 
 # %% ../../notebooks/76a_cost_core.ipynb #2e36767e
-GROUPS = {"user": "principal", "team": "team", "pipeline": "pipeline", "job": "subject", "experiment": "experiment"}
-KINDS = {"pipeline": "pipeline_step", "job": "job"}   # grouping by pipeline or job counts only that kind of work
+GROUPS = {"user": "principal", "team": "team", "pipeline": "pipeline", "job": "subject", "experiment": "experiment",
+          "deployment": "subject"}
+KINDS = {"pipeline": "pipeline_step", "job": "job", "deployment": "deployment"}   # by pipeline, job or deployment: only that work
 REPORT_COLS = ["records", "wall_seconds", "cpu_seconds", "gpu_seconds", "memory_gb_hours", "cost", "currency"]
+SERVING_COLS = ["replica_hours", "predictions", "cost_per_1000_predictions"]   # what a deployment's rows add
+
+def report_cols(by: str) -> list[str]: return [by, *REPORT_COLS, *(SERVING_COLS if by == "deployment" else [])]
 
 class Cost:
     "What work cost (`ws.cost`): `records` and `report`, governed by `cost:read` (everybody's) and `cost:read_own`."
@@ -160,7 +164,11 @@ def _report(self, by: str = "user", since="30d", user: str | None = None, format
         s["records"] += 1
         for k in ("wall_seconds", "cpu_seconds", "gpu_seconds", "cost"): s[k] += r[k] or 0
         s["memory_gb_hours"] += (r["memory_gb_seconds"] or 0) / 3600
+        if by == "deployment": s["predictions"] = s.get("predictions", 0) + int(r["usage"].get("predictions") or 0)
     rows = sorted(sums.values(), key=lambda s: -s["cost"])
+    for s in rows if by == "deployment" else []:   # a server is one replica of what it serves: its wall time is replica time
+        s["replica_hours"] = round(s["wall_seconds"] / 3600, 6)
+        s["cost_per_1000_predictions"] = round(s["cost"] / s["predictions"] * 1000, 6) if s["predictions"] else None
     for s in rows:
         for k in ("wall_seconds", "cpu_seconds", "gpu_seconds", "memory_gb_hours", "cost"): s[k] = round(s[k], 6)
     return rows if format == "rows" else report_csv(rows, by)
@@ -168,7 +176,7 @@ def _report(self, by: str = "user", since="30d", user: str | None = None, format
 def report_csv(rows: list[dict], by: str) -> str:
     "Report rows as CSV text, headed by the column names."
     out = io.StringIO()
-    w = csv.DictWriter(out, [by, *REPORT_COLS], lineterminator="\n", extrasaction="ignore"); w.writeheader(); w.writerows(rows)
+    w = csv.DictWriter(out, report_cols(by), lineterminator="\n", extrasaction="ignore"); w.writeheader(); w.writerows(rows)
     return out.getvalue()
 
 Cost.report = _report
