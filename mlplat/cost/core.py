@@ -20,7 +20,7 @@ from .usage import Usage, usage_path
 
 # %% auto #0
 __all__ = ['GROUPS', 'KINDS', 'REPORT_COLS', 'SERVING_COLS', 'gpu_price', 'price', 'Attribution', 'record_usage', 'tag_run',
-           'record_job_attempt', 'record_step_attempt', 'report_cols', 'Cost', 'report_csv']
+           'kept', 'record_job_attempt', 'record_step_attempt', 'report_cols', 'Cost', 'report_csv']
 
 # %% ../../notebooks/76a_cost_core.ipynb #7fdb970b
 def gpu_price(gpu_hour: dict, gpu_type: str | None) -> float:
@@ -87,7 +87,7 @@ def tag_run(ws, subject: str, run_id: str):
     except Exception as e: logging.getLogger("mlplat.cost").warning("could not tag MLflow run %s with its cost: %s", run_id, e)
 
 # %% ../../notebooks/76a_cost_core.ipynb #e48d18e1
-def _kept(fn):
+def kept(fn):
     "Bookkeeping that must never fail the work it measures: an error is logged (the job's or runner's log), not raised."
     def run(*args):
         try: return fn(*args)
@@ -95,14 +95,14 @@ def _kept(fn):
     run.__name__, run.__doc__ = fn.__name__, fn.__doc__
     return run
 
-@_kept
+@kept
 def record_job_attempt(ws, rec, attempt: int, usage: Usage) -> dict:
     "Record what attempt `attempt` of job `rec` (a `JobRecord`) used: the local supervisor calls this as each attempt ends."
     exp = (rec.spec.get("job") or {}).get("experiment") or ws.config.workspace.project
     return record_usage(ws, usage, Attribution("job", rec.id, rec.submitted_by, attempt, experiment=exp,
                                                mlflow_run_id=rec.mlflow_run_id, backend=rec.backend))
 
-@_kept
+@kept
 def record_step_attempt(ws, rec, step: str, attempt: int, out) -> dict | None:
     """Record what attempt `attempt` of step `step` of pipeline run `rec` used, if its backend measured it (the local
     one writes `usage_path(out)` next to the executed notebook `out`); the file is removed once recorded."""
