@@ -202,6 +202,9 @@ def test_steps_run_as_workflows_with_secrets_by_reference(kube, kws, pipeline, t
     count, report = rec.steps["count"], rec.steps["report_rows"]
     assert count.outputs == {"rows": 40} and report.outputs == {"line": "n=4:40"} and report.parameters == {"rows": 40, "label": "n=4"}
     assert count.backend == "kubernetes" and os.path.isfile(count.notebook)
+    spent = {r["step"]: r for r in kws.cost.records(kind="pipeline_step")}   # each pod's requests, for as long as it ran
+    assert {r["source"] for r in spent.values()} == {"kubernetes-requests"} and sorted(spent) == ["count", "report_rows"]
+    assert all(r["cpu_seconds"] >= r["wall_seconds"] > 0 for r in spent.values())
     workflows = dict(kube.argo["workflows"])
     assert len(workflows) == 2
     for (_, name), wf in workflows.items():

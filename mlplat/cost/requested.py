@@ -13,7 +13,7 @@ from .usage import Usage
 UNITS = {None: 1, "": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 # %% auto #0
-__all__ = ['UNITS', 'quantity_bytes', 'requested', 'record_pod_steps', 'record_cluster_job']
+__all__ = ['UNITS', 'quantity_bytes', 'requested', 'record_pod_steps', 'record_requested_attempt', 'record_cluster_job']
 
 # %% ../../notebooks/76d_cost_requested.ipynb #2b92aa6d
 def quantity_bytes(q) -> float:
@@ -52,6 +52,16 @@ def record_pod_steps(ws, p, rec, names) -> list[dict]:
                                  Attribution("pipeline_step", rec.id, rec.started_by, s.attempts or 1, name, rec.pipeline,
                                              mlflow_run_id=rec.mlflow_run_id, backend="kubernetes")))
     return rows
+
+@kept
+def record_requested_attempt(ws, rec, step, attempt: int, wall: float, backend: str) -> dict | None:
+    """Record attempt `attempt` of pipeline step `step` (a `Step`) of run `rec` that a cluster backend (`ray`, or a
+    `kubernetes` step of a pipeline run here) ran for `wall` seconds: its requests for that long."""
+    if wall <= 0: return None
+    r = step.placement.resources
+    return record_usage(ws, requested(r.cpu, r.memory, r.gpus, wall, source=f"{backend}-requests"),
+                        Attribution("pipeline_step", rec.id, rec.started_by, attempt, step.name, rec.pipeline,
+                                    mlflow_run_id=rec.mlflow_run_id, backend=backend))
 
 @kept
 def record_cluster_job(ws, rec) -> dict | None:
