@@ -79,7 +79,13 @@ def _audit_rows(records: list[dict]) -> tuple[list, list]:
                for r in records if r["outcome"] == "denied"]
     return movements, blocked
 
-def _collect(ws) -> dict:
+def _spend(ws, since: str) -> dict:
+    "What work that ended within `since` cost per team (the report's reader needs `cost:read` as well: auditors have it)."
+    rows = ws.cost.report("team", since)
+    return {"since": since, "by_team": rows, "total": round(sum(r["cost"] for r in rows), 6),
+            "currency": rows[0]["currency"] if rows else ws.config.cost.currency}
+
+def _collect(ws, since: str = "30d") -> dict:
     gov, cfg = ws.governance, ws.config
     records = list(gov.audit.records())
     chain = gov.audit.verify().to_dict()
@@ -95,7 +101,7 @@ def _collect(ws) -> dict:
         "encryption": {"at_rest": cfg.encryption.at_rest, "key_provider": cfg.encryption.key_provider,
                        "keys": ws.keys.list()},
         "audit_chain": chain, "datasets": datasets, "training_sets": training_sets, "models": models,
-        "alias_history": aliases, "movements": movements, "blocked": blocked,
+        "alias_history": aliases, "movements": movements, "blocked": blocked, "spend": _spend(ws, since),
         "summary": {"datasets": len(datasets), "personal_datasets": sum(d["classification"] == "personal" for d in datasets),
                     "unencrypted_files": sum(not d["encrypted_at_rest"] for d in datasets + training_sets)
                                          + sum(not m["encrypted_at_rest"] for m in models),
@@ -104,14 +110,15 @@ def _collect(ws) -> dict:
     }
 
 # %% ../notebooks/75_compliance.ipynb #bfe51872
-def build_report(ws, fmt: str = "json", path=None) -> dict:
+def build_report(ws, fmt: str = "json", path=None, since: str = "30d") -> dict:
     """The compliance report of workspace `ws` as a dict (see the module docs), also written to `path` as `fmt`
-    (`html` or `json`) when given; audited, needs `audit:export`."""
+    (`html` or `json`) when given; its spend covers the work that ended within `since`. Audited, needs `audit:export`
+    (and `cost:read` for the spend)."""
     gov, cfg = ws.governance, ws.config
     if fmt not in ("html", "json"): raise ValidationError(f"unknown report format {fmt!r}", hint="use html or json")
     with gov.operation("compliance.report", "compliance_report", "audit:export", cfg.workspace.region,
                        details={"format": fmt, "path": str(path) if path else None}) as audit:
-        report = _collect(ws)
+        report = _collect(ws, since)
         audit.update(report["summary"])
         if path is not None:
             try: Path(path).write_text(render(report, fmt), encoding="utf-8")
@@ -197,5 +204,11 @@ def render_html(report: dict) -> str:
              f"<p>{'On' if report['encryption']['at_rest'] else '<span class=bad>Off</span>'}: AES-256-GCM envelope encryption, "
              f"key provider <code>{html.escape(report['encryption']['key_provider'])}</code>.</p>",
              _table(report["encryption"]["keys"], [("id", "key"), ("created_at", "created"), ("current", "current")], "No key listing."),
+             f"<h2>Spend per team</h2><p class='why'>What the work that ended in the last {html.escape(report['spend']['since'])} "
+             f"cost, measured from its processes and priced with the workspace's prices: {report['spend']['total']:g} "
+             f"{html.escape(report['spend']['currency'])} in all.</p>",
+             _table(report["spend"]["by_team"], [("team", "team"), ("records", "pieces of work"), ("cpu_seconds", "CPU-seconds"),
+                                                 ("gpu_seconds", "GPU-seconds"), ("memory_gb_hours", "memory GB·h"), ("cost", "cost"),
+                                                 ("currency", "currency")], "No work ended in the period."),
              "</body></html>"]
     return "\n".join(parts)

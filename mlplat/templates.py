@@ -26,6 +26,8 @@ CATALOG = {
                              "Voila: versions and aliases, traffic split, latency, drift and accuracy, A/B results"),
     "feature-catalog": ("dashboard", ["dashboards/feature_catalog.ipynb"],
                         "Voila: feature views, versions, owners, residency tags and lineage"),
+    "cost-dashboard": ("dashboard", ["dashboards/cost.ipynb"],
+                       "Voila: spend per day by team, the most expensive work, spend per person and per pipeline"),
     "kserve-runtime": ("serving", ["serving/mlplat-servingruntime.yaml"],
                        "KServe ClusterServingRuntime serving models sealed at rest (mlplat serve + the key file Secret)"),
 }

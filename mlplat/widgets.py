@@ -14,8 +14,8 @@ import ipywidgets as W
 from .errors import MlplatError
 
 # %% auto #0
-__all__ = ['PALETTE', 'line_chart', 'bar_chart', 'table', 'FeatureBrowser', 'JobMonitor', 'ModelCard', 'DeploymentPanel',
-           'DriftMonitor']
+__all__ = ['PALETTE', 'line_chart', 'bar_chart', 'stacked_bars', 'table', 'FeatureBrowser', 'JobMonitor', 'ModelCard',
+           'DeploymentPanel', 'DriftMonitor']
 
 # %% ../notebooks/85_widgets.ipynb #eeee58c3
 PALETTE = ["var(--jp-brand-color1, #1976d2)", "var(--jp-warn-color1, #f57c00)", "var(--jp-success-color1, #388e3c)",
@@ -70,6 +70,34 @@ def bar_chart(values: dict, title: str = "", width: int = 560, threshold: float 
     if threshold is not None:
         x = L + threshold / top * (width - L - 60)
         out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='18' y2='{height}' stroke='{PALETTE[3]}' stroke-dasharray='4 3'/>")
+    return "".join(out) + "</svg>"
+
+# %% ../notebooks/85_widgets.ipynb #e905473d
+def stacked_bars(columns: dict, title: str = "", width: int = 560, height: int = 200, fmt: str = "{:.3g}") -> str:
+    """Vertical SVG bars of {column: {part: value}} (e.g. day -> team -> spend), each part stacked in its colour, one
+    legend for all; a column's total above it."""
+    columns = {c: {p: v for p, v in parts.items() if v} for c, parts in columns.items()}
+    parts = list(dict.fromkeys(p for ps in columns.values() for p in ps))
+    top = max((sum(ps.values()) for ps in columns.values()), default=0)
+    if not parts or top <= 0: return f"<div class='mlplat-empty'>{_e(title)}: no data yet</div>"
+    L, R, T, B = 10, 10, 22, 40
+    slot = (width - L - R) / len(columns)
+    bar, unit = max(2.0, slot * 0.7), (height - T - B) / top
+    out = [f"<svg viewBox='0 0 {width} {height}' width='100%' style='max-width:{width}px' role='img' aria-label='{_e(title)}'>",
+           f"<text x='{L}' y='14' font-size='12' fill='{_TEXT}'>{_e(title)}</text>"]
+    for i, (c, ps) in enumerate(columns.items()):
+        x, y = L + i * slot + (slot - bar) / 2, height - B
+        for p, v in ps.items():
+            h = v * unit
+            y -= h
+            out.append(f"<rect x='{x:.1f}' y='{y:.1f}' width='{bar:.1f}' height='{h:.1f}' fill='{PALETTE[parts.index(p) % len(PALETTE)]}'>"
+                       f"<title>{_e(c)} · {_e(p)}: {_e(fmt.format(v))}</title></rect>")
+        if ps: out.append(f"<text x='{x + bar / 2:.1f}' y='{y - 3:.1f}' font-size='9' text-anchor='middle' fill='{_TEXT}'>"
+                          f"{_e(fmt.format(sum(ps.values())))}</text>")
+        if len(columns) <= 16 or i % max(1, len(columns) // 8) == 0:
+            out.append(f"<text x='{x + bar / 2:.1f}' y='{height - B + 12}' font-size='9' text-anchor='middle' fill='{_TEXT}'>{_e(c)}</text>")
+    out += [f"<text x='{L + 110 * i}' y='{height - 6}' font-size='11' fill='{PALETTE[i % len(PALETTE)]}'>■ {_e(p)}</text>"
+            for i, p in enumerate(parts)]
     return "".join(out) + "</svg>"
 
 # %% ../notebooks/85_widgets.ipynb #3d0b951f

@@ -149,12 +149,12 @@ class _GovernanceApis:
         from mlplat.governance.crypto import KeysApi
         return KeysApi(self)
 
-    def compliance_report(self, format: str = "json", path: str | os.PathLike | None = None) -> dict:
+    def compliance_report(self, format: str = "json", path: str | os.PathLike | None = None, since: str = "30d") -> dict:
         """For auditors (`audit:export`): datasets with classification, region and lineage; every movement and blocked
-        attempt; model versions with their data provenance; alias history; audit-chain status — also written to
-        `path` as `format` (html or json). See `mlplat.compliance`."""
+        attempt; model versions with their data provenance; alias history; audit-chain status; spend per team of the
+        work that ended within `since` — also written to `path` as `format` (html or json). See `mlplat.compliance`."""
         from mlplat.compliance import build_report
-        return build_report(self, format, path)
+        return build_report(self, format, path, since)
 
     @functools.cached_property
     def dashboards(self):

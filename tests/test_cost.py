@@ -149,3 +149,30 @@ def record_other_work(ws):
 def test_user_without_any_cost_permission_is_refused(teams_ws):
     outsider = teams_ws.as_user("eve")   # bound to nothing
     with pytest.raises(PermissionDenied, match="cost:read_own"): outsider.cost.report("user")
+
+
+@pytest.mark.services
+def test_a_server_records_its_replica_time_and_cost_per_1000_predictions(ws, tmp_path):
+    """`mlplat serve` measures itself: when it stops, the window since it started is one usage record per served name,
+    with the requests it answered, so a deployment's report gives its replica-hours and cost per 1,000 predictions."""
+    import httpx
+    from helpers import BIN, X, free_port, register_version, start_process, stop_process, wait_http
+    ws.models.promote("risk", register_version(ws, 1.0).version, "champion")
+    port, log = free_port(), tmp_path / "serve.log"
+    p = start_process([BIN / "mlplat", "serve", "--port", port, "--refresh", "0", "--auth", "off",
+                       "--model", "risk=models:/risk@champion"], log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", p, log)
+        body = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": X[:3].ravel().tolist()}]}
+        for _ in range(5):
+            assert httpx.post(f"http://127.0.0.1:{port}/v2/models/risk/infer", json=body).status_code == 200
+    finally:
+        stop_process(p)                                   # SIGTERM: the server's shutdown records its last window
+    [row] = ws.cost.report("deployment")
+    assert (row["deployment"], row["records"], row["predictions"]) == ("risk", 1, 5), row
+    assert row["replica_hours"] > 0 and row["cpu_seconds"] > 0 and row["cost"] > 0
+    assert row["cost_per_1000_predictions"] == pytest.approx(row["cost"] / 5 * 1000, rel=1e-3)
+    [rec] = ws.cost.records(kind="deployment")
+    assert rec["principal"] == ws.principal.name and rec["source"] == "serving-process" and rec["usage"]["predictions"] == 5
+    out = run_cli("cost", "report", "--by", "deployment", "--csv", check=0).stdout
+    assert out.splitlines()[0].endswith("replica_hours,predictions,cost_per_1000_predictions") and "risk," in out

@@ -172,6 +172,8 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
     page.wait_for_function(f"document.querySelector(\"pre[data-job-log='{rec.id}']\").textContent.includes('tick 19')", timeout=90_000)
     page.wait_for_selector(".mlplat-joblog-state .mlplat-badge-succeeded", timeout=30_000)
     assert "tick 0" in log.inner_text()
+    assert " · cost " in page.inner_text(".mlplat-joblog-state") and "USD" in page.inner_text(".mlplat-joblog-state")   # measured, priced
+    page.wait_for_selector(f"li[data-job='{rec.id}'] [data-job-cost='{rec.id}']", timeout=60_000)   # the live list shows it too
 
     # run a notebook with parameters from its toolbar
     page.goto(f"{url}/lab/tree/report.ipynb?token={token}")
@@ -209,8 +211,8 @@ def test_jupyterlab_sidebar_promotes_streams_a_log_and_runs_a_notebook(demo, hom
 @pytest.mark.services
 @pytest.mark.browser
 def test_dashboards_render_demo_data_without_source(demo, home, browser, tmp_path):
-    """`mlplat dashboards serve` (Voila) on the demo's workspace: the monitoring and feature catalog dashboards show its
-    data, and no code, no traceback; without the token there is no dashboard."""
+    """`mlplat dashboards serve` (Voila) on the demo's workspace: the monitoring, feature catalog and cost dashboards show
+    its data, and no code, no traceback; without the token there is no dashboard."""
     import httpx
     demo_home, _ = demo
     port, token = free_port(), "dash-" + os.urandom(12).hex()
@@ -240,6 +242,14 @@ def test_dashboards_render_demo_data_without_source(demo, home, browser, tmp_pat
         assert "growth-team" in text and "personal" in text and "ae-dubai-1" in text and "transactions@1" in text
         assert "FeatureBrowser(" not in page.content() and "Traceback" not in page.content()
         page.screenshot(path=str(ARTIFACTS / "dashboard-features.png"), full_page=True)
+
+        page.goto(f"{base}/cost.ipynb?token={token}&since=7d", timeout=120_000)   # the demo's steps, measured and priced
+        page.wait_for_selector("svg[aria-label^='spend per day'] rect", timeout=120_000)
+        text = page.inner_text("body")
+        assert "everyone's spend" in text and "in the last 7d" in text and "USD" in text
+        assert "pipeline step" in text and "churn" in text and "per pipeline" in text
+        assert "stacked_bars(" not in page.content() and "Traceback" not in page.content()
+        page.screenshot(path=str(ARTIFACTS / "dashboard-cost.png"), full_page=True)
         page.close()
     finally:
         stop_process(p)

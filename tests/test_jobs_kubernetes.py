@@ -68,6 +68,10 @@ def test_submit_follow_conditions_and_logs(kube, churn_ws, churn_set, script):
     kube.set_status(rec.id, conditions=[("Complete", "JobsCompleted", "TrainJob is completed")], succeeded=1)
     done = churn_ws.jobs.wait(rec.id, timeout=30)
     assert (done.state, done.exit_code) == ("succeeded", 0) and done.started_at and done.finished_at
+    [spent] = churn_ws.cost.records(kind="job")   # what the cluster reserved: 2 nodes x (8 GPUs, 64Gi), for as long as it ran
+    assert (spent["subject"], spent["source"], spent["spot"], spent["usage"]["gpus"], spent["memory_peak_mb"]) == \
+        (rec.id, "kubernetes-requests", True, 16, 131072.0)
+    assert spent["gpu_seconds"] == pytest.approx(16 * spent["wall_seconds"], abs=0.01)
     text = "".join(churn_ws.jobs.logs(rec.id))
     assert text.count("epoch 1 loss") == 1 and "epoch 2 loss 0.48" in text
     assert all(r[0] != "DELETE" for r in kube.requests)

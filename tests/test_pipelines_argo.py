@@ -202,6 +202,9 @@ def test_steps_run_as_workflows_with_secrets_by_reference(kube, kws, pipeline, t
     count, report = rec.steps["count"], rec.steps["report_rows"]
     assert count.outputs == {"rows": 40} and report.outputs == {"line": "n=4:40"} and report.parameters == {"rows": 40, "label": "n=4"}
     assert count.backend == "kubernetes" and os.path.isfile(count.notebook)
+    spent = {r["step"]: r for r in kws.cost.records(kind="pipeline_step")}   # each pod's requests, for as long as it ran
+    assert {r["source"] for r in spent.values()} == {"kubernetes-requests"} and sorted(spent) == ["count", "report_rows"]
+    assert all(r["cpu_seconds"] >= r["wall_seconds"] > 0 for r in spent.values())
     workflows = dict(kube.argo["workflows"])
     assert len(workflows) == 2
     for (_, name), wf in workflows.items():
@@ -384,6 +387,9 @@ def test_submit_the_whole_pipeline_as_one_workflow(kube, kws, pipeline, tmp_path
     steps = {s["name"]: s for s in shown["steps"]}
     assert shown["status"] == "succeeded" and steps["report_rows"]["outputs"] == {"line": "n=2:20"}
     assert steps["count"]["seconds"] == 9.0 and os.path.isfile(steps["report_rows"]["notebook"])
+    spent = {r["step"]: r for r in kws.cost.records(kind="pipeline_step")}   # what the cluster reserved, for as long as it did
+    assert (spent["count"]["source"], spent["count"]["wall_seconds"], spent["count"]["cpu_seconds"]) == ("kubernetes-requests", 9.0, 9.0)
+    assert spent["count"]["usage"]["cpu_from"] == "requests (none given: 1 core)" and spent["count"]["cost"] > 0
     audit = [e for e in kws.governance.audit.records() if e["action"] == "pipeline.run"]
     assert audit[-1]["outcome"] == "success" and audit[-1]["details"]["secrets_used"] == {"count": ["DB_PASSWORD", "S3_KEY"]}
     with pytest.raises(ValidationError, match="not running"):

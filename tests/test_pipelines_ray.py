@@ -89,6 +89,9 @@ def test_steps_run_as_ray_jobs_with_outputs_secrets_and_notebooks(ray_ws, ray_ad
     assert sorted(p.name for p in folder.iterdir()) == ["b.ipynb", "b.log", "c.ipynb", "c.log", "source.ipynb", "source.log"]
     for name, s in rec.steps.items():
         assert s.backend == "ray" and Path(s.notebook) == folder / f"{name}.ipynb"
+    spent = {r["step"]: r for r in ray_ws.cost.records(kind="pipeline_step")}     # one core reserved, for as long as it ran
+    assert sorted(spent) == ["b", "c", "source"] and {r["source"] for r in spent.values()} == {"ray-requests"}
+    assert spent["b"]["cpu_seconds"] == spent["b"]["wall_seconds"] > 2
     executed = ray_ws.pipelines.notebook(rec.id, "b").decode()      # sealed at rest: read through the workspace
     log = ray_ws.pipelines.step_log(rec.id, "b")["text"]
     assert "password is [secret DB_PASSWORD]" in executed and "pw-on-the-runner-only" not in executed + log

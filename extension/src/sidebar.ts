@@ -126,6 +126,17 @@ class FeaturesSection extends Section {
   }
 }
 
+type JobCost = NonNullable<Job['cost']>;
+
+/** "0.0012 USD": small steps cost fractions of a cent, so no fixed two decimals. */
+function money(c: JobCost): string {
+  return `${Number(c.cost.toPrecision(3))} ${c.currency}`;
+}
+
+function costTitle(c: JobCost): string {
+  return `${c.cpu_seconds.toFixed(1)} CPU-s over ${c.wall_seconds.toFixed(1)} s, ${c.attempts} attempt(s) measured`;
+}
+
 /** A job's log, streamed into the main area while it runs, with Cancel. */
 export class JobLogView extends Widget {
   private readonly pre: HTMLElement;
@@ -155,7 +166,7 @@ export class JobLogView extends Widget {
         }
       }, this.abort.signal);
       const job = await request<Job>(`jobs/${encodeURIComponent(this.jobId)}`);
-      this.state.replaceChildren('job ', badge(job.state));
+      this.state.replaceChildren('job ', badge(job.state), ...(job.cost ? [h('span', { class: 'mlplat-cost', title: costTitle(job.cost) }, ` · cost ${money(job.cost)}`)] : []));
     } catch (err) {
       if (!this.abort.signal.aborted) {
         this.state.textContent = 'log stream stopped';
@@ -210,7 +221,8 @@ class JobsSection extends Section {
             badge(j.state),
             ' ',
             h('b', {}, j.name),
-            h('span', { class: 'mlplat-muted' }, ` ${j.id} · ${j.backend} · ${when(j.submitted_at)}`)
+            h('span', { class: 'mlplat-muted' }, ` ${j.id} · ${j.backend} · ${when(j.submitted_at)}`),
+            j.cost ? h('span', { class: 'mlplat-cost', 'data-job-cost': j.id, title: costTitle(j.cost) }, ` · ${money(j.cost)}`) : ''
           )
         )
       )

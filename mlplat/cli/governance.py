@@ -97,7 +97,7 @@ def cmd_keys(args):
 
 def cmd_compliance(args):
     from mlplat.compliance import render
-    report = open_workspace(args).compliance_report(args.format, args.output)
+    report = open_workspace(args).compliance_report(args.format, args.output, args.since)
     if args.output: print(f"compliance report written to {args.output}", file=sys.stderr)
     else: sys.stdout.write(render(report, args.format) + "\n")
     if not report["audit_chain"]["ok"]:
@@ -138,7 +138,8 @@ def add_security_commands(c):
     c.leaves(ks)
     cs = c.actions(c.command("compliance", cmd_compliance, "compliance report for auditors (audit:export)", json_flag=False))
     x = cs.add_parser("report", help="datasets, movements, blocked attempts, model provenance, alias history, audit-chain "
-                                     "status; exit 4 if the audit chain does not verify")
+                                     "status, spend per team; exit 4 if the audit chain does not verify")
+    x.add_argument("--since", default="30d", help="the period whose spend is reported, e.g. 30d (default), 90d")
     x.add_argument("--format", choices=["html", "json"], default="html", help="html (default, for people) or json (for tools)")
     x.add_argument("-o", "--output", help="write to this file instead of standard output")
     c.leaf(x)

@@ -49,7 +49,7 @@ def add_commands(c):
     ds = c.actions(c.command("dashboards", cmd_dashboards, "serve the Voila dashboards (read-only, token-protected)", json_flag=False))
     ds.add_parser("list", help="the dashboards that come with mlplat")
     x = ds.add_parser("serve", help="serve every dashboard, or one (by name or path)")
-    x.add_argument("name", nargs="?", help="monitoring, feature_catalog, or a notebook path (default: all)")
+    x.add_argument("name", nargs="?", help="monitoring, feature_catalog, cost, or a notebook path (default: all)")
     x.add_argument("--port", type=int, default=8866); x.add_argument("--ip", default="127.0.0.1", help="address to listen on")
     x.add_argument("--token", help="the access token (default: $MLPLAT_DASHBOARD_TOKEN or a random one, printed)")
     x.add_argument("--as", dest="as_user", help="the principal the dashboards read as (default: you); give it a viewer role")

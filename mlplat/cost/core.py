@@ -21,8 +21,8 @@ from .budgets import notify_budgets, standing
 from .kueue import render_kueue
 
 # %% auto #0
-__all__ = ['GROUPS', 'KINDS', 'REPORT_COLS', 'gpu_price', 'price', 'Attribution', 'record_usage', 'tag_run', 'record_job_attempt',
-           'record_step_attempt', 'Cost', 'report_csv']
+__all__ = ['GROUPS', 'KINDS', 'REPORT_COLS', 'SERVING_COLS', 'gpu_price', 'price', 'Attribution', 'record_usage', 'tag_run',
+           'kept', 'record_job_attempt', 'record_step_attempt', 'report_cols', 'Cost', 'report_csv']
 
 # %% ../../notebooks/76a_cost_core.ipynb #7fdb970b
 def gpu_price(gpu_hour: dict, gpu_type: str | None) -> float:
@@ -91,7 +91,7 @@ def tag_run(ws, subject: str, run_id: str):
     except Exception as e: logging.getLogger("mlplat.cost").warning("could not tag MLflow run %s with its cost: %s", run_id, e)
 
 # %% ../../notebooks/76a_cost_core.ipynb #e48d18e1
-def _kept(fn):
+def kept(fn):
     "Bookkeeping that must never fail the work it measures: an error is logged (the job's or runner's log), not raised."
     def run(*args):
         try: return fn(*args)
@@ -99,14 +99,14 @@ def _kept(fn):
     run.__name__, run.__doc__ = fn.__name__, fn.__doc__
     return run
 
-@_kept
+@kept
 def record_job_attempt(ws, rec, attempt: int, usage: Usage) -> dict:
     "Record what attempt `attempt` of job `rec` (a `JobRecord`) used: the local supervisor calls this as each attempt ends."
     exp = (rec.spec.get("job") or {}).get("experiment") or ws.config.workspace.project
     return record_usage(ws, usage, Attribution("job", rec.id, rec.submitted_by, attempt, experiment=exp,
                                                mlflow_run_id=rec.mlflow_run_id, backend=rec.backend))
 
-@_kept
+@kept
 def record_step_attempt(ws, rec, step: str, attempt: int, out) -> dict | None:
     """Record what attempt `attempt` of step `step` of pipeline run `rec` used, if its backend measured it (the local
     one writes `usage_path(out)` next to the executed notebook `out`); the file is removed once recorded."""
@@ -119,9 +119,13 @@ def record_step_attempt(ws, rec, step: str, attempt: int, out) -> dict | None:
     return row
 
 # %% ../../notebooks/76a_cost_core.ipynb #2e36767e
-GROUPS = {"user": "principal", "team": "team", "pipeline": "pipeline", "job": "subject", "experiment": "experiment"}
-KINDS = {"pipeline": "pipeline_step", "job": "job"}   # grouping by pipeline or job counts only that kind of work
+GROUPS = {"user": "principal", "team": "team", "pipeline": "pipeline", "job": "subject", "experiment": "experiment",
+          "deployment": "subject"}
+KINDS = {"pipeline": "pipeline_step", "job": "job", "deployment": "deployment"}   # by pipeline, job or deployment: only that work
 REPORT_COLS = ["records", "wall_seconds", "cpu_seconds", "gpu_seconds", "memory_gb_hours", "cost", "currency"]
+SERVING_COLS = ["replica_hours", "predictions", "cost_per_1000_predictions"]   # what a deployment's rows add
+
+def report_cols(by: str) -> list[str]: return [by, *REPORT_COLS, *(SERVING_COLS if by == "deployment" else [])]
 
 class Cost:
     "What work cost (`ws.cost`): `records` and `report`, governed by `cost:read` (everybody's) and `cost:read_own`."
@@ -164,7 +168,11 @@ def _report(self, by: str = "user", since="30d", user: str | None = None, format
         s["records"] += 1
         for k in ("wall_seconds", "cpu_seconds", "gpu_seconds", "cost"): s[k] += r[k] or 0
         s["memory_gb_hours"] += (r["memory_gb_seconds"] or 0) / 3600
+        if by == "deployment": s["predictions"] = s.get("predictions", 0) + int(r["usage"].get("predictions") or 0)
     rows = sorted(sums.values(), key=lambda s: -s["cost"])
+    for s in rows if by == "deployment" else []:   # a server is one replica of what it serves: its wall time is replica time
+        s["replica_hours"] = round(s["wall_seconds"] / 3600, 6)
+        s["cost_per_1000_predictions"] = round(s["cost"] / s["predictions"] * 1000, 6) if s["predictions"] else None
     for s in rows:
         for k in ("wall_seconds", "cpu_seconds", "gpu_seconds", "memory_gb_hours", "cost"): s[k] = round(s[k], 6)
     return rows if format == "rows" else report_csv(rows, by)
@@ -172,7 +180,7 @@ def _report(self, by: str = "user", since="30d", user: str | None = None, format
 def report_csv(rows: list[dict], by: str) -> str:
     "Report rows as CSV text, headed by the column names."
     out = io.StringIO()
-    w = csv.DictWriter(out, [by, *REPORT_COLS], lineterminator="\n", extrasaction="ignore"); w.writeheader(); w.writerows(rows)
+    w = csv.DictWriter(out, report_cols(by), lineterminator="\n", extrasaction="ignore"); w.writeheader(); w.writerows(rows)
     return out.getvalue()
 
 Cost.report = _report
@@ -187,3 +195,21 @@ def _kueue(self) -> list[dict]:
     return render_kueue(self.ws.config)
 
 Cost.budgets, Cost.kueue = _budgets, _kueue
+
+# %% ../../notebooks/76a_cost_core.ipynb #ee1d2a19
+def _spent_on(self, kind: str, subjects: list) -> dict:
+    """{subject: {cost, currency, cpu_seconds, wall_seconds, attempts}}: every recorded attempt of each job id (`kind`
+    "job") or pipeline run id ("pipeline_step") in `subjects`, summed, as far as the caller may see it; {} for a caller
+    without `cost:read_own` (lists show no cost rather than an error, and no refusal is audited per listing)."""
+    import sqlalchemy as sa
+    g, me = self.ws.governance, self.ws.principal
+    if not subjects or not (g.rbac.allowed(me, "cost:read") or g.rbac.allowed(me, "cost:read_own")): return {}
+    t = table("usage_records")
+    q = (sa.select(t.c.subject, t.c.currency, sa.func.sum(t.c.cost), sa.func.sum(t.c.cpu_seconds), sa.func.sum(t.c.wall_seconds),
+                   sa.func.count()).where(t.c.kind == kind, t.c.subject.in_(list(subjects))).group_by(t.c.subject, t.c.currency))
+    if not g.rbac.allowed(me, "cost:read"): q = q.where(t.c.principal == me.name)
+    with self.ws.engine.connect() as c: rows = c.execute(q).all()
+    return {s: {"cost": round(cost or 0, 6), "currency": cur, "cpu_seconds": round(cpu or 0, 3), "wall_seconds": round(wall or 0, 3),
+                "attempts": n} for s, cur, cost, cpu, wall, n in rows}
+
+Cost.spent_on = _spent_on

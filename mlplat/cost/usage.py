@@ -35,6 +35,7 @@ class Usage:
     source: str = "process-tree"
     cpu_from: str = "rusage"
     samples: int = 0
+    predictions: int = 0               # inference requests answered (a server's window of work)
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod

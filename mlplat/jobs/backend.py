@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cost.requested import record_cluster_job
 from ..db import table, utcnow
 from ..transactions import commit_now
 
@@ -121,7 +122,8 @@ class JobBackend(BackendHooks):
         elif obs.state in TERMINAL:
             msg = obs.message
             if obs.state == "failed": msg = f"{msg or f'exit code {obs.exit_code}'}; see `mlplat jobs logs {rec.id}`"
-            transition(self.ws, rec.id, obs.state, exit_code=obs.exit_code, message=msg)
+            if transition(self.ws, rec.id, obs.state, exit_code=obs.exit_code, message=msg):
+                record_cluster_job(self.ws, self.ws.jobs.get(rec.id))   # what the cluster reserved for it (mlplat.cost)
         elif obs.message != rec.message: update(self.ws, rec.id, message=obs.message)
         return self.ws.jobs.get(rec.id)
 
@@ -130,6 +132,7 @@ class JobBackend(BackendHooks):
         if transition(self.ws, rec.id, "cancelled", message=f"cancelled by {by}"):
             commit_now(self.ws.engine)  # committed before the work is stopped, which may record an outcome itself
             self.stop(self.ws.jobs.get(rec.id))
+            if self.polled: record_cluster_job(self.ws, self.ws.jobs.get(rec.id))
 
     def _retry(self, rec, obs):
         attempt = rec.attempt + 1

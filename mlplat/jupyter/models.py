@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # %% auto #0
 __all__ = ['Out', 'In', 'ErrorBody', 'Me', 'FeatureView', 'Entity', 'FeatureService', 'Definition', 'DatasetVersion',
-           'TrainingSet', 'Edge', 'Lineage', 'BudgetRow', 'CostRow', 'Job', 'LogChunk', 'ModelSummary', 'GateResult',
-           'ModelVersion', 'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic', 'Deployment',
-           'TrafficBucket', 'Step', 'Run', 'NotebookParameter', 'NotebookParameters', 'RunNotebookRequest',
-           'PipelineRequest', 'PlannedStep', 'Schedule', 'ScheduleNotebookRequest', 'Template', 'CopyTemplateRequest',
-           'Copied', 'StepLog']
+           'TrainingSet', 'Edge', 'Lineage', 'BudgetRow', 'CostRow', 'JobCost', 'Job', 'LogChunk', 'ModelSummary',
+           'GateResult', 'ModelVersion', 'AliasEvent', 'PromoteRequest', 'RollbackRequest', 'VariantTraffic',
+           'Deployment', 'TrafficBucket', 'Step', 'Run', 'NotebookParameter', 'NotebookParameters',
+           'RunNotebookRequest', 'PipelineRequest', 'PlannedStep', 'Schedule', 'ScheduleNotebookRequest', 'Template',
+           'CopyTemplateRequest', 'Copied', 'StepLog']
 
 # %% ../../notebooks/80_jupyter_models.ipynb #828b97e2
 class Out(BaseModel):
@@ -122,6 +122,13 @@ class CostRow(Out):
     currency: str
 
 # %% ../../notebooks/80_jupyter_models.ipynb #4493da36
+class JobCost(Out):
+    cost: float
+    currency: str
+    cpu_seconds: float
+    wall_seconds: float
+    attempts: int = Field(description="attempts measured so far (one is recorded as it ends)")
+
 class Job(Out):
     id: str
     name: str
@@ -136,6 +143,8 @@ class Job(Out):
     submitted_at: Optional[str] = None
     started_at: Optional[str] = None
     finished_at: Optional[str] = None
+    cost: Optional[JobCost] = Field(None, description="what its ended attempts used and cost, priced with [cost] (none "
+                                                      "before one ends, or for a caller without cost:read_own)")
 
 class LogChunk(Out):
     job_id: str

@@ -10,6 +10,7 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..cost.requested import record_pod_steps
 from ..db import table, utcnow
 from ..errors import ValidationError
 from ..jobs.k8s_backend import KubeClient
@@ -101,6 +102,7 @@ class _Recording:
             self.store.save_step(rec.id, s)
         if ended and self.store.claim_end(rec.id):   # another sync that saw the end at the same time records nothing twice
             self._key(p, rec)
+            record_pod_steps(self.ws, p, rec, [n for n in rec.steps if n not in ref.get("kept", ())])   # requests x time
             reason = self.store.cancel_request(rec.id)
             self._finish(p, rec, f"cancelled: {reason}" if reason else None, ref.get("action", "pipeline.run"), ref.get("kept", ()))
         elif ended: return self.store.get(rec.id)

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from .cache import RunCache, step_values
 from .spec import Pipeline, render
 from .steps import kill_tree
 from ..cost.core import record_step_attempt
+from ..cost.requested import record_requested_attempt
 
 # %% auto #0
 __all__ = ['run_lifetime', 'Executor']
@@ -66,13 +68,16 @@ class _StepRunner:
             s.attempts += 1
             self.store.save_step(self.rec.id, s)
             unseal_step_log(self.ws.crypto, log)   # the attempt's process appends to it
+            began = time.monotonic()
             try:
                 error = backend.execute(StepAttempt(self.rec.id, step, s.attempts, out, log, values, work, secrets, env, self.stop,
                                                     lambda pid: self.live.__setitem__(name, pid)))
             finally:
                 self.live.pop(name, None)
                 scrub([out, log], secrets)  # a secret the notebook printed is not kept
-            record_step_attempt(self.ws, self.rec, name, s.attempts, out)   # what it used and cost, if its backend measured it
+            if record_step_attempt(self.ws, self.rec, name, s.attempts, out) is None and backend.name != "local":
+                # a cluster ran it (nothing measured its processes here): what it reserved, for as long as it ran
+                record_requested_attempt(self.ws, self.rec, step, s.attempts, time.monotonic() - began, backend.name)
             outputs = read_outputs(out) if error is None else {}
             seal_notebook(self.ws.crypto, out)   # papermill wrote it plain: sealed now, whatever became of the attempt
             seal_step_log(self.ws.crypto, log)   # it holds what the kernel printed

@@ -144,11 +144,12 @@ def operation_routes(host: ModelHost, metrics, rollouts: dict) -> list:
 # %% ../../notebooks/55_serving_app.ipynb #9ef3a604
 def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_port: int | None = None,
              grpc_bind: str = "127.0.0.1", auth=None, tls=None, refusals=None, bodies: LargeBodies | None = None,
-             grpc_max_rpcs: int = 0):
+             grpc_max_rpcs: int = 0, usage_meter=None):
     """The app's lifespan: follow aliases every `refresh_seconds`, judge rollouts, re-read `auth`'s mlplat.toml every
     second, audit `refusals` (a `RefusalLog`) from a thread of its own, start the decoding workers of `bodies`, run
-    gRPC on `grpc_port` in the same event loop (at most `grpc_max_rpcs` calls at once, 0: no limit);
-    at shutdown stop them, close the prediction log and write the refusals still only counted."""
+    gRPC on `grpc_port` in the same event loop (at most `grpc_max_rpcs` calls at once, 0: no limit), and the meter
+    `usage_meter(registry)` makes of what the server uses (`mlplat.cost.serving`); at shutdown stop them, close the
+    prediction log, write the refusals still only counted and record the meter's last window."""
     from contextlib import asynccontextmanager
     host = dispatch.host
     async def judge_rollouts():
@@ -176,6 +177,7 @@ def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_
                 ([loop.create_task(follow_config())] if auth is not None and auth.required else [])
         if refusals is not None: refusals.start()
         if bodies is not None: bodies.start()
+        meter = usage_meter(dispatch.metrics.registry).start() if usage_meter is not None else None
         grpc_srv = None
         if grpc_port is not None:
             from mlplat.serving.grpc import grpc_server
@@ -187,19 +189,21 @@ def lifespan(dispatch: Dispatcher, rollouts: dict, refresh_seconds: float, grpc_
         dispatch.close()
         if bodies is not None: bodies.close()
         if refusals is not None: refusals.flush()
+        if meter is not None: await loop.run_in_executor(None, meter.stop)
     return run
 
 # %% ../../notebooks/55_serving_app.ipynb #c28a5945
 def create_app(host: ModelHost, predictions: PredictionLog | None = None, refresh_seconds: float = 5.0,
                limits: BodyLimits | None = None, grpc_port: int | None = None, grpc_bind: str = "127.0.0.1", audit=None,
-               auth=None, tls=None, refusals=None, grpc_max_rpcs: int = 64):
+               auth=None, tls=None, refusals=None, grpc_max_rpcs: int = 64, usage_meter=None):
     """The ASGI app serving `host`'s models over REST (and gRPC on `grpc_port`, in the same event loop; over TLS
     when `tls` (a `Tls`) is given — REST's TLS is the HTTP server's, see `Server`).
     `audit(action, resource, details)` records rollout steps and rollbacks; `auth` (a `ServingAuth`) decides who
     may call anything but the health checks (None: anyone); `refusals` (a `RefusalLog`) counts and audits what it
     and the dispatcher refuse (hostile payloads), also on `/metrics`;
     `predictions` (a `PredictionLog`, None: no log) records every answer and is closed with the app;
-    `limits` (`BodyLimits`, default: 64 MB bodies, the `[serving]` defaults) bound the request bodies taken at once."""
+    `limits` (`BodyLimits`, default: 64 MB bodies, the `[serving]` defaults) bound the request bodies taken at once;
+    `usage_meter(registry)` (None: not measured) records what the server uses, see `lifespan`."""
     from mlplat.serving.rollout import Rollout
     from starlette.applications import Starlette
     rollouts = {n: Rollout(host.routes[n], spec, audit) for n, spec in host.rollout_specs.items()}
@@ -207,7 +211,7 @@ def create_app(host: ModelHost, predictions: PredictionLog | None = None, refres
     bodies = LargeBodies(limits or BodyLimits())
     rest = Starlette(routes=metadata_routes(host) + operation_routes(host, dispatch.metrics, rollouts),
                      lifespan=lifespan(dispatch, rollouts, refresh_seconds, grpc_port, grpc_bind, auth, tls, refusals,
-                                       bodies, grpc_max_rpcs))
+                                       bodies, grpc_max_rpcs, usage_meter))
     infer = rest_infer(dispatch, bodies)
     if refusals is not None:
         refusals.metrics(dispatch.metrics.registry)

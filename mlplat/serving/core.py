@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..cost.serving import serving_meter
 from ..errors import ResidencyViolation, ValidationError
 from .app import Server, create_app
 from .auth import RefusalLog, ServingAuth, Tls
@@ -145,7 +146,8 @@ class Serving(ServingRecords):
                              on_fault=log_faults(ws), keys=ws.crypto, refused=refused)
         app = create_app(mh, plog, refresh_seconds, BodyLimits.from_config(ws.config.serving), grpc_port=grpc_port,
                          grpc_max_rpcs=ws.config.serving.grpc_max_concurrent_rpcs, grpc_bind=host, audit=audit,
-                         auth=guard, tls=tls, refusals=RefusalLog(reject, ws.config.serving.refusal_audit_seconds))
+                         auth=guard, tls=tls, refusals=RefusalLog(reject, ws.config.serving.refusal_audit_seconds),
+                         usage_meter=serving_meter(ws, names))
         srv = Server(app, host, port, tls)
         ws.governance.audit.append(ws.principal.name, "serving.start", ",".join(names), "success", ws.config.workspace.region,
                                    {"url": srv.url, "versions": {k: m.version for k, m in mh.current.items()}, "auth": auth,
