@@ -76,4 +76,4 @@ def record_cluster_job(ws, rec) -> dict | None:
     exp = (rec.spec.get("job") or {}).get("experiment") or ws.config.workspace.project
     return record_usage(ws, usage, Attribution("job", rec.id, rec.submitted_by, rec.attempt, experiment=exp,
                                                mlflow_run_id=rec.mlflow_run_id, backend=rec.backend),
-                        spot=bool((rec.spec.get("job") or {}).get("spot")))   # a job that tolerates spot nodes: the spot price
+                        spot=(rec.spec.get("job") or {}).get("spot") in (True, "require"))   # only spot nodes: the spot price
