@@ -19,13 +19,13 @@ from .models import (
     PipelineRequest, PlannedStep, RollbackRequest, Run, RunNotebookRequest, Schedule, ScheduleNotebookRequest, StepLog, Template, TrafficBucket, TrainingSet)
 
 # %% auto #0
-__all__ = ['ROUTES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'me', 'features', 'feature', 'feature_versions', 'datasets',
-           'dataset_versions', 'training_sets', 'lineage', 'cost_report', 'cost_budgets', 'cost_kueue', 'match', 'jobs',
-           'job', 'job_log', 'job_log_stream', 'job_cancel', 'models', 'model_versions', 'model_check', 'model_history',
-           'model_promote', 'model_rollback', 'deployments', 'deployment_traffic', 'runs', 'run', 'run_cancel',
-           'run_step_open', 'run_step_log', 'pipeline_plan', 'pipeline_start', 'notebook_parameters', 'notebook_run',
-           'schedules', 'schedule_notebook', 'schedule_pause', 'schedule_resume', 'schedule_remove', 'templates',
-           'template_copy']
+__all__ = ['ROUTES', 'CYCLIC_DEPENDENCIES', 'Ctx', 'Route', 'route', 'call', 'jsonable', 'import_dependencies', 'me', 'features',
+           'feature', 'feature_versions', 'datasets', 'dataset_versions', 'training_sets', 'lineage', 'cost_report',
+           'cost_budgets', 'cost_kueue', 'match', 'jobs', 'job', 'job_log', 'job_log_stream', 'job_cancel', 'models',
+           'model_versions', 'model_check', 'model_history', 'model_promote', 'model_rollback', 'deployments',
+           'deployment_traffic', 'runs', 'run', 'run_cancel', 'run_step_open', 'run_step_log', 'pipeline_plan',
+           'pipeline_start', 'notebook_parameters', 'notebook_run', 'schedules', 'schedule_notebook', 'schedule_pause',
+           'schedule_resume', 'schedule_remove', 'templates', 'template_copy']
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #2ce9fcc3
 @dataclass
@@ -112,6 +112,19 @@ def jsonable(x):
     if hasattr(x, "to_dict") and not isinstance(x, type): return jsonable(x.to_dict())
     if hasattr(x, "tolist"): return jsonable(x.tolist())   # numpy
     return x
+
+# %% ../../notebooks/80a_jupyter_routes.ipynb #70a2f143
+# Packages whose modules import each other in cycles: imported for the first time on several threads at once (the
+# sidebar's first requests), Python may hand one thread a partly initialized module, and that module stays broken
+# for the process ("module 'sqlalchemy.util' has no attribute ..." in CI). Imported once, on one thread, first.
+CYCLIC_DEPENDENCIES = ("sqlalchemy", "sqlalchemy.orm", "pandas", "pyarrow", "mlflow", "feast")
+
+def import_dependencies(names=CYCLIC_DEPENDENCIES):
+    "Import `names` on this thread, before the routes run on a pool's threads; one that is not installed is skipped."
+    import importlib
+    for name in names:
+        try: importlib.import_module(name)
+        except ImportError: pass
 
 # %% ../../notebooks/80a_jupyter_routes.ipynb #5e4e5bac
 @route("GET", "/me", "who the server acts as, with which roles, in which workspace", Me)

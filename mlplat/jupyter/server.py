@@ -22,7 +22,7 @@ from traitlets.config import Configurable
 
 from ..errors import MlplatError, NotFoundError
 from .openapi import openapi
-from .routes import Ctx, call, jsonable, match
+from .routes import Ctx, call, import_dependencies, jsonable, match
 
 log = logging.getLogger("mlplat.jupyter")
 
@@ -57,6 +57,7 @@ class MlplatServer(Configurable):
             src = _config_file(self._ws)
             stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             if self._ws is None or stamp != self._stamp:
+                if self._ws is None: import_dependencies()   # before any route runs on the pool's threads
                 self._ws, self._as = mlplat.connect(self.home), {}
                 src = _config_file(self._ws)
                 self._stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None

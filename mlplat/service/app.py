@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import MlplatError, ValidationError
 from ..jupyter.openapi import openapi
-from ..jupyter.routes import Ctx, call, jsonable, match
+from ..jupyter.routes import Ctx, call, import_dependencies, jsonable, match
 from ..version import __version__
 
 log = logging.getLogger("mlplat.service")
@@ -44,6 +44,7 @@ class PlatformService:
             src = self._ws.config.source if self._ws is not None else None
             stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
             if self._ws is None or stamp != self._stamp:
+                if self._ws is None: import_dependencies()   # before any route runs on the pool's threads
                 self._ws = connect_local(self.home, host="service")   # the core runs here: no users' code (Governance.user_code)
                 src = self._ws.config.source
                 self._stamp = src.stat().st_mtime_ns if src is not None and src.exists() else None
