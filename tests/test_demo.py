@@ -215,6 +215,10 @@ def test_dashboards_render_demo_data_without_source(demo, home, browser, tmp_pat
     its data, and no code, no traceback; without the token there is no dashboard."""
     import httpx
     demo_home, _ = demo
+    import mlplat
+    demo_ws = mlplat.connect(demo_home)                    # a monthly budget for the demo's user: the cost page burns it down
+    toml, me = demo_ws.config.source, demo_ws.principal.name
+    toml.write_text(toml.read_text().replace("budgets = {}", f'budgets = {{users = {{"{me}" = 100}}}}', 1))
     port, token = free_port(), "dash-" + os.urandom(12).hex()
     log = tmp_path / "voila.log"
     p = start_process([BIN / "mlplat", "--home", demo_home, "dashboards", "serve", "--port", port, "--token", token], log, cwd=tmp_path)
@@ -248,6 +252,7 @@ def test_dashboards_render_demo_data_without_source(demo, home, browser, tmp_pat
         text = page.inner_text("body")
         assert "everyone's spend" in text and "in the last 7d" in text and "USD" in text
         assert "pipeline step" in text and "churn" in text and "per pipeline" in text
+        assert "Budgets this month" in text and page.query_selector(f"svg[aria-label^='user {me}: '][aria-label*=' of 100 USD']")
         assert "stacked_bars(" not in page.content() and "Traceback" not in page.content()
         page.screenshot(path=str(ARTIFACTS / "dashboard-cost.png"), full_page=True)
         page.close()
