@@ -125,6 +125,9 @@ class FeastConfig:
                                         "data beyond one machine: needs `pip install 'mlplat[spark]'` and Java 17+; same "
                                         "training sets, row for row; sealed snapshots are decrypted into a private temporary "
                                         "folder for the duration of a read).")
+    duckdb_memory_limit: str = _opt("", "Most memory DuckDB may use for one training-set join when `offline_store = \"duckdb\"`, "
+                                        "e.g. `4GB`; beyond it the join spills to a private temporary folder (encrypted when a "
+                                        "source is sealed). Empty: DuckDB's default, 80% of the machine's memory.")
     spark_master: str = _opt("local[2]", "Spark master when `offline_store = \"spark\"`: `local[N]` runs Spark inside the process "
                                          "on N cores; with a cluster URL (`spark://host:7077`, `yarn`) its executors must reach the "
                                          "workspace's snapshots and the temporary folder of sealed ones.")

@@ -21,8 +21,8 @@ NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
 __all__ = ['NAME_RE', 'check_name', 'parse_ref', 'table_hash', 'read_verified', 'snapshot_path', 'write_snapshot',
-           'repair_snapshot', 'read_frame', 'normalize', 'insert_version', 'DatasetVersion', 'DatasetCatalog',
-           'Datasets']
+           'stage_snapshot', 'repair_snapshot', 'read_frame', 'normalize', 'insert_version', 'DatasetVersion',
+           'DatasetCatalog', 'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
 def check_name(name: str, what: str) -> str:
@@ -61,14 +61,14 @@ def table_hash(t, frame=None) -> str:
 def read_verified(path, content_hash: str, what: str, hint: str, sealer=None, context: str | None = None):
     """A stored parquet file as a DataFrame, refused unless it still hashes to `content_hash` (missing or altered
     files too). A sealed file (`.enc`) is decrypted in memory by `sealer` first; a tampered one never loads."""
-    import pyarrow as pa, pyarrow.parquet as pq
+    import pyarrow.parquet as pq
     from mlplat.errors import AuditIntegrityError
     try:
-        src = str(path)
-        if src.endswith(".enc"):
+        if str(path).endswith(".enc"):  # decrypted a chunk at a time as parquet reads it: never a second whole copy
             if sealer is None: raise ValidationError(f"{what} is sealed and no key provider was given to open it")
-            src = pa.BufferReader(sealer.open_bytes(path, context, require_sealed=True))
-        t = pq.read_table(src); df = t.to_pandas(); ok = table_hash(t, df) == content_hash
+            with sealer.open_stream(path, context, require_sealed=True) as f: t = pq.read_table(f)
+        else: t = pq.read_table(str(path))
+        df = t.to_pandas(); ok = table_hash(t, df) == content_hash
     except (OSError, ValueError):  # missing or unreadable file
         ok = False
     if not ok:
@@ -94,6 +94,22 @@ def write_snapshot(t, dest: Path, sealer=None, context: str = "") -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return dest
+
+def stage_snapshot(t, folder, sealer=None, context: str = "") -> Path:
+    """Write table `t` as parquet into a temporary file of `folder` (sealed when encryption at rest is on), for
+    `os.replace` to give it its content-addressed name (`snapshot_path`) once the hash is known: writing can run
+    while the rows are hashed. The caller removes the file if it does not use it."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".staged-", suffix=".tmp"); os.close(fd)
+    try:
+        if sealer is not None and sealer.enabled:
+            buf = pa.BufferOutputStream(); pq.write_table(t, buf)
+            sealer.seal_to(memoryview(buf.getvalue()), Path(tmp), context)
+        else: pq.write_table(t, tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return Path(tmp)
 
 def repair_snapshot(read, t, path, sealer=None, context: str = ""):
     """When a stored version is reused: if `read()` finds its file missing or altered, rewrite the file at `path`

@@ -11,9 +11,9 @@ from pathlib import Path
 from ..errors import ValidationError
 
 # %% auto #0
-__all__ = ['spark_conf', 'spark_table', 'feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged',
-           'read_staged', 'duckdb_reads_staged', 'with_fresh_registry', 'push_source_name', 'source_mismatch',
-           'to_feast', 'to_feast_services']
+__all__ = ['ASOF_STORE_TYPE', 'SEALED_URI_PREFIX', 'spark_conf', 'spark_table', 'feature_store_yaml', 'write_repo', 'open_store',
+           'import_feast', 'feast_uri', 'staged', 'sealed_opener', 'read_staged', 'duckdb_reads_staged',
+           'with_fresh_registry', 'push_source_name', 'source_mismatch', 'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def spark_conf(config) -> dict:
@@ -32,7 +32,12 @@ def spark_table(path, created: str = "") -> str:
     import hashlib
     return "mlplat_" + hashlib.sha256(f"{path}|{created}".encode()).hexdigest()[:24]
 
+ASOF_STORE_TYPE = "mlplat.features.asof_store.AsofDuckDBOfflineStore"  # Feast's duckdb store, joins as ASOF JOINs
+
 def _offline_store_yaml(config) -> str:
+    if config.feast.offline_store == "duckdb":
+        limit = config.feast.duckdb_memory_limit
+        return f"offline_store:\n  type: {ASOF_STORE_TYPE}\n" + (f'  memory_limit: "{limit}"\n' if limit else "")
     if config.feast.offline_store != "spark": return f"offline_store:\n  type: {config.feast.offline_store}\n"
     return "offline_store:\n  type: spark\n  spark_conf:\n" + "".join(f'    {k}: "{v}"\n' for k, v in spark_conf(config).items())
 
@@ -102,34 +107,54 @@ from contextlib import contextmanager
 
 _staged_lock = threading.Lock()
 _staged_refs: dict = {}
+_openers: dict = {}  # feast_uri -> [opens the sealed snapshot as a plaintext stream, readers]
+SEALED_URI_PREFIX = "memory://mlplat"
 
 def feast_uri(path) -> str:
     "Where Feast reads the snapshot at `path`: the file itself, or the in-memory copy of a sealed (`.enc`) one."
     p = str(path)
-    return f"memory://mlplat{Path(p).as_posix()}" if p.endswith(".enc") else p
+    return f"{SEALED_URI_PREFIX}{Path(p).as_posix()}" if p.endswith(".enc") else p
+
+def _opener(sealer, p: str):
+    return lambda: sealer.open_stream(p, f"dataset:{Path(p).parent.name}", require_sealed=True)
 
 @contextmanager
-def staged(sealer, paths):
-    """While the block runs, the sealed snapshots among `paths` are readable by Feast at their `feast_uri`
-    (decrypted and authenticated into this process's memory; reference-counted across threads)."""
+def staged(sealer, paths, in_memory: bool = True):
+    """While the block runs, the sealed snapshots among `paths` are readable at their `feast_uri`: as a stream
+    decrypted a chunk at a time (`sealed_opener`, how mlplat's `ASOF JOIN` store reads them) and, with `in_memory`,
+    also whole, decrypted and authenticated into this process's memory, for Feast's own stores.
+    Reference-counted across threads."""
     import fsspec
     fs = fsspec.filesystem("memory")
     sealed = [p for p in dict.fromkeys(map(str, paths)) if p.endswith(".enc")]
     done = []
     try:
         for p in sealed:
+            uri = feast_uri(p)
             with _staged_lock:
-                if not _staged_refs.get(p):
-                    fs.pipe(feast_uri(p), sealer.open_bytes(p, f"dataset:{Path(p).parent.name}", require_sealed=True))
-                _staged_refs[p] = _staged_refs.get(p, 0) + 1
+                if in_memory:
+                    if not _staged_refs.get(p):
+                        fs.pipe(uri, sealer.open_bytes(p, f"dataset:{Path(p).parent.name}", require_sealed=True))
+                    _staged_refs[p] = _staged_refs.get(p, 0) + 1
+                _openers.setdefault(uri, [_opener(sealer, p), 0])[1] += 1
             done.append(p)
         yield
     finally:
         with _staged_lock:
             for p in done:
+                uri = feast_uri(p)
+                _openers[uri][1] -= 1
+                if not _openers[uri][1]: del _openers[uri]
+                if not in_memory: continue
                 _staged_refs[p] -= 1
                 if not _staged_refs[p]:
-                    del _staged_refs[p]; fs.rm(feast_uri(p))
+                    del _staged_refs[p]; fs.rm(uri)
+
+def sealed_opener(uri: str):
+    "What opens the sealed snapshot at `uri` (a `feast_uri`) as a plaintext stream, while it is `staged`; else None."
+    with _staged_lock:
+        got = _openers.get(uri)
+    return got[0] if got else None
 
 def read_staged(path, columns: list):
     "Columns of the snapshot at `path`, read where Feast reads it (inside `staged` for a sealed one)."
@@ -148,7 +173,7 @@ def duckdb_reads_staged():
 
 class _NoMemoryUriWarnings(logging.Filter):
     # Feast validates file sources with pyarrow, which knows no memory:// filesystem; mlplat checks them itself
-    def filter(self, record): return "memory://mlplat" not in record.getMessage()
+    def filter(self, record): return SEALED_URI_PREFIX not in record.getMessage()
 
 logging.getLogger("feast.infra.offline_stores.file_source").addFilter(_NoMemoryUriWarnings())
 

@@ -108,10 +108,11 @@ def spark_sources(features_api, views: dict):
                 if t.isTemporary: spark.catalog.dropTempView(t.name)
             if private: shutil.rmtree(private, ignore_errors=True)
 
-def offline_sources(features_api, views: dict):
-    "The block in which the workspace's offline store can read the sources of `views` (see `staged` and `spark_sources`)."
+def offline_sources(features_api, views: dict, in_memory: bool = True):
+    """The block in which the workspace's offline store can read the sources of `views` (see `staged` and
+    `spark_sources`); `in_memory=False`: sealed ones only as streams (mlplat's duckdb store)."""
     if features_api.ws.config.feast.offline_store == "spark": return spark_sources(features_api, views)
-    return staged(features_api.ws.crypto, [features_api.datasets.get(spec["source"]).path for _, spec in views.values()])
+    return staged(features_api.ws.crypto, [features_api.datasets.get(spec["source"]).path for _, spec in views.values()], in_memory)
 
 # %% ../../notebooks/15a_spark_store.ipynb #10eea02b
 def spark_parts(uq, view_keys: list) -> list:

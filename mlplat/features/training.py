@@ -11,9 +11,9 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 from ..db import dumps, table
-from ..errors import NotFoundError, ValidationError
+from ..errors import ConfigError, NotFoundError, ValidationError
 from .datasets import (check_name, insert_version, parse_ref, read_verified, repair_snapshot, snapshot_path,
-                                      table_hash, write_snapshot)
+                                      stage_snapshot, table_hash)
 from .definitions import coerce_column
 from .feast_repo import read_staged, with_fresh_registry
 from .spark_store import offline_sources, spark_parts
@@ -76,7 +76,7 @@ def _entity_frame(entity_df, timestamp_column: str, key_types: dict):
                               hint=f"it needs the join keys {join_keys} and the event time column {timestamp_column!r} "
                                    f"(set timestamp_column= if yours is named differently); it has {list(entity_df.columns)}")
     if ROW_ID in entity_df.columns: raise ValidationError(f"entity_df may not have a column named {ROW_ID}")
-    df = entity_df.reset_index(drop=True).copy()
+    df = entity_df.reset_index(drop=True)  # a copy: the caller's frame is never changed
     col = df[timestamp_column]
     if pd.api.types.is_numeric_dtype(col):
         raise ValidationError(f"entity_df[{timestamp_column!r}] holds numbers, not timestamps",
@@ -131,15 +131,38 @@ def _latest_created(got, uq, path, keys: tuple, spec: dict, names: dict):
     for col, out in names.items(): got.loc[took[ROW_ID].to_numpy(), out] = took[col].to_numpy()
     return got
 
-def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: dict, entities: dict, full_feature_names: bool):
-    "`df` (a normalized entity frame) with the point-in-time values of `refs` added; returns it and the feature columns."
+def _asof(features_api, df, timestamp_column: str, refs: list, views: dict, view_keys: dict, full_feature_names: bool):
+    """mlplat's `ASOF JOIN` store (`mlplat.features.asof_store`): one query for all views over every entity row,
+    duplicates included, answered in input order; sealed snapshots are streamed, never decrypted whole."""
+    import numpy as np
     import pandas as pd
+    import pyarrow as pa
+    store, keys = features_api.store, list(dict.fromkeys(k for ks in view_keys.values() for k in ks))
+    # only what the join needs goes through Feast; the result is assembled in Arrow, with no pandas copy of it
+    ask = pd.DataFrame({"event_timestamp": df[timestamp_column], **{k: df[k] for k in keys}, ROW_ID: np.arange(len(df))}, copy=False)
+    with offline_sources(features_api, views, in_memory=False):
+        got = with_fresh_registry(store, lambda: store.get_historical_features(
+            entity_df=ask, features=refs, full_feature_names=full_feature_names).to_arrow())
+    if got.num_rows != len(ask) or not np.array_equal(got.column(ROW_ID).to_numpy(), ask[ROW_ID].to_numpy()):
+        raise ConfigError("the offline store did not answer every entity row in order",
+                          hint="run `mlplat features sync` so Feast's registry uses mlplat's duckdb store")
+    result, feat_cols = pa.Table.from_pandas(df, preserve_index=False), []
+    for r in refs:
+        col = r.replace(":", "__") if full_feature_names else r.split(":")[1]
+        result = result.append_column(col, got.column(col)); feat_cols.append(col)
+    return result, feat_cols
+
+def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: dict, entities: dict, full_feature_names: bool):
+    "`df` (a normalized entity frame) with the point-in-time values of `refs` added, as an Arrow table; and the feature columns."
+    import pandas as pd
+    import pyarrow as pa
+    store, offline = features_api.store, features_api.ws.config.feast.offline_store
+    view_keys = {view: tuple(entities[e][1]["join_key"] for e in spec["entities"]) for view, (_, spec) in views.items()}
+    if offline == "duckdb": return _asof(features_api, df, timestamp_column, refs, views, view_keys, full_feature_names)
     q = df.rename(columns={timestamp_column: "event_timestamp"})
     result, feat_cols, distinct = df.copy(), [], {}
-    store, offline = features_api.store, features_api.ws.config.feast.offline_store
     file_store = offline == "file"
     sources = {view: features_api.datasets.get(spec["source"]).path for view, (_, spec) in views.items()}
-    view_keys = {view: tuple(entities[e][1]["join_key"] for e in spec["entities"]) for view, (_, spec) in views.items()}
     # The file store drops rows: one query per view. The duckdb and Spark stores keep every row: one query for all views.
     batches = [(view_keys[v], [v]) for v in views] if file_store else \
         [(tuple(dict.fromkeys(k for ks in view_keys.values() for k in ks)), list(views))]
@@ -159,7 +182,7 @@ def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: d
                 if file_store: got = _latest_created(got, uq, sources[view], keys, views[view][1], names)
                 for c in names.values(): result[c] = got[c].to_numpy()[group]
                 feat_cols += names.values()
-    return result[[*df.columns, *feat_cols]], feat_cols
+    return pa.Table.from_pandas(result[[*df.columns, *feat_cols]], preserve_index=False), feat_cols
 
 # %% ../../notebooks/15_training.ipynb #66483d78
 def _find(ws, name, version=None) -> TrainingSet | None:
@@ -183,24 +206,39 @@ def _insert(ws, name, h, path, rows, schema, refs, lineage, ehash, region, class
                                               for fv, ver in lineage["feature_views"].items()])
     return _find(ws, name, version=insert_version(ws, "training_sets", name, write, "training set"))
 
-def _save(ws, name, result, feat_cols, refs, lineage, ehash, region, classification, audit) -> TrainingSet:
-    "Store `result` as the next version of `name`, or reuse the latest when it holds the same rows from the same views."
-    import pyarrow as pa
-    t = pa.Table.from_pandas(result, preserve_index=False)
-    frame = t.to_pandas()  # exactly what reading the stored file back gives
-    h = table_hash(t, frame)
-    latest = _find(ws, name)
-    if latest and latest.lineage.get("content_hash") == h and latest.classification == classification \
-            and latest.lineage.get("feature_views") == lineage["feature_views"]:
-        repair_snapshot(latest.to_df, t, latest.path, ws.crypto, f"training_set:{name}")
-        audit.update(id=latest.id, reused=True)
-        latest._frame = frame
-        return latest
-    final = write_snapshot(t, snapshot_path(ws.config.home/"data"/"training_sets"/name, h, ws.crypto), ws.crypto,
-                           f"training_set:{name}")
-    ts = _insert(ws, name, h, final, len(result), {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
+def _rows_without_any_value(frame, feat_cols: list) -> int:
+    import numpy as np
+    return int(np.logical_and.reduce([frame[c].isna().to_numpy() for c in feat_cols]).sum()) if feat_cols else 0
+
+def _save(ws, name, t, feat_cols, refs, lineage, ehash, region, classification, audit) -> TrainingSet:
+    "Store table `t` as the next version of `name`, or reuse the latest when it holds the same rows from the same views."
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    folder, context = ws.config.home/"data"/"training_sets"/name, f"training_set:{name}"
+    with ThreadPoolExecutor(1) as pool:  # the file is written while the rows are hashed; it is named after the hash
+        staging = pool.submit(stage_snapshot, t, folder, ws.crypto, context)
+        try:
+            frame = t.to_pandas()  # exactly what reading the stored file back gives
+            h = table_hash(t, frame)
+        except BaseException:
+            if not staging.exception(): staging.result().unlink(missing_ok=True)
+            raise
+        tmp = staging.result()  # the write's own error, if it failed
+    try:
+        latest = _find(ws, name)
+        if latest and latest.lineage.get("content_hash") == h and latest.classification == classification \
+                and latest.lineage.get("feature_views") == lineage["feature_views"]:
+            repair_snapshot(latest.to_df, t, latest.path, ws.crypto, context)
+            audit.update(id=latest.id, reused=True)
+            latest._frame = frame
+            return latest
+        final = snapshot_path(folder, h, ws.crypto)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)  # not used (reused, or a failure): no stray file
+    ts = _insert(ws, name, h, final, t.num_rows, {f.name: str(f.type) for f in t.schema}, refs, lineage, ehash, region, classification)
     ts._frame = frame  # to_df() of the set just built needs no re-read
-    audit.update(id=ts.id, rows_without_any_value=int(result[feat_cols].isna().all(axis=1).sum()))
+    audit.update(id=ts.id, rows_without_any_value=_rows_without_any_value(frame, feat_cols))
     return ts
 
 # %% ../../notebooks/15_training.ipynb #d58e382a

@@ -28,7 +28,7 @@ ALG = "AES-256-GCM"
 
 # %% auto #0
 __all__ = ['log', 'MAGIC', 'LOG_MAGIC', 'CHUNK', 'TAG', 'ALG', 'is_sealed', 'local_artifacts', 'sealed_roots', 'sealed_files',
-           'LocalKeyProvider', 'key_provider', 'Sealer', 'KeysApi']
+           'LocalKeyProvider', 'key_provider', 'SealedFile', 'Sealer', 'KeysApi']
 
 # %% ../../notebooks/07b_crypto.ipynb #b2b2b427
 def _b64(b: bytes) -> str: return base64.b64encode(b).decode()
@@ -249,6 +249,54 @@ def _decrypt_chunks(aead, prefix: bytes, aad: bytes, f, chunk: int, refuse) -> b
         if not nxt: return b"".join(out)
         i, block = i + 1, nxt
 
+# %% ../../notebooks/07b_crypto.ipynb #4f89eb51
+class SealedFile(io.RawIOBase):
+    """The plaintext of a sealed file, read in place: seekable, each chunk decrypted and authenticated when first
+    touched (the last few kept). The last chunk is checked on opening, so a truncated or extended file fails at once."""
+    CACHED = 4
+
+    def __init__(self, f, aead, prefix: bytes, aad: bytes, chunk: int, start: int, refuse):
+        super().__init__()
+        self._f, self._aead, self._prefix, self._aad, self._chunk, self._start, self._refuse = f, aead, prefix, aad, chunk, start, refuse
+        body = os.fstat(f.fileno()).st_size - start
+        if body < TAG: refuse("is truncated (no encrypted chunk)")
+        self._chunks, self._cache, self._pos = -(-body // (chunk + TAG)), {}, 0
+        self._size = (self._chunks - 1) * chunk + len(self._block(self._chunks - 1))
+
+    def _block(self, i: int) -> bytes:
+        from cryptography.exceptions import InvalidTag
+        if i in self._cache: return self._cache[i]
+        self._f.seek(self._start + i * (self._chunk + TAG))
+        try: plain = self._aead.decrypt(_nonce(self._prefix, i, i == self._chunks - 1), self._f.read(self._chunk + TAG), self._aad)
+        except InvalidTag: self._refuse(f"failed authentication at chunk {i} (altered, truncated or re-ordered)")
+        if len(self._cache) >= self.CACHED: self._cache.pop(next(iter(self._cache)))
+        self._cache[i] = plain
+        return plain
+
+    def readable(self) -> bool: return True
+    def seekable(self) -> bool: return True
+    def tell(self) -> int: return self._pos
+    def size(self) -> int: return self._size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0: raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, b) -> int:
+        out, n = memoryview(b).cast("B"), 0
+        while n < len(out) and self._pos < self._size:
+            i, at = divmod(self._pos, self._chunk)
+            piece = self._block(i)[at:at + len(out) - n]
+            out[n:n + len(piece)] = piece
+            n += len(piece); self._pos += len(piece)
+        return n
+
+    def close(self):
+        if not self.closed: self._f.close(); self._cache.clear()
+        super().close()
+
 # %% ../../notebooks/07b_crypto.ipynb #646178c5
 class _DataKeys:
     "The data keys of sealed files, through the configured key provider (the part of a `Sealer` that touches keys)."
@@ -333,6 +381,18 @@ class Sealer(_DataKeys):
         "Encrypt the plaintext file `path` in place (atomically)."
         with open(path, "rb") as f: return self.seal_to(f, path, context)
 
+    def _checked_header(self, f, what: str, context: str | None, require_sealed: bool):
+        "The header of the open file `f` and where its chunks start, checked against `context`; None: `f` is not sealed."
+        if f.read(len(MAGIC)) != MAGIC:
+            if require_sealed: self.refuse(what, "is not sealed (it was replaced by an unencrypted file)")
+            f.seek(0); return None
+        f.seek(0)
+        try: header, start = _read_header(f, what)
+        except AuditIntegrityError: self.refuse(what, "has a damaged header")
+        if context is not None and header["context"] != context:
+            self.refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
+        return header, start
+
     def open_bytes(self, path, context: str | None = None, require_sealed: bool = False) -> bytes:
         """The plaintext of `path`: decrypted and authenticated if sealed, as is if not (files written before
         encryption was on) unless `require_sealed`. A tampered, truncated or re-ordered file raises
@@ -340,16 +400,28 @@ class Sealer(_DataKeys):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         path, what = Path(path), f"the sealed file {path}"
         with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                if require_sealed: self.refuse(what, "is not sealed (it was replaced by an unencrypted file)")
-                f.seek(0); return f.read()
-            f.seek(0)
-            try: header, _ = _read_header(f, what)
-            except AuditIntegrityError: self.refuse(what, "has a damaged header")
-            if context is not None and header["context"] != context:
-                self.refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
+            opened = self._checked_header(f, what, context, require_sealed)
+            if opened is None: return f.read()
+            header = opened[0]
             return _decrypt_chunks(AESGCM(self.data_key(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header), f,
                                    header["chunk"], lambda reason: self.refuse(what, reason))
+
+    def open_stream(self, path, context: str | None = None, require_sealed: bool = False):
+        """`path` as a seekable binary file of its plaintext, each chunk decrypted and authenticated when it is first
+        read: a reader that needs part of a large file (parquet's footer, a few columns, one row group at a time)
+        never holds the whole file decrypted. The same checks as `open_bytes`; a tampered chunk raises
+        `AuditIntegrityError` when it is read (before any of its bytes are returned), a truncated file on opening."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        path, what = Path(path), f"the sealed file {path}"
+        f = open(path, "rb")
+        try:
+            opened = self._checked_header(f, what, context, require_sealed)
+            if opened is None: return f
+            header, start = opened
+            return SealedFile(f, AESGCM(self.data_key(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header),
+                              header["chunk"], start, lambda reason: self.refuse(what, reason))
+        except BaseException:
+            f.close(); raise
 
 # %% ../../notebooks/07b_crypto.ipynb #cb0f64b0
 class KeysApi:
