@@ -35,15 +35,17 @@ c) `--scale 10000,100000,1000000`: mlplat's training set against a bare DuckDB `
    files, at each entity-frame size N (instead of a and b). Data, per N (seeded): N/10 customers over 90 days; a
    long-TTL view (3650 d, two features) over N/2 source rows and a 2-day-TTL view (two features, with a created
    timestamp) over 2N source rows; an entity frame of N rows with a label. Encryption at rest off, so both read the
-   same plain snapshot files. Every measurement runs in a fresh child process (`--child`), which reports the
-   wall time of the build and its own peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) — peak of the
+   same plain snapshot files; with `--sealed` it stays on (mlplat reads sealed snapshots, streamed a chunk at a time)
+   and DuckDB reads plain copies of the same rows. Every measurement runs in a fresh child process (`--child`), which reports the
+   wall time of the build and its own peak RSS (`VmHWM` of `/proc/self/status`; the data is made in another child) — peak of the
    whole process, imports included — and the RSS before the build:
    * mlplat: `ws.features.training_set(entity_df, features=[4 features], name="scale").to_df()` (a new version:
-     the entity frames differ per rep), Feast's offline store as configured (`--offline-store`, default duckdb).
+     the entity frames differ per rep), Feast's offline store as configured (`--offline-store`, default duckdb:
+     mlplat's `ASOF JOIN` store; `file` is Feast's dask store, `spark` Feast's Spark store in local mode).
    * duckdb: one query, two `ASOF LEFT JOIN`s of the entity frame (a pandas frame, scanned in place) onto the
      snapshot files, TTLs applied, ordered as the input, fetched as a pandas frame.
    The reps alternate which variant goes first. Targets at 1M rows: mlplat at most 2x DuckDB's time and 2x its
-   peak memory. At the smallest N the two results are also compared value for value.
+   peak memory; 10M rows within 8 GB peak. At the smallest N the two results are also compared value for value.
    Writes benchmarks/.work/features_scale.json.
 """
 import argparse, itertools, json, os, platform, subprocess, sys, time, warnings
@@ -173,7 +175,7 @@ def profile(ws, data, builds=5, lookups=1000):
 SCALE_FEATURES = ["profile:age", "profile:plan", "activity:spend", "activity:n_tx"]
 
 
-def scale_data(n: int, folder: Path):
+def scale_data(n: int, folder: Path, sealed: bool = False):
     "Seeded parquet files for size `n` (see c) in the module docs), and the mlplat workspace reading them."
     import pandas as pd
     import mlplat
@@ -191,10 +193,11 @@ def scale_data(n: int, folder: Path):
     ents.to_parquet(folder/"entities.parquet")
     home = folder/"ws"
     mlplat.connect(home)
-    toml = home/"mlplat.toml"
-    toml.write_text(toml.read_text().replace("at_rest = true", "at_rest = false"))
+    if not sealed:
+        toml = home/"mlplat.toml"
+        toml.write_text(toml.read_text().replace("at_rest = true", "at_rest = false"))
     ws = mlplat.connect(home)
-    assert not ws.crypto.enabled
+    assert ws.crypto.enabled == sealed
     ws.features.register_source("profiles", prof, classification="internal", timestamp_field="event_timestamp")
     ws.features.register_source("activity", act, classification="internal", timestamp_field="event_timestamp")
     ws.features.apply({"entities": [{"name": "customer", "join_key": "customer_id"}], "feature_views": [
@@ -202,13 +205,24 @@ def scale_data(n: int, folder: Path):
          "features": [{"name": "age", "dtype": "int64"}, {"name": "plan", "dtype": "string"}]},
         {"name": "activity", "entities": ["customer"], "source": "activity", "ttl": "2d", "created_timestamp_field": "created",
          "features": [{"name": "spend", "dtype": "float64"}, {"name": "n_tx", "dtype": "int64"}]}]})
-    (folder/"sources.json").write_text(json.dumps({s: ws.features.datasets.get(s).path for s in ("profiles", "activity")}))
+    paths = {s: ws.features.datasets.get(s).path for s in ("profiles", "activity")}
+    if sealed:  # the baseline reads plain copies of the same rows
+        for s, frame in (("profiles", prof), ("activity", act)):
+            paths[s] = str(folder/f"{s}.parquet"); frame.to_parquet(paths[s])
+    (folder/"sources.json").write_text(json.dumps(paths))
     (folder/"done").write_text("")
+
+
+def memory_kb(field: str) -> int:
+    """This process's `VmHWM` (peak RSS) or `VmRSS`, in kB. Not `ru_maxrss`: Linux carries that over from the parent
+    through fork and exec, so a child would report the parent's peak (the data generator's) as its own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"): return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(variant: str, folder: Path, rep: int, keep: bool):
     "One measured build in this (fresh) process; prints a JSON line."
-    import resource
     import pandas as pd
     ents = pd.read_parquet(folder/"entities.parquet").sample(frac=1.0, random_state=rep).reset_index(drop=True)
     if variant == "mlplat":
@@ -234,9 +248,9 @@ def child(variant: str, folder: Path, rep: int, keep: bool):
               ON e.customer_id = a.customer_id AND e.event_timestamp >= a.a_ts
             ORDER BY e.__row"""
         build = lambda: con.execute(sql).df()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = memory_kb("VmRSS")
     t = time.perf_counter(); df = build(); seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = memory_kb("VmHWM")
     if keep: df.to_parquet(folder/f"result-{variant}.parquet")
     print(json.dumps({"variant": variant, "rows": len(df), "rows_in": len(ents), "seconds": seconds,
                       "peak_gb": peak / 2**20, "rss_before_gb": before / 2**20}))
@@ -250,13 +264,17 @@ def run_child(variant, folder, rep, keep, offline_store) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_scale(sizes, offline_store: str):
+def bench_scale(sizes, offline_store: str, sealed: bool = False):
     result = {"benchmark": "features_scale", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "code": code_version(), "offline_store": offline_store, "machine": {"nproc": os.cpu_count()}, "sizes": {}}
+              "code": code_version(), "offline_store": offline_store, "sealed": sealed, "machine": {"nproc": os.cpu_count()},
+              "sizes": {}}
     print(f"{'N':>10} {'variant':<8}{'seconds p50':>12}{'peak GB':>9}{'rss before':>11}{'rows':>10}")
     for n in sizes:
-        folder = WORK/f"scale-{n}"
-        t = time.perf_counter(); scale_data(n, folder)
+        folder = WORK/(f"scale-{n}" + ("-sealed" if sealed else ""))
+        t = time.perf_counter()
+        made = subprocess.run([sys.executable, __file__, "--make", str(n), "--dir", str(folder)] + (["--sealed"] if sealed else []),
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)  # the parent stays small
+        if made.returncode: raise SystemExit(f"making the data for N={n} failed")
         runs, reps = {"mlplat": [], "duckdb": []}, 3 if n <= 100_000 else 2
         for rep in range(reps):
             for v in (["mlplat", "duckdb"] if rep % 2 == 0 else ["duckdb", "mlplat"]):
@@ -274,8 +292,9 @@ def bench_scale(sizes, offline_store: str):
             print(f"{n:>10} {v:<8}{r['seconds_p50']:12.2f}{r['peak_gb_max']:9.2f}{r['rss_before_gb']:11.2f}{r['rows']:>10}")
         print(f"{'':>10} ratio mlplat/duckdb: time {row['time_ratio']:.2f}, peak memory {row['peak_ratio']:.2f}", flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    (WORK/"features_scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {(WORK/'features_scale.json').relative_to(ROOT)}")
+    out = WORK/f"features_scale{'-sealed' if sealed else ''}-{offline_store}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
 
 
 def check_same(folder: Path):
@@ -293,19 +312,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", action="store_true", help="also print cProfile of the mlplat variants")
     ap.add_argument("--scale", help="c) only: comma-separated entity-frame sizes, e.g. 10000,100000,1000000")
-    ap.add_argument("--offline-store", default="duckdb", choices=["duckdb", "file"], help="c): Feast's offline store for mlplat")
+    ap.add_argument("--offline-store", default="duckdb", choices=["duckdb", "file", "spark"], help="c): Feast's offline store for mlplat")
+    ap.add_argument("--sealed", action="store_true", help="c): encryption at rest on for mlplat's workspace")
     ap.add_argument("--child", choices=["mlplat", "duckdb"], help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
+    ap.add_argument("--make", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--rep", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make:
+        warnings.filterwarnings("ignore")
+        return scale_data(args.make, Path(args.dir), args.sealed)
     if args.child:
         warnings.filterwarnings("ignore")
         return child(args.child, Path(args.dir), args.rep, args.keep)
     if args.scale:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         warnings.filterwarnings("ignore")
-        return bench_scale([int(x) for x in args.scale.split(",")], args.offline_store)
+        return bench_scale([int(x) for x in args.scale.split(",")], args.offline_store, args.sealed)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore")  # Feast's deprecation notices are noise here
     t0 = time.perf_counter()

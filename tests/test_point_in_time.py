@@ -117,10 +117,13 @@ def test_random_corrections_match_the_definition(store_ws, seed):
     assert list(got["label"]) == list(ents["label"])
     exp = oracle_by_definition(ents, src, "device_id", ["temp"], "2D", created="created")
     np.testing.assert_array_equal(got["temp"].to_numpy(), exp["temp"].to_numpy())
-    if ws.config.feast.offline_store == "duckdb":  # Feast's own answer on the same registered data agrees, row for row
+    if ws.config.feast.offline_store == "duckdb":  # Feast's own DuckDB store on the same registered data agrees, row for row
+        from feast.infra.offline_stores.duckdb import DuckDBOfflineStore
         from mlplat.features.feast_repo import staged
+        store = ws.features.store
         with staged(ws.crypto, [ws.features.datasets.get("readings").path]):
-            feast = ws.features.store.get_historical_features(entity_df=ents, features=["sensor:temp"]).to_df()
+            feast = DuckDBOfflineStore.get_historical_features(store.config, [store.get_feature_view("sensor")], ["sensor:temp"],
+                                                               ents, store.registry, store.project).to_df()
         assert len(feast) == len(ents)  # this store drops no row here
         feast = feast.set_index("label").reindex(ents["label"])
         np.testing.assert_array_equal(feast["temp"].to_numpy(), exp["temp"].to_numpy())
@@ -229,3 +232,25 @@ def test_new_source_version_flows_into_a_new_view_version(churn_ws, churn):
     assert new.id == "ages@2" and new.lineage["datasets"] == ["customers@2"]
     assert (new.to_df()["age"] == old.to_df()["age"] + 1).all()
     assert old.to_df()["age"].notna().all()  # the old version is untouched and still readable
+
+
+def test_sealed_sources_are_streamed_and_tampering_is_refused(ws, monkeypatch):
+    "With encryption at rest (the default), the duckdb store reads a sealed source as a stream, never decrypted whole."
+    from mlplat.errors import AuditIntegrityError
+    from mlplat.governance.crypto import Sealer
+    assert ws.crypto.enabled and ws.config.feast.offline_store == "duckdb"
+    src, ents = random_corrections(3)
+    register_readings(ws, src, "2d")
+    path = Path(ws.features.datasets.get("readings").path)
+    assert path.name.endswith(".parquet.enc")
+    whole, real = [], Sealer.open_bytes
+    monkeypatch.setattr(Sealer, "open_bytes", lambda self, p, *a, **k: (whole.append(str(p)), real(self, p, *a, **k))[1])
+    got = ws.features.training_set(ents, features=["sensor:temp"], name="sealed").to_df()
+    assert str(path) not in whole
+    exp = oracle_by_definition(ents, src, "device_id", ["temp"], "2D", created="created")
+    np.testing.assert_array_equal(got["temp"].to_numpy(), exp["temp"].to_numpy())
+    raw = bytearray(path.read_bytes()); raw[len(raw) // 2] ^= 1; path.write_bytes(bytes(raw))
+    with pytest.raises(AuditIntegrityError, match="failed authentication"):  # mlplat's error, not DuckDB's account of it
+        ws.features.training_set(ents.iloc[:50], features=["sensor:temp"], name="sealed")
+    assert [t.version for t in ws.features.training_sets("sealed")] == [1]
+    assert not list(Path(ws.config.home, "data", "training_sets", "sealed").glob(".staged-*"))  # no stray file either

@@ -58,10 +58,11 @@ def view_plans(feature_views, feature_refs: list, full_feature_names: bool) -> l
     return plans
 
 # %% ../../notebooks/15b_asof_store.ipynb #f1a48229
-def asof_sql(entity_columns: list, timestamp: str, plans: list, sources: list) -> str:
-    """The point-in-time join of entity frame `e` (with `ORDINAL`) and the views of `plans` (see `view_plans`);
-    `sources[i]` is what the SQL reads view i from."""
-    cols, joins = [f"e.{_q(c)}" for c in entity_columns], []
+def asof_sql(timestamp: str, plans: list, sources: list) -> str:
+    """The feature columns of the point-in-time join of entity frame `e` (with `ORDINAL`) and the views of `plans`
+    (see `view_plans`), in entity order; `sources[i]` is what the SQL reads view i from. The entity columns are not
+    selected: carried through the joins and the sort they would double the time at 10M rows, and the caller has them."""
+    cols, joins = [], []
     t = f"e.{_q(timestamp)}"
     for i, ((fv, _, names), src) in enumerate(zip(plans, sources)):
         v, ts = f"v{i}", fv.batch_source.timestamp_field
@@ -80,7 +81,8 @@ def asof_sql(entity_columns: list, timestamp: str, plans: list, sources: list) -
         ttl = int(fv.ttl.total_seconds() * 1_000_000) if fv.ttl else 0
         fresh = f"{event} + to_microseconds({ttl}) >= {t}" if ttl else f"{event} IS NOT NULL"
         cols += [f"CASE WHEN {fresh} THEN {v}.__f{j} END AS {_q(out)}" for j, out in enumerate(names.values())]
-    return f"SELECT {', '.join(cols)} FROM e {' '.join(joins)} ORDER BY e.{ORDINAL}"
+    # ordered outside the joins' SELECT: sorted there, DuckDB would carry the (event, created) keys through the sort
+    return f"SELECT * EXCLUDE ({ORDINAL}) FROM (SELECT e.{ORDINAL}, {', '.join(cols)} FROM e {' '.join(joins)}) ORDER BY {ORDINAL}"
 
 # %% ../../notebooks/15b_asof_store.ipynb #24dab90c
 def _entity_table(entity_df, timestamp: str):
@@ -114,6 +116,8 @@ def _sealed_batches(path: str, columns: list, failures: list):
 def run_asof(entity_table, timestamp: str, plans: list, memory_limit: str | None = None):
     "Execute the join of `plans` for `entity_table` (see `_entity_table`); an Arrow table, in entity order."
     import duckdb
+    out = entity_table.drop_columns([ORDINAL])
+    if not any(names for _, _, names in plans): return out
     con, spill, failures = duckdb.connect(), tempfile.mkdtemp(prefix="mlplat-duckdb-"), []
     try:
         con.execute("SET TimeZone = 'UTC'")
@@ -130,8 +134,7 @@ def run_asof(entity_table, timestamp: str, plans: list, memory_limit: str | None
             columns = list(dict.fromkeys([*keys, src.timestamp_field, *([src.created_timestamp_column] if src.created_timestamp_column else []), *names]))
             con.register(f"s{i}", _sealed_batches(path, columns, failures))
             sources.append(f"s{i}")
-        sql = asof_sql([c for c in entity_table.column_names if c != ORDINAL], timestamp, plans, sources)
-        try: return con.sql(sql).to_arrow_table()
+        try: got = con.sql(asof_sql(timestamp, plans, sources)).to_arrow_table()
         except duckdb.Error as e:
             if failures: raise failures[0] from None
             raise ValidationError(f"the point-in-time join failed in DuckDB: {e}",
@@ -139,6 +142,8 @@ def run_asof(entity_table, timestamp: str, plans: list, memory_limit: str | None
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+    for field in got.schema: out = out.append_column(field, got.column(field.name))  # both in entity order
+    return out
 
 # %% ../../notebooks/15b_asof_store.ipynb #2c174232
 class AsofRetrievalJob(RetrievalJob):
