@@ -44,7 +44,7 @@ c) `--scale 10000,100000,1000000`: mlplat's training set against a bare DuckDB `
      mlplat's `ASOF JOIN` store; `file` is Feast's dask store, `spark` Feast's Spark store in local mode).
    * duckdb: one query, two `ASOF LEFT JOIN`s of the entity frame (a pandas frame, scanned in place) onto the
      snapshot files, TTLs applied, ordered as the input, fetched as a pandas frame.
-   The reps alternate which variant goes first. Targets at 1M rows: mlplat at most 2x DuckDB's time and 2x its
+   The reps (3 up to 100k, 5 at 1M, 2 beyond) alternate which variant goes first. Targets at 1M rows: mlplat at most 2x DuckDB's time and 2x its
    peak memory; 10M rows within 8 GB peak. At the smallest N the two results are also compared value for value.
    Writes benchmarks/.work/features_scale.json.
 """
@@ -275,7 +275,7 @@ def bench_scale(sizes, offline_store: str, sealed: bool = False):
         made = subprocess.run([sys.executable, __file__, "--make", str(n), "--dir", str(folder)] + (["--sealed"] if sealed else []),
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)  # the parent stays small
         if made.returncode: raise SystemExit(f"making the data for N={n} failed")
-        runs, reps = {"mlplat": [], "duckdb": []}, 3 if n <= 100_000 else 2
+        runs, reps = {"mlplat": [], "duckdb": []}, 3 if n <= 100_000 else 5 if n <= 1_000_000 else 2
         for rep in range(reps):
             for v in (["mlplat", "duckdb"] if rep % 2 == 0 else ["duckdb", "mlplat"]):
                 runs[v].append(run_child(v, folder, rep, keep=(rep == 0 and n == min(sizes)), offline_store=offline_store))
