@@ -98,3 +98,25 @@ def test_bad_pushed_values_are_refused_clearly(churn_ws):
         churn_ws.features.push("customer_activity", ev)
     with pytest.raises(ValidationError, match="pushed 'spend_7d' should hold float64"):
         churn_ws.features.push("customer_activity", ev.assign(customer_id=1, spend_7d="n/a"))
+
+
+def test_sealed_snapshots_are_materialized_as_streams_with_feasts_semantics(ws, monkeypatch):
+    "The latest row of each key, a late correction winning and an empty created time losing, from a stream."
+    from mlplat.governance.crypto import Sealer
+    t, h = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(days=1), pd.Timedelta(hours=1)
+    src = pd.DataFrame({"device_id": [1, 1, 1, 2, 2],
+                        "event_timestamp": [t - 2 * h, t, t, t - h, t - h],
+                        "created": [t, t + h, t + 2 * h, t, pd.NaT],
+                        "temp": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    ws.features.register_source("readings", src, classification="internal", timestamp_field="event_timestamp")
+    ws.features.apply({"entities": [{"name": "device", "join_key": "device_id"}],
+                       "feature_views": [{"name": "sensor", "entities": ["device"], "source": "readings", "ttl": "3650d",
+                                          "online": True, "created_timestamp_field": "created",
+                                          "features": [{"name": "temp", "dtype": "float64"}]}]})
+    path = ws.features.datasets.get("readings").path
+    assert ws.crypto.enabled and path.endswith(".enc")
+    whole, real = [], Sealer.open_bytes
+    monkeypatch.setattr(Sealer, "open_bytes", lambda self, p, *a, **k: (whole.append(str(p)), real(self, p, *a, **k))[1])
+    ws.features.materialize()
+    assert path not in whole
+    assert ws.features.online([{"device_id": 1}, {"device_id": 2}], features=["sensor:temp"])["temp"] == [3.0, 4.0]

@@ -156,11 +156,15 @@ def sealed_opener(uri: str):
         got = _openers.get(uri)
     return got[0] if got else None
 
+# %% ../../notebooks/13_feast_repo.ipynb #35ac8142
 def read_staged(path, columns: list):
     "Columns of the snapshot at `path`, read where Feast reads it (inside `staged` for a sealed one)."
     import pyarrow.parquet as pq
     uri = feast_uri(path)
     if uri == str(path): return pq.read_table(uri, columns=columns)
+    opener = sealed_opener(uri)
+    if opener is not None:  # a chunk decrypted at a time, only the columns' bytes
+        with opener() as f: return pq.read_table(f, columns=columns)
     import fsspec
     with fsspec.filesystem("memory").open(uri, "rb") as f: return pq.read_table(f, columns=columns)
 

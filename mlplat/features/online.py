@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 from ..errors import ValidationError
 from .definitions import coerce_column
-from .feast_repo import feast_uri, import_feast, push_source_name, staged, with_fresh_registry
+from .feast_repo import import_feast, push_source_name, read_staged, staged, with_fresh_registry
 from .spark_store import offline_sources
 
 # %% auto #0
@@ -48,10 +48,8 @@ def _record_materialized(ws, versions: dict):
 
 def _snapshot_start(features_api, spec):
     "The earliest event time in a view's snapshot: where a full load starts."
-    import pyarrow.compute as pc, pyarrow.parquet as pq
-    import fsspec
-    path = feast_uri(features_api.datasets.get(spec["source"]).path)  # inside `staged`: sealed ones are in memory
-    with fsspec.open(path, "rb") as f: col = pq.read_table(f, columns=[spec["timestamp_field"]]).column(0)
+    import pyarrow.compute as pc
+    col = read_staged(features_api.datasets.get(spec["source"]).path, [spec["timestamp_field"]]).column(0)  # inside `staged`
     lo = pc.min(col).as_py()
     return lo.replace(tzinfo=lo.tzinfo or timezone.utc) if lo else datetime.now(timezone.utc)
 
@@ -88,8 +86,11 @@ def materialize(features_api, views=None, end=None) -> dict:
     with ws.governance.operation("features.materialize", "online_store:" + ",".join(names)[:280], "features:materialize",
                                  region, classification, {"views": names, "full": full, "end": end.isoformat()}):
         sources = [features_api.datasets.get(latest[n][1]["source"]).path for n in names]
-        # Feast's progress bars are progress, not results; the snapshot start times are read from the staged copies
-        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources), offline_sources(features_api, {n: latest[n] for n in names}):
+        # Feast's progress bars are progress, not results. mlplat's duckdb store streams sealed snapshots; Feast's own
+        # stores read a decrypted copy in memory
+        whole = ws.config.feast.offline_store != "duckdb"
+        with contextlib.redirect_stdout(sys.stderr), staged(ws.crypto, sources, whole), \
+                offline_sources(features_api, {n: latest[n] for n in names}, whole):
             for n in full:
                 start = _snapshot_start(features_api, latest[n][1])
                 if start < end: features_api.store.materialize(start_date=start, end_date=end, feature_views=[n])

@@ -138,6 +138,7 @@ def _latest_created(got, uq, path, keys: tuple, spec: dict, names: dict):
     for col, out in names.items(): got.loc[took[ROW_ID].to_numpy(), out] = took[col].to_numpy()
     return got
 
+# %% ../../notebooks/15_training.ipynb #53b5d59d
 def _asof(features_api, df, timestamp_column: str, refs: list, views: dict, view_keys: dict, full_feature_names: bool):
     """mlplat's `ASOF JOIN` store (`mlplat.features.asof_store`): one query for all views over every entity row,
     duplicates included, answered in input order; sealed snapshots are streamed, never decrypted whole."""
@@ -160,6 +161,7 @@ def _asof(features_api, df, timestamp_column: str, refs: list, views: dict, view
         result = result.append_column(col, got.column(col)); feat_cols.append(col)
     return result, feat_cols
 
+# %% ../../notebooks/15_training.ipynb #9c3e1706
 def _point_in_time(features_api, df, timestamp_column: str, refs: list, views: dict, entities: dict, full_feature_names: bool):
     "`df` (a normalized entity frame) with the point-in-time values of `refs` added, as an Arrow table; and the feature columns."
     import pandas as pd

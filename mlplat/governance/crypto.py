@@ -354,6 +354,19 @@ class _DataKeys:
             if f.read(len(MAGIC)) != MAGIC: return None
             f.seek(0); return _read_header(f, f"the sealed file {path}")[0]["kek"]
 
+# %% ../../notebooks/07b_crypto.ipynb #3ed2c978
+def _checked_header(f, what: str, context: str | None, require_sealed: bool, refuse):
+    "The header of the open file `f` and where its chunks start, checked against `context`; None: `f` is not sealed."
+    if f.read(len(MAGIC)) != MAGIC:
+        if require_sealed: refuse(what, "is not sealed (it was replaced by an unencrypted file)")
+        f.seek(0); return None
+    f.seek(0)
+    try: header, start = _read_header(f, what)
+    except AuditIntegrityError: refuse(what, "has a damaged header")
+    if context is not None and header["context"] != context:
+        refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
+    return header, start
+
 # %% ../../notebooks/07b_crypto.ipynb #5433b14e
 class Sealer(_DataKeys):
     """Seal and open files for one workspace: `ws.crypto`. `audit(what, reason)` is called before a tampered
@@ -381,18 +394,6 @@ class Sealer(_DataKeys):
         "Encrypt the plaintext file `path` in place (atomically)."
         with open(path, "rb") as f: return self.seal_to(f, path, context)
 
-    def _checked_header(self, f, what: str, context: str | None, require_sealed: bool):
-        "The header of the open file `f` and where its chunks start, checked against `context`; None: `f` is not sealed."
-        if f.read(len(MAGIC)) != MAGIC:
-            if require_sealed: self.refuse(what, "is not sealed (it was replaced by an unencrypted file)")
-            f.seek(0); return None
-        f.seek(0)
-        try: header, start = _read_header(f, what)
-        except AuditIntegrityError: self.refuse(what, "has a damaged header")
-        if context is not None and header["context"] != context:
-            self.refuse(what, f"was sealed as {header['context']!r}, not {context!r} (a file was swapped)")
-        return header, start
-
     def open_bytes(self, path, context: str | None = None, require_sealed: bool = False) -> bytes:
         """The plaintext of `path`: decrypted and authenticated if sealed, as is if not (files written before
         encryption was on) unless `require_sealed`. A tampered, truncated or re-ordered file raises
@@ -400,7 +401,7 @@ class Sealer(_DataKeys):
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         path, what = Path(path), f"the sealed file {path}"
         with open(path, "rb") as f:
-            opened = self._checked_header(f, what, context, require_sealed)
+            opened = _checked_header(f, what, context, require_sealed, self.refuse)
             if opened is None: return f.read()
             header = opened[0]
             return _decrypt_chunks(AESGCM(self.data_key(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header), f,
@@ -415,7 +416,7 @@ class Sealer(_DataKeys):
         path, what = Path(path), f"the sealed file {path}"
         f = open(path, "rb")
         try:
-            opened = self._checked_header(f, what, context, require_sealed)
+            opened = _checked_header(f, what, context, require_sealed, self.refuse)
             if opened is None: return f
             header, start = opened
             return SealedFile(f, AESGCM(self.data_key(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header),
