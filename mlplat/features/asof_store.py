@@ -18,17 +18,16 @@ from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineS
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata  # noqa: E402
 from pydantic import StrictStr  # noqa: E402
 
-STORE_TYPE = ASOF_STORE_TYPE
 ORDINAL = "__mlplat_asof_ord"
 
 # %% auto #0
-__all__ = ['STORE_TYPE', 'ORDINAL', 'AsofDuckDBOfflineStoreConfig', 'view_plans', 'asof_sql', 'run_asof', 'pull_sealed',
+__all__ = ['ORDINAL', 'AsofDuckDBOfflineStoreConfig', 'join_keys', 'view_plans', 'asof_sql', 'run_asof', 'pull_sealed',
            'AsofRetrievalJob', 'AsofDuckDBOfflineStore']
 
 # %% ../../notebooks/15b_asof_store.ipynb #0bc96951
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     "`offline_store:` of `feature_store.yaml` for `AsofDuckDBOfflineStore`."
-    type: StrictStr = STORE_TYPE
+    type: StrictStr = ASOF_STORE_TYPE
     memory_limit: Optional[StrictStr] = None  # DuckDB's memory_limit for one join, e.g. "4GB"; None: DuckDB's default
 
 # %% ../../notebooks/15b_asof_store.ipynb #f6e5046c
@@ -44,6 +43,10 @@ def _parquet_path(fv) -> str | None:
     path, fmt = src.path, src.file_format
     if not (isinstance(fmt, ParquetFormat) or (fmt is None and path.endswith(".parquet"))): return None
     return path if "://" not in path or path.startswith(SEALED_URI_PREFIX) else None
+
+def join_keys(fv) -> dict:
+    "View `fv`'s join keys: {source column: entity frame column}, as Feast's ibis join reads them."
+    return fv.projection.join_key_map or {e.name: e.name for e in fv.entity_columns}
 
 def view_plans(feature_views, feature_refs: list, full_feature_names: bool) -> list | None:
     """For each view: (view, source path, {source column: output column}); None when a view is not for this store.
@@ -66,8 +69,7 @@ def asof_sql(timestamp: str, plans: list, sources: list) -> str:
     t = f"e.{_q(timestamp)}"
     for i, ((fv, _, names), src) in enumerate(zip(plans, sources)):
         v, ts = f"v{i}", fv.batch_source.timestamp_field
-        keys = fv.projection.join_key_map or {e.name: e.name for e in fv.entity_columns}
-        created = fv.batch_source.created_timestamp_column
+        keys, created = join_keys(fv), fv.batch_source.created_timestamp_column
         at = f"CAST({_q(ts)} AS TIMESTAMPTZ)"
         if created:  # (event time, created time): the latest correction of the latest event wins; none loses
             at, mine = (f"{{'t': {at}, 'c': coalesce(CAST({_q(created)} AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)}}",
@@ -106,7 +108,9 @@ def _sealed_batches(path: str, columns: list, failures: list):
         raise ValidationError(f"{path} is a sealed snapshot, readable only inside mlplat (which holds its key)",
                               hint="read it through mlplat: ws.features.training_set(...), ws.features.materialize()")
     f = opener()
-    pf = pq.ParquetFile(f)
+    try: pf = pq.ParquetFile(f)
+    except BaseException:
+        f.close(); raise
     def batches():
         try: yield from pf.iter_batches(columns=columns)
         except Exception as e: failures.append(e); raise
@@ -153,10 +157,9 @@ def run_asof(entity_table, timestamp: str, plans: list, memory_limit: str | None
         for i, (fv, path, names) in enumerate(plans):
             if not path.startswith(SEALED_URI_PREFIX):
                 sources.append(f"read_parquet({_lit(path)})"); continue
-            keys = list(fv.projection.join_key_map or {e.name: e.name for e in fv.entity_columns})
             src = fv.batch_source
             created = [src.created_timestamp_column] if src.created_timestamp_column else []
-            sources.append(s.sealed(f"s{i}", path, list(dict.fromkeys([*keys, src.timestamp_field, *created, *names]))))
+            sources.append(s.sealed(f"s{i}", path, list(dict.fromkeys([*join_keys(fv), src.timestamp_field, *created, *names]))))
         got = s.fetch(asof_sql(timestamp, plans, sources), "the point-in-time join")
     for field in got.schema: out = out.append_column(field, got.column(field.name))  # both in entity order
     return out

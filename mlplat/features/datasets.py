@@ -82,28 +82,22 @@ def snapshot_path(folder: Path, h: str, sealer=None) -> Path:
 def write_snapshot(t, dest: Path, sealer=None, context: str = "") -> Path:
     """Write a parquet snapshot to `dest` atomically (temp file + rename): no reader ever sees half a file.
     A `.enc` destination is sealed by `sealer`; the plaintext parquet then exists only in memory."""
-    import pyarrow as pa, pyarrow.parquet as pq
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.name.endswith(".enc"):
-        buf = pa.BufferOutputStream(); pq.write_table(t, buf)
-        return sealer.seal_to(memoryview(buf.getvalue()), dest, context)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp"); os.close(fd)
-    try:
-        pq.write_table(t, tmp)
-        os.replace(tmp, dest)
+    dest = Path(dest)
+    tmp = stage_snapshot(t, dest.parent, sealer, context, sealed=dest.name.endswith(".enc"))
+    try: os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+        tmp.unlink(missing_ok=True); raise
     return dest
 
-def stage_snapshot(t, folder, sealer=None, context: str = "") -> Path:
-    """Write table `t` as parquet into a temporary file of `folder` (sealed when encryption at rest is on), for
-    `os.replace` to give it its content-addressed name (`snapshot_path`) once the hash is known: writing can run
-    while the rows are hashed. The caller removes the file if it does not use it."""
+def stage_snapshot(t, folder, sealer=None, context: str = "", sealed: bool | None = None) -> Path:
+    """Write table `t` as parquet into a temporary file of `folder`, sealed when `sealed` (default: when encryption
+    at rest is on), for `os.replace` to give it its name — e.g. its content-addressed one (`snapshot_path`) once the
+    hash is known, so writing can run while the rows are hashed. The caller removes the file if it does not use it."""
     import pyarrow as pa, pyarrow.parquet as pq
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".staged-", suffix=".tmp"); os.close(fd)
     try:
-        if sealer is not None and sealer.enabled:
+        if (sealer is not None and sealer.enabled) if sealed is None else sealed:
             buf = pa.BufferOutputStream(); pq.write_table(t, buf)
             sealer.seal_to(memoryview(buf.getvalue()), Path(tmp), context)
         else: pq.write_table(t, tmp)

@@ -163,10 +163,9 @@ def read_staged(path, columns: list):
     uri = feast_uri(path)
     if uri == str(path): return pq.read_table(uri, columns=columns)
     opener = sealed_opener(uri)
-    if opener is not None:  # a chunk decrypted at a time, only the columns' bytes
-        with opener() as f: return pq.read_table(f, columns=columns)
-    import fsspec
-    with fsspec.filesystem("memory").open(uri, "rb") as f: return pq.read_table(f, columns=columns)
+    if opener is None:
+        raise ValidationError(f"{path} is sealed and not staged for reading", hint="read it inside `staged(ws.crypto, [path])`")
+    with opener() as f: return pq.read_table(f, columns=columns)  # a chunk decrypted at a time, only the columns' bytes
 
 def duckdb_reads_staged():
     "Let Feast's duckdb offline store open what `staged` puts in memory (it reads through ibis's default DuckDB connection)."

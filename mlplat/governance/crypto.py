@@ -237,18 +237,6 @@ def _encrypt_chunks(aead, prefix: bytes, aad: bytes, reader, out):
         if not nxt: break
         i, block = i + 1, nxt
 
-def _decrypt_chunks(aead, prefix: bytes, aad: bytes, f, chunk: int, refuse) -> bytes:
-    "The plaintext of the chunks left in `f`; `refuse(reason)`, which raises, at the first that does not authenticate."
-    from cryptography.exceptions import InvalidTag
-    out, i, size = [], 0, chunk + TAG
-    block = f.read(size)
-    while True:
-        nxt = f.read(size) if len(block) == size else b""
-        try: out.append(aead.decrypt(_nonce(prefix, i, not nxt), block, aad))
-        except InvalidTag: refuse(f"failed authentication at chunk {i} (altered, truncated or re-ordered)")
-        if not nxt: return b"".join(out)
-        i, block = i + 1, nxt
-
 # %% ../../notebooks/07b_crypto.ipynb #4f89eb51
 class SealedFile(io.RawIOBase):
     """The plaintext of a sealed file, read in place: seekable, each chunk decrypted and authenticated when first
@@ -258,7 +246,7 @@ class SealedFile(io.RawIOBase):
     def __init__(self, f, aead, prefix: bytes, aad: bytes, chunk: int, start: int, refuse):
         super().__init__()
         self._f, self._aead, self._prefix, self._aad, self._chunk, self._start, self._refuse = f, aead, prefix, aad, chunk, start, refuse
-        body = os.fstat(f.fileno()).st_size - start
+        body = f.seek(0, io.SEEK_END) - start
         if body < TAG: refuse("is truncated (no encrypted chunk)")
         self._chunks, self._cache, self._pos = -(-body // (chunk + TAG)), {}, 0
         self._size = (self._chunks - 1) * chunk + len(self._block(self._chunks - 1))
@@ -292,6 +280,14 @@ class SealedFile(io.RawIOBase):
             out[n:n + len(piece)] = piece
             n += len(piece); self._pos += len(piece)
         return n
+
+    def readall(self) -> bytes:
+        "The rest of the plaintext; every chunk of it is authenticated before any byte is returned."
+        first, at = divmod(self._pos, self._chunk)
+        parts = [self._block(i) for i in range(first, self._chunks)]
+        if parts: parts[0] = parts[0][at:]
+        self._pos = self._size
+        return b"".join(parts)
 
     def close(self):
         if not self.closed: self._f.close(); self._cache.clear()
@@ -398,14 +394,7 @@ class Sealer(_DataKeys):
         """The plaintext of `path`: decrypted and authenticated if sealed, as is if not (files written before
         encryption was on) unless `require_sealed`. A tampered, truncated or re-ordered file raises
         `AuditIntegrityError`, and no byte of it is returned."""
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-        path, what = Path(path), f"the sealed file {path}"
-        with open(path, "rb") as f:
-            opened = _checked_header(f, what, context, require_sealed, self.refuse)
-            if opened is None: return f.read()
-            header = opened[0]
-            return _decrypt_chunks(AESGCM(self.data_key(header, what)), _unb64(header["nonce_prefix"]), _chunk_aad(header), f,
-                                   header["chunk"], lambda reason: self.refuse(what, reason))
+        with self.open_stream(path, context, require_sealed) as f: return f.read()
 
     def open_stream(self, path, context: str | None = None, require_sealed: bool = False):
         """`path` as a seekable binary file of its plaintext, each chunk decrypted and authenticated when it is first
