@@ -156,6 +156,10 @@ def _check_services(cfg):
     if cfg.feast.offline_store not in OFFLINE_STORES:
         raise ConfigError(f"feast.offline_store must be one of {', '.join(map(repr, OFFLINE_STORES))}, got {cfg.feast.offline_store!r}",
                           hint="'duckdb' is the embedded default; 'spark' runs Feast's Spark store")
+    import re
+    if cfg.feast.duckdb_memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B|%)", cfg.feast.duckdb_memory_limit.strip(), re.I):
+        raise ConfigError(f"feast.duckdb_memory_limit must be an amount of memory, got {cfg.feast.duckdb_memory_limit!r}",
+                          hint="e.g. '4GB', '500MiB' or '50%'; empty: DuckDB's default (80% of memory)")
 
 def _check_notifications(cfg):
     "Notification events and destinations, and the scheduler's limits."
