@@ -111,9 +111,13 @@ def ray_address(tmp_path_factory):
     import tempfile
     d = Path(tempfile.mkdtemp(prefix="mlplat-ray-"))  # short: Ray's unix socket paths must stay under 107 bytes
     gcs, dash = free_port(), free_port()
+    # Every port a node binds is its own: each xdist worker starts a head, and two heads on Ray's fixed defaults
+    # (the job agent's 52365) leave one without a job agent ("No available agent" for every submission).
+    ports = [f"--{name}-port={free_port()}" for name in ("node-manager", "object-manager", "metrics-export", "dashboard-agent-listen",
+                                                          "dashboard-agent-grpc", "runtime-env-agent", "ray-client-server")]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
     log = open(d / "ray.log", "wb")
-    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
+    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs), *ports,
                              "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
                              "--include-dashboard", "true", "--disable-usage-stats", "--temp-dir", str(d / "tmp")],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=d)

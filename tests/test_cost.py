@@ -24,7 +24,9 @@ engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.p
                                   config={"train_micro_batch_size_per_gpu": 32, "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True})
 for steps in range(int(sys.argv[-1])):   # the same number on every rank (the launcher puts --local_rank=N first)
     loss = engine(torch.randn(32, 64)).pow(2).mean(); engine.backward(loss); engine.step()
-print("rank", os.environ["RANK"], "steps", steps + 1, "cpu", time.process_time(), flush=True)
+# one write: `deepspeed` runs ranks with `python -u`, where print() writes each word on its own, and two ranks ending
+# together would interleave their words in the shared log
+sys.stdout.write(f"rank {os.environ['RANK']} steps {steps + 1} cpu {time.process_time()}\\n")
 """
 
 

@@ -81,7 +81,8 @@ def test_cancel_ends_every_process(backend, churn_ws, tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     script = code / "forever.py"
-    script.write_text("import os, time\nprint('pid', os.getpid(), os.getppid(), flush=True)\nwhile True: time.sleep(0.5)\n")
+    # one write per line: both ranks start together under `python -u`, where print() would write word by word
+    script.write_text("import os, sys, time\nsys.stdout.write(f'pid {os.getpid()} {os.getppid()}\\n')\nwhile True: time.sleep(0.5)\n")
     rec = churn_ws.jobs.submit({"name": "forever", "entrypoint": str(script), "resources": {"processes_per_node": 2}})
     deadline = time.time() + 180
     while time.time() < deadline and "".join(churn_ws.jobs.logs(rec.id)).count("pid ") < 2:
