@@ -44,11 +44,13 @@ c) `--scale 10000,100000,1000000`: mlplat's training set against a bare DuckDB `
      mlplat's `ASOF JOIN` store; `file` is Feast's dask store, `spark` Feast's Spark store in local mode).
    * duckdb: one query, two `ASOF LEFT JOIN`s of the entity frame (a pandas frame, scanned in place) onto the
      snapshot files, TTLs applied, ordered as the input, fetched as a pandas frame.
+   Each child also reports the CPU it spent during the build, in user space (the work itself) and in the kernel
+   (`getrusage`: mostly page faults on fresh memory), and how each grows from one N to the next is printed.
    The reps (3 up to 100k, 5 at 1M, 2 beyond) alternate which variant goes first. Targets at 1M rows: mlplat at most 2x DuckDB's time and 2x its
    peak memory; 10M rows within 8 GB peak. At the smallest N the two results are also compared value for value.
    Writes benchmarks/.work/features_scale.json.
 """
-import argparse, itertools, json, os, platform, subprocess, sys, time, warnings
+import argparse, itertools, json, os, platform, resource, subprocess, sys, time, warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -248,12 +250,13 @@ def child(variant: str, folder: Path, rep: int, keep: bool):
               ON e.customer_id = a.customer_id AND e.event_timestamp >= a.a_ts
             ORDER BY e.__row"""
         build = lambda: con.execute(sql).df()
-    before = memory_kb("VmRSS")
+    before, r0 = memory_kb("VmRSS"), resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter(); df = build(); seconds = time.perf_counter() - t
-    peak = memory_kb("VmHWM")
+    peak, r1 = memory_kb("VmHWM"), resource.getrusage(resource.RUSAGE_SELF)
     if keep: df.to_parquet(folder/f"result-{variant}.parquet")
     print(json.dumps({"variant": variant, "rows": len(df), "rows_in": len(ents), "seconds": seconds,
-                      "peak_gb": peak / 2**20, "rss_before_gb": before / 2**20}))
+                      "peak_gb": peak / 2**20, "rss_before_gb": before / 2**20, "user_s": r1.ru_utime - r0.ru_utime,
+                      "sys_s": r1.ru_stime - r0.ru_stime, "minor_faults": r1.ru_minflt - r0.ru_minflt}))
 
 
 def run_child(variant, folder, rep, keep, offline_store) -> dict:
@@ -268,7 +271,7 @@ def bench_scale(sizes, offline_store: str, sealed: bool = False):
     result = {"benchmark": "features_scale", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "code": code_version(), "offline_store": offline_store, "sealed": sealed, "machine": {"nproc": os.cpu_count()},
               "sizes": {}}
-    print(f"{'N':>10} {'variant':<8}{'seconds p50':>12}{'peak GB':>9}{'rss before':>11}{'rows':>10}")
+    print(f"{'N':>10} {'variant':<8}{'seconds p50':>12}{'user s':>8}{'sys s':>8}{'peak GB':>9}{'rss before':>11}{'rows':>10}")
     for n in sizes:
         folder = WORK/(f"scale-{n}" + ("-sealed" if sealed else ""))
         t = time.perf_counter()
@@ -281,6 +284,7 @@ def bench_scale(sizes, offline_store: str, sealed: bool = False):
                 runs[v].append(run_child(v, folder, rep, keep=(rep == 0 and n == min(sizes)), offline_store=offline_store))
         if n == min(sizes): check_same(folder)
         row = {v: {"seconds_p50": float(np.median([r["seconds"] for r in rs])), "peak_gb_max": max(r["peak_gb"] for r in rs),
+                   "user_s_p50": float(np.median([r["user_s"] for r in rs])), "sys_s_p50": float(np.median([r["sys_s"] for r in rs])),
                    "rss_before_gb": float(np.median([r["rss_before_gb"] for r in rs])), "rows": rs[0]["rows"], "runs": rs}
                for v, rs in runs.items()}
         row["time_ratio"] = row["mlplat"]["seconds_p50"] / row["duckdb"]["seconds_p50"]
@@ -289,8 +293,17 @@ def bench_scale(sizes, offline_store: str, sealed: bool = False):
         result["sizes"][str(n)] = row
         for v in runs:
             r = row[v]
-            print(f"{n:>10} {v:<8}{r['seconds_p50']:12.2f}{r['peak_gb_max']:9.2f}{r['rss_before_gb']:11.2f}{r['rows']:>10}")
+            print(f"{n:>10} {v:<8}{r['seconds_p50']:12.2f}{r['user_s_p50']:8.2f}{r['sys_s_p50']:8.2f}{r['peak_gb_max']:9.2f}"
+                  f"{r['rss_before_gb']:11.2f}{r['rows']:>10}")
         print(f"{'':>10} ratio mlplat/duckdb: time {row['time_ratio']:.2f}, peak memory {row['peak_ratio']:.2f}", flush=True)
+    # how cost grows: the wall time, and the CPU the process spent in user space (its own work) and in the kernel
+    # (mostly first touches of fresh memory, whose price depends on the machine, not on the code)
+    for small, big in zip(sizes, sizes[1:]):
+        a, b = result["sizes"][str(small)]["mlplat"], result["sizes"][str(big)]["mlplat"]
+        growth = {k: b[k] / a[k] if a[k] else None for k in ("seconds_p50", "user_s_p50", "sys_s_p50")}
+        result["sizes"][str(big)]["growth_from_previous"] = {"rows": big / small, **growth}
+        print(f"mlplat {small} -> {big} rows (x{big / small:g}): wall x{growth['seconds_p50']:.1f}, "
+              f"user CPU x{growth['user_s_p50']:.1f}, kernel CPU x{growth['sys_s_p50'] or 0:.1f}")
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK/f"features_scale{'-sealed' if sealed else ''}-{offline_store}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -40,11 +40,22 @@ def oracle_by_definition(entity_df, source, key, features, ttl, created=None):
     return pd.DataFrame(out, columns=features)
 
 
-@pytest.fixture(params=["duckdb", "file"])
+def join_in_slices(monkeypatch, rows: int = 100) -> list:
+    """Make the duckdb store join a slice of the join keys at a time beyond `rows` entity rows (as beyond a million);
+    the list returned gets the index of each view joined that way."""
+    from mlplat.features import asof_store
+    monkeypatch.setattr(asof_store, "PART_ROWS", rows)
+    views, real = [], asof_store.in_slices
+    monkeypatch.setattr(asof_store, "in_slices", lambda s, ts, i, *a: (views.append(i), real(s, ts, i, *a))[1])
+    return views
+
+
+@pytest.fixture(params=["duckdb", "duckdb-sliced", "file"])
 def store_ws(request, home, monkeypatch):
-    "A workspace on each of Feast's offline stores mlplat supports."
+    "A workspace on each of Feast's offline stores mlplat supports (duckdb's also joining in slices of keys)."
     import mlplat
-    monkeypatch.setenv("MLPLAT_FEAST_OFFLINE_STORE", request.param)
+    monkeypatch.setenv("MLPLAT_FEAST_OFFLINE_STORE", request.param.split("-")[0])
+    if request.param.endswith("-sliced"): join_in_slices(monkeypatch)
     return mlplat.connect(home)
 
 
@@ -156,7 +167,9 @@ def test_handcrafted_ttl_unknown_and_order(ws):
     np.testing.assert_array_equal(got["temp"].to_numpy(), exp["temp"].to_numpy())
 
 
-def test_synthetic_multi_view_matches_merge_asof(churn_ws, churn):
+@pytest.mark.parametrize("sliced", [False, True])
+def test_synthetic_multi_view_matches_merge_asof(churn_ws, churn, sliced, monkeypatch):
+    views = join_in_slices(monkeypatch, 50) if sliced else []
     rng = np.random.default_rng(3)
     ents = churn.labels.sample(frac=1.0, random_state=5).reset_index(drop=True)  # shuffled order
     # add unknown customers and times before any data
@@ -176,6 +189,7 @@ def test_synthetic_multi_view_matches_merge_asof(churn_ws, churn):
     # the cases Feast alone drops come back as nulls instead of vanishing
     assert got["spend_7d"].isna().sum() > 0
     assert got.tail(3)[["age", "spend_7d"]].isna().all().all()
+    assert views == ([0, 1] if sliced else [])
     # profile values survive even when activity is outside its TTL (Feast drops the whole row)
     both = got[got["spend_7d"].isna() & got["customer_id"].le(300) & got["event_timestamp"].gt(pd.Timestamp("2001-01-01", tz="UTC"))]
     assert len(both) and both["age"].notna().all()
@@ -234,8 +248,10 @@ def test_new_source_version_flows_into_a_new_view_version(churn_ws, churn):
     assert old.to_df()["age"].notna().all()  # the old version is untouched and still readable
 
 
-def test_sealed_sources_are_streamed_and_tampering_is_refused(ws, monkeypatch):
+@pytest.mark.parametrize("sliced", [False, True])
+def test_sealed_sources_are_streamed_and_tampering_is_refused(ws, monkeypatch, sliced):
     "With encryption at rest (the default), the duckdb store reads a sealed source as a stream, never decrypted whole."
+    views = join_in_slices(monkeypatch, 20) if sliced else []   # the tampered build below is sliced too
     from mlplat.errors import AuditIntegrityError
     from mlplat.governance.crypto import Sealer
     assert ws.crypto.enabled and ws.config.feast.offline_store == "duckdb"
@@ -246,7 +262,7 @@ def test_sealed_sources_are_streamed_and_tampering_is_refused(ws, monkeypatch):
     whole, real = [], Sealer.open_bytes
     monkeypatch.setattr(Sealer, "open_bytes", lambda self, p, *a, **k: (whole.append(str(p)), real(self, p, *a, **k))[1])
     got = ws.features.training_set(ents, features=["sensor:temp"], name="sealed").to_df()
-    assert str(path) not in whole
+    assert str(path) not in whole and views == ([0] if sliced else [])
     exp = oracle_by_definition(ents, src, "device_id", ["temp"], "2D", created="created")
     np.testing.assert_array_equal(got["temp"].to_numpy(), exp["temp"].to_numpy())
     raw = bytearray(path.read_bytes()); raw[len(raw) // 2] ^= 1; path.write_bytes(bytes(raw))

@@ -19,10 +19,11 @@ from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMeta
 from pydantic import StrictStr  # noqa: E402
 
 ORDINAL = "__mlplat_asof_ord"
+PART_ROWS = 1_000_000  # beyond this many entity rows, each view is joined one slice of its join keys at a time
 
 # %% auto #0
-__all__ = ['ORDINAL', 'AsofDuckDBOfflineStoreConfig', 'join_keys', 'view_plans', 'asof_sql', 'run_asof', 'pull_sealed',
-           'AsofRetrievalJob', 'AsofDuckDBOfflineStore']
+__all__ = ['ORDINAL', 'PART_ROWS', 'AsofDuckDBOfflineStoreConfig', 'join_keys', 'view_plans', 'view_sql', 'asof_sql', 'run_asof',
+           'in_entity_order', 'in_slices', 'pull_sealed', 'AsofRetrievalJob', 'AsofDuckDBOfflineStore']
 
 # %% ../../notebooks/15b_asof_store.ipynb #0bc96951
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
@@ -61,28 +62,35 @@ def view_plans(feature_views, feature_refs: list, full_feature_names: bool) -> l
     return plans
 
 # %% ../../notebooks/15b_asof_store.ipynb #e94391ce
+def view_sql(v: str, timestamp: str, fv, names: dict) -> tuple:
+    """View `fv`'s part of the join of entity rows `e` as alias `v`: (the source's columns to read, under private
+    names: `__k<j>` keys, `__at` ordering key, `__f<j>` features; the `ASOF JOIN`'s condition; the feature
+    columns, TTL applied, under their output names)."""
+    t = f"e.{_q(timestamp)}"
+    ts, keys, created = fv.batch_source.timestamp_field, join_keys(fv), fv.batch_source.created_timestamp_column
+    at = f"CAST({_q(ts)} AS TIMESTAMPTZ)"
+    if created:  # (event time, created time): the latest correction of the latest event wins; none loses
+        at, mine = (f"{{'t': {at}, 'c': coalesce(CAST({_q(created)} AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)}}",
+                    f"{{'t': {t}, 'c': 'infinity'::TIMESTAMPTZ}}")
+    else: mine = t
+    picked = [f"{_q(k)} AS __k{j}" for j, k in enumerate(keys)] + [f"{at} AS __at"] \
+        + [f"{_q(f)} AS __f{j}" for j, f in enumerate(names)]
+    on = [f"e.{_q(ek)} = {v}.__k{j}" for j, ek in enumerate(keys.values())] + [f"{mine} >= {v}.__at"]
+    event = f"{v}.__at.t" if created else f"{v}.__at"
+    ttl = int(fv.ttl.total_seconds() * 1_000_000) if fv.ttl else 0
+    fresh = f"{event} + to_microseconds({ttl}) >= {t}" if ttl else f"{event} IS NOT NULL"
+    cols = [f"CASE WHEN {fresh} THEN {v}.__f{j} END AS {_q(out)}" for j, out in enumerate(names.values())]
+    return picked, " AND ".join(on), cols
+
 def asof_sql(timestamp: str, plans: list, sources: list) -> str:
     """The feature columns of the point-in-time join of entity frame `e` (with `ORDINAL`) and the views of `plans`
     (see `view_plans`), in entity order; `sources[i]` is what the SQL reads view i from. The entity columns are not
     selected: carried through the joins and the sort they would double the time at 10M rows, and the caller has them."""
     cols, joins = [], []
-    t = f"e.{_q(timestamp)}"
     for i, ((fv, _, names), src) in enumerate(zip(plans, sources)):
-        v, ts = f"v{i}", fv.batch_source.timestamp_field
-        keys, created = join_keys(fv), fv.batch_source.created_timestamp_column
-        at = f"CAST({_q(ts)} AS TIMESTAMPTZ)"
-        if created:  # (event time, created time): the latest correction of the latest event wins; none loses
-            at, mine = (f"{{'t': {at}, 'c': coalesce(CAST({_q(created)} AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)}}",
-                        f"{{'t': {t}, 'c': 'infinity'::TIMESTAMPTZ}}")
-        else: mine = t
-        picked = [f"{_q(k)} AS __k{j}" for j, k in enumerate(keys)] + [f"{at} AS __at"] \
-            + [f"{_q(f)} AS __f{j}" for j, f in enumerate(names)]
-        on = [f"e.{_q(ek)} = {v}.__k{j}" for j, ek in enumerate(keys.values())] + [f"{mine} >= {v}.__at"]
-        joins.append(f"ASOF LEFT JOIN (SELECT {', '.join(picked)} FROM {src}) {v} ON {' AND '.join(on)}")
-        event = f"{v}.__at.t" if created else f"{v}.__at"
-        ttl = int(fv.ttl.total_seconds() * 1_000_000) if fv.ttl else 0
-        fresh = f"{event} + to_microseconds({ttl}) >= {t}" if ttl else f"{event} IS NOT NULL"
-        cols += [f"CASE WHEN {fresh} THEN {v}.__f{j} END AS {_q(out)}" for j, out in enumerate(names.values())]
+        picked, on, view_cols = view_sql(f"v{i}", timestamp, fv, names)
+        joins.append(f"ASOF LEFT JOIN (SELECT {', '.join(picked)} FROM {src}) v{i} ON {on}")
+        cols += view_cols
     # ordered outside the joins' SELECT: sorted there, DuckDB would carry the (event, created) keys through the sort
     return f"SELECT * EXCLUDE ({ORDINAL}) FROM (SELECT e.{ORDINAL}, {', '.join(cols)} FROM e {' '.join(joins)}) ORDER BY {ORDINAL}"
 
@@ -138,10 +146,11 @@ class _Session:
         self.con.register(name, _sealed_batches(path, columns, self.failures))
         return name
 
-    def fetch(self, sql: str, what: str):
-        "The result of `sql` as an Arrow table; a sealed source failing authentication raises mlplat's own error."
+    def fetch(self, sql: str, what: str, result: bool = True):
+        """The result of `sql` as an Arrow table (None without `result`); a sealed source failing authentication
+        raises mlplat's own error."""
         import duckdb
-        try: return self.con.sql(sql).to_arrow_table()
+        try: return self.con.sql(sql).to_arrow_table() if result else self.con.execute(sql).fetchall() and None
         except duckdb.Error as e:
             if self.failures: raise self.failures[0] from None
             raise ValidationError(f"{what} failed in DuckDB: {e}",
@@ -160,9 +169,51 @@ def run_asof(entity_table, timestamp: str, plans: list, memory_limit: str | None
             src = fv.batch_source
             created = [src.created_timestamp_column] if src.created_timestamp_column else []
             sources.append(s.sealed(f"s{i}", path, list(dict.fromkeys([*join_keys(fv), src.timestamp_field, *created, *names]))))
-        got = s.fetch(asof_sql(timestamp, plans, sources), "the point-in-time join")
-    for field in got.schema: out = out.append_column(field, got.column(field.name))  # both in entity order
+        if entity_table.num_rows <= PART_ROWS: got = [s.fetch(asof_sql(timestamp, plans, sources), "the point-in-time join")]
+        else: got = [in_slices(s, timestamp, i, plan, src, entity_table.num_rows) for i, (plan, src) in enumerate(zip(plans, sources))]
+    for part in got:
+        for field in part.schema: out = out.append_column(field, part.column(field.name))  # all in entity order
     return out
+
+# %% ../../notebooks/15b_asof_store.ipynb #1a728354
+def in_entity_order(parts: list, n: int):
+    "The rows of the Arrow tables `parts` (each with `ORDINAL`) as one table in entity order; each of 0..n-1 once."
+    import numpy as np
+    import pyarrow as pa
+    got = pa.concat_tables(parts)
+    at = got.column(ORDINAL).to_numpy()
+    if len(at) != n or (n and (at.min() < 0 or at.max() >= n)):
+        raise RuntimeError(f"the point-in-time join returned {len(at)} rows for {n} entity rows")
+    order = np.empty(n, dtype=np.int64)
+    order[at] = np.arange(n, dtype=np.int64)
+    return got.drop_columns([ORDINAL]).take(order)
+
+def in_slices(s: _Session, timestamp: str, i: int, plan: tuple, src: str, n: int):
+    "View `i`'s feature columns for the `n` entity rows of `e` in entity order, joined a slice of its keys at a time."
+    import pyarrow as pa
+    fv, _, names = plan
+    if not names: return pa.table({})  # nothing asked of this view
+    v = f"v{i}"
+    picked, on, cols = view_sql(v, timestamp, fv, names)
+    keys = list(join_keys(fv).values())
+    what = f"the point-in-time join of {fv.name}"
+    s.con.execute("SET preserve_insertion_order = false").fetchall()  # each slice's rows carry their ordinal
+    # DuckDB guesses a handful of rows for `__h % k = p` and would then run the ASOF JOIN as a nested loop
+    s.con.execute("SET asof_loop_join_threshold = 0").fetchall()
+    s.fetch(f"CREATE TEMP TABLE s{v} AS SELECT *, hash({', '.join(f'__k{j}' for j in range(len(keys)))}) AS __h "
+            f"FROM (SELECT {', '.join(picked)} FROM {src})", what, result=False)
+    staged = s.con.table(f"s{v}")
+    types = dict(zip(staged.columns, map(str, staged.types)))
+    mine = [f"TRY_CAST({_q(ek)} AS {types[f'__k{j}']})" for j, ek in enumerate(keys)]
+    s.fetch(f"CREATE TEMP TABLE e{v} AS SELECT {', '.join(map(_q, dict.fromkeys([ORDINAL, timestamp, *keys])))}, "
+            f"hash({', '.join(mine)}) AS __h FROM e", what, result=False)
+    rows = s.con.execute(f"SELECT count(*) FROM s{v}").fetchall()[0][0]
+    k = max(1, -(-max(n, rows) // PART_ROWS))
+    parts = [s.fetch(f"SELECT e.{ORDINAL}, {', '.join(cols)} FROM (SELECT * FROM e{v} WHERE __h % {k} = {p}) e "
+                     f"ASOF LEFT JOIN (SELECT * EXCLUDE (__h) FROM s{v} WHERE __h % {k} = {p}) {v} ON {on}", what)
+             for p in range(k)]
+    s.con.execute(f"DROP TABLE s{v}; DROP TABLE e{v}").fetchall()
+    return in_entity_order(parts, n)
 
 # %% ../../notebooks/15b_asof_store.ipynb #415216a1
 def _staged_sealed(data_source) -> bool:
