@@ -95,6 +95,9 @@ def test_deepspeed_job_is_measured_priced_and_attributed(teams_ws, tmp_path):
     expected = row["cpu_seconds"] * 0.001 + row["memory_gb_seconds"] / 3600 * 0.005
     assert row["cost"] == pytest.approx(expected, rel=1e-4) and row["currency"] == "AED"
     assert (row["principal"], row["team"], row["experiment"]) == ("ada", "vision", "cost-exp")
+    # the job's own record carries it (the CLI, the REST API and the Lab's job list all read it from there)
+    assert ada.jobs.status(rec.id).cost["cost"] == pytest.approx(row["cost"], abs=1e-6)
+    assert [j.cost["cost"] for j in teams_ws.jobs.list() if j.id == rec.id] == [pytest.approx(row["cost"], abs=1e-6)]
     tags = teams_ws.mlflow_client().get_run(rec.mlflow_run_id).data.tags
     assert float(tags["mlplat.cost"]) == pytest.approx(row["cost"], abs=1e-6) and tags["mlplat.cost_currency"] == "AED"
 

@@ -47,6 +47,7 @@ class JobRecord:
     finished_at: str | None
     spec: dict
     backend_ref: dict | None
+    cost: dict | None = None   # what its ended attempts cost (`ws.cost.spent_on`), where the reader may see it
 
     @property
     def done(self) -> bool: return self.state in ("succeeded", "failed", "cancelled")
@@ -212,7 +213,7 @@ class JobReads:
         rec = self.get(job_id)
         rec = self.backend(rec.backend).refresh(rec)
         if rec.done: Delegations(self.ws).revoke(rec.node)   # a polled backend's job is seen ending here: its token goes
-        return self.visible(rec)
+        return self.priced([self.visible(rec)])[0]
 
     def list(self, state: str | None = None, limit: int = 50) -> list[JobRecord]:
         "Recent jobs, newest first (`jobs:read`; `env` values as `visible` shows them)."
@@ -221,7 +222,13 @@ class JobReads:
         t = table("jobs")
         q = sa.select(t).order_by(t.c.submitted_at.desc()).limit(limit)
         if state: q = q.where(t.c.state == state)
-        with self.ws.engine.connect() as c: return [self.visible(JobRecord.from_row(r)) for r in c.execute(q)]
+        with self.ws.engine.connect() as c: recs = [self.visible(JobRecord.from_row(r)) for r in c.execute(q)]
+        return self.priced(recs)
+
+    def priced(self, recs: list) -> list:
+        "`recs` with what their ended attempts cost (`cost`), where the caller may see it (`cost:read_own`)."
+        spent = self.ws.cost.spent_on("job", [r.id for r in recs])
+        return [dataclasses.replace(r, cost=spent.get(r.id)) for r in recs]
 
     def visible(self, rec: JobRecord) -> JobRecord:
         """`rec` as the workspace's principal may see it: the values of the job's `env` (which may hold secrets) only

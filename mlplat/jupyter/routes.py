@@ -197,17 +197,11 @@ def _limit(n: int) -> int:
 @route("GET", "/jobs", "recent jobs, newest first", list[Job],
        query={"state": (str, None, "only jobs in this state"), "limit": (int, 50, "at most this many")})
 def jobs(c: Ctx, state: str | None = None, limit: int = 50):
-    return _with_cost(c, [j.to_dict() for j in c.ws.jobs.list(state, _limit(limit))])
+    return [j.to_dict() for j in c.ws.jobs.list(state, _limit(limit))]
 
 @route("GET", "/jobs/{id}", "one job", Job)
 def job(c: Ctx, id: str):
-    return _with_cost(c, [c.ws.jobs.status(id).to_dict()])[0]
-
-def _with_cost(c: Ctx, jobs: list[dict]) -> list[dict]:
-    "Each job with what its ended attempts cost (a remote workspace's jobs come with it from the service)."
-    if all("cost" in j for j in jobs): return jobs
-    spent = c.ws.cost.spent_on("job", [j["id"] for j in jobs])
-    return [{**j, "cost": spent.get(j["id"])} for j in jobs]
+    return c.ws.jobs.status(id).to_dict()
 
 @route("GET", "/jobs/{id}/log", "the log from a byte offset on (follow it by asking again from `offset`)", LogChunk,
        query={"offset": (int, 0, "byte offset to read from")})
