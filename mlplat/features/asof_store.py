@@ -107,8 +107,8 @@ def _entity_table(entity_df, timestamp: str):
     t = t.set_column(t.schema.get_field_index(timestamp), timestamp, col)
     return t.append_column(ORDINAL, pa.array(np.arange(t.num_rows, dtype=np.int64)))
 
-def _sealed_batches(path: str, columns: list, failures: list):
-    "The `columns` of the staged sealed snapshot at `path` as a record-batch stream, a row group at a time."
+def _sealed_batches(path: str, columns: list, failures: list) -> tuple:
+    "The `columns` of the staged sealed snapshot at `path` as a record-batch stream, a row group at a time; its rows."
     import pyarrow as pa
     import pyarrow.parquet as pq
     opener = sealed_opener(path)
@@ -123,14 +123,14 @@ def _sealed_batches(path: str, columns: list, failures: list):
         try: yield from pf.iter_batches(columns=columns)
         except Exception as e: failures.append(e); raise
         finally: f.close()
-    return pa.RecordBatchReader.from_batches(pa.schema([pf.schema_arrow.field(c) for c in columns]), batches())
+    return pa.RecordBatchReader.from_batches(pa.schema([pf.schema_arrow.field(c) for c in columns]), batches()), pf.metadata.num_rows
 
 # %% ../../notebooks/15b_asof_store.ipynb #48b266f9
 class _Session:
     "One DuckDB connection for one query: UTC, a private spill folder (encrypted once a sealed source is added)."
     def __init__(self, memory_limit: str | None):
         import duckdb
-        self.con, self.spill, self.failures = duckdb.connect(), tempfile.mkdtemp(prefix="mlplat-duckdb-"), []
+        self.con, self.spill, self.failures, self.streams = duckdb.connect(), tempfile.mkdtemp(prefix="mlplat-duckdb-"), [], {}
         self.con.execute("SET TimeZone = 'UTC'")
         self.con.execute(f"SET temp_directory = {_lit(self.spill)}")
         if memory_limit: self.con.execute(f"SET memory_limit = {_lit(memory_limit)}")
@@ -143,8 +143,13 @@ class _Session:
     def sealed(self, name: str, path: str, columns: list) -> str:
         "Register the staged sealed snapshot at `path` (only `columns`) as the stream `name`."
         self.con.execute("SET temp_file_encryption = true")  # a spilled query over sealed data stays encrypted on disk
-        self.con.register(name, _sealed_batches(path, columns, self.failures))
+        stream, self.streams[name] = _sealed_batches(path, columns, self.failures)
+        self.con.register(name, stream)
         return name
+
+    def rows(self, source: str) -> int:
+        "How many rows `source` (a registered stream or a `read_parquet`) holds, from parquet metadata: nothing is read."
+        return self.streams[source] if source in self.streams else self.con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
 
     def fetch(self, sql: str, what: str, result: bool = True):
         """The result of `sql` as an Arrow table (None without `result`); a sealed source failing authentication
@@ -197,20 +202,22 @@ def in_slices(s: _Session, timestamp: str, i: int, plan: tuple, src: str, n: int
     picked, on, cols = view_sql(v, timestamp, fv, names)
     keys = list(join_keys(fv).values())
     what = f"the point-in-time join of {fv.name}"
-    s.con.execute("SET preserve_insertion_order = false").fetchall()  # each slice's rows carry their ordinal
-    # DuckDB guesses a handful of rows for `__h % k = p` and would then run the ASOF JOIN as a nested loop
-    s.con.execute("SET asof_loop_join_threshold = 0").fetchall()
-    s.fetch(f"CREATE TEMP TABLE s{v} AS SELECT *, hash({', '.join(f'__k{j}' for j in range(len(keys)))}) AS __h "
-            f"FROM (SELECT {', '.join(picked)} FROM {src})", what, result=False)
+    k = max(1, -(-max(n, s.rows(src)) // PART_ROWS))
+    slice_of = lambda cols: f"(hash({', '.join(cols)}) % {k})::UINTEGER AS __p"
+    # staged in slice order, so that a slice's scan skips the row groups of the others (their min/max of __p)
+    s.con.execute("SET preserve_insertion_order = true").fetchall()
+    s.fetch(f"CREATE TEMP TABLE s{v} AS SELECT *, {slice_of(f'__k{j}' for j in range(len(keys)))} "
+            f"FROM (SELECT {', '.join(picked)} FROM {src}) ORDER BY __p", what, result=False)
     staged = s.con.table(f"s{v}")
     types = dict(zip(staged.columns, map(str, staged.types)))
     mine = [f"TRY_CAST({_q(ek)} AS {types[f'__k{j}']})" for j, ek in enumerate(keys)]
     s.fetch(f"CREATE TEMP TABLE e{v} AS SELECT {', '.join(map(_q, dict.fromkeys([ORDINAL, timestamp, *keys])))}, "
-            f"hash({', '.join(mine)}) AS __h FROM e", what, result=False)
-    rows = s.con.execute(f"SELECT count(*) FROM s{v}").fetchall()[0][0]
-    k = max(1, -(-max(n, rows) // PART_ROWS))
-    parts = [s.fetch(f"SELECT e.{ORDINAL}, {', '.join(cols)} FROM (SELECT * FROM e{v} WHERE __h % {k} = {p}) e "
-                     f"ASOF LEFT JOIN (SELECT * EXCLUDE (__h) FROM s{v} WHERE __h % {k} = {p}) {v} ON {on}", what)
+            f"{slice_of(mine)} FROM e ORDER BY __p", what, result=False)
+    s.con.execute("SET preserve_insertion_order = false").fetchall()  # each slice's rows carry their ordinal
+    # DuckDB guesses a handful of rows for `__p = p` and would then run the ASOF JOIN as a nested loop
+    s.con.execute("SET asof_loop_join_threshold = 0").fetchall()
+    parts = [s.fetch(f"SELECT e.{ORDINAL}, {', '.join(cols)} FROM (SELECT * FROM e{v} WHERE __p = {p}) e "
+                     f"ASOF LEFT JOIN (SELECT * EXCLUDE (__p) FROM s{v} WHERE __p = {p}) {v} ON {on}", what)
              for p in range(k)]
     s.con.execute(f"DROP TABLE s{v}; DROP TABLE e{v}").fetchall()
     return in_entity_order(parts, n)
