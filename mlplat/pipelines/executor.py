@@ -151,6 +151,8 @@ class _Ending:
         rec.status = "succeeded" if all(s.status == "succeeded" for s in rec.steps.values()) else "failed"
         if cancelled: rec.status = "cancelled"
         rec.finished_at = utcnow()
+        # every step has ended: the run's token goes before anyone can read that the run has ended
+        Delegations(ws).revoke(f"pipeline-run:{rec.id}")
         self.store.save_run(rec)
         self.tracking.end(rec)
         runner_file(rec).unlink(missing_ok=True)
