@@ -149,13 +149,17 @@ class _Session:
 
     def rows(self, source: str) -> int:
         "How many rows `source` (a registered stream or a `read_parquet`) holds, from parquet metadata: nothing is read."
-        return self.streams[source] if source in self.streams else self.con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
+        if source in self.streams: return self.streams[source]
+        return self.fetch(f"SELECT count(*) AS n FROM {source}", f"reading {source}").column("n")[0].as_py()
 
     def fetch(self, sql: str, what: str, result: bool = True):
         """The result of `sql` as an Arrow table (None without `result`); a sealed source failing authentication
         raises mlplat's own error."""
         import duckdb
-        try: return self.con.sql(sql).to_arrow_table() if result else self.con.execute(sql).fetchall() and None
+        try:
+            if result: return self.con.sql(sql).to_arrow_table()
+            self.con.execute(sql).fetchall()   # DuckDB wants a statement's result read before the next one
+            return None
         except duckdb.Error as e:
             if self.failures: raise self.failures[0] from None
             raise ValidationError(f"{what} failed in DuckDB: {e}",
