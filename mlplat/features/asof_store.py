@@ -189,13 +189,17 @@ def in_entity_order(parts: list, n: int):
     "The rows of the Arrow tables `parts` (each with `ORDINAL`) as one table in entity order; each of 0..n-1 once."
     import numpy as np
     import pyarrow as pa
-    got = pa.concat_tables(parts)
-    at = got.column(ORDINAL).to_numpy()
-    if len(at) != n or (n and (at.min() < 0 or at.max() >= n)):
-        raise RuntimeError(f"the point-in-time join returned {len(at)} rows for {n} entity rows")
-    order = np.empty(n, dtype=np.int64)
-    order[at] = np.arange(n, dtype=np.int64)
-    return got.drop_columns([ORDINAL]).take(order)
+    got = pa.concat_tables(parts).drop_columns([ORDINAL])
+    order, start = np.full(n, -1, dtype=np.int64), 0
+    for part in parts:  # no temporary of all n ordinals
+        at = part.column(ORDINAL).to_numpy()
+        if start + len(at) > n or (len(at) and (at.min() < 0 or at.max() >= n)): break
+        order[at] = np.arange(start, start + len(at), dtype=np.int64)
+        start += len(at)
+    if start != got.num_rows or start != n or (order < 0).any():
+        raise RuntimeError(f"the point-in-time join returned {got.num_rows} rows for {n} entity rows"
+                           + ("" if got.num_rows != n else ", not one for each"))
+    return pa.table({f.name: got.column(f.name).combine_chunks().take(order) for f in got.schema}, schema=got.schema)
 
 def in_slices(s: _Session, timestamp: str, i: int, plan: tuple, src: str, n: int):
     "View `i`'s feature columns for the `n` entity rows of `e` in entity order, joined a slice of its keys at a time."

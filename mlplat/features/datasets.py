@@ -20,9 +20,9 @@ from ..governance.redact import redact, redact_url
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 # %% auto #0
-__all__ = ['NAME_RE', 'check_name', 'parse_ref', 'table_hash', 'read_verified', 'snapshot_path', 'write_snapshot',
-           'stage_snapshot', 'repair_snapshot', 'read_frame', 'normalize', 'insert_version', 'DatasetVersion',
-           'DatasetCatalog', 'Datasets']
+__all__ = ['NAME_RE', 'HASH_ROWS', 'check_name', 'parse_ref', 'hash_values', 'table_hash', 'read_verified', 'snapshot_path',
+           'write_snapshot', 'stage_snapshot', 'repair_snapshot', 'read_frame', 'normalize', 'insert_version',
+           'DatasetVersion', 'DatasetCatalog', 'Datasets']
 
 # %% ../../notebooks/11_datasets.ipynb #9c4978b1
 def check_name(name: str, what: str) -> str:
@@ -41,12 +41,19 @@ def parse_ref(ref: str, what: str) -> tuple[str, int | None]:
     return name, int(ver) if ver else None
 
 # %% ../../notebooks/11_datasets.ipynb #08a9e3f8
+HASH_ROWS = 1 << 20
+
+def hash_values(h, values) -> None:
+    "Feed sha256 `h` the per-row hashes of the pandas Series `values`, `HASH_ROWS` rows at a time."
+    import pandas as pd
+    for i in range(0, len(values), HASH_ROWS):
+        h.update(pd.util.hash_pandas_object(values.iloc[i:i + HASH_ROWS], index=False).to_numpy().tobytes())
+
 def table_hash(t, frame=None) -> str:
     """sha256 of a table's logical content: column names and Arrow types, then each column's values.
     Values are hashed from the pandas view of the Arrow data (`frame`, if the caller has it already), so
     physical layout — chunking, validity bitmaps, bytes under nulls, which differ between a table built in
     memory and the same table read back from parquet — never changes the hash."""
-    import pandas as pd
     h = hashlib.sha256(dumps([(f.name, str(f.type)) for f in t.schema]).encode())
     frame = t.to_pandas() if frame is None else frame
     import pyarrow as pa
@@ -54,7 +61,8 @@ def table_hash(t, frame=None) -> str:
         if pa.types.is_nested(f.type):  # lists/structs (embeddings): hash a canonical JSON of the values
             h.update(c.encode() + b"\0" + dumps(t.column(f.name).to_pylist()).encode())
         else:
-            h.update(c.encode() + b"\0" + pd.util.hash_pandas_object(frame[c], index=False).to_numpy().tobytes())
+            h.update(c.encode() + b"\0")
+            hash_values(h, frame[c])
     return h.hexdigest()
 
 # %% ../../notebooks/11_datasets.ipynb #672cbfb4

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ..db import dumps, table
 from ..errors import ConfigError, NotFoundError, ValidationError
-from .datasets import (check_name, insert_version, parse_ref, read_verified, repair_snapshot, snapshot_path,
-                                      stage_snapshot, table_hash)
+from .datasets import (check_name, hash_values, insert_version, parse_ref, read_verified, repair_snapshot,
+                                      snapshot_path, stage_snapshot, table_hash)
 from .definitions import coerce_column
 from .feast_repo import read_staged, with_fresh_registry
 from .spark_store import offline_sources, spark_parts
@@ -95,9 +95,8 @@ def _entity_frame(entity_df, timestamp_column: str, key_types: dict):
 
 def _entity_hash(df) -> str:
     "sha256 of the entity frame's column names and each column's values (column by column: no combined row hash to build)."
-    import pandas as pd
     h = hashlib.sha256(dumps(list(map(str, df.columns))).encode())
-    for c in df.columns: h.update(pd.util.hash_pandas_object(df[c], index=False).to_numpy().tobytes())
+    for c in df.columns: hash_values(h, df[c])
     return h.hexdigest()
 
 def _check_output_names(refs: list, columns, full_feature_names: bool):
