@@ -11,7 +11,7 @@ import threading
 import time
 
 from .core import Attribution, record_usage
-from .usage import Usage, descendants, tree_cpu
+from .usage import Usage, descendants, tree_cpu, tree_rss
 
 log = logging.getLogger("mlplat.cost")
 
@@ -46,7 +46,7 @@ class ServingMeter:
     def _now(self) -> tuple:
         "(time, CPU-seconds of this process and its live children, their RSS in MB, requests so far per name)."
         kids = descendants(os.getpid())
-        rss = self.proc.memory_info().rss + sum(_rss(p) for p in kids)
+        rss = tree_rss([self.proc, *kids])
         return time.time(), sum(os.times()[:4]) + tree_cpu(kids), rss / 2**20, dict(self.requests())
 
     def record(self) -> list[dict]:
@@ -81,10 +81,6 @@ class ServingMeter:
         if self.thread is not None: self.thread.join(5)
         try: return self.record()
         except Exception as e: log.warning("could not record what the server used: %s", e); return []
-
-def _rss(p) -> int:
-    try: return p.memory_info().rss
-    except Exception: return 0
 
 WINDOW_SECONDS = 3600.0   # a long-running server is accounted every hour
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['Usage', 'gpu_present', 'GpuSampler', 'tree_cpu', 'descendants', 'TreeSampler', 'become_subreaper', 'ChildMeter',
-           'self_usage', 'usage_path', 'write_usage', 'write_step_usage']
+__all__ = ['Usage', 'gpu_present', 'GpuSampler', 'tree_cpu', 'tree_rss', 'descendants', 'TreeSampler', 'become_subreaper',
+           'ChildMeter', 'self_usage', 'usage_path', 'write_usage', 'write_step_usage']
 
 # %% ../../notebooks/76_cost_usage.ipynb #6dc3ac08
 @dataclass
@@ -93,6 +93,15 @@ def tree_cpu(procs) -> float:
         try: t = p.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied): continue
         total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+def tree_rss(procs) -> int:
+    "The summed resident memory, in bytes, of live psutil processes; one that has ended counts nothing."
+    import psutil
+    total = 0
+    for p in procs:
+        try: total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied): continue
     return total
 
 def descendants(pid: int) -> list:
