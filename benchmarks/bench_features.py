@@ -38,10 +38,12 @@ c) `--scale 10000,100000,1000000`: mlplat's training set against a bare DuckDB `
    same plain snapshot files; with `--sealed` it stays on (mlplat reads sealed snapshots, streamed a chunk at a time)
    and DuckDB reads plain copies of the same rows. Every measurement runs in a fresh child process (`--child`), which reports the
    wall time of the build and its own peak RSS (`VmHWM` of `/proc/self/status`; the data is made in another child) — peak of the
-   whole process, imports included — and the RSS before the build:
+   whole process, imports included, plus the peaks of the child processes it started (Spark's driver JVM for the `spark`
+   store; their CPU is reported apart) — and the RSS before the build:
    * mlplat: `ws.features.training_set(entity_df, features=[4 features], name="scale").to_df()` (a new version:
      the entity frames differ per rep), Feast's offline store as configured (`--offline-store`, default duckdb:
-     mlplat's `ASOF JOIN` store; `file` is Feast's dask store, `spark` Feast's Spark store in local mode).
+     mlplat's `ASOF JOIN` store; `file` is Feast's dask store, `spark` Feast's Spark store in local mode; its build
+     starts Spark's JVM, so the child then builds once more and reports that time too).
    * duckdb: one query, two `ASOF LEFT JOIN`s of the entity frame (a pandas frame, scanned in place) onto the
      snapshot files, TTLs applied, ordered as the input, fetched as a pandas frame.
    Each child also reports the CPU it spent during the build, in user space (the work itself) and in the kernel
@@ -231,6 +233,7 @@ def child(variant: str, folder: Path, rep: int, keep: bool):
         import mlplat
         ws = mlplat.connect(folder/"ws")
         ws.features.store  # noqa: B018  (opening Feast is start-up, not the build)
+        ws.features.sync()  # Feast's registry reads the snapshots through the chosen offline store (no new versions)
         build = lambda: ws.features.training_set(ents, features=SCALE_FEATURES, name="scale").to_df()
     else:
         import duckdb
@@ -253,10 +256,29 @@ def child(variant: str, folder: Path, rep: int, keep: bool):
     before, r0 = memory_kb("VmRSS"), resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter(); df = build(); seconds = time.perf_counter() - t
     peak, r1 = memory_kb("VmHWM"), resource.getrusage(resource.RUSAGE_SELF)
+    kids = children_usage()  # Spark's JVM, started by the build, still alive
+    warm = None
+    if variant == "mlplat" and os.environ.get("MLPLAT_FEAST_OFFLINE_STORE") == "spark":  # again, its session started
+        t = time.perf_counter(); build(); warm = time.perf_counter() - t
     if keep: df.to_parquet(folder/f"result-{variant}.parquet")
-    print(json.dumps({"variant": variant, "rows": len(df), "rows_in": len(ents), "seconds": seconds,
-                      "peak_gb": peak / 2**20, "rss_before_gb": before / 2**20, "user_s": r1.ru_utime - r0.ru_utime,
+    print(json.dumps({"variant": variant, "rows": len(df), "rows_in": len(ents), "seconds": seconds, "warm_seconds": warm,
+                      "peak_gb": (peak + kids["peak_kb"]) / 2**20, "children_peak_gb": kids["peak_kb"] / 2**20,
+                      "children_cpu_s": kids["cpu_s"], "rss_before_gb": before / 2**20, "user_s": r1.ru_utime - r0.ru_utime,
                       "sys_s": r1.ru_stime - r0.ru_stime, "minor_faults": r1.ru_minflt - r0.ru_minflt}))
+
+
+def children_usage() -> dict:
+    """The live child processes' peak RSS (the sum of their `VmHWM`s: at most what they held at once) and CPU so far:
+    for the `spark` store its driver JVM, which this process started during the build."""
+    import psutil
+    peak_kb, cpu = 0, 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+            peak_kb += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+            t = p.cpu_times(); cpu += t.user + t.system
+        except (OSError, StopIteration, psutil.Error): continue  # ended meanwhile
+    return {"peak_kb": peak_kb, "cpu_s": cpu}
 
 
 def run_child(variant, folder, rep, keep, offline_store) -> dict:
@@ -295,6 +317,13 @@ def bench_scale(sizes, offline_store: str, sealed: bool = False):
             r = row[v]
             print(f"{n:>10} {v:<8}{r['seconds_p50']:12.2f}{r['user_s_p50']:8.2f}{r['sys_s_p50']:8.2f}{r['peak_gb_max']:9.2f}"
                   f"{r['rss_before_gb']:11.2f}{r['rows']:>10}")
+            kid = max(r["runs"], key=lambda run: run["children_peak_gb"])
+            if kid["children_peak_gb"]:
+                print(f"{'':>10} {'':<8} of which child processes (Spark's JVM): peak {kid['children_peak_gb']:.2f} GB, "
+                      f"CPU {np.median([run['children_cpu_s'] for run in r['runs']]):.1f} s")
+            if r["runs"][0].get("warm_seconds") is not None:
+                print(f"{'':>10} {'':<8} a second build, Spark's session started: "
+                      f"{np.median([run['warm_seconds'] for run in r['runs']]):.2f} s (p50)")
         print(f"{'':>10} ratio mlplat/duckdb: time {row['time_ratio']:.2f}, peak memory {row['peak_ratio']:.2f}", flush=True)
     # how cost grows: the wall time, and the CPU the process spent in user space (its own work) and in the kernel
     # (mostly first touches of fresh memory, whose price depends on the machine, not on the code)

@@ -131,6 +131,13 @@ class FeastConfig:
     spark_master: str = _opt("local[2]", "Spark master when `offline_store = \"spark\"`: `local[N]` runs Spark inside the process "
                                          "on N cores; with a cluster URL (`spark://host:7077`, `yarn`) its executors must reach the "
                                          "workspace's snapshots and the temporary folder of sealed ones.")
+    spark_driver_memory: str = _opt("", "Heap of Spark's driver JVM when `offline_store = \"spark\"`, e.g. `8g` or `4096m`. The "
+                                        "training set is collected in the driver, and with a `local` master the join runs there "
+                                        "too. Empty: with a `local` master a quarter of this machine's memory (at least 1g); "
+                                        "otherwise Spark's default (1g). Out of memory, the driver ends and the read fails "
+                                        "saying so (Spark alone would wait forever).")
+    spark_conf: dict = _opt({}, "Further Spark settings for the session (`[feast.spark_conf]`, e.g. "
+                                "`\"spark.executor.memory\" = \"8g\"`); they take precedence over mlplat's own.")
 
 @dataclass
 class JobsConfig:

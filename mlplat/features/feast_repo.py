@@ -5,17 +5,36 @@
 # %% ../../notebooks/13_feast_repo.ipynb #e9fc2305
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
 from ..errors import ValidationError
 
 # %% auto #0
-__all__ = ['ASOF_STORE_TYPE', 'SEALED_URI_PREFIX', 'spark_conf', 'spark_table', 'feature_store_yaml', 'write_repo', 'open_store',
-           'import_feast', 'feast_uri', 'staged', 'sealed_opener', 'read_staged', 'duckdb_reads_staged',
-           'with_fresh_registry', 'push_source_name', 'source_mismatch', 'to_feast', 'to_feast_services']
+__all__ = ['EXIT_ON_OOM', 'ASOF_STORE_TYPE', 'SEALED_URI_PREFIX', 'machine_memory', 'spark_driver_memory', 'spark_conf',
+           'spark_table', 'feature_store_yaml', 'write_repo', 'open_store', 'import_feast', 'feast_uri', 'staged',
+           'sealed_opener', 'read_staged', 'duckdb_reads_staged', 'with_fresh_registry', 'push_source_name',
+           'source_mismatch', 'to_feast', 'to_feast_services']
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
+def machine_memory() -> int:
+    "Bytes of memory processes here may use: the machine's, or its cgroup's limit when that is lower."
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try: limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError: limit = "max"
+    return min(total, int(limit)) if limit.isdigit() else total
+
+def spark_driver_memory(config) -> str | None:
+    "The driver JVM's heap: `feast.spark_driver_memory`, else with a local master a quarter of the memory (at least 1g)."
+    if config.feast.spark_driver_memory: return config.feast.spark_driver_memory.strip()
+    if not config.feast.spark_master.startswith("local"): return None
+    return f"{max(1024, machine_memory() // 4 // 2**20)}m"
+
+EXIT_ON_OOM = "-XX:+ExitOnOutOfMemoryError"
+
+# %% ../../notebooks/13_feast_repo.ipynb #40f6e74f
 def spark_conf(config) -> dict:
     "The Spark session's settings for `feast.offline_store = \"spark\"` (also written to `feature_store.yaml` for Feast's CLI)."
     conf = {"spark.master": config.feast.spark_master, "spark.app.name": f"mlplat-{config.workspace.project}",
@@ -24,6 +43,12 @@ def spark_conf(config) -> dict:
             "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
     if config.feast.spark_master.startswith("local"):  # one machine: no network name lookups, few shuffle partitions
         conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.sql.shuffle.partitions": "4"})
+    if spark_driver_memory(config): conf["spark.driver.memory"] = spark_driver_memory(config)
+    conf.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.feast.spark_conf.items()})
+    # out of memory, the driver ends at once: Spark's thread serving the result as Arrow would die and leave the read
+    # waiting forever (seen at 1M rows with the default 1g)
+    java = conf.get("spark.driver.extraJavaOptions", "")
+    if "OutOfMemoryError" not in java: conf["spark.driver.extraJavaOptions"] = f"{java} {EXIT_ON_OOM}".strip()
     return conf
 
 def spark_table(path, created: str = "") -> str:
@@ -39,7 +64,8 @@ def _offline_store_yaml(config) -> str:
         limit = config.feast.duckdb_memory_limit
         return f"offline_store:\n  type: {ASOF_STORE_TYPE}\n" + (f'  memory_limit: "{limit}"\n' if limit else "")
     if config.feast.offline_store != "spark": return f"offline_store:\n  type: {config.feast.offline_store}\n"
-    return "offline_store:\n  type: spark\n  spark_conf:\n" + "".join(f'    {k}: "{v}"\n' for k, v in spark_conf(config).items())
+    return "offline_store:\n  type: spark\n  spark_conf:\n" + "".join(f'    {json.dumps(k)}: {json.dumps(v)}\n'  # JSON is YAML
+                                                                 for k, v in spark_conf(config).items())
 
 def feature_store_yaml(config) -> str:
     repo = config.feast_repo

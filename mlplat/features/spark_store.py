@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MlplatError
 from .feast_repo import feast_uri, spark_conf, spark_table, staged
 
 _spark_lock = threading.RLock()  # one Spark read at a time: Feast's temporary view names are fixed
@@ -27,7 +27,8 @@ def _quiet_feast():
 _quiet_feast()
 
 # %% auto #0
-__all__ = ['java_runtime', 'spark_session', 'stop_spark', 'spark_sources', 'offline_sources', 'spark_parts']
+__all__ = ['java_runtime', 'spark_session', 'stop_spark', 'jvm_exit_code', 'driver_lost', 'spark_sources', 'offline_sources',
+           'spark_parts']
 
 # %% ../../notebooks/15a_spark_store.ipynb #f22f42e6
 def java_runtime() -> str | None:
@@ -41,7 +42,8 @@ def spark_session(config):
     read (a second workspace in the process shares it), ended by `stop_spark`."""
     global _session
     with _spark_lock:
-        if _session is not None: return _session
+        if _session is not None and jvm_exit_code() is None: return _session
+        if _session is not None: stop_spark()  # its JVM has ended since: start a new one
         try:
             from pyspark import SparkConf
             from pyspark.sql import SparkSession
@@ -64,7 +66,13 @@ def stop_spark():
     with _spark_lock:
         if _session is None: return
         from pyspark import SparkContext
-        _session.stop()
+        if jvm_exit_code() is None: _session.stop()
+        else:  # the JVM has ended: only the Python side is left to stop (Spark would warn that the JVM is gone)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                # the first call fails to reach the JVM but marks the context stopped; the second stops the rest
+                try: _session.sparkContext.stop()
+                except Exception: _session.sparkContext.stop()
         _session = None
         gateway, SparkContext._gateway, SparkContext._jvm = SparkContext._gateway, None, None
         if gateway is None: return
@@ -74,6 +82,32 @@ def stop_spark():
         proc.stdin.close()  # the JVM ends when its stdin closes
         try: proc.wait(timeout=30)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+
+# %% ../../notebooks/15a_spark_store.ipynb #4a7447e3
+def jvm_exit_code(wait: float = 0.0) -> int | None:
+    "The exit code of this process's Spark JVM once it has ended (waiting up to `wait` s); None while it runs or if none was started."
+    from pyspark import SparkContext
+    proc = getattr(SparkContext._gateway, "proc", None)
+    if proc is None: return None
+    try: return proc.wait(timeout=wait) if wait else proc.poll()
+    except subprocess.TimeoutExpired: return None
+
+def _jvm_answers() -> bool:
+    "Whether this process's Spark JVM still answers a call (one that is exiting refuses it, before its process ends)."
+    from pyspark import SparkContext
+    try: SparkContext._jvm.java.lang.System.nanoTime(); return True
+    except Exception: return False
+
+def driver_lost(config, code: int) -> MlplatError:
+    "The error for a read whose Spark driver ended with exit code `code` (3: `-XX:+ExitOnOutOfMemoryError`)."
+    heap = spark_conf(config).get("spark.driver.memory", "Spark's default, 1g")
+    if code == 3:
+        return ConfigError(f"Spark's driver ran out of memory (heap {heap}) while building the training set; that Spark "
+                           f"session was stopped", hint="raise feast.spark_driver_memory (e.g. MLPLAT_FEAST_SPARK_DRIVER_MEMORY=8g"
+                           " or spark_driver_memory under [feast] in mlplat.toml) or ask for fewer entity rows; the next "
+                           "read starts a new session")
+    return MlplatError(f"Spark's driver ended (exit code {code}) while building the training set; that Spark session was stopped",
+                       hint="see the JVM's messages above; the next read starts a new session")
 
 # %% ../../notebooks/15a_spark_store.ipynb #692e27d0
 def _plaintext(ws, path: str, folder: str, name: str) -> str:
@@ -103,9 +137,15 @@ def spark_sources(features_api, views: dict):
                     df = df.withColumn(created, F.coalesce(F.col(created), F.lit("0001-01-01 00:00:00").cast("timestamp")))
                 df.createOrReplaceTempView(name)
             yield spark
+        except Exception:
+            code = jvm_exit_code() if _jvm_answers() else jvm_exit_code(wait=30)
+            if code is None: raise
+            stop_spark()
+            raise driver_lost(ws.config, code) from None
         finally:
-            for t in spark.catalog.listTables():  # ours and Feast's (the uploaded entity frame among them)
-                if t.isTemporary: spark.catalog.dropTempView(t.name)
+            if _session is spark:
+                for t in spark.catalog.listTables():  # ours and Feast's (the uploaded entity frame among them)
+                    if t.isTemporary: spark.catalog.dropTempView(t.name)
             if private: shutil.rmtree(private, ignore_errors=True)
 
 def offline_sources(features_api, views: dict, in_memory: bool = True):
