@@ -160,7 +160,7 @@ def _check_services(cfg):
     if cfg.feast.duckdb_memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B|B|%)", cfg.feast.duckdb_memory_limit.strip(), re.I):
         raise ConfigError(f"feast.duckdb_memory_limit must be an amount of memory, got {cfg.feast.duckdb_memory_limit!r}",
                           hint="e.g. '4GB', '500MiB' or '50%'; empty: DuckDB's default (80% of memory)")
-    if cfg.feast.spark_driver_memory and not re.fullmatch(r"[1-9]\d*[kmgt]?", cfg.feast.spark_driver_memory.strip(), re.I):
+    if cfg.feast.spark_driver_memory and not re.fullmatch(r"[1-9]\d*[kmgt]", cfg.feast.spark_driver_memory.strip(), re.I):
         raise ConfigError(f"feast.spark_driver_memory must be a JVM heap size, got {cfg.feast.spark_driver_memory!r}",
                           hint="e.g. '8g' or '4096m'; empty: a quarter of this machine's memory with a local master")
     for k, v in cfg.feast.spark_conf.items():
@@ -168,6 +168,8 @@ def _check_services(cfg):
             raise ConfigError(f"feast.spark_conf: {k!r} = {v!r} is not a Spark setting",
                               hint='names start with "spark." and values are text, numbers or booleans, '
                                    'e.g. "spark.executor.memory" = "8g"')
+        if k == "spark.driver.memory":  # one place for it, the one the out-of-memory error points to
+            raise ConfigError("feast.spark_conf may not set spark.driver.memory", hint="set feast.spark_driver_memory instead")
 
 def _check_notifications(cfg):
     "Notification events and destinations, and the scheduler's limits."

@@ -137,7 +137,8 @@ class FeastConfig:
                                         "otherwise Spark's default (1g). Out of memory, the driver ends and the read fails "
                                         "saying so (Spark alone would wait forever).")
     spark_conf: dict = _opt({}, "Further Spark settings for the session (`[feast.spark_conf]`, e.g. "
-                                "`\"spark.executor.memory\" = \"8g\"`); they take precedence over mlplat's own.")
+                                "`\"spark.executor.memory\" = \"8g\"`); they take precedence over mlplat's own (the driver's "
+                                "heap is `spark_driver_memory`).")
 
 @dataclass
 class JobsConfig:

@@ -19,7 +19,13 @@ DEFS = {"entities": [{"name": "doc", "join_key": "doc_id"}],
 
 
 def jvms():
-    return [p for p in psutil.Process().children(recursive=True) if "java" in p.name() and p.status() != psutil.STATUS_ZOMBIE]
+    "This process's live Java children."
+    alive = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "java" in p.name() and p.status() != psutil.STATUS_ZOMBIE: alive.append(p)
+        except psutil.NoSuchProcess: pass
+    return alive
 
 
 def build(ws, ents, name, limit=300):
@@ -30,7 +36,10 @@ def build(ws, ents, name, limit=300):
         except Exception as e: out["error"] = e
     t = threading.Thread(target=run, daemon=True)
     t.start(); t.join(limit)
-    assert not t.is_alive(), f"the Spark read still waits after {limit} s"
+    if t.is_alive():  # end the JVM, or the waiting read would keep Spark's lock and stop_spark would wait forever too
+        for p in jvms(): p.kill()
+        t.join(60)
+        pytest.fail(f"the Spark read still waited after {limit} s")
     return out
 
 

@@ -46,6 +46,11 @@ HASH_ROWS = 1 << 20
 def hash_values(h, values) -> None:
     "Feed sha256 `h` the per-row hashes of the pandas Series `values`, `HASH_ROWS` rows at a time."
     import pandas as pd
+    # pandas hashes a categorical's categories, and equal values of mixed types (1 and 1.0) by the first one it
+    # meets: per slice that could differ from the whole column, so those are hashed at once
+    if isinstance(values.dtype, pd.CategoricalDtype) or (values.dtype == object and len(values) > HASH_ROWS
+                                                         and pd.api.types.infer_dtype(values).startswith("mixed")):
+        h.update(pd.util.hash_pandas_object(values, index=False).to_numpy().tobytes()); return
     for i in range(0, len(values), HASH_ROWS):
         h.update(pd.util.hash_pandas_object(values.iloc[i:i + HASH_ROWS], index=False).to_numpy().tobytes())
 

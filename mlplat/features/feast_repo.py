@@ -20,11 +20,20 @@ __all__ = ['EXIT_ON_OOM', 'ASOF_STORE_TYPE', 'SEALED_URI_PREFIX', 'machine_memor
 
 # %% ../../notebooks/13_feast_repo.ipynb #70912bc8
 def machine_memory() -> int:
-    "Bytes of memory processes here may use: the machine's, or its cgroup's limit when that is lower."
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try: limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError: limit = "max"
-    return min(total, int(limit)) if limit.isdigit() else total
+    "Bytes of memory this process may use: the machine's, or its cgroup's limit (v2 or v1) when that is lower."
+    total, limits = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), []
+    try: groups = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError: groups = []
+    for line in groups:  # "0::/path" (v2) or "N:memory:/path" (v1)
+        _, kinds, path = line.split(":", 2)
+        if kinds == "": limits += [f"/sys/fs/cgroup{path}/memory.max", "/sys/fs/cgroup/memory.max"]
+        elif "memory" in kinds.split(","):
+            limits += [f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    for f in limits:
+        try: limit = Path(f).read_text().strip()
+        except OSError: continue
+        return min(total, int(limit)) if limit.isdigit() else total  # "max": no limit
+    return total
 
 def spark_driver_memory(config) -> str | None:
     "The driver JVM's heap: `feast.spark_driver_memory`, else with a local master a quarter of the memory (at least 1g)."
@@ -48,7 +57,8 @@ def spark_conf(config) -> dict:
     # out of memory, the driver ends at once: Spark's thread serving the result as Arrow would die and leave the read
     # waiting forever (seen at 1M rows with the default 1g)
     java = conf.get("spark.driver.extraJavaOptions", "")
-    if "OutOfMemoryError" not in java: conf["spark.driver.extraJavaOptions"] = f"{java} {EXIT_ON_OOM}".strip()
+    if not any(flag in java for flag in ("ExitOnOutOfMemoryError", "CrashOnOutOfMemoryError")):
+        conf["spark.driver.extraJavaOptions"] = f"{java} {EXIT_ON_OOM}".strip()
     return conf
 
 def spark_table(path, created: str = "") -> str:
