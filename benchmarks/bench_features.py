@@ -259,6 +259,7 @@ def child(variant: str, folder: Path, rep: int, keep: bool):
     kids = children_usage()  # Spark's JVM, started by the build, still alive
     warm = None
     if variant == "mlplat" and os.environ.get("MLPLAT_FEAST_OFFLINE_STORE") == "spark":  # again, its session started
+        ents = ents.sample(frac=1.0, random_state=rep + 1000).reset_index(drop=True)  # other rows' order: a new version
         t = time.perf_counter(); build(); warm = time.perf_counter() - t
     if keep: df.to_parquet(folder/f"result-{variant}.parquet")
     print(json.dumps({"variant": variant, "rows": len(df), "rows_in": len(ents), "seconds": seconds, "warm_seconds": warm,
