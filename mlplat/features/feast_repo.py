@@ -88,6 +88,7 @@ def feature_store_yaml(config) -> str:
             f"registry:\n  registry_type: file\n  path: {repo/'registry.db'}\n  cache_ttl_seconds: 60\n"
             f"{online}{_offline_store_yaml(config)}entity_key_serialization_version: 3\n")
 
+# %% ../../notebooks/13_feast_repo.ipynb #75109274
 def write_repo(config) -> Path:
     "Create or refresh `<home>/feast/feature_store.yaml` (only rewritten when the config changed)."
     repo = config.feast_repo
