@@ -1,6 +1,7 @@
 """A Spark driver that runs out of memory fails the read with a clear error, instead of leaving it waiting forever
 (Spark's thread serving the result to Python dies, the JVM lives on), and the next read starts a new session.
 Spark runs in local mode with the smallest heap it accepts; the training set's one string feature is far larger."""
+import tempfile
 import threading
 import time
 
@@ -52,6 +53,8 @@ def test_out_of_memory_fails_clearly_and_the_next_read_starts_again(tmp_path, mo
         pytest.skip("no Java runtime (JAVA_HOME, PATH): Spark needs Java 17+ (.ci/run installs openjdk-17-jre-headless)")
     spark_store.stop_spark()  # a session of another test's configuration would not have this heap
     monkeypatch.chdir(tmp_path)
+    (tmp_path/"tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path/"tmp"))  # sealed snapshots' staged copies: not in the shared /tmp
     clear_mlplat_env(monkeypatch)
     monkeypatch.setenv("MLPLAT_FEAST_OFFLINE_STORE", "spark")
     monkeypatch.setenv("MLPLAT_FEAST_SPARK_DRIVER_MEMORY", "512m")
@@ -84,3 +87,4 @@ def test_out_of_memory_fails_clearly_and_the_next_read_starts_again(tmp_path, mo
     finally:
         spark_store.stop_spark()
     assert not jvms(), "a JVM outlived stop_spark"
+    assert not [d for d in (tmp_path/"tmp").iterdir() if d.name.startswith("mlplat-spark-")], "a staged copy was left"

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.services  # starts a JVM (Spark's driver)
 
 
 @pytest.fixture(scope="module")
-def spark():
+def spark(tmp_path_factory):
     "Spark's session, started once for the module (the JVM is a module fixture's), stopped and checked gone after."
     from mlplat.config import Config
     from mlplat.features import spark_store
     if spark_store.java_runtime() is None:
         pytest.skip("no Java runtime (JAVA_HOME, PATH): Spark needs Java 17+ (.ci/run installs openjdk-17-jre-headless)")
-    cfg = Config.load(home=tempfile.mkdtemp(prefix="mlplat-spark-cfg-"), env={"MLPLAT_FEAST_OFFLINE_STORE": "spark"})
+    cfg = Config.load(home=tmp_path_factory.mktemp("spark-cfg"), env={"MLPLAT_FEAST_OFFLINE_STORE": "spark"})
     t0 = time.perf_counter()
     session = spark_store.spark_session(cfg)
     print(f"\nSpark session started in {time.perf_counter() - t0:.1f} s")
@@ -91,7 +91,9 @@ def test_spark_training_set_equals_duckdb_and_the_oracle(spark, tmp_path, monkey
     src, ents = readings_with_gaps()
     site, place = sites(ents), placements(ents)
     built, times, online = {}, {}, {}
-    staging_before = set(os.listdir(tempfile.gettempdir()))
+    private_tmp = tmp_path/"tmp"  # this test's own temporary folder: other tests' Spark reads stage theirs elsewhere
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     for store in ("duckdb", "spark"):
         ws = workspace(tmp_path/store, store, monkeypatch)
         ws.features.register_source("readings", src, classification="internal", timestamp_field="event_timestamp")
@@ -110,7 +112,7 @@ def test_spark_training_set_equals_duckdb_and_the_oracle(spark, tmp_path, monkey
         online[store] = ws.features.online([{"device_id": int(d)} for d in (1, 2, 3, 9999)], features=["site:status", "site:errors"],
                                            as_frame=True)
     print(f"\ntraining set of {len(ents)} rows: duckdb {times['duckdb']:.2f} s, spark {times['spark']:.2f} s")
-    assert not {d for d in set(os.listdir(tempfile.gettempdir())) - staging_before if d.startswith("mlplat-spark-")}
+    assert not [d for d in os.listdir(private_tmp) if d.startswith("mlplat-spark-")], "a sealed snapshot's staged copy was left"
     pd.testing.assert_frame_equal(online["spark"], online["duckdb"])
     assert online["spark"]["status"].notna().sum() == 3
     duck, spk = built["duckdb"], built["spark"]
