@@ -217,12 +217,12 @@ def scale_data(n: int, folder: Path, sealed: bool = False):
     (folder/"done").write_text("")
 
 
-def memory_kb(field: str) -> int:
-    """This process's `VmHWM` (peak RSS) or `VmRSS`, in kB. Not `ru_maxrss`: Linux carries that over from the parent
-    through fork and exec, so a child would report the parent's peak (the data generator's) as its own."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def memory_kb(field: str, pid: int | str = "self") -> int:
+    """A process's (by default this one's) `VmHWM` (peak RSS) or `VmRSS`, in kB. Not `ru_maxrss`: Linux carries that
+    over from the parent through fork and exec, so a child would report the parent's peak (the data generator's) as its own."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"): return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def child(variant: str, folder: Path, rep: int, keep: bool):
@@ -275,10 +275,9 @@ def children_usage() -> dict:
     peak_kb, cpu = 0, 0.0
     for p in psutil.Process().children(recursive=True):
         try:
-            status = Path(f"/proc/{p.pid}/status").read_text()
-            peak_kb += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+            peak_kb += memory_kb("VmHWM", p.pid)
             t = p.cpu_times(); cpu += t.user + t.system
-        except (OSError, StopIteration, psutil.Error): continue  # ended meanwhile
+        except (OSError, RuntimeError, psutil.Error): continue  # ended meanwhile (a zombie has no VmHWM)
     return {"peak_kb": peak_kb, "cpu_s": cpu}
 
 

@@ -52,7 +52,8 @@ def spark_conf(config) -> dict:
             "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
     if config.feast.spark_master.startswith("local"):  # one machine: no network name lookups, few shuffle partitions
         conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.sql.shuffle.partitions": "4"})
-    if spark_driver_memory(config): conf["spark.driver.memory"] = spark_driver_memory(config)
+    heap = spark_driver_memory(config)
+    if heap: conf["spark.driver.memory"] = heap
     conf.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.feast.spark_conf.items()})
     # out of memory, the driver ends at once: Spark's thread serving the result as Arrow would die and leave the read
     # waiting forever (seen at 1M rows with the default 1g)

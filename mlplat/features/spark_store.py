@@ -102,11 +102,11 @@ def driver_lost(config, code: int) -> MlplatError:
     "The error for a read whose Spark driver ended with exit code `code` (3: `-XX:+ExitOnOutOfMemoryError`)."
     heap = spark_conf(config).get("spark.driver.memory", "Spark's default, 1g")
     if code == 3:
-        return ConfigError(f"Spark's driver ran out of memory (heap {heap}) while building the training set; that Spark "
-                           f"session was stopped", hint="raise feast.spark_driver_memory (e.g. MLPLAT_FEAST_SPARK_DRIVER_MEMORY=8g"
-                           " or spark_driver_memory under [feast] in mlplat.toml) or ask for fewer entity rows; the next "
-                           "read starts a new session")
-    return MlplatError(f"Spark's driver ended (exit code {code}) while building the training set; that Spark session was stopped",
+        return ConfigError(f"Spark's driver ran out of memory (heap {heap}) while reading the offline store (a training set "
+                           f"or a materialization); that Spark session was stopped",
+                           hint="raise feast.spark_driver_memory (e.g. MLPLAT_FEAST_SPARK_DRIVER_MEMORY=8g or spark_driver_memory "
+                                "under [feast] in mlplat.toml) or read fewer rows at once; the next read starts a new session")
+    return MlplatError(f"Spark's driver ended (exit code {code}) while reading the offline store; that Spark session was stopped",
                        hint="see the JVM's messages above; the next read starts a new session")
 
 # %% ../../notebooks/15a_spark_store.ipynb #692e27d0
